@@ -1,0 +1,201 @@
+"""Structured-config schemas for the Hydra entry points.
+
+Every primary config starts from one of these schemas, so a misspelled key
+anywhere (command line, preset or group file) fails at once with a message
+that names it. Generator and verifier nodes are free-form here because each
+names its own ``_target_``; :mod:`reasonrl.build` checks their keys against
+the constructor's signature instead.
+
+:func:`register` also exposes every verifier installed under the
+``reasonrl.verifiers`` entry-point group as a ``verifier/<name>`` option, so
+``verifier=[integer,my_plugin]`` finds third-party verifiers with no YAML file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+@dataclass
+class ArchConfig:
+    type: str = "llama"
+    hidden_size: int = 128
+    num_layers: int = 3
+    num_heads: int = 2
+    head_dim: int = 64
+    intermediate_size: int = 256
+    max_position_embeddings: int = 96
+    tie_embeddings: bool = True
+
+
+@dataclass
+class PretrainConfig:
+    corpus: str = "arith"
+    seed: int = 0
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    grad_clip: float = 1.0
+    max_steps: int = 2500
+    eval_every: int = 100
+    eval_problems: int = 200
+    target_accuracy: float = 0.8
+    steps_frac: float = 0.2
+    short_frac: float = 0.3
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny_arith"
+    path: Optional[str] = None  # a Hugging Face folder; None builds the tiny base model from arch + pretrain
+    dtype: str = "float32"
+    arch: Optional[ArchConfig] = None
+    pretrain: Optional[PretrainConfig] = None
+
+
+@dataclass
+class TaskConfig:
+    name: str = "arith"
+    template: str = "r1"
+    think_in_prompt: bool = False
+    n_terms: int = 3
+    digits: int = 2
+    heldout_size: int = 500
+    answer_verifier: str = "integer"  # whose "correct" counts as accuracy
+    train_file: Optional[str] = None  # JSONL rows with question/answer instead of generated problems
+    eval_file: Optional[str] = None
+    skip_bad_rows: bool = False
+
+
+@dataclass
+class RolloutConfig:
+    prompts_per_step: int = 32
+    samples_per_prompt: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 48
+    micro_batch_size: int = 256
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "grpo"
+    adv_scale: str = "group"
+    loss_agg: str = "token_mean"
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    mask_statuses: List[str] = field(default_factory=lambda: ["timeout", "error"])
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-5
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.99])
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+
+
+@dataclass
+class EvalConfig:
+    every: int = 10
+    sampled: bool = True  # also report accuracy when sampling at ``temperature``
+    temperature: float = 1.0
+    max_new_tokens: int = 48
+
+
+@dataclass
+class SFTConfig:
+    enabled: bool = False  # for reasonrl-train: run this SFT stage before RL (cold start)
+    data_file: Optional[str] = None  # JSONL rows with prompt/completion; None: the task's demonstrations
+    demos: int = 256
+    flaw_frac: float = 0.15
+    steps: int = 150
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    grad_clip: float = 1.0
+    eval_every: int = 50
+
+
+@dataclass
+class LoggingConfig:
+    samples_per_step: int = 4
+    tensorboard: bool = True
+    wandb_project: Optional[str] = None
+    progress: bool = True
+    plot: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0  # 0: only the final checkpoint
+    final: bool = True
+
+
+@dataclass
+class TrainConfig:
+    experiment_name: str = "default"
+    seed: int = 0
+    max_steps: int = 100
+    run_dir: Optional[str] = None  # default: Hydra's output directory
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    generator: Dict[str, Any] = field(default_factory=dict)
+    verifier: Dict[str, Any] = field(default_factory=dict)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cold_start: SFTConfig = field(default_factory=SFTConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+@dataclass
+class SFTRunConfig:
+    experiment_name: str = "sft"
+    seed: int = 0
+    max_steps: int = 150
+    run_dir: Optional[str] = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+_registered = False
+
+
+def register() -> None:
+    """Put the schemas and the entry-point verifiers into Hydra's ConfigStore (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    from hydra.core.config_store import ConfigStore
+
+    from reasonrl.verifiers.base import entry_points
+
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="sft_schema", node=SFTRunConfig)
+    have_yaml = {p.stem for p in (CONF_DIR / "verifier").glob("*.yaml")}
+    for name, ep in entry_points().items():
+        if name not in have_yaml:
+            target = ep.value.replace(":", ".")
+            cs.store(group="verifier", name=name, node={name: {"_target_": target, "weight": 1.0}})
+    _registered = True

@@ -1,0 +1,103 @@
+"""Problems in, tensors out: row validation, JSONL loading, and rollout packing.
+
+* :func:`load_jsonl` and :func:`validate_rows` turn files into problem rows
+  and name the file, the row index and the field for any malformed row.
+* :func:`pack` turns rollouts into right-padded ``(N, L)`` tensors with a mask
+  over the completion tokens, aligned with next-token targets.
+
+It does not tokenize prompts or render templates (tasks do).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """Malformed input data; the message names the source and the row."""
+
+
+def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"data file not found: {str(p)!r}")
+    rows = []
+    with open(p) as fh:
+        for i, line in enumerate(fh):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{p}: row {len(rows)} (line {i + 1}) is not valid JSON: {e.msg}") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{p}: row {len(rows)} (line {i + 1}) is a {type(row).__name__}, not a JSON object")
+            rows.append(row)
+    return rows
+
+
+def validate_rows(rows: Sequence[Any], required: dict[str, type | tuple[type, ...]], source: str, skip_bad: bool = False) -> list[dict]:
+    """Check that every row has the required fields with the right types.
+
+    Raises :class:`DataError` naming ``source``, the row index and the field; with
+    ``skip_bad`` the bad rows are dropped instead, each logged and counted.
+    """
+    good, bad = [], 0
+    for i, row in enumerate(rows):
+        problem = None
+        if not isinstance(row, dict):
+            problem = f"is a {type(row).__name__}, not a mapping"
+        else:
+            for key, typ in required.items():
+                if key not in row:
+                    problem = f"has no field {key!r} (fields: {sorted(row)})"
+                    break
+                if not isinstance(row[key], typ):
+                    problem = f"field {key!r} is {type(row[key]).__name__} {row[key]!r}, expected {getattr(typ, '__name__', typ)}"
+                    break
+        if problem is None:
+            good.append(row)
+            continue
+        msg = f"{source}: row {i} {problem}"
+        if not skip_bad:
+            raise DataError(msg)
+        bad += 1
+        log.error("skipped malformed row: %s", msg)
+    if bad:
+        log.error("%s: %d of %d rows skipped as malformed", source, bad, len(rows))
+    return good
+
+
+@dataclass
+class Packed:
+    input_ids: torch.Tensor  # (N, L) prompt + completion, right-padded
+    attention_mask: torch.Tensor  # (N, L)
+    completion_mask: torch.Tensor  # (N, L-1) 1 where target token L[t+1] is a completion token
+    sampler_logprobs: torch.Tensor  # (N, L-1) generator's logprob of each target (0 elsewhere)
+
+
+def pack(rollouts: Sequence[Any], pad_id: int) -> Packed:
+    """Right-pad prompt+completion per rollout; masks and sampler logprobs align with targets ids[:, 1:]."""
+    n = len(rollouts)
+    width = max(len(r.prompt_ids) + len(r.completion_ids) for r in rollouts)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attn = torch.zeros((n, width), dtype=torch.long)
+    cmask = torch.zeros((n, width - 1), dtype=torch.float32)
+    slp = torch.zeros((n, width - 1), dtype=torch.float32)
+    for i, r in enumerate(rollouts):
+        p, c = len(r.prompt_ids), len(r.completion_ids)
+        ids[i, : p + c] = torch.tensor(list(r.prompt_ids) + list(r.completion_ids), dtype=torch.long)
+        attn[i, : p + c] = 1
+        # the target at position t is ids[t+1]; completion token j sits at p+j, predicted at p+j-1
+        cmask[i, p - 1 : p + c - 1] = 1.0
+        if r.logprobs:
+            slp[i, p - 1 : p + c - 1] = torch.tensor(r.logprobs, dtype=torch.float32)
+    return Packed(ids, attn, cmask, slp)

@@ -1,0 +1,143 @@
+"""GRPO math: advantages, the clipped surrogate, loss aggregation, KL, entropy.
+
+Pure tensor functions, no I/O and no config. Letters: N sequences (B prompts x
+G samples, prompt-major), T completion positions, V vocabulary. A variant is a
+small function registered by name (``ADVANTAGE_SCALES``, ``AGGREGATIONS``,
+``KL_ESTIMATORS``), never another branch in one long function.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+# ---------------------------------------------------------------- advantages
+
+
+def _scale_group(centered: Tensor, r: Tensor, eps: float) -> Tensor:
+    return centered / (r.std(dim=1, keepdim=True) + eps)  # (B, G); unbiased std, as DeepSeekMath/TRL
+
+
+def _scale_batch(centered: Tensor, r: Tensor, eps: float) -> Tensor:
+    return centered / (r.std() + eps)
+
+
+def _scale_none(centered: Tensor, r: Tensor, eps: float) -> Tensor:
+    return centered
+
+
+ADVANTAGE_SCALES: dict[str, Callable[[Tensor, Tensor, float], Tensor]] = {
+    "group": _scale_group,
+    "batch": _scale_batch,
+    "none": _scale_none,
+}
+
+
+def group_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps: float = 1e-6) -> Tensor:
+    """(N,) rewards -> (N,) advantages: reward minus its group's mean, then scaled by name."""
+    if scale not in ADVANTAGE_SCALES:
+        raise ValueError(f"unknown advantage scale {scale!r}; known: {sorted(ADVANTAGE_SCALES)}")
+    r = rewards.view(-1, group_size).float()  # (B, G)
+    centered = r - r.mean(dim=1, keepdim=True)  # (B, G)
+    return ADVANTAGE_SCALES[scale](centered, r, eps).reshape(-1)  # (N,)
+
+
+def zero_std_groups(rewards: Tensor, group_size: int) -> Tensor:
+    """(B,) True where every reward in the group is the same (no learning signal)."""
+    r = rewards.view(-1, group_size)
+    return (r == r[:, :1]).all(dim=1)
+
+
+# ---------------------------------------------------------------- per-token terms
+
+
+def token_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
+    """(N, T, V) logits, (N, T) targets -> (N, T) log p(target)."""
+    logits = logits.float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """(N, T, V) -> (N, T) entropy of the full next-token distribution, in nats."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def clipped_surrogate(logp: Tensor, old_logp: Tensor, adv: Tensor, eps_low: float, eps_high: float) -> tuple[Tensor, Tensor]:
+    """PPO clipped objective as a loss, per token.
+
+    logp, old_logp: (N, T); adv: (N,). Returns (N, T) loss = -min(r*A, clip(r, 1-eps_low, 1+eps_high)*A)
+    and (N, T) bool, True where the clipped branch was taken (the gradient is zero there).
+    """
+    ratio = torch.exp(logp - old_logp)  # (N, T)
+    a = adv.unsqueeze(-1)  # (N, 1)
+    unclipped = ratio * a
+    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * a
+    loss = -torch.minimum(unclipped, clipped)
+    return loss, clipped < unclipped
+
+
+# ---------------------------------------------------------------- aggregation
+# Each returns this micro-batch's share of the full-batch loss, so summing the
+# micro-batch results gives the loss of the whole batch. ``total_tokens`` and
+# ``total_seqs`` count the whole batch; ``max_len`` is the generation limit.
+
+
+def _token_mean(loss: Tensor, mask: Tensor, total_tokens: int, total_seqs: int, max_len: int) -> Tensor:
+    return (loss * mask).sum() / max(total_tokens, 1)
+
+
+def _seq_mean_token_mean(loss: Tensor, mask: Tensor, total_tokens: int, total_seqs: int, max_len: int) -> Tensor:
+    per_seq = (loss * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)  # (n,)
+    return per_seq.sum() / max(total_seqs, 1)
+
+
+def _seq_mean_token_sum_norm(loss: Tensor, mask: Tensor, total_tokens: int, total_seqs: int, max_len: int) -> Tensor:
+    return (loss * mask).sum() / (max(total_seqs, 1) * max_len)
+
+
+AGGREGATIONS: dict[str, Callable[..., Tensor]] = {
+    "token_mean": _token_mean,  # DAPO: every token of the batch weighs the same
+    "seq_mean_token_mean": _seq_mean_token_mean,  # GRPO (DeepSeekMath): each sequence weighs the same
+    "seq_mean_token_sum_norm": _seq_mean_token_sum_norm,  # Dr. GRPO: constant normaliser
+}
+
+
+def aggregate(name: str, loss: Tensor, mask: Tensor, *, total_tokens: int, total_seqs: int, max_len: int) -> Tensor:
+    if name not in AGGREGATIONS:
+        raise ValueError(f"unknown loss aggregation {name!r}; known: {sorted(AGGREGATIONS)}")
+    return AGGREGATIONS[name](loss, mask.to(loss.dtype), total_tokens, total_seqs, max_len)
+
+
+# ---------------------------------------------------------------- KL estimators (Schulman's k1, k2, k3)
+# All estimate KL(pi || ref) from samples of pi, per token: d = ref_logp - logp.
+
+
+def _k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    return logp - ref_logp
+
+
+def _k2(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    return 0.5 * (logp - ref_logp) ** 2
+
+
+def _k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1.0
+
+
+KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"k1": _k1, "k2": _k2, "k3": _k3}
+
+
+def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: str = "k3") -> Tensor:
+    """(N, T) per-token KL estimate of the sampling policy against ``ref``."""
+    if kind not in KL_ESTIMATORS:
+        raise ValueError(f"unknown KL estimator {kind!r}; known: {sorted(KL_ESTIMATORS)}")
+    return KL_ESTIMATORS[kind](logp, ref_logp)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    m = mask.to(x.dtype)
+    return (x * m).sum() / m.sum().clamp(min=1)

@@ -1,0 +1,109 @@
+"""Run logging and chain-of-thought statistics.
+
+:class:`RunLogger` writes one JSON object per step to ``metrics.jsonl``, a few
+prompts/completions/verdicts per step to ``samples.jsonl``, and the same scalars
+to TensorBoard (and to Weights & Biases when asked and installed). Metric keys
+are a public interface: see the key list in the project's design notes.
+
+:func:`split_think` and :func:`cot_lengths` measure how long the model thinks:
+the think part is the text inside the first ``<think>`` block (to the end of
+the completion when it is never closed, and everything before ``</think>``
+when the prompt opened the block); the answer part is what follows it.
+
+It does not compute rewards or losses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def split_think(text: str, think_in_prompt: bool = False) -> tuple[str, str]:
+    """(think text, text after the think block)."""
+    if think_in_prompt:
+        start = 0
+    else:
+        i = text.find(THINK_OPEN)
+        if i < 0:
+            return "", text
+        start = i + len(THINK_OPEN)
+    j = text.find(THINK_CLOSE, start)
+    if j < 0:
+        return text[start:], ""
+    return text[start:j], text[j + len(THINK_CLOSE) :]
+
+
+def cot_lengths(texts: Sequence[str], tokenizer, think_in_prompt: bool = False) -> tuple[list[int], list[int]]:
+    """Token counts of the think part and of the answer part of each text."""
+    parts = [split_think(t, think_in_prompt) for t in texts]
+    if not parts:
+        return [], []
+    enc = tokenizer([p[0] for p in parts] + [p[1] for p in parts], add_special_tokens=False)["input_ids"]
+    n = len(parts)
+    return [len(x) for x in enc[:n]], [len(x) for x in enc[n:]]
+
+
+def mean(xs: Iterable[float]) -> float:
+    xs = list(xs)
+    return float(sum(xs) / len(xs)) if xs else float("nan")
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+class RunLogger:
+    """metrics.jsonl + samples.jsonl + TensorBoard (+ optional W&B) in one run directory."""
+
+    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, wandb_project: str | None = None, config: dict | None = None):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._metrics = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        self._samples = open(self.run_dir / "samples.jsonl", "a", buffering=1)
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+        self._wandb = None
+        if wandb_project:
+            try:
+                import wandb
+            except ImportError as e:  # a clear message, not a crash deep inside
+                raise RuntimeError("logging.wandb_project is set but wandb is not installed: pip install wandb") from e
+            self._wandb = wandb.init(project=wandb_project, dir=str(self.run_dir), config=config)
+
+    def log(self, row: dict[str, Any]) -> None:
+        step = int(row["step"])
+        self._metrics.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
+        for k, v in row.items():
+            if k == "step" or not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            if self._tb is not None and math.isfinite(v):
+                self._tb.add_scalar(k, v, step)
+        if self._wandb is not None:
+            self._wandb.log(row, step=step)
+
+    def log_samples(self, rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            self._samples.write(json.dumps(r, default=str) + "\n")
+
+    def close(self) -> None:
+        self._metrics.close()
+        self._samples.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]

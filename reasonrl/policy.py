@@ -1,0 +1,96 @@
+"""The policy: model and tokenizer loading, optimizer and schedule, checkpoints.
+
+``load_policy`` takes a Hugging Face folder, or (with no path) the tiny base
+model that :mod:`reasonrl.tiny` builds and caches. Checkpoints are Hugging Face
+folders written atomically (``from_pretrained`` loads them).
+
+It does not know about rollouts or losses.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from reasonrl.cache import atomic_dir
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def load_hf(path: str | Path, dtype: str = "float32"):
+    """(model, tokenizer) from a Hugging Face folder, with a clear error for a missing one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"model path {str(p)!r} is not a Hugging Face model folder (no config.json there)")
+    tok = AutoTokenizer.from_pretrained(p)
+    model = AutoModelForCausalLM.from_pretrained(p, dtype=torch_dtype(dtype))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def load_policy(model_cfg: Any, progress: bool = True):
+    """(model, tokenizer, source path) for a ``model`` config node."""
+    if model_cfg.path:
+        path = Path(str(model_cfg.path)).expanduser()
+    else:
+        from reasonrl.tiny import get_or_build_base
+
+        path = get_or_build_base(model_cfg.arch, model_cfg.pretrain, progress=progress)
+    model, tok = load_hf(path, model_cfg.dtype)
+    return model, tok, path
+
+
+def lr_schedule(warmup_steps: int, total_steps: int, kind: str = "cosine", min_ratio: float = 0.1) -> Callable[[int], float]:
+    """Multiplier on the peak lr at optimizer step ``s``: linear warmup, then cosine or constant."""
+
+    def f(s: int) -> float:
+        if warmup_steps > 0 and s < warmup_steps:
+            return (s + 1) / warmup_steps
+        if kind == "constant":
+            return 1.0
+        if kind != "cosine":
+            raise ValueError(f"unknown lr schedule {kind!r}; use 'cosine' or 'constant'")
+        span = max(1, total_steps - warmup_steps)
+        t = min(1.0, (s - warmup_steps) / span)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+def make_optimizer(model: torch.nn.Module, *, lr: float, betas=(0.9, 0.99), weight_decay: float = 0.0, warmup_steps: int = 0,
+                   total_steps: int = 1, schedule: str = "constant", min_lr_ratio: float = 0.1):
+    """AdamW (no decay on biases and norms) and its LambdaLR schedule."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr, betas=tuple(betas),
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(warmup_steps, total_steps, schedule, min_lr_ratio))
+    return opt, sched
+
+
+def save_checkpoint(model, tokenizer, path: str | Path) -> Path:
+    """Save a Hugging Face folder atomically."""
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return path

@@ -1,0 +1,136 @@
+"""Generation: the generator protocol, rollouts, and the transformers generator.
+
+A generator turns tokenized prompts into rollouts (token ids, text, finish
+reason and the sampler's per-token logprobs) and receives the policy's weights
+after every optimizer step. The trainer only talks to this protocol, so the
+transformers generator here and a vLLM engine plug in the same way.
+
+Logprobs are those of the sampled token under the temperature-scaled logits,
+before top-p truncation. Rollouts come back prompt-major: the ``n`` samples of
+prompt ``i`` are contiguous.
+
+It does not score, pack or train: see :mod:`reasonrl.verifiers`,
+:mod:`reasonrl.data` and :mod:`reasonrl.train`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    seed: int | None = None
+    # token ids that may not be the first generated token (used to force a
+    # non-empty think block in diagnostics)
+    banned_first_tokens: tuple[int, ...] = ()
+
+
+@dataclass
+class Rollout:
+    prompt_index: int
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    text: str
+    finish_reason: str  # "stop" (eos generated) or "length" (hit max_new_tokens)
+    logprobs: list[float] = field(default_factory=list)
+
+
+class Generator(Protocol):
+    def generate(self, prompt_ids: Sequence[Sequence[int]], n: int, sampling: Sampling) -> list[Rollout]: ...
+
+    def sync_weights(self, model: torch.nn.Module) -> None: ...
+
+
+class HFGenerator:
+    """``transformers.generate`` on the policy module itself (colocated, no copy).
+
+    Because it samples from the very module the trainer updates, weight sync is
+    a no-op. ``batch_size`` bounds how many sequences are generated at once.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 256):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = int(batch_size)
+        if tokenizer.pad_token_id is None:
+            raise ValueError("HFGenerator needs a tokenizer with a pad token")
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        if model is not self.model:
+            self.model.load_state_dict(model.state_dict())
+
+    @torch.inference_mode()
+    def generate(self, prompt_ids: Sequence[Sequence[int]], n: int, sampling: Sampling) -> list[Rollout]:
+        from transformers import GenerationConfig
+
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        greedy = sampling.temperature <= 0
+        gen_cfg = GenerationConfig(
+            do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            top_p=None if greedy or sampling.top_p >= 1 else sampling.top_p,
+            top_k=None,
+            max_new_tokens=sampling.max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            begin_suppress_tokens=list(sampling.banned_first_tokens) or None,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        was_training = self.model.training
+        self.model.eval()
+        per_chunk = max(1, self.batch_size // n)
+        out: list[Rollout] = []
+        try:
+            for start in range(0, len(prompt_ids), per_chunk):
+                chunk = prompt_ids[start : start + per_chunk]
+                out.extend(self._generate_chunk(chunk, start, n, gen_cfg, sampling.temperature))
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def _generate_chunk(self, chunk, offset: int, n: int, gen_cfg, temperature: float) -> list[Rollout]:
+        pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
+        width = max(len(p) for p in chunk)
+        device = next(self.model.parameters()).device
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, p in enumerate(chunk):  # left padding
+            ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p) :] = 1
+        res = self.model.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg, num_return_sequences=n
+        )
+        new = res.sequences[:, width:].cpu()  # (len(chunk)*n, steps)
+        logits = torch.stack(res.logits, dim=1).float().cpu()  # (len(chunk)*n, steps, V)
+        if temperature > 0:
+            logits = logits / temperature
+        lp = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        rollouts = []
+        for row in range(new.shape[0]):
+            toks = new[row].tolist()
+            if eos in toks:
+                k = toks.index(eos) + 1
+                toks, reason = toks[:k], "stop"
+            else:
+                reason = "length"
+            pi = row // n
+            rollouts.append(
+                Rollout(
+                    prompt_index=offset + pi,
+                    prompt_ids=list(chunk[pi]),
+                    completion_ids=toks,
+                    text=self.tokenizer.decode(toks, skip_special_tokens=True),
+                    finish_reason=reason,
+                    logprobs=lp[row, : len(toks)].tolist(),
+                )
+            )
+        return rollouts

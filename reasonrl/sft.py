@@ -1,0 +1,215 @@
+"""Supervised fine-tuning: next-token cross-entropy on completion tokens only.
+
+Library: :func:`train_sft` trains a model in place on (prompt, completion)
+pairs with AdamW, linear warmup and cosine decay, gradient clipping, periodic
+evaluation and an optional early stop; the base-model builder and the
+SFT-cold-start stage of ``reasonrl-train`` both use it.
+
+Entry point::
+
+    reasonrl-sft                                   # demonstrations of the arith world
+    reasonrl-sft sft.data_file=demos.jsonl max_steps=300 hydra.run.dir=runs/sft1
+
+writes a run directory (config.yaml, metrics.jsonl, TensorBoard events,
+checkpoints/, summary.json) whose final checkpoint ``reasonrl-train
+model.path=...`` can start from.
+
+It does not pack several examples into one sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def tokenize_pairs(tokenizer, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    """Prompt ids and completion ids (+ eos) for each pair."""
+    if not pairs:
+        return []
+    prompts = tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
+    comps = tokenizer([c for _, c in pairs], add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    return [(p, c + [eos]) for p, c in zip(prompts, comps)]
+
+
+def collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int):
+    """Right-padded (input_ids, attention_mask, labels); labels are -100 on prompt and padding."""
+    width = max(len(p) + len(c) for p, c in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    for i, (p, c) in enumerate(batch):
+        seq = p + c
+        ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+        labels[i, len(p) : len(seq)] = torch.tensor(c)
+    return ids, mask, labels
+
+
+def train_sft(
+    model: torch.nn.Module,
+    tokenizer,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup_steps: int = 0,
+    min_lr_ratio: float = 0.1,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.98),
+    grad_clip: float = 1.0,
+    seed: int = 0,
+    eval_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+    eval_every: int = 0,
+    stop_fn: Callable[[dict[str, float]], bool] | None = None,
+    log_fn: Callable[[dict[str, Any]], None] | None = None,
+    desc: str = "sft",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``model`` in place; returns {"steps", "evals", "loss"}."""
+    from tqdm import tqdm
+
+    from reasonrl.policy import make_optimizer
+
+    if not pairs:
+        raise ValueError("train_sft got no training pairs")
+    data = tokenize_pairs(tokenizer, pairs)
+    opt, sched = make_optimizer(
+        model, lr=lr, betas=betas, weight_decay=weight_decay, warmup_steps=warmup_steps,
+        total_steps=steps, schedule="cosine", min_lr_ratio=min_lr_ratio,
+    )
+    rng = random.Random(seed)
+    order: list[int] = []
+    evals: list[dict[str, Any]] = []
+    model.train()
+    loss_ema = None
+    bar = tqdm(total=steps, desc=desc, disable=not progress, dynamic_ncols=True, mininterval=1.0)
+    step = 0
+    for step in range(1, steps + 1):
+        t0 = time.perf_counter()
+        if len(order) < batch_size:
+            fresh = list(range(len(data)))
+            rng.shuffle(fresh)
+            order.extend(fresh)
+        idx, order = order[:batch_size], order[batch_size:]
+        ids, mask, labels = collate([data[i] for i in idx], tokenizer.pad_token_id)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{desc}: non-finite loss {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        sched.step()
+        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
+        row: dict[str, Any] = {
+            "step": step, "train/loss": loss.item(), "train/grad_norm": float(gnorm),
+            "train/lr": sched.get_last_lr()[0], "time/step_s": time.perf_counter() - t0,
+        }
+        stop = False
+        if eval_fn is not None and eval_every > 0 and (step % eval_every == 0 or step == steps):
+            metrics = eval_fn(model)
+            model.train()
+            evals.append({"step": step, **metrics})
+            row.update({f"eval/{k}": v for k, v in metrics.items()})
+            bar.set_postfix(loss=f"{loss_ema:.3f}", **{k: f"{v:.3f}" for k, v in metrics.items()})
+            stop = stop_fn is not None and stop_fn(metrics)
+        elif step % 20 == 0:
+            bar.set_postfix(loss=f"{loss_ema:.3f}")
+        if log_fn is not None:
+            log_fn(row)
+        bar.update(1)
+        if stop:
+            break
+    bar.close()
+    return {"steps": step, "evals": evals, "loss": loss_ema}
+
+
+def demonstration_pairs(sft_cfg: Any, task, seed: int) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs from ``sft.data_file`` (JSONL) or the task's demonstrations."""
+    from reasonrl.data import load_jsonl, validate_rows
+
+    if sft_cfg.data_file:
+        rows = validate_rows(load_jsonl(sft_cfg.data_file), {"prompt": str, "completion": str}, sft_cfg.data_file)
+    else:
+        rows = task.demonstrations(sft_cfg.demos, seed, flaw_frac=sft_cfg.flaw_frac)
+    return [(r["prompt"], r["completion"]) for r in rows]
+
+
+def demonstration_accuracy(sft_cfg: Any, task, seed: int) -> float | None:
+    """Share of the task's demonstrations whose final answer is right (None for a data file without answers)."""
+    from reasonrl.verifiers.integer import IntegerVerifier
+
+    if sft_cfg.data_file:
+        return None
+    rows = task.demonstrations(sft_cfg.demos, seed, flaw_frac=sft_cfg.flaw_frac)
+    v = IntegerVerifier()
+    return sum(v(r, r["completion"]).status == "correct" for r in rows) / len(rows)
+
+
+def main(cfg) -> dict[str, Any]:
+    import json
+
+    from omegaconf import OmegaConf
+
+    from reasonrl.metrics import RunLogger
+    from reasonrl.policy import load_policy, save_checkpoint
+    from reasonrl.rollout import HFGenerator
+    from reasonrl.tasks import get_task
+    from reasonrl.train import _run_dir, evaluate_heldout
+    from reasonrl.verifiers.integer import IntegerVerifier
+
+    t_start = time.time()
+    run_dir = _run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"[reasonrl] run directory: {run_dir}", flush=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    torch.manual_seed(cfg.seed)
+    model, tokenizer, model_path = load_policy(cfg.model, progress=cfg.logging.progress)
+    task = get_task(cfg.task.name)
+    pairs = demonstration_pairs(cfg.sft, task, cfg.seed)
+    heldout = task.heldout(cfg.task.heldout_size, cfg.task.n_terms, cfg.task.digits)
+    render = lambda p: task.render_prompt(p, cfg.task.template)  # noqa: E731
+    logger = RunLogger(run_dir, tensorboard=cfg.logging.tensorboard, wandb_project=cfg.logging.wandb_project)
+
+    def eval_fn(m):
+        return evaluate_heldout(HFGenerator(m, tokenizer), tokenizer, heldout, render, IntegerVerifier(), cfg, cfg.seed)
+
+    start = eval_fn(model)
+    logger.log({"step": 0, **start})
+    hist = train_sft(model, tokenizer, pairs, steps=cfg.max_steps, batch_size=cfg.sft.batch_size, lr=cfg.sft.lr,
+                     warmup_steps=cfg.sft.warmup_steps, min_lr_ratio=cfg.sft.min_lr_ratio, weight_decay=cfg.sft.weight_decay,
+                     betas=tuple(cfg.sft.betas), grad_clip=cfg.sft.grad_clip, seed=cfg.seed, eval_fn=eval_fn,
+                     eval_every=cfg.sft.eval_every, log_fn=logger.log, progress=cfg.logging.progress)
+    logger.close()
+    save_checkpoint(model, tokenizer, run_dir / "checkpoints" / "final")
+    summary = {
+        "run_dir": str(run_dir), "experiment": cfg.experiment_name, "seed": cfg.seed, "steps": hist["steps"],
+        "base_model": str(model_path), "wall_s": round(time.time() - t_start, 1), "demonstrations": len(pairs),
+        "demonstration_accuracy": demonstration_accuracy(cfg.sft, task, cfg.seed),
+        "start": start, "end": hist["evals"][-1] if hist["evals"] else {},
+        "final_checkpoint": str(run_dir / "checkpoints" / "final"),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: summary[k] for k in ("demonstration_accuracy", "start", "end")}, indent=1))
+    print(f"[reasonrl] run directory: {run_dir}", flush=True)
+    return summary
+
+
+def cli() -> None:
+    import hydra
+
+    from reasonrl.config import CONF_DIR, register
+
+    register()
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(levelname)s %(message)s")
+    hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="sft")(main)()

@@ -1,0 +1,165 @@
+"""The arithmetic world: a seeded, self-contained task for CPU-minute RL.
+
+Problems are sums of ``n_terms`` numbers of ``digits`` digits, asked as
+``Q:47+85+29=?``. Two ways to solve them are written the same way everywhere
+(pretraining corpus, demonstrations, verifiers):
+
+* direct:        ``<think></think><answer>161</answer>``
+* step by step:  ``<think>7+5+9=21 4+8+2+2=16</think><answer>161</answer>``
+  column by column from the ones digit, each step a sum of single digits plus
+  the carry from the previous column; the answer is the last column's sum
+  followed by the lower digits already written.
+
+A tiny model cannot add three 2-digit numbers in one shot in CPU minutes but
+can learn the single-digit column facts, so step by step is genuinely easier
+than answering directly: that is what RL has to discover when the base model
+was pretrained on a corpus that mostly answers directly.
+
+The held-out set is fixed (its own seed) and never appears in the training
+stream, the pretraining corpus or the demonstrations.
+
+It does not load files: :mod:`reasonrl.data` validates external rows.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Iterator
+
+HELDOUT_SEED = 20_241_126
+CHARSET = list("0123456789+=?Q: ")
+TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
+
+# Prompt templates by name. ``r1`` leaves the whole R1 structure to the model;
+# ``r1_think`` opens the think block in the prompt (the format verifier is told
+# through ``think_in_prompt``).
+TEMPLATES = {
+    "r1": "Q:{question}=?",
+    "r1_think": "Q:{question}=?<think>",
+}
+
+
+def render_prompt(problem: dict, template: str = "r1") -> str:
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown arith template {template!r}; known: {sorted(TEMPLATES)}")
+    return TEMPLATES[template].format(question=problem["question"])
+
+
+def make_problem(numbers: tuple[int, ...]) -> dict:
+    return {
+        "question": "+".join(str(x) for x in numbers),
+        "answer": str(sum(numbers)),
+        "numbers": list(numbers),
+    }
+
+
+def _draw(rng: random.Random, n_terms: int, digits: int) -> tuple[int, ...]:
+    lo, hi = 10 ** (digits - 1), 10**digits - 1
+    return tuple(rng.randint(lo, hi) for _ in range(n_terms))
+
+
+def heldout(n: int = 500, n_terms: int = 3, digits: int = 2) -> list[dict]:
+    """The fixed held-out set (same for every run seed)."""
+    rng = random.Random(HELDOUT_SEED)
+    seen: set[tuple[int, ...]] = set()
+    out = []
+    while len(out) < n:
+        nums = _draw(rng, n_terms, digits)
+        if nums not in seen:
+            seen.add(nums)
+            out.append(make_problem(nums))
+    return out
+
+
+def train_stream(seed: int, n_terms: int = 3, digits: int = 2, heldout_n: int = 500) -> Iterator[dict]:
+    """An endless seeded stream of training problems, disjoint from the held-out set."""
+    excluded = {tuple(p["numbers"]) for p in heldout(heldout_n, n_terms, digits)}
+    rng = random.Random(seed)
+    while True:
+        nums = _draw(rng, n_terms, digits)
+        if nums not in excluded:
+            yield make_problem(nums)
+
+
+def column_steps(numbers: tuple[int, ...] | list[int]) -> tuple[list[str], int]:
+    """Column-wise steps ``['7+5+9=21', '4+8+2+2=16']`` and the final sum."""
+    width = max(len(str(x)) for x in numbers)
+    carry, steps = 0, []
+    for col in range(width):
+        column = [(x // 10**col) % 10 for x in numbers if x >= 10**col]
+        terms = column + ([carry] if carry else [])
+        total = sum(terms)
+        steps.append("+".join(str(t) for t in terms) + f"={total}")
+        carry = total // 10
+    return steps, sum(numbers)
+
+
+def solution(numbers, style: str) -> str:
+    """The completion for a problem, in ``direct`` or ``steps`` style."""
+    steps, total = column_steps(numbers)
+    think = " ".join(steps) if style == "steps" else ""
+    if style not in ("steps", "direct"):
+        raise ValueError(f"unknown solution style {style!r}")
+    return f"<think>{think}</think><answer>{total}</answer>"
+
+
+def pretrain_corpus(
+    n: int,
+    seed: int,
+    *,
+    steps_frac: float = 0.2,
+    short_frac: float = 0.3,
+    n_terms: int = 3,
+    digits: int = 2,
+) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs for the base model.
+
+    Most solutions answer directly and ``steps_frac`` of them reason column by
+    column; ``short_frac`` extra rows are sums of 3-4 single digits answered
+    directly, so the column facts themselves are learned.
+    """
+    rng = random.Random(seed)
+    stream = train_stream(seed, n_terms, digits)
+    out = []
+    for _ in range(n):
+        if rng.random() < short_frac / (1 + short_frac):
+            nums = tuple(rng.randint(0, 9) for _ in range(rng.choice((3, 4))))
+            out.append((render_prompt(make_problem(nums)), solution(nums, "direct")))
+        else:
+            p = next(stream)
+            style = "steps" if rng.random() < steps_frac else "direct"
+            out.append((render_prompt(p), solution(p["numbers"], style)))
+    return out
+
+
+def _flaw(rng: random.Random, numbers) -> str:
+    """One human-like mistake: a slipped column sum, a miscopied answer, or a lazy direct guess."""
+    steps, total = column_steps(numbers)
+    kind = rng.choice(("slip", "copy", "guess"))
+    if kind == "slip":
+        i = rng.randrange(len(steps))
+        delta = rng.choice((-1, 1))
+        lhs, rhs = steps[i].split("=")
+        steps[i] = f"{lhs}={max(int(rhs) + delta, 0)}"
+        return f"<think>{' '.join(steps)}</think><answer>{total + delta * 10**i}</answer>"
+    if kind == "copy":
+        return f"<think>{' '.join(steps)}</think><answer>{total + rng.choice((-10, 10))}</answer>"
+    return f"<think></think><answer>{total + rng.choice((-2, -1, 1, 2))}</answer>"
+
+
+def demonstrations(n: int, seed: int, *, flaw_frac: float = 0.15, n_terms: int = 3, digits: int = 2) -> list[dict]:
+    """Formatted step-by-step demonstrations for a cold start, ``flaw_frac`` of them flawed.
+
+    Rows: {"prompt", "completion", "answer"} where ``answer`` is the true sum, so
+    the demonstrations' own accuracy can be measured.
+    """
+    rng = random.Random(seed + 7919)
+    stream = train_stream(seed + 7919, n_terms, digits)
+    out = []
+    for _ in range(n):
+        p = next(stream)
+        text = solution(p["numbers"], "steps")
+        if rng.random() < flaw_frac:
+            text = _flaw(rng, p["numbers"])
+        out.append({"prompt": render_prompt(p), "completion": text, "answer": p["answer"]})
+    return out

@@ -1,0 +1,324 @@
+"""GRPO training: sample groups, verify, compute advantages, update, sync, log.
+
+Run::
+
+    reasonrl-train                                  # experiment=r1_zero_arith defaults
+    reasonrl-train experiment=sft_cold_start_arith  # SFT on demonstrations, then RL
+    reasonrl-train max_steps=20 seed=1 hydra.run.dir=runs/try1
+
+The loop reads top to bottom in :func:`main`; helpers take explicit
+arguments. One step: render B prompts, generate G completions each, score them
+with the verifiers, group-normalise the rewards, pack the rollouts, run
+forward/backward over micro-batches with the clipped surrogate, take an
+optimizer step, sync the weights into the generator, log one metrics row; every
+``eval.every`` steps evaluate on the held-out set and checkpoint.
+
+It does not use a reference model, several updates per batch, or more than
+one process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("reasonrl.train")
+
+
+def _run_dir(cfg) -> Path:
+    if cfg.run_dir:
+        return Path(cfg.run_dir)
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _problems(cfg, task, seed: int, verifiers):
+    """(training problem iterator, held-out list) for the task, from files when configured.
+
+    File rows are validated (a malformed row names its index) and rows whose gold
+    answer a verifier cannot parse are reported once and skipped.
+    """
+    from reasonrl.data import load_jsonl, validate_rows
+    from reasonrl.verifiers.scoring import check_golds
+
+    required = {"question": str, "answer": (str, int)}
+    if cfg.task.eval_file:
+        heldout = validate_rows(load_jsonl(cfg.task.eval_file), required, cfg.task.eval_file, cfg.task.skip_bad_rows)
+    else:
+        heldout = task.heldout(cfg.task.heldout_size, cfg.task.n_terms, cfg.task.digits)
+    if cfg.task.train_file:
+        rows = validate_rows(load_jsonl(cfg.task.train_file), required, cfg.task.train_file, cfg.task.skip_bad_rows)
+        rows = check_golds(rows, verifiers, cfg.task.train_file)
+        if not rows:
+            raise ValueError(f"{cfg.task.train_file}: no usable training rows")
+        rng = random.Random(seed)
+
+        def cycle():
+            while True:
+                order = list(rows)
+                rng.shuffle(order)
+                yield from order
+
+        return cycle(), check_golds(heldout, verifiers, "held-out set")
+    stream = task.train_stream(seed, cfg.task.n_terms, cfg.task.digits, cfg.task.heldout_size)
+    return stream, check_golds(heldout, verifiers, "held-out set")
+
+
+def evaluate_heldout(generator, tokenizer, problems, render, verifier, cfg, seed: int) -> dict[str, float]:
+    """Greedy (and optionally sampled) accuracy and lengths on the held-out set: eval/<task>/... keys."""
+    from reasonrl.evals.harness import evaluate
+
+    name = cfg.task.name
+    kw = dict(render=render, verifier=verifier, max_new_tokens=cfg.eval.max_new_tokens, think_in_prompt=cfg.task.think_in_prompt)
+    g = evaluate(generator, tokenizer, problems, temperature=0.0, seed=seed, **kw)
+    out = {
+        f"eval/{name}/accuracy": g["accuracy"],
+        f"eval/{name}/len_mean": g["len_mean"],
+        f"eval/{name}/think_len_mean": g["think_len_mean"],
+    }
+    if cfg.eval.sampled:
+        s = evaluate(generator, tokenizer, problems, temperature=cfg.eval.temperature, seed=seed, **kw)
+        out[f"eval/{name}/accuracy_sampled"] = s["accuracy"]
+        out[f"eval/{name}/think_len_mean_sampled"] = s["think_len_mean"]
+    return out
+
+
+def main(cfg) -> dict[str, Any]:
+    import torch
+    from omegaconf import OmegaConf
+    from tqdm import tqdm
+
+    from reasonrl import grpo
+    from reasonrl.build import build_generator, build_verifiers
+    from reasonrl.data import pack
+    from reasonrl.metrics import RunLogger, cot_lengths, mean
+    from reasonrl.policy import load_policy, make_optimizer, save_checkpoint
+    from reasonrl.rollout import Sampling
+    from reasonrl.tasks import get_task
+    from reasonrl.verifiers.scoring import score, summarize
+
+    t_start = time.time()
+    run_dir = _run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"[reasonrl] run directory: {run_dir}", flush=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+
+    # ---- policy, task, verifiers, generator
+    model, tokenizer, model_path = load_policy(cfg.model, progress=cfg.logging.progress)
+    task = get_task(cfg.task.name)
+    render = lambda p: task.render_prompt(p, cfg.task.template)  # noqa: E731
+    verifiers = build_verifiers(cfg.verifier)
+    if cfg.task.answer_verifier not in verifiers:
+        raise ValueError(f"task.answer_verifier={cfg.task.answer_verifier!r} is not among the configured verifiers {sorted(verifiers)}")
+    answer_verifier = verifiers[cfg.task.answer_verifier][0]
+    stream, heldout = _problems(cfg, task, cfg.seed, verifiers)
+    logger = RunLogger(run_dir, tensorboard=cfg.logging.tensorboard, wandb_project=cfg.logging.wandb_project,
+                       config=OmegaConf.to_container(cfg, resolve=True))
+
+    # ---- optional cold start: SFT on demonstrations, then RL from there
+    if cfg.cold_start.enabled:
+        from reasonrl.sft import demonstration_pairs, train_sft
+
+        pairs = demonstration_pairs(cfg.cold_start, task, cfg.seed)
+        train_sft(model, tokenizer, pairs, steps=cfg.cold_start.steps, batch_size=cfg.cold_start.batch_size,
+                  lr=cfg.cold_start.lr, warmup_steps=cfg.cold_start.warmup_steps, min_lr_ratio=cfg.cold_start.min_lr_ratio,
+                  weight_decay=cfg.cold_start.weight_decay, betas=tuple(cfg.cold_start.betas),
+                  grad_clip=cfg.cold_start.grad_clip, seed=cfg.seed, desc="cold-start sft", progress=cfg.logging.progress)
+        save_checkpoint(model, tokenizer, run_dir / "checkpoints" / "sft")
+
+    generator = build_generator(cfg.generator, model, tokenizer)
+    opt, sched = make_optimizer(model, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay,
+                                warmup_steps=cfg.optim.warmup_steps, total_steps=cfg.max_steps,
+                                schedule=cfg.optim.schedule, min_lr_ratio=cfg.optim.min_lr_ratio)
+    B, G, alg = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt, cfg.algorithm
+    temperature = cfg.rollout.temperature
+    sampling_temp = temperature if temperature > 0 else 1.0
+
+    # ---- step 0 evaluation
+    evals: dict[int, dict[str, float]] = {}
+    evals[0] = evaluate_heldout(generator, tokenizer, heldout, render, answer_verifier, cfg, cfg.seed)
+    logger.log({"step": 0, **evals[0]})
+    print("[reasonrl] step 0: " + ", ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in evals[0].items()), flush=True)
+
+    bar = tqdm(total=cfg.max_steps, desc="grpo", disable=not cfg.logging.progress, dynamic_ncols=True, mininterval=1.0)
+    for step in range(1, cfg.max_steps + 1):
+        t0 = time.perf_counter()
+        # 1. sample B problems and render prompts
+        problems = [next(stream) for _ in range(B)]
+        prompt_ids = [tokenizer(render(p), add_special_tokens=False)["input_ids"] for p in problems]
+
+        # 2. generate G completions per prompt
+        t = time.perf_counter()
+        rollouts = generator.generate(prompt_ids, G, Sampling(temperature=temperature, top_p=cfg.rollout.top_p,
+                                                              max_new_tokens=cfg.rollout.max_new_tokens,
+                                                              seed=cfg.seed * 1_000_003 + step))
+        generate_s = time.perf_counter() - t
+
+        # 3-4. verify and sum weighted scores into rewards
+        t = time.perf_counter()
+        scored = score([problems[r.prompt_index] for r in rollouts], [r.text for r in rollouts], verifiers, alg.mask_statuses)
+        verify_s = time.perf_counter() - t
+
+        # 5. group advantages
+        rewards = torch.tensor(scored.rewards, dtype=torch.float32)  # (N,)
+        adv = grpo.group_advantages(rewards, G, alg.adv_scale)  # (N,)
+        zero_std = grpo.zero_std_groups(rewards, G)  # (B,)
+
+        # 6. pack into (N, L) tensors; masked samples (timeout/error verdicts) leave the loss
+        t = time.perf_counter()
+        batch = pack(rollouts, tokenizer.pad_token_id)
+        keep = torch.tensor([not m for m in scored.masked], dtype=torch.float32).unsqueeze(1)  # (N, 1)
+        loss_mask = batch.completion_mask * keep  # (N, L-1)
+        total_tokens, total_seqs = int(loss_mask.sum().item()), int(keep.sum().item())
+
+        # 7. forward/backward over micro-batches
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        loss_sum, sums = 0.0, {"entropy": 0.0, "clip": 0.0, "kl": 0.0, "diff": 0.0}
+        diff_max = 0.0
+        mb = cfg.rollout.micro_batch_size
+        for s in range(0, len(rollouts), mb):
+            sl = slice(s, s + mb)
+            logits = model(input_ids=batch.input_ids[sl], attention_mask=batch.attention_mask[sl]).logits[:, :-1]
+            logits = logits / sampling_temp  # (n, L-1, V)
+            logp = grpo.token_logprobs(logits, batch.input_ids[sl, 1:])  # (n, L-1)
+            old_logp = logp.detach()  # one update per batch: the policy that sampled is this one
+            per_tok, clipped = grpo.clipped_surrogate(logp, old_logp, adv[sl], alg.clip_eps_low, alg.clip_eps_high)
+            loss = grpo.aggregate(alg.loss_agg, per_tok, loss_mask[sl], total_tokens=total_tokens,
+                                  total_seqs=total_seqs, max_len=cfg.rollout.max_new_tokens)
+            loss.backward()
+            loss_sum += loss.item()
+            with torch.no_grad():
+                m = batch.completion_mask[sl]
+                ent = grpo.entropy_from_logits(logits)
+                diff = (logp.detach() - batch.sampler_logprobs[sl]).abs() * m
+                sums["entropy"] += float((ent * m).sum())
+                sums["clip"] += float((clipped.float() * m).sum())
+                sums["kl"] += float((grpo.kl_estimate(batch.sampler_logprobs[sl], logp.detach(), "k3") * m).sum())
+                sums["diff"] += float(diff.sum())
+                diff_max = max(diff_max, float(diff.max()))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
+        if not torch.isfinite(torch.tensor(loss_sum)):
+            raise FloatingPointError(f"non-finite loss {loss_sum} at step {step}")
+        # 8. optimizer step, then sync weights into the generator
+        opt.step()
+        sched.step()
+        train_s = time.perf_counter() - t
+        t = time.perf_counter()
+        generator.sync_weights(model)
+        sync_s = time.perf_counter() - t
+
+        # 9. one metrics row
+        n_comp = float(batch.completion_mask.sum())
+        lens = [len(r.completion_ids) for r in rollouts]
+        think, answer = cot_lengths([r.text for r in rollouts], tokenizer, cfg.task.think_in_prompt)
+        ans = cfg.task.answer_verifier
+        correct = [v[ans] is not None and v[ans].status == "correct" for v in scored.verdicts]
+        row: dict[str, Any] = {
+            "step": step,
+            "time/step_s": time.perf_counter() - t0,
+            "time/generate_s": generate_s,
+            "time/verify_s": verify_s,
+            "time/train_s": train_s,
+            "time/sync_s": sync_s,
+            **summarize(scored, list(verifiers)),
+            "rollout/len_mean": mean(lens),
+            "rollout/len_max": max(lens),
+            "rollout/clipped_frac": mean(r.finish_reason == "length" for r in rollouts),
+            "rollout/tokens_per_s": sum(lens) / max(generate_s, 1e-9),
+            "rollout/think_len_mean": mean(think),
+            "rollout/answer_len_mean": mean(answer),
+            "rollout/len_correct_mean": mean(n for n, c in zip(lens, correct) if c),
+            "rollout/len_wrong_mean": mean(n for n, c in zip(lens, correct) if not c),
+            "train/loss": loss_sum,
+            "train/kl": sums["kl"] / max(n_comp, 1),
+            "train/entropy": sums["entropy"] / max(n_comp, 1),
+            "train/clip_frac": sums["clip"] / max(n_comp, 1),
+            "train/grad_norm": grad_norm,
+            "train/lr": sched.get_last_lr()[0],
+            "sampling/logprob_diff_mean": sums["diff"] / max(n_comp, 1),
+            "sampling/logprob_diff_max": diff_max,
+            "group/zero_std_frac": float(zero_std.float().mean()),
+        }
+        if cfg.eval.every > 0 and (step % cfg.eval.every == 0 or step == cfg.max_steps):
+            evals[step] = evaluate_heldout(generator, tokenizer, heldout, render, answer_verifier, cfg, cfg.seed)
+            row.update(evals[step])
+        logger.log(row)
+        logger.log_samples([
+            {"step": step, "prompt": render(problems[r.prompt_index]), "completion": r.text, "reward": scored.rewards[i],
+             "finish_reason": r.finish_reason,
+             "verdicts": {k: (None if v is None else {"score": v.score, "status": v.status, "info": v.info})
+                          for k, v in scored.verdicts[i].items()}}
+            for i, r in enumerate(rollouts[: cfg.logging.samples_per_step])
+        ])
+        if cfg.checkpoint.every > 0 and step % cfg.checkpoint.every == 0:
+            save_checkpoint(model, tokenizer, run_dir / "checkpoints" / f"step_{step:06d}")
+        bar.set_postfix(reward=f"{row['reward/mean']:.2f}", think=f"{row['rollout/think_len_mean']:.1f}",
+                        **({"acc": f"{evals[step][f'eval/{cfg.task.name}/accuracy']:.2f}"} if step in evals else {}))
+        bar.update(1)
+    bar.close()
+    logger.close()
+
+    # ---- final checkpoint, summary, plot, table
+    final_step = cfg.max_steps
+    if cfg.max_steps not in evals:
+        evals[final_step] = evaluate_heldout(generator, tokenizer, heldout, render, answer_verifier, cfg, cfg.seed)
+    if cfg.checkpoint.final:
+        save_checkpoint(model, tokenizer, run_dir / "checkpoints" / "final")
+    summary = {
+        "run_dir": str(run_dir),
+        "experiment": cfg.experiment_name,
+        "seed": cfg.seed,
+        "steps": cfg.max_steps,
+        "base_model": str(model_path),
+        "wall_s": round(time.time() - t_start, 1),
+        "start": evals[0],
+        "end": evals[final_step],
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if cfg.logging.plot:
+        from reasonrl.plots import plot_training
+
+        plot_training(run_dir / "metrics.jsonl", run_dir / "curves.png", cfg.task.name)
+    print(_table(evals[0], evals[final_step], final_step, cfg.task.name), flush=True)
+    print(f"[reasonrl] run directory: {run_dir}", flush=True)
+    return summary
+
+
+def _table(start: dict, end: dict, final_step: int, name: str) -> str:
+    rows = [
+        ("held-out accuracy (greedy)", f"eval/{name}/accuracy", "{:.1%}"),
+        ("held-out accuracy (sampled)", f"eval/{name}/accuracy_sampled", "{:.1%}"),
+        ("think length, tokens (greedy)", f"eval/{name}/think_len_mean", "{:.1f}"),
+        ("think length, tokens (sampled)", f"eval/{name}/think_len_mean_sampled", "{:.1f}"),
+    ]
+    w = max(len(r[0]) for r in rows)
+    lines = [f"{'':{w}}  {'step 0':>10}  {f'step {final_step}':>10}"]
+    for label, key, fmt in rows:
+        if key in start:
+            lines.append(f"{label:{w}}  {fmt.format(start[key]):>10}  {fmt.format(end[key]):>10}")
+    return "\n".join(lines)
+
+
+def cli() -> None:
+    import hydra
+
+    from reasonrl.config import CONF_DIR, register
+
+    register()
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(levelname)s %(message)s")
+    hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="train")(main)()
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

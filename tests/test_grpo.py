@@ -1,0 +1,97 @@
+"""GRPO math against values worked out by hand (each comment shows the arithmetic)."""
+
+import math
+
+import pytest
+import torch
+
+from reasonrl import grpo
+
+
+def test_group_advantages_group_scale():
+    # group 1: rewards 1,0,0,0 -> mean .25, centred .75,-.25,-.25,-.25
+    #   unbiased std = sqrt((.5625 + 3*.0625)/3) = sqrt(.25) = .5 -> 1.5, -.5, -.5, -.5
+    # group 2: rewards 1,1,0,0 -> mean .5, centred +-.5, std = sqrt(1/3) = .57735 -> +-.866025
+    adv = grpo.group_advantages(torch.tensor([1.0, 0, 0, 0, 1, 1, 0, 0]), 4, "group")
+    expected = [1.5, -0.5, -0.5, -0.5, 0.866025, 0.866025, -0.866025, -0.866025]
+    assert adv.tolist() == pytest.approx(expected, abs=1e-5)
+
+
+def test_group_advantages_none_and_batch_scale():
+    r = torch.tensor([1.0, 0, 0, 0, 1, 1, 0, 0])
+    assert grpo.group_advantages(r, 4, "none").tolist() == pytest.approx([0.75, -0.25, -0.25, -0.25, 0.5, 0.5, -0.5, -0.5])
+    # batch std: mean .375; sum sq = 3*.625^2 + 5*.375^2 = 1.875; /7 -> std .517549; .75/.517549 = 1.449138
+    assert grpo.group_advantages(r, 4, "batch")[0].item() == pytest.approx(1.449138, abs=1e-5)
+
+
+def test_all_equal_group_has_zero_advantage_and_is_flagged():
+    r = torch.tensor([1.0, 1, 1, 1, 0, 1, 0, 1])
+    adv = grpo.group_advantages(r, 4)
+    assert adv[:4].abs().max().item() == 0.0
+    assert grpo.zero_std_groups(r, 4).tolist() == [True, False]
+
+
+def test_unknown_variant_names_itself():
+    with pytest.raises(ValueError, match="'groupp'"):
+        grpo.group_advantages(torch.zeros(4), 2, "groupp")
+    with pytest.raises(ValueError, match="'tok_mean'"):
+        grpo.aggregate("tok_mean", torch.zeros(1, 1), torch.ones(1, 1), total_tokens=1, total_seqs=1, max_len=1)
+
+
+def test_clipped_surrogate_clip_higher():
+    # ratio 1.5 (logp = ln 1.5, old = 0), eps_low .2, eps_high .28:
+    #   A=+1: min(1.5, 1.28) = 1.28 -> loss -1.28, clipped
+    #   A=-1: min(-1.5, -1.28) = -1.5 -> loss 1.5, not clipped
+    # ratio 0.5:
+    #   A=+1: min(.5, .8) = .5 -> loss -.5, not clipped
+    #   A=-1: min(-.5, -.8) = -.8 -> loss .8, clipped
+    logp = torch.log(torch.tensor([[1.5], [1.5], [0.5], [0.5]]))
+    old = torch.zeros(4, 1)
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    loss, clipped = grpo.clipped_surrogate(logp, old, adv, 0.2, 0.28)
+    assert loss.squeeze(1).tolist() == pytest.approx([-1.28, 1.5, -0.5, 0.8], abs=1e-6)
+    assert clipped.squeeze(1).tolist() == [True, False, False, True]
+
+
+def test_surrogate_gradient_on_policy_is_advantage_times_score():
+    # ratio = 1 at old = logp.detach(): d loss / d logp = -A
+    logp = torch.tensor([[-0.7, -1.2]], requires_grad=True)
+    loss, _ = grpo.clipped_surrogate(logp, logp.detach(), torch.tensor([2.0]), 0.2, 0.2)
+    loss.sum().backward()
+    assert logp.grad.tolist() == [[-2.0, -2.0]]
+
+
+def test_aggregations_by_hand_and_microbatch_additivity():
+    # per-token loss [[1,2,3],[4,.,.]], 4 real tokens, 2 sequences, max_len 5
+    loss = torch.tensor([[1.0, 2, 3], [4, 0, 0]])
+    mask = torch.tensor([[1.0, 1, 1], [1, 0, 0]])
+    kw = dict(total_tokens=4, total_seqs=2, max_len=5)
+    assert grpo.aggregate("token_mean", loss, mask, **kw).item() == pytest.approx(2.5)  # (6+4)/4
+    assert grpo.aggregate("seq_mean_token_mean", loss, mask, **kw).item() == pytest.approx(3.0)  # (6/3 + 4/1)/2
+    assert grpo.aggregate("seq_mean_token_sum_norm", loss, mask, **kw).item() == pytest.approx(1.0)  # 10/(2*5)
+    for name in grpo.AGGREGATIONS:  # micro-batches add up to the whole-batch loss
+        whole = grpo.aggregate(name, loss, mask, **kw)
+        parts = sum(grpo.aggregate(name, loss[i : i + 1], mask[i : i + 1], **kw) for i in range(2))
+        assert parts.item() == pytest.approx(whole.item())
+
+
+def test_kl_estimators():
+    # logp = ln .5, ref = ln .25: k1 = ln 2 = .693147; k2 = .5 * .693147^2 = .240227;
+    # k3 = exp(ln .5) - ln .5 - 1 = .5 + .693147 - 1 = .193147
+    logp, ref = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])
+    assert grpo.kl_estimate(logp, ref, "k1").item() == pytest.approx(0.693147, abs=1e-6)
+    assert grpo.kl_estimate(logp, ref, "k2").item() == pytest.approx(0.240227, abs=1e-6)
+    assert grpo.kl_estimate(logp, ref, "k3").item() == pytest.approx(0.193147, abs=1e-6)
+    assert grpo.kl_estimate(logp, logp, "k3").item() == 0.0
+
+
+def test_entropy_and_token_logprobs():
+    # uniform over 2: ln 2 = .693147; probs (.25, .75): -(.25 ln .25 + .75 ln .75) = .562335
+    logits = torch.tensor([[[0.0, 0.0], [0.0, math.log(3.0)]]])
+    assert grpo.entropy_from_logits(logits)[0].tolist() == pytest.approx([0.693147, 0.562335], abs=1e-6)
+    # log p(token 1) under (.25, .75) = ln .75 = -.287682
+    assert grpo.token_logprobs(logits, torch.tensor([[1, 1]]))[0, 1].item() == pytest.approx(-0.287682, abs=1e-6)
+
+
+def test_masked_mean_ignores_padding():
+    assert grpo.masked_mean(torch.tensor([1.0, 3.0, 100.0]), torch.tensor([1, 1, 0])).item() == 2.0

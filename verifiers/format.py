@@ -1,0 +1,35 @@
+"""Strict R1 format: one think block, then one answer block, nothing after.
+
+``<think>...</think>`` followed (whitespace allowed) by ``<answer>...</answer>``
+and nothing else but whitespace. When the prompt already opened ``<think>``
+(``think_in_prompt=True``), the completion must start inside the think block
+and must not open another one. Score 1 for the exact structure, else 0 with
+status ``format_error`` and the reason in ``info``. Partial credit by tag
+counting is not done here.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+from reasonrl.verifiers.base import Verdict
+
+_STRICT = re.compile(r"^\s*<think>(?P<think>.*?)</think>\s*<answer>(?P<answer>.*?)</answer>\s*$", re.DOTALL)
+_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+
+
+class FormatVerifier:
+    name = "format"
+
+    def __init__(self, think_in_prompt: bool = False):
+        self.think_in_prompt = think_in_prompt
+
+    def __call__(self, problem: Mapping[str, Any], completion: str) -> Verdict:
+        text = "<think>" + completion if self.think_in_prompt else completion
+        counts = {t: text.count(t) for t in _TAGS}
+        if any(c != 1 for c in counts.values()):
+            return Verdict(0.0, "format_error", {"bad_tag_count": 1})
+        if not _STRICT.match(text):
+            return Verdict(0.0, "format_error", {"bad_order": 1})
+        return Verdict(1.0, "correct", {})
