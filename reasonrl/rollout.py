@@ -82,6 +82,7 @@ class HFGenerator:
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
             begin_suppress_tokens=list(sampling.banned_first_tokens) or None,
+            num_return_sequences=n,
             return_dict_in_generate=True,
             output_logits=True,
         )
@@ -107,7 +108,7 @@ class HFGenerator:
             ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             mask[i, width - len(p) :] = 1
         res = self.model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg, num_return_sequences=n
+            input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg
         )
         new = res.sequences[:, width:].cpu()  # (len(chunk)*n, steps)
         logits = torch.stack(res.logits, dim=1).float().cpu()  # (len(chunk)*n, steps, V)

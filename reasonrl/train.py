@@ -126,9 +126,14 @@ def main(cfg) -> dict[str, Any]:
                        config=OmegaConf.to_container(cfg, resolve=True))
 
     # ---- optional cold start: SFT on demonstrations, then RL from there
+    before_sft = None
     if cfg.cold_start.enabled:
-        from reasonrl.sft import demonstration_pairs, train_sft
+        from reasonrl.rollout import HFGenerator
+        from reasonrl.sft import demonstration_accuracy, demonstration_pairs, train_sft
 
+        before_sft = evaluate_heldout(HFGenerator(model, tokenizer), tokenizer, heldout, render, answer_verifier, cfg, cfg.seed)
+        before_sft["demonstration_accuracy"] = demonstration_accuracy(cfg.cold_start, task, cfg.seed)
+        print("[reasonrl] before SFT: " + ", ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in before_sft.items() if v is not None), flush=True)
         pairs = demonstration_pairs(cfg.cold_start, task, cfg.seed)
         train_sft(model, tokenizer, pairs, steps=cfg.cold_start.steps, batch_size=cfg.cold_start.batch_size,
                   lr=cfg.cold_start.lr, warmup_steps=cfg.cold_start.warmup_steps, min_lr_ratio=cfg.cold_start.min_lr_ratio,
@@ -285,6 +290,8 @@ def main(cfg) -> dict[str, Any]:
         "start": evals[0],
         "end": evals[final_step],
     }
+    if before_sft is not None:
+        summary["before_sft"] = before_sft
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if cfg.logging.plot:
         from reasonrl.plots import plot_training

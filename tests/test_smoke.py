@@ -90,6 +90,8 @@ def test_cold_start_then_rl(tmp_path):
     summary = main(cfg)
     assert (tmp_path / "checkpoints" / "sft" / "config.json").is_file()
     assert summary["experiment"] == "sft_cold_start_arith"
+    assert 0.5 < summary["before_sft"]["demonstration_accuracy"] < 1.0
+    assert "eval/arith/accuracy" in summary["before_sft"]
 
 
 def test_sft_entry_point(tmp_path):
