@@ -67,5 +67,5 @@ def build_verifiers(nodes: Mapping[str, Any]) -> dict[str, tuple[Any, float]]:
     return out
 
 
-def build_generator(node: Mapping[str, Any], model, tokenizer) -> Any:
-    return instantiate(node, "generator", model=model, tokenizer=tokenizer)
+def build_generator(node: Mapping[str, Any], model, tokenizer, model_path: str | None = None) -> Any:
+    return instantiate(node, "generator", model=model, tokenizer=tokenizer, model_path=None if model_path is None else str(model_path))

@@ -91,6 +91,10 @@ class AlgorithmConfig:
     loss_agg: str = "token_mean"
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2
+    # truncated importance sampling between trainer and sampler probabilities:
+    # "auto" turns it on for generators whose logprobs are not exact (vLLM)
+    tis: str = "auto"
+    tis_cap: float = 2.0
     mask_statuses: List[str] = field(default_factory=lambda: ["timeout", "error"])
 
 

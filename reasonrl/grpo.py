@@ -79,6 +79,16 @@ def clipped_surrogate(logp: Tensor, old_logp: Tensor, adv: Tensor, eps_low: floa
     return loss, clipped < unclipped
 
 
+def truncated_is_weights(trainer_logp: Tensor, sampler_logp: Tensor, cap: float) -> Tensor:
+    """(N, T) detached weights min(pi_trainer / pi_sampler, cap) correcting sampler/trainer mismatch.
+
+    The sampler (e.g. vLLM) and the trainer compute slightly different
+    probabilities for the same tokens; multiplying the per-token loss by this
+    capped ratio keeps the update on-policy for the trainer (truncated IS).
+    """
+    return torch.exp(trainer_logp.detach() - sampler_logp).clamp(max=cap)
+
+
 # ---------------------------------------------------------------- aggregation
 # Each returns this micro-batch's share of the full-batch loss, so summing the
 # micro-batch results gives the loss of the whole batch. ``total_tokens`` and

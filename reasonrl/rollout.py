@@ -43,9 +43,19 @@ class Rollout:
 
 
 class Generator(Protocol):
+    # True when the logprobs come from the very module the trainer updates (no
+    # sampler/trainer mismatch to correct)
+    exact_logprobs: bool
+
     def generate(self, prompt_ids: Sequence[Sequence[int]], n: int, sampling: Sampling) -> list[Rollout]: ...
 
-    def sync_weights(self, model: torch.nn.Module) -> None: ...
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Make the next generation use ``model``'s current weights."""
+
+    def sleep(self) -> None:
+        """Release generation memory while the policy trains (may be a no-op)."""
+
+    def wake_up(self) -> None: ...
 
 
 class HFGenerator:
@@ -55,7 +65,9 @@ class HFGenerator:
     a no-op. ``batch_size`` bounds how many sequences are generated at once.
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 256):
+    exact_logprobs = True
+
+    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 256, model_path: str | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = int(batch_size)
@@ -65,6 +77,12 @@ class HFGenerator:
     def sync_weights(self, model: torch.nn.Module) -> None:
         if model is not self.model:
             self.model.load_state_dict(model.state_dict())
+
+    def sleep(self) -> None:
+        pass
+
+    def wake_up(self) -> None:
+        pass
 
     @torch.inference_mode()
     def generate(self, prompt_ids: Sequence[Sequence[int]], n: int, sampling: Sampling) -> list[Rollout]:

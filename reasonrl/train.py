@@ -125,6 +125,8 @@ def main(cfg) -> dict[str, Any]:
     logger = RunLogger(run_dir, tensorboard=cfg.logging.tensorboard, wandb_project=cfg.logging.wandb_project,
                        config=OmegaConf.to_container(cfg, resolve=True))
 
+    B, G, alg = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt, cfg.algorithm
+
     # ---- optional cold start: SFT on demonstrations, then RL from there
     before_sft = None
     if cfg.cold_start.enabled:
@@ -141,11 +143,13 @@ def main(cfg) -> dict[str, Any]:
                   grad_clip=cfg.cold_start.grad_clip, seed=cfg.seed, desc="cold-start sft", progress=cfg.logging.progress)
         save_checkpoint(model, tokenizer, run_dir / "checkpoints" / "sft")
 
-    generator = build_generator(cfg.generator, model, tokenizer)
+    generator = build_generator(cfg.generator, model, tokenizer, model_path)
+    if alg.tis not in ("auto", "on", "off"):
+        raise ValueError(f"algorithm.tis must be auto, on or off, not {alg.tis!r}")
+    use_tis = alg.tis == "on" or (alg.tis == "auto" and not getattr(generator, "exact_logprobs", False))
     opt, sched = make_optimizer(model, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay,
                                 warmup_steps=cfg.optim.warmup_steps, total_steps=cfg.max_steps,
                                 schedule=cfg.optim.schedule, min_lr_ratio=cfg.optim.min_lr_ratio)
-    B, G, alg = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt, cfg.algorithm
     temperature = cfg.rollout.temperature
     sampling_temp = temperature if temperature > 0 else 1.0
 
@@ -167,6 +171,7 @@ def main(cfg) -> dict[str, Any]:
         rollouts = generator.generate(prompt_ids, G, Sampling(temperature=temperature, top_p=cfg.rollout.top_p,
                                                               max_new_tokens=cfg.rollout.max_new_tokens,
                                                               seed=cfg.seed * 1_000_003 + step))
+        generator.sleep()  # GPU engines release memory while the policy trains
         generate_s = time.perf_counter() - t
 
         # 3-4. verify and sum weighted scores into rewards
@@ -189,7 +194,7 @@ def main(cfg) -> dict[str, Any]:
         # 7. forward/backward over micro-batches
         model.train()
         opt.zero_grad(set_to_none=True)
-        loss_sum, sums = 0.0, {"entropy": 0.0, "clip": 0.0, "kl": 0.0, "diff": 0.0}
+        loss_sum, sums = 0.0, {"entropy": 0.0, "clip": 0.0, "kl": 0.0, "diff": 0.0, "tis": 0.0, "tis_capped": 0.0}
         diff_max = 0.0
         mb = cfg.rollout.micro_batch_size
         for s in range(0, len(rollouts), mb):
@@ -199,6 +204,11 @@ def main(cfg) -> dict[str, Any]:
             logp = grpo.token_logprobs(logits, batch.input_ids[sl, 1:])  # (n, L-1)
             old_logp = logp.detach()  # one update per batch: the policy that sampled is this one
             per_tok, clipped = grpo.clipped_surrogate(logp, old_logp, adv[sl], alg.clip_eps_low, alg.clip_eps_high)
+            if use_tis:
+                w = grpo.truncated_is_weights(old_logp, batch.sampler_logprobs[sl], alg.tis_cap)  # (n, L-1)
+                per_tok = per_tok * w
+                sums["tis"] += float((w * batch.completion_mask[sl]).sum())
+                sums["tis_capped"] += float(((w >= alg.tis_cap) * batch.completion_mask[sl]).sum())
             loss = grpo.aggregate(alg.loss_agg, per_tok, loss_mask[sl], total_tokens=total_tokens,
                                   total_seqs=total_seqs, max_len=cfg.rollout.max_new_tokens)
             loss.backward()
@@ -220,6 +230,7 @@ def main(cfg) -> dict[str, Any]:
         sched.step()
         train_s = time.perf_counter() - t
         t = time.perf_counter()
+        generator.wake_up()
         generator.sync_weights(model)
         sync_s = time.perf_counter() - t
 
@@ -255,6 +266,9 @@ def main(cfg) -> dict[str, Any]:
             "sampling/logprob_diff_max": diff_max,
             "group/zero_std_frac": float(zero_std.float().mean()),
         }
+        if use_tis:
+            row["sampling/tis_weight_mean"] = sums["tis"] / max(n_comp, 1)
+            row["sampling/tis_capped_frac"] = sums["tis_capped"] / max(n_comp, 1)
         if cfg.eval.every > 0 and (step % cfg.eval.every == 0 or step == cfg.max_steps):
             evals[step] = evaluate_heldout(generator, tokenizer, heldout, render, answer_verifier, cfg, cfg.seed)
             row.update(evals[step])

@@ -95,3 +95,12 @@ def test_entropy_and_token_logprobs():
 
 def test_masked_mean_ignores_padding():
     assert grpo.masked_mean(torch.tensor([1.0, 3.0, 100.0]), torch.tensor([1, 1, 0])).item() == 2.0
+
+
+def test_truncated_importance_weights():
+    # trainer p = .5, sampler p = .25 -> ratio 2, capped at 1.5; trainer .25 vs sampler .5 -> .5 (never floored)
+    trainer = torch.log(torch.tensor([[0.5, 0.25, 0.3]]))
+    sampler = torch.log(torch.tensor([[0.25, 0.5, 0.3]]))
+    w = grpo.truncated_is_weights(trainer, sampler, cap=1.5)
+    assert w.tolist()[0] == pytest.approx([1.5, 0.5, 1.0])
+    assert not w.requires_grad

