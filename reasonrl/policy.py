@@ -44,9 +44,13 @@ def load_hf(path: str | Path, dtype: str = "float32"):
 
 
 def load_policy(model_cfg: Any, progress: bool = True):
-    """(model, tokenizer, source path) for a ``model`` config node."""
+    """(model, tokenizer, source path) for a ``model`` config node: a folder, a GGUF file, or the tiny base."""
     if model_cfg.path:
         path = Path(str(model_cfg.path)).expanduser()
+    elif model_cfg.gguf:
+        from reasonrl.gguf import get_or_convert
+
+        path = get_or_convert(model_cfg.gguf)
     else:
         from reasonrl.tiny import get_or_build_base
 

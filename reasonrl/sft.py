@@ -178,7 +178,7 @@ def main(cfg) -> dict[str, Any]:
     task = get_task(cfg.task.name)
     pairs = demonstration_pairs(cfg.sft, task, cfg.seed)
     heldout = task.heldout(cfg.task.heldout_size, cfg.task.n_terms, cfg.task.digits)
-    render = lambda p: task.render_prompt(p, cfg.task.template)  # noqa: E731
+    render = lambda p: task.render_prompt(p, cfg.task.template, tokenizer)  # noqa: E731
     logger = RunLogger(run_dir, tensorboard=cfg.logging.tensorboard, wandb_project=cfg.logging.wandb_project)
 
     def eval_fn(m):

@@ -42,33 +42,38 @@ def _run_dir(cfg) -> Path:
 def _problems(cfg, task, seed: int, verifiers):
     """(training problem iterator, held-out list) for the task, from files when configured.
 
-    File rows are validated (a malformed row names its index) and rows whose gold
-    answer a verifier cannot parse are reported once and skipped.
+    File rows are validated (a malformed row names its file and index) and rows
+    whose gold answer a verifier cannot parse are reported once and skipped.
     """
     from reasonrl.data import load_jsonl, validate_rows
     from reasonrl.verifiers.scoring import check_golds
 
-    required = {"question": str, "answer": (str, int)}
-    if cfg.task.eval_file:
-        heldout = validate_rows(load_jsonl(cfg.task.eval_file), required, cfg.task.eval_file, cfg.task.skip_bad_rows)
-    else:
-        heldout = task.heldout(cfg.task.heldout_size, cfg.task.n_terms, cfg.task.digits)
-    if cfg.task.train_file:
-        rows = validate_rows(load_jsonl(cfg.task.train_file), required, cfg.task.train_file, cfg.task.skip_bad_rows)
-        rows = check_golds(rows, verifiers, cfg.task.train_file)
+    def load(path):
+        rows = validate_rows(load_jsonl(path), task.REQUIRED_FIELDS, path, cfg.task.skip_bad_rows)
+        rows = check_golds([task.from_row(r) for r in rows], verifiers, path)
         if not rows:
-            raise ValueError(f"{cfg.task.train_file}: no usable training rows")
-        rng = random.Random(seed)
+            raise ValueError(f"{path}: no usable rows")
+        return rows
 
-        def cycle():
-            while True:
-                order = list(rows)
-                rng.shuffle(order)
-                yield from order
+    for key in ("eval_file", "train_file"):
+        if not cfg.task[key] and not hasattr(task, "heldout"):
+            raise ValueError(f"task {cfg.task.name!r} reads its problems from files: set task.{key}")
+    if cfg.task.eval_file:
+        heldout = load(cfg.task.eval_file)[: cfg.task.heldout_size]
+    else:
+        heldout = check_golds(task.heldout(cfg.task.heldout_size, cfg.task.n_terms, cfg.task.digits), verifiers, "held-out set")
+    if not cfg.task.train_file:
+        return task.train_stream(seed, cfg.task.n_terms, cfg.task.digits, cfg.task.heldout_size), heldout
+    rows = load(cfg.task.train_file)
+    rng = random.Random(seed)
 
-        return cycle(), check_golds(heldout, verifiers, "held-out set")
-    stream = task.train_stream(seed, cfg.task.n_terms, cfg.task.digits, cfg.task.heldout_size)
-    return stream, check_golds(heldout, verifiers, "held-out set")
+    def cycle():
+        while True:
+            order = list(rows)
+            rng.shuffle(order)
+            yield from order
+
+    return cycle(), heldout
 
 
 def evaluate_heldout(generator, tokenizer, problems, render, verifier, cfg, seed: int) -> dict[str, float]:
@@ -116,7 +121,7 @@ def main(cfg) -> dict[str, Any]:
     # ---- policy, task, verifiers, generator
     model, tokenizer, model_path = load_policy(cfg.model, progress=cfg.logging.progress)
     task = get_task(cfg.task.name)
-    render = lambda p: task.render_prompt(p, cfg.task.template)  # noqa: E731
+    render = lambda p: task.render_prompt(p, cfg.task.template, tokenizer)  # noqa: E731
     verifiers = build_verifiers(cfg.verifier)
     if cfg.task.answer_verifier not in verifiers:
         raise ValueError(f"task.answer_verifier={cfg.task.answer_verifier!r} is not among the configured verifiers {sorted(verifiers)}")

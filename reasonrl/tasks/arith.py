@@ -39,7 +39,15 @@ TEMPLATES = {
 }
 
 
-def render_prompt(problem: dict, template: str = "r1") -> str:
+REQUIRED_FIELDS = {"question": str, "answer": (str, int)}
+
+
+def from_row(row: dict) -> dict:
+    """A problem from a file row (``question`` like ``47+85+29``, ``answer``)."""
+    return {**row, "answer": str(row["answer"])}
+
+
+def render_prompt(problem: dict, template: str = "r1", tokenizer=None) -> str:
     if template not in TEMPLATES:
         raise ValueError(f"unknown arith template {template!r}; known: {sorted(TEMPLATES)}")
     return TEMPLATES[template].format(question=problem["question"])
