@@ -86,7 +86,7 @@ def bench(name: str, reps: int, hf_reps: int) -> dict:
     def direct(logprobs):
         def run(seed):
             sp = SamplingParams(n=n, temperature=1.0, max_tokens=max_new, seed=seed, logprobs=logprobs,
-                                skip_special_tokens=True)
+                                flat_logprobs=logprobs is not None, skip_special_tokens=True)
             outs = gen.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], sp, use_tqdm=False)
             return sum(len(o.token_ids) for out in outs for o in out.outputs)
         return run
