@@ -112,6 +112,12 @@ class OptimConfig:
 
 
 @dataclass
+class VerifyConfig:
+    workers: int = 2  # killable scoring processes; 0 scores in the trainer's process (no timeouts)
+    timeout_s: float = 10.0  # per (completion, verifier) check
+
+
+@dataclass
 class EvalConfig:
     every: int = 10
     sampled: bool = True  # also report accuracy when sampling at ``temperature``
@@ -164,6 +170,7 @@ class TrainConfig:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cold_start: SFTConfig = field(default_factory=SFTConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

@@ -126,6 +126,11 @@ def main(cfg) -> dict[str, Any]:
     if cfg.task.answer_verifier not in verifiers:
         raise ValueError(f"task.answer_verifier={cfg.task.answer_verifier!r} is not among the configured verifiers {sorted(verifiers)}")
     answer_verifier = verifiers[cfg.task.answer_verifier][0]
+    pool = None
+    if cfg.verify.workers > 0:
+        from reasonrl.verifiers.pool import ScoringPool
+
+        pool = ScoringPool({k: v for k, (v, _) in verifiers.items()}, cfg.verify.workers, cfg.verify.timeout_s)
     stream, heldout = _problems(cfg, task, cfg.seed, verifiers)
     logger = RunLogger(run_dir, tensorboard=cfg.logging.tensorboard, wandb_project=cfg.logging.wandb_project,
                        config=OmegaConf.to_container(cfg, resolve=True))
@@ -181,7 +186,8 @@ def main(cfg) -> dict[str, Any]:
 
         # 3-4. verify and sum weighted scores into rewards
         t = time.perf_counter()
-        scored = score([problems[r.prompt_index] for r in rollouts], [r.text for r in rollouts], verifiers, alg.mask_statuses)
+        scored = score([problems[r.prompt_index] for r in rollouts], [r.text for r in rollouts], verifiers,
+                       alg.mask_statuses, pool)
         verify_s = time.perf_counter() - t
 
         # 5. group advantages
@@ -270,6 +276,7 @@ def main(cfg) -> dict[str, Any]:
             "sampling/logprob_diff_mean": sums["diff"] / max(n_comp, 1),
             "sampling/logprob_diff_max": diff_max,
             "group/zero_std_frac": float(zero_std.float().mean()),
+            "verify/workers_replaced": pool.replaced if pool is not None else 0,
         }
         if use_tis:
             row["sampling/tis_weight_mean"] = sums["tis"] / max(n_comp, 1)
@@ -292,6 +299,8 @@ def main(cfg) -> dict[str, Any]:
         bar.update(1)
     bar.close()
     logger.close()
+    if pool is not None:
+        pool.close()
 
     # ---- final checkpoint, summary, plot, table
     final_step = cfg.max_steps

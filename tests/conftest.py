@@ -14,6 +14,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
+# configs name data as ${REASONRL_DATA_DIR}/...; point them at the shared data whatever the cwd
+if SHARED_DATA.is_dir():
+    os.environ.setdefault("REASONRL_DATA_DIR", str(SHARED_DATA))
+needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"real benchmark data not found at {SHARED_DATA}")
 
 # A few pretraining steps are enough to exercise the whole pipeline.
 TINY = [

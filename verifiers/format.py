@@ -4,8 +4,9 @@
 and nothing else but whitespace. When the prompt already opened ``<think>``
 (``think_in_prompt=True``), the completion must start inside the think block
 and must not open another one. Score 1 for the exact structure, else 0 with
-status ``format_error`` and the reason in ``info``. Partial credit by tag
-counting is not done here.
+status ``format_error`` and the reason in ``info``; with ``partial_credit=True``
+a malformed completion earns 0.25 for each of the four tags that occurs
+exactly once (capped below 1, so only the exact structure scores 1).
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 class FormatVerifier:
     name = "format"
 
-    def __init__(self, think_in_prompt: bool = False):
+    def __init__(self, think_in_prompt: bool = False, partial_credit: bool = False):
         self.think_in_prompt = think_in_prompt
+        self.partial_credit = partial_credit
 
     def __call__(self, problem: Mapping[str, Any], completion: str) -> Verdict:
         text = "<think>" + completion if self.think_in_prompt else completion
         counts = {t: text.count(t) for t in _TAGS}
-        if any(c != 1 for c in counts.values()):
-            return Verdict(0.0, "format_error", {"bad_tag_count": 1})
-        if not _STRICT.match(text):
-            return Verdict(0.0, "format_error", {"bad_order": 1})
-        return Verdict(1.0, "correct", {})
+        if _STRICT.match(text) and all(c == 1 for c in counts.values()):
+            return Verdict(1.0, "correct", {})
+        partial = min(0.75, 0.25 * sum(c == 1 for c in counts.values())) if self.partial_credit else 0.0
+        reason = "bad_tag_count" if any(c != 1 for c in counts.values()) else "bad_order"
+        return Verdict(partial, "format_error", {reason: 1})

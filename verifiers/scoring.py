@@ -1,11 +1,11 @@
 """From verdicts to rewards: weighted sums, loss masks, data-error filtering, metrics.
 
-Scoring runs every configured verifier on every rollout, in this process. A
+Scoring runs every configured verifier on every rollout: in this process, or
+through a :class:`reasonrl.verifiers.pool.ScoringPool` of killable workers
+when one is given (a hung check then costs one ``timeout`` verdict). A
 verifier that raises costs an ``error`` verdict for that sample; samples whose
 verdict status is in ``mask_statuses`` (by default ``timeout`` and ``error``)
 are masked out of the loss instead of being scored as wrong.
-
-It does not isolate slow or hanging checks in worker processes.
 """
 
 from __future__ import annotations
@@ -31,26 +31,26 @@ def score(
     completions: Sequence[str],
     verifiers: Mapping[str, tuple[Verifier, float]],
     mask_statuses: Sequence[str] = ("timeout", "error"),
+    pool=None,
 ) -> Scored:
-    """Score completion i against problems[i] with every verifier."""
-    rewards, verdicts, masked = [], [], []
-    for problem, text in zip(problems, completions, strict=True):
-        row: dict[str, Verdict | None] = {}
-        total, mask = 0.0, False
-        for name, (verifier, weight) in verifiers.items():
-            try:
-                v = safe_call(verifier, problem, text)
-            except GoldAnswerError as e:  # should have been filtered by check_golds
-                v = Verdict(0.0, "error", {"gold_error": str(e)[:200]})
-            row[name] = v
-            if v is None:
-                continue
-            total += weight * v.score
-            mask = mask or v.status in mask_statuses
-        rewards.append(total)
-        verdicts.append(row)
-        masked.append(mask)
-    return Scored(rewards, verdicts, masked)
+    """Score completion i against problems[i] with every verifier (in ``pool`` when given)."""
+    if pool is not None:
+        rows = pool.run(problems, completions)
+    else:
+        rows = [{name: _call(v, p, c) for name, (v, _) in verifiers.items()} for p, c in zip(problems, completions, strict=True)]
+    rewards, masked = [], []
+    for row in rows:
+        present = [(verifiers[name][1], v) for name, v in row.items() if v is not None]
+        rewards.append(sum(w * v.score for w, v in present))
+        masked.append(any(v.status in mask_statuses for _, v in present))
+    return Scored(rewards, rows, masked)
+
+
+def _call(verifier: Verifier, problem: Mapping[str, Any], text: str) -> Verdict | None:
+    try:
+        return safe_call(verifier, problem, text)
+    except GoldAnswerError as e:  # should have been filtered by check_golds
+        return Verdict(0.0, "error", {"gold_error": str(e)[:200]})
 
 
 def check_golds(problems: Sequence[Mapping[str, Any]], verifiers: Mapping[str, tuple[Verifier, float]], source: str) -> list[Mapping[str, Any]]:

@@ -1,0 +1,171 @@
+"""The math verifier: labelled equivalences, real data golds, hedging, extraction, fuzzing."""
+
+from __future__ import annotations
+
+import collections
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import SHARED_DATA, needs_data
+from reasonrl.verifiers import STATUSES, GoldAnswerError
+from reasonrl.verifiers.format import FormatVerifier
+from reasonrl.verifiers.math import MathVerifier, _gold_strings
+
+sys.path.insert(0, str(Path(__file__).parent / "data"))
+from math_pairs import PAIRS  # noqa: E402
+
+DATA_FILES = [  # file, field holding the gold, gold format
+    ("gsm8k/train.jsonl", "answer", "gsm8k"),
+    ("gsm8k/test.jsonl", "answer", "gsm8k"),
+    ("math500/test.jsonl", "answer", "boxed"),
+    ("aime24/test.jsonl", "answer", "plain"),
+    ("amc23/test.jsonl", "answer", "plain"),
+    ("minerva_math/test.jsonl", "solution", "boxed"),
+    ("olympiadbench/test.jsonl", "final_answer", "auto"),
+]
+
+
+def test_labelled_pairs_precision_and_recall_per_category():
+    v = MathVerifier()
+    counts = collections.defaultdict(collections.Counter)
+    wrong = []
+    for cat, gold, pred, same in PAIRS:
+        said = v({"answer": gold}, f"... so \\boxed{{{pred}}}").status == "correct"
+        counts[cat]["tp" if said and same else "fp" if said else "fn" if same else "tn"] += 1
+        if said != same:
+            wrong.append((cat, gold, pred, same))
+    assert len(PAIRS) >= 300
+    report = {c: (k["tp"] / max(1, k["tp"] + k["fp"]), k["tp"] / max(1, k["tp"] + k["fn"])) for c, k in counts.items()}
+    total = sum(counts.values(), collections.Counter())
+    precision = total["tp"] / (total["tp"] + total["fp"])
+    recall = total["tp"] / (total["tp"] + total["fn"])
+    assert precision >= 0.99 and recall >= 0.95, (precision, recall, wrong)
+    for cat, (p, r) in report.items():
+        assert p >= 0.99 and r >= 0.95, (cat, p, r, [w for w in wrong if w[0] == cat])
+
+
+@needs_data
+@pytest.mark.parametrize("path,field,fmt", DATA_FILES)
+def test_every_real_gold_parses_and_matches_itself(path, field, fmt):
+    v = MathVerifier(answer_field=field, gold_format=fmt)
+    rows = [json.loads(x) for x in (SHARED_DATA / path).read_text().splitlines()]
+    errors = []
+    for i, row in enumerate(rows):
+        try:
+            gold = _gold_strings(row[field], fmt)
+            v.check_gold(row)
+        except GoldAnswerError as e:
+            errors.append(f"{path} row {i}: {e}")
+            continue
+        if i % 7 == 0:  # the reference answer itself, boxed, is correct
+            assert v(row, "\\boxed{" + ", ".join(gold) + "}").status == "correct", (path, i, gold)
+    assert errors == []
+
+
+def test_gold_formats():
+    assert _gold_strings("Natalia sold 48/2 = 24 clips.\n#### 1,072", "auto") == ["1072"]
+    assert _gold_strings("so $\\boxed{\\frac{1}{2}}$.The answer is: \\frac{1}{2}", "auto") == ["\\frac{1}{2}"]
+    assert _gold_strings(27.0, "auto") == ["27"] and _gold_strings(2.5, "auto") == ["2.5"]
+    assert _gold_strings(["$\\frac{1}{3},-2,5$"], "auto") == ["\\frac{1}{3},-2,5"]
+    assert _gold_strings("['3', '4']", "auto") == ["3", "4"]
+    for bad in ("", None, "no final answer", float("nan")):
+        with pytest.raises(GoldAnswerError):
+            MathVerifier(gold_format="gsm8k" if bad == "no final answer" else "auto").check_gold({"answer": bad})
+
+
+@pytest.mark.parametrize(
+    "completion,status,info",
+    [
+        ("<think>...</think><answer>\\frac{1}{2}</answer>", "correct", {}),
+        ("We get \\boxed{0.5}.", "correct", {}),
+        ("\\boxed{\\frac12} hmm, or maybe \\boxed{\\frac13}", "wrong", {"hedge": 1}),
+        ("<answer>1/2 or 1/3</answer>", "wrong", {"hedge": 1}),
+        ("\\boxed{\\frac12} so indeed \\boxed{0.5}", "correct", {}),  # the same value twice is no hedge
+        ("no final answer here", "no_answer", {}),
+        ("\\boxed{" + "1" * 3000 + "}", "format_error", {"too_long": 1}),
+    ],
+)
+def test_extraction_and_hedging(completion, status, info):
+    v = MathVerifier()({"answer": "\\frac{1}{2}"}, completion)
+    assert (v.status, v.info) == (status, info)
+
+
+def test_other_extractors_by_config():
+    p = {"answer": "72"}
+    assert MathVerifier(extract=["answer_is"])(p, "Thus, the answer is 72.").status == "correct"
+    assert MathVerifier(extract=["gsm8k"])(p, "so 72 in all\n#### 72").status == "correct"
+    assert MathVerifier()(p, "the answer is 72").status == "no_answer"  # not in the default chain
+    with pytest.raises(ValueError, match="sniff"):
+        MathVerifier(extract=["sniff"])
+
+
+def test_numeric_tolerance_is_configurable():
+    p = {"answer": "3.14159"}
+    assert MathVerifier()(p, "\\boxed{3.1416}").status == "wrong"
+    assert MathVerifier(rel_tol=1e-4)(p, "\\boxed{3.1416}").status == "correct"
+
+
+def test_multi_part_olympiad_answers_need_every_part():
+    v = MathVerifier(answer_field="final_answer")
+    row = {"final_answer": ["3", "4"]}
+    assert v(row, "\\boxed{4, 3}").status == "correct"
+    assert v(row, "\\boxed{3}").status == "wrong"
+    assert v(row, "\\boxed{3, 5}").status == "wrong"
+
+
+def test_format_partial_credit():
+    f = FormatVerifier(partial_credit=True)
+    assert f({}, "<think>a</think><answer>1</answer>").score == 1.0
+    assert f({}, "<think>a</think> 1").score == 0.5  # two tags present once
+    assert f({}, "<answer>1</answer><think>a</think>").score == 0.75  # all four, wrong order: capped
+    assert FormatVerifier()({}, "<think>a</think> 1").score == 0.0
+
+
+_POOL = []
+
+
+def _pool():
+    """One scoring pool for all fuzz examples: the per-call timeout is what the fuzz test holds the verifier to."""
+    from reasonrl.verifiers.pool import ScoringPool
+
+    if not _POOL:
+        _POOL.append(ScoringPool({"math": MathVerifier()}, workers=2, timeout_s=FUZZ_TIMEOUT_S))
+    return _POOL[0]
+
+
+FUZZ_TIMEOUT_S = 5.0
+
+
+HOSTILE = st.one_of(
+    st.text(max_size=300),
+    st.lists(st.sampled_from(["\\boxed{", "}", "{", "\\frac", "^", "10", "9", "\\sqrt", "(", ")", "\\left(", "\\right)",
+                              "<answer>", "</answer>", "x", "=", ",", "\\\\", "\\begin{pmatrix}", "\\end{pmatrix}", "&",
+                              "\\infty", "i", "\\pi", "e", "!", "\\cdot", "-", "+", "\\text{", "%", "$"]),
+             max_size=80).map("".join),
+    st.integers(1, 60).map(lambda d: "\\boxed{" + "{" * d + "1" + "}" * d + "}"),
+    st.integers(2, 8).map(lambda d: "\\boxed{" + "^".join(["10"] * d) + "}"),
+    st.integers(2, 6).map(lambda d: "\\boxed{" + "10^{" * d + "99" + "}" * d + "}"),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(HOSTILE, st.sampled_from(["72", "\\frac{1}{2}", "(1,2)", "x^2+1", "\\text{Evelyn}"]))
+def test_fuzz_never_raises_and_stays_within_the_timeout(text, gold):
+    completions = [text, f"<answer>{text}</answer>", f"\\boxed{{{text}"]
+    t = time.perf_counter()
+    rows = _pool().run([{"answer": gold}] * 3, completions)
+    for row in rows:
+        v = row["math"]
+        assert v.status in STATUSES and v.status not in ("timeout", "error"), (text, v)
+        assert 0.0 <= v.score <= 1.0
+    assert time.perf_counter() - t < 3 * FUZZ_TIMEOUT_S
+    # and in this process too: the verifier itself never raises
+    for c in completions:
+        assert MathVerifier()({"answer": gold}, c).status in STATUSES

@@ -1,0 +1,74 @@
+"""The scoring pool: a hung check costs one timeout, a dying worker one error; the step goes on."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from reasonrl.verifiers import Verdict
+from reasonrl.verifiers.integer import IntegerVerifier
+from reasonrl.verifiers.pool import ScoringPool
+from reasonrl.verifiers.scoring import score, summarize
+
+
+class Moody:
+    """Hangs forever on 'hang', kills its process on 'die', raises on 'raise', else checks the answer."""
+
+    name = "moody"
+
+    def __call__(self, problem, completion):
+        if "hang" in completion:
+            while True:
+                time.sleep(1)
+        if "die" in completion:
+            os._exit(3)
+        if "raise" in completion:
+            raise RuntimeError("bug in a verifier")
+        return Verdict(1.0 if completion.strip() == problem["answer"] else 0.0,
+                       "correct" if completion.strip() == problem["answer"] else "wrong", {})
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with ScoringPool({"moody": Moody(), "integer": IntegerVerifier()}, workers=2, timeout_s=1.0) as p:
+        yield p
+
+
+def test_results_match_in_process_scoring(pool):
+    problems = [{"answer": str(i)} for i in range(300)]
+    completions = [f"<answer>{i if i % 3 else i + 1}</answer>" for i in range(300)]
+    rows = pool.run(problems, completions)
+    local = score(problems, completions, {"integer": (IntegerVerifier(), 1.0)}).verdicts
+    assert [r["integer"] for r in rows] == [r["integer"] for r in local]
+
+
+def test_a_hanging_check_costs_one_timeout_and_the_step_goes_on(pool):
+    problems = [{"answer": "5"}] * 6
+    completions = ["5", "4", "hang", "5", "5", "6"]
+    t = time.perf_counter()
+    scored = score(problems, completions, {"moody": (Moody(), 1.0), "integer": (IntegerVerifier(), 0.0)}, pool=pool)
+    assert time.perf_counter() - t < 5
+    statuses = [r["moody"].status for r in scored.verdicts]
+    assert statuses == ["correct", "wrong", "timeout", "correct", "correct", "wrong"]
+    assert scored.masked == [False, False, True, False, False, False]  # masked, not scored as wrong
+    assert summarize(scored, ["moody", "integer"])["verify/timeout_frac"] == pytest.approx(1 / 12)
+    assert pool.run([{"answer": "1"}], ["1"])[0]["moody"].status == "correct"  # the pool still works
+
+
+def test_a_dying_worker_costs_one_error_and_is_replaced(pool):
+    before = pool.replaced
+    rows = pool.run([{"answer": "1"}] * 4, ["1", "die", "raise", "1"])
+    assert [r["moody"].status for r in rows] == ["correct", "error", "error", "correct"]
+    assert rows[1]["moody"].info == {"worker_died": 1}
+    assert "RuntimeError" in rows[2]["moody"].info["exception"]
+    assert pool.replaced == before + 1
+
+
+def test_no_worker_processes_are_left_behind():
+    p = ScoringPool({"integer": IntegerVerifier()}, workers=2)
+    procs = [w.proc for w in p._workers]
+    assert all(x.is_alive() for x in procs)
+    p.close()
+    assert not any(x.is_alive() for x in procs)

@@ -1,0 +1,149 @@
+"""The scoring pool: verifiers in killable worker processes with a per-call timeout.
+
+Each job is one (completion, verifier) pair. Jobs go to ``workers`` processes
+in chunks; every result comes back on its own, so each job has its own
+deadline. A worker that passes the deadline is killed and replaced: its current
+job costs one ``timeout`` verdict and its queued jobs go to the replacement. A
+worker that dies (segfault, ``os._exit``, out of memory) costs one ``error``
+verdict for its current job and is replaced the same way. A check that raises
+inside a worker is an ``error`` verdict. The step always gets one verdict per
+job and goes on.
+
+Verifiers are pickled into the workers once, at start; their caches (parsed
+gold answers) then live in the workers. Workers are started with ``spawn``, so
+they share nothing with the trainer's threads or engines.
+
+It does not bound the workers' memory or CPU (the sandbox does that for code).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import time
+from collections import deque
+from multiprocessing.connection import Connection, wait
+from typing import Any, Mapping, Sequence
+
+from reasonrl.verifiers.base import GoldAnswerError, Verdict, Verifier
+
+log = logging.getLogger(__name__)
+CHUNK = 64
+
+
+def _worker_main(conn: Connection, verifiers: dict[str, Verifier]) -> None:
+    from reasonrl.verifiers.base import safe_call
+
+    while True:
+        try:
+            jobs = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        if jobs is None:
+            return
+        for job_id, name, problem, completion in jobs:
+            try:
+                v = safe_call(verifiers[name], problem, completion)
+            except GoldAnswerError as e:
+                v = Verdict(0.0, "error", {"gold_error": str(e)[:200]})
+            conn.send((job_id, v))
+
+
+class _Worker:
+    def __init__(self, ctx, verifiers):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, verifiers), daemon=True)
+        self.proc.start()
+        child.close()
+        self.queue: deque[int] = deque()  # job ids sent, in order; the head is running
+        self.deadline = float("inf")
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(timeout=5)
+        self.conn.close()
+
+
+class ScoringPool:
+    """Run ``{name: verifier}`` over (problem, completion) pairs in worker processes."""
+
+    def __init__(self, verifiers: Mapping[str, Verifier], workers: int = 2, timeout_s: float = 10.0):
+        if workers < 1:
+            raise ValueError("ScoringPool needs at least one worker (use in-process scoring for workers=0)")
+        self.verifiers = dict(verifiers)
+        self.timeout_s = float(timeout_s)
+        self._ctx = mp.get_context("spawn")
+        self._workers = [_Worker(self._ctx, self.verifiers) for _ in range(workers)]
+        self.replaced = 0  # workers killed or found dead and replaced, over the pool's life
+
+    def run(self, problems: Sequence[Mapping[str, Any]], completions: Sequence[str]) -> list[dict[str, Verdict | None]]:
+        """One dict of verdicts per completion (None where a verifier does not apply)."""
+        names = list(self.verifiers)
+        jobs = {}
+        for i, (p, c) in enumerate(zip(problems, completions, strict=True)):
+            for name in names:
+                jobs[len(jobs)] = (i, name, p, c)
+        results: dict[int, Verdict | None] = {}
+        todo = deque(jobs)
+        while len(results) < len(jobs):
+            now = time.monotonic()
+            for w in self._workers:  # top up idle workers
+                while todo and len(w.queue) < CHUNK // 2:
+                    batch = [todo.popleft() for _ in range(min(CHUNK, len(todo)))]
+                    self._send(w, [(j, *jobs[j][1:]) for j in batch], now)
+            live = [w.conn for w in self._workers if w.queue]
+            nearest = min((w.deadline for w in self._workers if w.queue), default=now + self.timeout_s)
+            for conn in wait(live, timeout=max(0.0, nearest - time.monotonic())):
+                w = next(x for x in self._workers if x.conn is conn)
+                try:
+                    while conn.poll():
+                        job_id, verdict = conn.recv()
+                        results[job_id] = verdict
+                        w.queue.remove(job_id)
+                        w.deadline = time.monotonic() + self.timeout_s
+                except (EOFError, OSError):
+                    self._replace(w, results, todo, Verdict(0.0, "error", {"worker_died": 1}))
+            now = time.monotonic()
+            for w in list(self._workers):
+                if w.queue and now > w.deadline:
+                    self._replace(w, results, todo, Verdict(0.0, "timeout", {"timeout_s": self.timeout_s}))
+                elif w.queue and not w.proc.is_alive() and not w.conn.poll():
+                    self._replace(w, results, todo, Verdict(0.0, "error", {"worker_died": 1}))
+        out: list[dict[str, Verdict | None]] = [{} for _ in completions]
+        for j, (i, name, _, _) in jobs.items():
+            out[i][name] = results[j]
+        return out
+
+    def _send(self, w: _Worker, batch, now: float) -> None:
+        if not w.queue:
+            w.deadline = now + self.timeout_s
+        w.queue.extend(j for j, *_ in batch)
+        w.conn.send(batch)
+
+    def _replace(self, w: _Worker, results: dict, todo: deque, verdict: Verdict) -> None:
+        """Kill ``w``; its running job gets ``verdict``; its queued jobs go back to the front of ``todo``."""
+        if w.queue:
+            head = w.queue.popleft()
+            results[head] = verdict
+            log.warning("verifier job %d: %s (worker pid %s replaced)", head, verdict.status, w.proc.pid)
+        todo.extendleft(reversed(w.queue))
+        w.kill()
+        self._workers[self._workers.index(w)] = _Worker(self._ctx, self.verifiers)
+        self.replaced += 1
+
+    def close(self) -> None:
+        for w in self._workers:
+            try:
+                w.conn.send(None)
+            except (OSError, BrokenPipeError):
+                pass
+            w.proc.join(timeout=2)
+            w.kill()
+        self._workers = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
