@@ -194,6 +194,21 @@ class SFTRunConfig:
 _registered = False
 
 
+def _constructor_defaults(ep) -> dict[str, Any]:
+    """A plugin's constructor options with their defaults, so `verifier.<name>.<option>=...` needs no '+'."""
+    import inspect
+    import logging
+
+    try:
+        params = inspect.signature(ep.load()).parameters.values()
+    except Exception as e:  # a broken plugin must not stop every run; using it will fail with its own error
+        logging.getLogger(__name__).warning("verifier plugin %s (%s) cannot be loaded: %s", ep.name, ep.value, e)
+        return {}
+    simple = (str, int, float, bool, type(None), list, tuple)
+    return {p.name: (list(p.default) if isinstance(p.default, tuple) else p.default) for p in params
+            if p.default is not inspect.Parameter.empty and isinstance(p.default, simple)}
+
+
 def register() -> None:
     """Put the schemas and the entry-point verifiers into Hydra's ConfigStore (idempotent)."""
     global _registered
@@ -209,6 +224,6 @@ def register() -> None:
     have_yaml = {p.stem for p in (CONF_DIR / "verifier").glob("*.yaml")}
     for name, ep in entry_points().items():
         if name not in have_yaml:
-            target = ep.value.replace(":", ".")
-            cs.store(group="verifier", name=name, node={name: {"_target_": target, "weight": 1.0}})
+            node = {"_target_": ep.value.replace(":", "."), "weight": 1.0, **_constructor_defaults(ep)}
+            cs.store(group="verifier", name=name, node={name: node})
     _registered = True
