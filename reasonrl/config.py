@@ -89,10 +89,20 @@ class RolloutConfig:
 @dataclass
 class AlgorithmConfig:
     name: str = "grpo"
-    adv_scale: str = "group"
-    loss_agg: str = "token_mean"
+    adv_scale: str = "group"  # group | batch | none
+    loss_agg: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2
+    dual_clip: Optional[float] = None  # c > 1 bounds the loss of negative-advantage tokens
+    updates_per_batch: int = 1  # mu: optimizer steps on each sampled batch
+    kl_coef: float = 0.0  # > 0 loads a frozen reference copy of the initial policy
+    kl_estimator: str = "k3"  # k1 | k2 | k3
+    entropy_coef: float = 0.0  # entropy bonus
+    dynamic_sampling: bool = False  # drop groups with equal rewards and draw more prompts
+    max_redraws: int = 3  # cap on extra draws per step
+    mask_truncated: bool = False  # leave completions that hit max_new_tokens out of the loss
+    overlong_buffer: int = 0  # > 0: soft overlong penalty over this many tokens before the limit
+    overlong_coef: float = 1.0
     # truncated importance sampling between trainer and sampler probabilities:
     # "auto" turns it on for generators whose logprobs are not exact (vLLM)
     tis: str = "auto"

@@ -50,6 +50,23 @@ def zero_std_groups(rewards: Tensor, group_size: int) -> Tensor:
     return (r == r[:, :1]).all(dim=1)
 
 
+def overlong_penalty(lengths: Tensor, max_len: int, buffer: int) -> Tensor:
+    """(N,) DAPO's soft overlong penalty: 0 up to max_len - buffer, then linear down to -1 at max_len.
+
+    A completion of length L gets ((max_len - buffer) - L) / buffer inside the buffer and -1 beyond max_len.
+    """
+    if buffer <= 0 or buffer > max_len:
+        raise ValueError(f"overlong buffer must be in (0, max_len], not {buffer}")
+    start = max_len - buffer
+    pen = (start - lengths.float()) / buffer  # negative inside the buffer
+    return torch.where(lengths.float() <= start, torch.zeros_like(pen), pen.clamp(min=-1.0))
+
+
+def keep_groups(rewards: Tensor, group_size: int) -> Tensor:
+    """(B,) True for groups whose rewards differ (the ones dynamic sampling keeps)."""
+    return ~zero_std_groups(rewards, group_size)
+
+
 # ---------------------------------------------------------------- per-token terms
 
 
@@ -65,18 +82,30 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     return -(logp.exp() * logp).sum(dim=-1)
 
 
-def clipped_surrogate(logp: Tensor, old_logp: Tensor, adv: Tensor, eps_low: float, eps_high: float) -> tuple[Tensor, Tensor]:
+def clipped_surrogate(
+    logp: Tensor, old_logp: Tensor, adv: Tensor, eps_low: float, eps_high: float, dual_clip: float | None = None
+) -> tuple[Tensor, Tensor]:
     """PPO clipped objective as a loss, per token.
 
     logp, old_logp: (N, T); adv: (N,). Returns (N, T) loss = -min(r*A, clip(r, 1-eps_low, 1+eps_high)*A)
-    and (N, T) bool, True where the clipped branch was taken (the gradient is zero there).
+    and (N, T) bool, True where a clipped branch was taken (the gradient is zero there).
+    With ``dual_clip`` = c > 1, tokens with A < 0 are also bounded below: the objective is
+    max(that, c*A), so a huge ratio on a bad token cannot blow up the loss (dual-clip PPO).
     """
     ratio = torch.exp(logp - old_logp)  # (N, T)
     a = adv.unsqueeze(-1)  # (N, 1)
     unclipped = ratio * a
     clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * a
-    loss = -torch.minimum(unclipped, clipped)
-    return loss, clipped < unclipped
+    objective = torch.minimum(unclipped, clipped)
+    was_clipped = clipped < unclipped
+    if dual_clip is not None:
+        if dual_clip <= 1.0:
+            raise ValueError(f"dual_clip must be > 1, not {dual_clip}")
+        floor = dual_clip * a  # (N, 1)
+        lower = (a < 0) & (objective < floor)
+        objective = torch.where(lower, floor.expand_as(objective), objective)
+        was_clipped = was_clipped | lower
+    return -objective, was_clipped
 
 
 def truncated_is_weights(trainer_logp: Tensor, sampler_logp: Tensor, cap: float) -> Tensor:

@@ -13,14 +13,20 @@ forward/backward over micro-batches with the clipped surrogate, take an
 optimizer step, sync the weights into the generator, log one metrics row; every
 ``eval.every`` steps evaluate on the held-out set and checkpoint.
 
-It does not use a reference model, several updates per batch, or more than
-one process.
+Algorithm variants (``algorithm=grpo|dr_grpo|dapo``) are small functions in
+:mod:`reasonrl.grpo` chosen by name: loss aggregation, advantage scaling,
+clip-higher and dual clip, KL to a frozen reference (loaded only when
+``kl_coef`` > 0), entropy bonus, several updates per batch, dynamic sampling,
+overlong masking and the soft overlong penalty.
+
+It does not run more than one process or shard the model.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import sys
@@ -95,6 +101,65 @@ def evaluate_heldout(generator, tokenizer, problems, render, verifier, cfg, seed
     return out
 
 
+def sample_groups(generator, tokenizer, stream, render, verifiers, pool, *, B: int, G: int, sampling, seed: int,
+                  mask_statuses, dynamic: bool, max_redraws: int, overlong_buffer: int, overlong_coef: float):
+    """Draw B prompts, generate G completions each, score them; return B groups.
+
+    With ``dynamic`` (DAPO's dynamic sampling), groups whose G rewards are all equal
+    are dropped and new prompts drawn, at most ``max_redraws`` extra draws; if the
+    cap is hit the batch is filled with the dropped groups. With ``overlong_buffer``
+    > 0, the soft overlong penalty (times ``overlong_coef``) is added to rewards.
+    Returns (problems, rollouts, scored, rewards (N,), stats).
+    """
+    import dataclasses
+
+    import torch
+
+    from reasonrl import grpo
+    from reasonrl.verifiers.scoring import Scored, score
+
+    kept: list[tuple] = []  # (problem, rollouts, verdict rows, masked, rewards) per group
+    spare: list[tuple] = []
+    stats = {"generate_s": 0.0, "verify_s": 0.0, "dropped": 0, "redraws": 0, "zero_std_frac": 0.0, "overlong_penalty_mean": 0.0}
+    for draw in range(max_redraws + 1 if dynamic else 1):
+        problems = [next(stream) for _ in range(B)]
+        prompt_ids = [tokenizer(render(p), add_special_tokens=False)["input_ids"] for p in problems]
+        t = time.perf_counter()
+        rollouts = generator.generate(prompt_ids, G, dataclasses.replace(sampling, seed=seed + 7919 * draw))
+        stats["generate_s"] += time.perf_counter() - t
+        t = time.perf_counter()
+        scored = score([problems[r.prompt_index] for r in rollouts], [r.text for r in rollouts], verifiers, mask_statuses, pool)
+        stats["verify_s"] += time.perf_counter() - t
+        rewards = torch.tensor(scored.rewards, dtype=torch.float32)  # (B*G,)
+        if overlong_buffer > 0:
+            lengths = torch.tensor([len(r.completion_ids) for r in rollouts])
+            penalty = overlong_coef * grpo.overlong_penalty(lengths, sampling.max_new_tokens, overlong_buffer)
+            rewards = rewards + penalty
+            if draw == 0:
+                stats["overlong_penalty_mean"] = float(penalty.mean())
+        has_signal = grpo.keep_groups(rewards, G)  # (B,)
+        if draw == 0:
+            stats["zero_std_frac"] = float((~has_signal).float().mean())
+        for b in range(B):
+            sl = slice(b * G, (b + 1) * G)
+            group = (problems[b], rollouts[sl], scored.verdicts[sl], scored.masked[sl], rewards[sl])
+            (kept if has_signal[b] or not dynamic else spare).append(group)
+        if len(kept) >= B:
+            break
+        stats["redraws"] += 1
+    stats["redraws"] = min(stats["redraws"], max_redraws) if dynamic else 0
+    stats["dropped"] = len(spare)
+    kept = (kept + spare)[:B]  # cap reached: fill with signal-free groups (they get zero advantage)
+    problems = [g[0] for g in kept]
+    rollouts = []
+    for i, g in enumerate(kept):
+        rollouts.extend(dataclasses.replace(r, prompt_index=i) for r in g[1])
+    verdicts = [v for g in kept for v in g[2]]
+    masked = [m for g in kept for m in g[3]]
+    rewards = torch.cat([g[4] for g in kept])
+    return problems, rollouts, Scored(rewards.tolist(), verdicts, masked), rewards, stats
+
+
 def main(cfg) -> dict[str, Any]:
     import torch
     from omegaconf import OmegaConf
@@ -107,7 +172,7 @@ def main(cfg) -> dict[str, Any]:
     from reasonrl.policy import load_policy, make_optimizer, save_checkpoint
     from reasonrl.rollout import Sampling
     from reasonrl.tasks import get_task
-    from reasonrl.verifiers.scoring import score, summarize
+    from reasonrl.verifiers.scoring import summarize
 
     t_start = time.time()
     run_dir = _run_dir(cfg)
@@ -158,10 +223,15 @@ def main(cfg) -> dict[str, Any]:
         raise ValueError(f"algorithm.tis must be auto, on or off, not {alg.tis!r}")
     use_tis = alg.tis == "on" or (alg.tis == "auto" and not getattr(generator, "exact_logprobs", False))
     opt, sched = make_optimizer(model, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay,
-                                warmup_steps=cfg.optim.warmup_steps, total_steps=cfg.max_steps,
+                                warmup_steps=cfg.optim.warmup_steps, total_steps=cfg.max_steps * alg.updates_per_batch,
                                 schedule=cfg.optim.schedule, min_lr_ratio=cfg.optim.min_lr_ratio)
     temperature = cfg.rollout.temperature
     sampling_temp = temperature if temperature > 0 else 1.0
+    ref_model = None  # the frozen initial policy, only when a KL penalty asks for it
+    if alg.kl_coef > 0:
+        import copy
+
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
 
     # ---- step 0 evaluation
     evals: dict[int, dict[str, float]] = {}
@@ -172,73 +242,80 @@ def main(cfg) -> dict[str, Any]:
     bar = tqdm(total=cfg.max_steps, desc="grpo", disable=not cfg.logging.progress, dynamic_ncols=True, mininterval=1.0)
     for step in range(1, cfg.max_steps + 1):
         t0 = time.perf_counter()
-        # 1. sample B problems and render prompts
-        problems = [next(stream) for _ in range(B)]
-        prompt_ids = [tokenizer(render(p), add_special_tokens=False)["input_ids"] for p in problems]
-
-        # 2. generate G completions per prompt
+        # 1-4. sample B problems, generate G completions each, verify; dynamic sampling redraws
+        # prompts whose G rewards are all equal (no signal) until B groups carry one, up to a cap
         t = time.perf_counter()
-        rollouts = generator.generate(prompt_ids, G, Sampling(temperature=temperature, top_p=cfg.rollout.top_p,
-                                                              max_new_tokens=cfg.rollout.max_new_tokens,
-                                                              seed=cfg.seed * 1_000_003 + step))
+        problems, rollouts, scored, rewards, draw = sample_groups(
+            generator, tokenizer, stream, render, verifiers, pool, B=B, G=G,
+            sampling=Sampling(temperature=temperature, top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens),
+            seed=cfg.seed * 1_000_003 + step, mask_statuses=alg.mask_statuses, dynamic=alg.dynamic_sampling,
+            max_redraws=alg.max_redraws, overlong_buffer=alg.overlong_buffer, overlong_coef=alg.overlong_coef,
+        )
         generator.sleep()  # GPU engines release memory while the policy trains
-        generate_s = time.perf_counter() - t
-
-        # 3-4. verify and sum weighted scores into rewards
-        t = time.perf_counter()
-        scored = score([problems[r.prompt_index] for r in rollouts], [r.text for r in rollouts], verifiers,
-                       alg.mask_statuses, pool)
-        verify_s = time.perf_counter() - t
+        generate_s, verify_s = draw["generate_s"], draw["verify_s"]
 
         # 5. group advantages
-        rewards = torch.tensor(scored.rewards, dtype=torch.float32)  # (N,)
         adv = grpo.group_advantages(rewards, G, alg.adv_scale)  # (N,)
-        zero_std = grpo.zero_std_groups(rewards, G)  # (B,)
 
-        # 6. pack into (N, L) tensors; masked samples (timeout/error verdicts) leave the loss
+        # 6. pack into (N, L) tensors; masked samples (timeout/error verdicts, optionally truncated) leave the loss
         t = time.perf_counter()
         batch = pack(rollouts, tokenizer.pad_token_id)
-        keep = torch.tensor([not m for m in scored.masked], dtype=torch.float32).unsqueeze(1)  # (N, 1)
+        keep = torch.tensor([not (m or (alg.mask_truncated and r.finish_reason == "length"))
+                             for m, r in zip(scored.masked, rollouts)], dtype=torch.float32).unsqueeze(1)  # (N, 1)
         loss_mask = batch.completion_mask * keep  # (N, L-1)
         total_tokens, total_seqs = int(loss_mask.sum().item()), int(keep.sum().item())
 
-        # 7. forward/backward over micro-batches
+        # 7-8. forward/backward over micro-batches, optimizer step; mu > 1 updates reuse the batch with
+        # the sampler's stored logprobs as the old policy
         model.train()
-        opt.zero_grad(set_to_none=True)
-        loss_sum, sums = 0.0, {"entropy": 0.0, "clip": 0.0, "kl": 0.0, "diff": 0.0, "tis": 0.0, "tis_capped": 0.0}
+        sums = dict.fromkeys(("loss", "entropy", "clip", "kl", "ref_kl", "diff", "tis", "tis_capped"), 0.0)
         diff_max = 0.0
         mb = cfg.rollout.micro_batch_size
-        for s in range(0, len(rollouts), mb):
-            sl = slice(s, s + mb)
-            logits = model(input_ids=batch.input_ids[sl], attention_mask=batch.attention_mask[sl]).logits[:, :-1]
-            logits = logits / sampling_temp  # (n, L-1, V)
-            logp = grpo.token_logprobs(logits, batch.input_ids[sl, 1:])  # (n, L-1)
-            old_logp = logp.detach()  # one update per batch: the policy that sampled is this one
-            per_tok, clipped = grpo.clipped_surrogate(logp, old_logp, adv[sl], alg.clip_eps_low, alg.clip_eps_high)
-            if use_tis:
-                w = grpo.truncated_is_weights(old_logp, batch.sampler_logprobs[sl], alg.tis_cap)  # (n, L-1)
-                per_tok = per_tok * w
-                sums["tis"] += float((w * batch.completion_mask[sl]).sum())
-                sums["tis_capped"] += float(((w >= alg.tis_cap) * batch.completion_mask[sl]).sum())
-            loss = grpo.aggregate(alg.loss_agg, per_tok, loss_mask[sl], total_tokens=total_tokens,
-                                  total_seqs=total_seqs, max_len=cfg.rollout.max_new_tokens)
-            loss.backward()
-            loss_sum += loss.item()
-            with torch.no_grad():
+        for update in range(alg.updates_per_batch):
+            opt.zero_grad(set_to_none=True)
+            for s in range(0, len(rollouts), mb):
+                sl = slice(s, s + mb)
                 m = batch.completion_mask[sl]
-                ent = grpo.entropy_from_logits(logits)
-                diff = (logp.detach() - batch.sampler_logprobs[sl]).abs() * m
-                sums["entropy"] += float((ent * m).sum())
-                sums["clip"] += float((clipped.float() * m).sum())
-                sums["kl"] += float((grpo.kl_estimate(batch.sampler_logprobs[sl], logp.detach(), "k3") * m).sum())
-                sums["diff"] += float(diff.sum())
-                diff_max = max(diff_max, float(diff.max()))
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
-        if not torch.isfinite(torch.tensor(loss_sum)):
-            raise FloatingPointError(f"non-finite loss {loss_sum} at step {step}")
-        # 8. optimizer step, then sync weights into the generator
-        opt.step()
-        sched.step()
+                logits = model(input_ids=batch.input_ids[sl], attention_mask=batch.attention_mask[sl]).logits[:, :-1]
+                logits = logits / sampling_temp  # (n, L-1, V)
+                logp = grpo.token_logprobs(logits, batch.input_ids[sl, 1:])  # (n, L-1)
+                # one update: the policy that sampled is this one; several: the stored sampling-time logprobs
+                old_logp = logp.detach() if alg.updates_per_batch == 1 else batch.sampler_logprobs[sl]
+                per_tok, clipped = grpo.clipped_surrogate(logp, old_logp, adv[sl], alg.clip_eps_low, alg.clip_eps_high,
+                                                          alg.dual_clip)
+                if use_tis and alg.updates_per_batch == 1:
+                    w = grpo.truncated_is_weights(old_logp, batch.sampler_logprobs[sl], alg.tis_cap)  # (n, L-1)
+                    per_tok = per_tok * w
+                    sums["tis"] += float((w * m).sum())
+                    sums["tis_capped"] += float(((w >= alg.tis_cap) * m).sum())
+                if ref_model is not None:
+                    with torch.no_grad():
+                        ref_logits = ref_model(input_ids=batch.input_ids[sl], attention_mask=batch.attention_mask[sl]).logits
+                        ref_logp = grpo.token_logprobs(ref_logits[:, :-1] / sampling_temp, batch.input_ids[sl, 1:])
+                    ref_kl = grpo.kl_estimate(logp, ref_logp, alg.kl_estimator)  # (n, L-1)
+                    per_tok = per_tok + alg.kl_coef * ref_kl
+                    sums["ref_kl"] += float((ref_kl.detach() * m).sum())
+                ent = grpo.entropy_from_logits(logits) if alg.entropy_coef > 0 else None
+                if ent is not None:
+                    per_tok = per_tok - alg.entropy_coef * ent
+                loss = grpo.aggregate(alg.loss_agg, per_tok, loss_mask[sl], total_tokens=total_tokens,
+                                      total_seqs=total_seqs, max_len=cfg.rollout.max_new_tokens)
+                loss.backward()
+                if update == 0:  # statistics of the sampled batch under the policy that sampled it
+                    with torch.no_grad():
+                        ent = grpo.entropy_from_logits(logits) if ent is None else ent.detach()
+                        diff = (logp.detach() - batch.sampler_logprobs[sl]).abs() * m
+                        sums["loss"] += loss.item()
+                        sums["entropy"] += float((ent * m).sum())
+                        sums["clip"] += float((clipped.float() * m).sum())
+                        sums["kl"] += float((grpo.kl_estimate(batch.sampler_logprobs[sl], logp.detach(), "k3") * m).sum())
+                        sums["diff"] += float(diff.sum())
+                        diff_max = max(diff_max, float(diff.max()))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
+            if not math.isfinite(sums["loss"]) or not math.isfinite(grad_norm):
+                raise FloatingPointError(f"non-finite loss {sums['loss']} or grad norm {grad_norm} at step {step}")
+            opt.step()
+            sched.step()
         train_s = time.perf_counter() - t
         t = time.perf_counter()
         generator.wake_up()
@@ -267,15 +344,19 @@ def main(cfg) -> dict[str, Any]:
             "rollout/answer_len_mean": mean(answer),
             "rollout/len_correct_mean": mean(n for n, c in zip(lens, correct) if c),
             "rollout/len_wrong_mean": mean(n for n, c in zip(lens, correct) if not c),
-            "train/loss": loss_sum,
-            "train/kl": sums["kl"] / max(n_comp, 1),
+            "train/loss": sums["loss"],
+            "train/kl": (sums["ref_kl"] if ref_model is not None else sums["kl"]) / max(n_comp, 1),
             "train/entropy": sums["entropy"] / max(n_comp, 1),
             "train/clip_frac": sums["clip"] / max(n_comp, 1),
             "train/grad_norm": grad_norm,
             "train/lr": sched.get_last_lr()[0],
             "sampling/logprob_diff_mean": sums["diff"] / max(n_comp, 1),
             "sampling/logprob_diff_max": diff_max,
-            "group/zero_std_frac": float(zero_std.float().mean()),
+            "group/zero_std_frac": draw["zero_std_frac"],
+            "group/dropped": draw["dropped"],
+            "group/redraws": draw["redraws"],
+            "reward/overlong_penalty_mean": draw["overlong_penalty_mean"],
+            "train/masked_frac": 1.0 - total_seqs / len(rollouts),
             "verify/workers_replaced": pool.replaced if pool is not None else 0,
         }
         if use_tis:

@@ -104,3 +104,25 @@ def test_truncated_importance_weights():
     w = grpo.truncated_is_weights(trainer, sampler, cap=1.5)
     assert w.tolist()[0] == pytest.approx([1.5, 0.5, 1.0])
     assert not w.requires_grad
+
+
+def test_dual_clip_bounds_negative_advantages():
+    # ratio 5 (logp = ln 5), A = -1, eps .2: min(-5, -1.2) = -5; dual clip c = 3 -> max(-5, -3) = -3 -> loss 3
+    # ratio 5, A = +1: min(5, 1.2) = 1.2 (dual clip only acts on A < 0) -> loss -1.2
+    # ratio .5, A = -1: min(-.5, -.8) = -.8 > -3 -> unchanged, loss .8
+    logp = torch.log(torch.tensor([[5.0], [5.0], [0.5]]))
+    loss, clipped = grpo.clipped_surrogate(logp, torch.zeros(3, 1), torch.tensor([-1.0, 1.0, -1.0]), 0.2, 0.2, dual_clip=3.0)
+    assert loss.squeeze(1).tolist() == pytest.approx([3.0, -1.2, 0.8])
+    assert clipped.squeeze(1).tolist() == [True, True, True]
+    with pytest.raises(ValueError, match="dual_clip"):
+        grpo.clipped_surrogate(logp, torch.zeros(3, 1), torch.ones(3), 0.2, 0.2, dual_clip=0.5)
+
+
+def test_overlong_penalty():
+    # max 20, buffer 4: lengths <= 16 -> 0; 17 -> (16-17)/4 = -.25; 18 -> -.5; 20 -> -1; 25 -> -1 (capped)
+    pen = grpo.overlong_penalty(torch.tensor([3, 16, 17, 18, 20, 25]), max_len=20, buffer=4)
+    assert pen.tolist() == pytest.approx([0, 0, -0.25, -0.5, -1.0, -1.0])
+
+
+def test_keep_groups_for_dynamic_sampling():
+    assert grpo.keep_groups(torch.tensor([1.0, 1, 0, 1, 0, 0]), 2).tolist() == [False, True, False]

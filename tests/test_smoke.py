@@ -118,3 +118,70 @@ def test_console_script(tmp_path):
     assert (run_dir / "summary.json").is_file()
     bad = subprocess.run([exe, "max_stpes=1", f"hydra.run.dir={tmp_path / 'bad'}"], capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode != 0 and "max_stpes" in bad.stderr
+
+
+@pytest.mark.parametrize("overrides", [
+    ["algorithm=grpo_deepseekmath"],
+    ["algorithm=dr_grpo"],
+    ["algorithm=dapo", "algorithm.overlong_buffer=4"],
+    ["algorithm.updates_per_batch=2", "algorithm.dual_clip=3.0", "algorithm.entropy_coef=0.01",
+     "algorithm.mask_truncated=true"],
+])
+def test_algorithm_variants_train(tmp_path, overrides):
+    from reasonrl.policy import load_policy
+    from reasonrl.train import main
+
+    cfg = compose("train", [*TINY, *overrides, "max_steps=2", "optim.lr=1e-3", f"run_dir={tmp_path}",
+                            "rollout.max_new_tokens=16"])
+    before, _, _ = load_policy(cfg.model, progress=False)
+    main(cfg)
+    rows = _rows(tmp_path)[1:]
+    for r in rows:
+        assert math.isfinite(r["train/loss"]) and math.isfinite(r["train/grad_norm"])
+        assert {"group/dropped", "group/redraws", "reward/overlong_penalty_mean", "train/masked_frac"} <= set(r)
+    from transformers import AutoModelForCausalLM
+
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoints" / "final").state_dict()
+    assert any(not torch.equal(before.state_dict()[k], after[k]) for k in after)
+    if "algorithm=grpo_deepseekmath" in overrides:
+        assert rows[0]["train/kl"] == pytest.approx(0.0, abs=1e-6)  # the reference is the starting policy
+        assert rows[1]["train/kl"] > 0  # one step later it differs
+    if "algorithm.mask_truncated=true" in overrides:
+        assert rows[0]["train/masked_frac"] == pytest.approx(rows[0]["rollout/clipped_frac"])
+
+
+def test_dynamic_sampling_redraws_until_groups_carry_signal():
+    import torch as t
+
+    from reasonrl.rollout import Rollout, Sampling
+    from reasonrl.train import sample_groups
+    from reasonrl.verifiers.integer import IntegerVerifier
+
+    class Scripted:
+        """Group i answers correctly in samples whose index < i % 3: groups 0 (all wrong) carry no signal."""
+
+        exact_logprobs = True
+
+        def generate(self, prompt_ids, n, sampling):
+            out = []
+            for i, p in enumerate(prompt_ids):
+                k = int(p[0]) % 3
+                for j in range(n):
+                    out.append(Rollout(i, list(p), [1], f"<answer>{'7' if j < k else '0'}</answer>", "stop", [0.0]))
+            return out
+
+    stream = iter({"question": str(i), "answer": "7"} for i in range(100))
+    kw = dict(B=3, G=2, sampling=Sampling(max_new_tokens=8), seed=0, mask_statuses=("error",), max_redraws=5,
+              overlong_buffer=0, overlong_coef=1.0)
+    tok = lambda text, add_special_tokens=False: {"input_ids": [int(text)]}  # noqa: E731
+    problems, rollouts, scored, rewards, stats = sample_groups(Scripted(), tok, stream, lambda p: p["question"],
+                                                               {"integer": (IntegerVerifier(), 1.0)}, None, dynamic=True, **kw)
+    # questions 0..2: only "1" (k=1 of G=2) has signal; 3..5: "4"; 6..8: "7" -> 3 draws fill B=3
+    assert [p["question"] for p in problems] == ["1", "4", "7"]
+    assert stats["redraws"] == 2 and stats["dropped"] == 6 and stats["zero_std_frac"] == pytest.approx(2 / 3)
+    assert [r.prompt_index for r in rollouts] == [0, 0, 1, 1, 2, 2]
+    assert rewards.tolist() == [1.0, 0.0] * 3 and len(scored.verdicts) == 6
+    stream2 = iter({"question": str(i), "answer": "7"} for i in range(100))
+    p2, _, _, r2, s2 = sample_groups(Scripted(), tok, stream2, lambda p: p["question"],
+                                     {"integer": (IntegerVerifier(), 1.0)}, None, dynamic=False, **kw)
+    assert [p["question"] for p in p2] == ["0", "1", "2"] and s2["redraws"] == 0 and t.equal(r2[:2], t.zeros(2))
