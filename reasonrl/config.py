@@ -22,11 +22,13 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 @dataclass
 class ArchConfig:
-    type: str = "llama"
+    type: str = "llama"  # llama | qwen2
     hidden_size: int = 128
     num_layers: int = 3
     num_heads: int = 2
+    num_kv_heads: Optional[int] = None  # None: as many as num_heads
     head_dim: int = 64
+    vocab_size: Optional[int] = None  # None: the tokenizer's size; larger pads the tokenizer with filler tokens
     intermediate_size: int = 256
     max_position_embeddings: int = 96
     tie_embeddings: bool = True
@@ -43,7 +45,7 @@ class PretrainConfig:
     weight_decay: float = 0.01
     betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
     grad_clip: float = 1.0
-    max_steps: int = 2500
+    max_steps: int = 2500  # 0: no pretraining (a randomly initialised model, for speed checks)
     eval_every: int = 100
     eval_problems: int = 200
     target_accuracy: float = 0.8
@@ -55,6 +57,7 @@ class PretrainConfig:
 class ModelConfig:
     name: str = "tiny_arith"
     path: Optional[str] = None  # a Hugging Face folder
+    device: str = "auto"  # auto: cuda when available, else cpu
     gguf: Optional[str] = None  # else a GGUF file ("path" or "package:file"), converted once into the cache
     # else (neither): the tiny base model built from arch + pretrain
     dtype: str = "float32"

@@ -83,6 +83,9 @@ class Packed:
     completion_mask: torch.Tensor  # (N, L-1) 1 where target token L[t+1] is a completion token
     sampler_logprobs: torch.Tensor  # (N, L-1) generator's logprob of each target (0 elsewhere)
 
+    def to(self, device) -> "Packed":
+        return Packed(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.completion_mask, self.sampler_logprobs)))
+
 
 def pack(rollouts: Sequence[Any], pad_id: int) -> Packed:
     """Right-pad prompt+completion per rollout; masks and sampler logprobs align with targets ids[:, 1:]."""

@@ -56,7 +56,10 @@ def load_policy(model_cfg: Any, progress: bool = True):
 
         path = get_or_build_base(model_cfg.arch, model_cfg.pretrain, progress=progress)
     model, tok = load_hf(path, model_cfg.dtype)
-    return model, tok, path
+    device = model_cfg.get("device", "auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device), tok, path
 
 
 def lr_schedule(warmup_steps: int, total_steps: int, kind: str = "cosine", min_ratio: float = 0.1) -> Callable[[int], float]:

@@ -32,17 +32,26 @@ CORPUS_VERSION = 1
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 
 
-def build_tokenizer(charset: list[str], tags: list[str]):
-    """A character-level fast tokenizer whose tags are single (non-special) tokens."""
+def build_tokenizer(charset: list[str], tags: list[str], vocab_size: int | None = None):
+    """A character-level fast tokenizer whose tags are single (non-special) tokens.
+
+    ``vocab_size`` larger than the natural size pads the vocabulary with filler
+    tokens (``<f123>``) so that a model with a realistic embedding size can decode
+    whatever it samples.
+    """
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {t: i for i, t in enumerate([PAD, EOS, UNK] + list(charset))}
+    for i in range(len(vocab) + len(tags), vocab_size or 0):
+        vocab[f"<f{i}>"] = len(vocab)
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tk.decoder = decoders.Fuse()
     tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (PAD, EOS, UNK)])
     tk.add_tokens([AddedToken(t, special=False, normalized=False) for t in tags])
+    if vocab_size and tk.get_vocab_size() != vocab_size:
+        raise ValueError(f"tokenizer has {tk.get_vocab_size()} tokens, asked for {vocab_size}")
     return PreTrainedTokenizerFast(
         tokenizer_object=tk, pad_token=PAD, eos_token=EOS, unk_token=UNK, clean_up_tokenization_spaces=False
     )
@@ -50,17 +59,19 @@ def build_tokenizer(charset: list[str], tags: list[str]):
 
 def build_model(arch: Any, tokenizer, seed: int):
     """A randomly initialised LlamaForCausalLM from the ``model.arch`` config."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    if arch.type != "llama":
-        raise ValueError(f"model.arch.type {arch.type!r} is not supported; use 'llama'")
-    cfg = LlamaConfig(
+    kinds = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+    if arch.type not in kinds:
+        raise ValueError(f"model.arch.type {arch.type!r} is not supported; use one of {sorted(kinds)}")
+    config_cls, model_cls = kinds[arch.type]
+    cfg = config_cls(
         vocab_size=len(tokenizer),
         hidden_size=arch.hidden_size,
         intermediate_size=arch.intermediate_size,
         num_hidden_layers=arch.num_layers,
         num_attention_heads=arch.num_heads,
-        num_key_value_heads=arch.num_heads,
+        num_key_value_heads=arch.num_kv_heads or arch.num_heads,
         head_dim=arch.head_dim,
         max_position_embeddings=arch.max_position_embeddings,
         tie_word_embeddings=arch.tie_embeddings,
@@ -69,7 +80,7 @@ def build_model(arch: Any, tokenizer, seed: int):
         bos_token_id=None,
     )
     torch.manual_seed(seed)
-    return LlamaForCausalLM(cfg)
+    return model_cls(cfg)
 
 
 def _plain(node: Any) -> dict:
@@ -118,9 +129,15 @@ def _build(arch: Any, pretrain: Any, path: Path, progress: bool) -> None:
         raise ValueError(f"model.pretrain.corpus {pretrain.corpus!r} is not supported; use 'arith'")
     t0 = time.time()
     torch.manual_seed(pretrain.seed)
-    tok = build_tokenizer(arith.CHARSET, arith.TAGS)
+    tok = build_tokenizer(arith.CHARSET, arith.TAGS, arch.get("vocab_size"))
     model = build_model(arch, tok, pretrain.seed)
     n_params = sum(p.numel() for p in model.parameters())
+    if pretrain.max_steps == 0:  # a random model, for speed checks: nothing to learn
+        with atomic_dir(path) as tmp:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / "build.json").write_text(json.dumps({"params": n_params, "steps": 0, "arch": _plain(arch)}))
+        return
     pairs = arith.pretrain_corpus(
         pretrain.max_steps * pretrain.batch_size, pretrain.seed,
         steps_frac=pretrain.steps_frac, short_frac=pretrain.short_frac,

@@ -227,6 +227,7 @@ def main(cfg) -> dict[str, Any]:
                                 schedule=cfg.optim.schedule, min_lr_ratio=cfg.optim.min_lr_ratio)
     temperature = cfg.rollout.temperature
     sampling_temp = temperature if temperature > 0 else 1.0
+    device = next(model.parameters()).device
     ref_model = None  # the frozen initial policy, only when a KL penalty asks for it
     if alg.kl_coef > 0:
         import copy
@@ -259,9 +260,10 @@ def main(cfg) -> dict[str, Any]:
 
         # 6. pack into (N, L) tensors; masked samples (timeout/error verdicts, optionally truncated) leave the loss
         t = time.perf_counter()
-        batch = pack(rollouts, tokenizer.pad_token_id)
+        batch = pack(rollouts, tokenizer.pad_token_id).to(device)
+        adv = adv.to(device)
         keep = torch.tensor([not (m or (alg.mask_truncated and r.finish_reason == "length"))
-                             for m, r in zip(scored.masked, rollouts)], dtype=torch.float32).unsqueeze(1)  # (N, 1)
+                             for m, r in zip(scored.masked, rollouts)], dtype=torch.float32, device=device).unsqueeze(1)  # (N, 1)
         loss_mask = batch.completion_mask * keep  # (N, L-1)
         total_tokens, total_seqs = int(loss_mask.sum().item()), int(keep.sum().item())
 
@@ -359,6 +361,9 @@ def main(cfg) -> dict[str, Any]:
             "train/masked_frac": 1.0 - total_seqs / len(rollouts),
             "verify/workers_replaced": pool.replaced if pool is not None else 0,
         }
+        if device.type == "cuda":
+            row["gpu/peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            torch.cuda.reset_peak_memory_stats()
         if use_tis:
             row["sampling/tis_weight_mean"] = sums["tis"] / max(n_comp, 1)
             row["sampling/tis_capped_frac"] = sums["tis_capped"] / max(n_comp, 1)

@@ -1,0 +1,21 @@
+"""The prepared GPU check runs its CPU dry run end to end, so it cannot rot between GPU sessions."""
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_gpu_check_dry_run(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--quiet", "--out", str(tmp_path)],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    (res,) = report["results"]
+    assert res["shape"] == "tiny" and len(res["steps"]) == 2
+    for step in res["steps"]:
+        assert step["gen_tokens_per_s"] > 0 and step["train_tokens_per_s"] > 0 and step["mfu"] > 0  # CPU peak is rough
+        assert step["completion_len"] > 0
+    assert report["matmul_peak_tflops"] > 0
+    assert "| tiny |" in (tmp_path / "gpu_check.md").read_text() and "| tiny |" in out.stdout.splitlines()[-1]
