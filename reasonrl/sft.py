@@ -159,20 +159,15 @@ def demonstration_accuracy(sft_cfg: Any, task, seed: int) -> float | None:
 def main(cfg) -> dict[str, Any]:
     import json
 
-    from omegaconf import OmegaConf
-
     from reasonrl.metrics import RunLogger
     from reasonrl.policy import load_policy, save_checkpoint
     from reasonrl.rollout import HFGenerator
     from reasonrl.tasks import get_task
-    from reasonrl.train import _run_dir, evaluate_heldout
+    from reasonrl.train import evaluate_heldout, open_run_dir
     from reasonrl.verifiers.integer import IntegerVerifier
 
     t_start = time.time()
-    run_dir = _run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"[reasonrl] run directory: {run_dir}", flush=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    run_dir = open_run_dir(cfg)
     torch.manual_seed(cfg.seed)
     model, tokenizer, model_path = load_policy(cfg.model, progress=cfg.logging.progress)
     task = get_task(cfg.task.name)

@@ -37,12 +37,20 @@ from typing import Any
 log = logging.getLogger("reasonrl.train")
 
 
-def _run_dir(cfg) -> Path:
-    if cfg.run_dir:
-        return Path(cfg.run_dir)
-    from hydra.core.hydra_config import HydraConfig
+def open_run_dir(cfg) -> Path:
+    """The run directory (``run_dir`` or Hydra's output dir), created, announced, with config.yaml written."""
+    from omegaconf import OmegaConf
 
-    return Path(HydraConfig.get().runtime.output_dir)
+    if cfg.run_dir:
+        run_dir = Path(cfg.run_dir)
+    else:
+        from hydra.core.hydra_config import HydraConfig
+
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"[reasonrl] run directory: {run_dir}", flush=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return run_dir
 
 
 def _problems(cfg, task, seed: int, verifiers):
@@ -175,10 +183,7 @@ def main(cfg) -> dict[str, Any]:
     from reasonrl.verifiers.scoring import summarize
 
     t_start = time.time()
-    run_dir = _run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"[reasonrl] run directory: {run_dir}", flush=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    run_dir = open_run_dir(cfg)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))

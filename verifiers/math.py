@@ -33,7 +33,7 @@ from fractions import Fraction
 from typing import Any, Mapping, Sequence
 
 from reasonrl.verifiers.base import GoldAnswerError, Verdict
-from reasonrl.verifiers.extract import _ANSWER, last_boxed
+from reasonrl.verifiers.extract import _ANSWER, all_boxed, last_boxed
 
 MAX_NESTING = 10  # real final answers nest a few levels ({\frac{\sqrt{2}}{2}} is 2)
 MAX_ANSWER_CHARS = 2000  # longer "answers" are not answers; never hand them to sympy
@@ -208,7 +208,7 @@ class MathVerifier:
             if how == "answer_tag":
                 found = [x.strip() for x in _ANSWER.findall(completion)]
             elif how == "boxed":
-                found = _all_boxed(completion)
+                found = [b.strip() for b in all_boxed(completion)]
             elif how == "answer_is":
                 found = [x.strip() for x in _ANSWER_IS.findall(completion)]
             else:
@@ -311,31 +311,3 @@ def _extraction_config() -> list:
         norm = NormalizationConfig(basic_latex=True, units=True, malformed_operators=True, nits=True, boxed="all")
         _CONFIG.extend([LatexExtractionConfig(normalization_config=norm), ExprExtractionConfig()])
     return _CONFIG
-
-
-def _all_boxed(text: str) -> list[str]:
-    """Contents of every ``\\boxed{}`` in order (balanced braces)."""
-    out, start = [], 0
-    while True:
-        i = text.find("\\boxed", start)
-        if i < 0:
-            return out
-        inner = last_boxed(text[i : _boxed_end(text, i)])
-        if inner is not None:
-            out.append(inner.strip())
-        start = i + len("\\boxed")
-
-
-def _boxed_end(text: str, i: int) -> int:
-    depth, k = 0, text.find("{", i)
-    if k < 0:
-        return len(text)
-    while k < len(text):
-        if text[k] == "{":
-            depth += 1
-        elif text[k] == "}":
-            depth -= 1
-            if depth == 0:
-                return k + 1
-        k += 1
-    return len(text)
