@@ -204,6 +204,27 @@ class SFTRunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
+@dataclass
+class EvalRunConfig:
+    experiment_name: str = "eval"
+    seed: int = 0
+    run_dir: Optional[str] = None
+    check: bool = False  # score the benchmarks' reference solutions instead of a model
+    model: ModelConfig = field(default_factory=ModelConfig)
+    generator: Dict[str, Any] = field(default_factory=dict)
+    benchmarks: List[str] = field(default_factory=lambda: ["gsm8k", "math500"])
+    data: Dict[str, str] = field(default_factory=dict)  # benchmark -> local JSONL path or hub name
+    limit: Optional[int] = None  # first N problems of each benchmark
+    n: int = 1  # samples per problem
+    ks: List[int] = field(default_factory=lambda: [1, 4, 8])
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    template: str = "chat_boxed"  # chat_boxed (instruct models) | r1 (base models)
+    extract: List[str] = field(default_factory=lambda: ["answer_tag", "boxed"])
+    verify_workers: int = 2
+
+
 _registered = False
 
 
@@ -234,6 +255,7 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="sft_schema", node=SFTRunConfig)
+    cs.store(name="eval_schema", node=EvalRunConfig)
     have_yaml = {p.stem for p in (CONF_DIR / "verifier").glob("*.yaml")}
     for name, ep in entry_points().items():
         if name not in have_yaml:

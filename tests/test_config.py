@@ -20,6 +20,8 @@ def test_primary_configs_compose_with_defaults():
     assert cfg.model.name == "tiny_arith" and cfg.model.arch.head_dim == 64
     assert set(cfg.verifier) == {"integer", "format"}
     assert compose("sft").sft.steps == compose("sft").max_steps
+    ev = compose("eval")
+    assert list(ev.benchmarks) == ["gsm8k", "math500"] and set(ev.data) >= {"gsm8k", "olympiadbench"}
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])

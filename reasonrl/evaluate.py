@@ -1,0 +1,119 @@
+"""reasonrl-eval: a model (or the references themselves) times a list of benchmarks.
+
+Run::
+
+    reasonrl-eval model=smollm2_135m generator=vllm benchmarks=[gsm8k,math500] n=4 limit=100
+    reasonrl-eval check=true                      # score each benchmark's reference solutions (no model)
+
+Per benchmark: accuracy (pass@1 as the mean over the n samples), unbiased
+pass@k and maj@k for each k in ``ks`` up to n, mean completion length and
+truncation rate; written to results.json and results.md in the run directory,
+with every sample and its verdict in samples.jsonl. Scoring uses the math
+verifier, as training does.
+
+It does not evaluate code benchmarks (HumanEval needs the code verifier).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _score(problems, completions, extract, pool_workers: int):
+    from reasonrl.verifiers.math import MathVerifier
+    from reasonrl.verifiers.pool import ScoringPool
+    from reasonrl.verifiers.scoring import score
+
+    verifier = MathVerifier(extract=extract)
+    if pool_workers > 0:
+        with ScoringPool({"math": verifier}, workers=pool_workers) as pool:
+            rows = pool.run(problems, completions)
+    else:
+        rows = score(problems, completions, {"math": (verifier, 1.0)}).verdicts
+    return [r["math"] for r in rows], [verifier.extract(c)[0] for c in completions]
+
+
+def summarize(n: int, ks, verdicts, answers, lengths, clipped) -> dict[str, float]:
+    from reasonrl.evals.estimators import maj_at_k, pass_at_k
+
+    P = len(verdicts) // n
+    correct = [v.status == "correct" for v in verdicts]
+    out = {"problems": P, "samples": len(verdicts), "accuracy": sum(correct) / len(correct)}
+    for k in ks:
+        if k <= n:
+            out[f"pass@{k}"] = sum(pass_at_k(n, sum(correct[i * n:(i + 1) * n]), k) for i in range(P)) / P
+            out[f"maj@{k}"] = sum(maj_at_k(answers[i * n:(i + 1) * n], correct[i * n:(i + 1) * n], k) for i in range(P)) / P
+    if lengths:
+        out["len_mean"] = sum(lengths) / len(lengths)
+        out["truncated_frac"] = sum(clipped) / len(clipped)
+    return out
+
+
+def main(cfg) -> dict[str, Any]:
+    from reasonrl.evals.loaders import load_benchmark, reference_extract
+    from reasonrl.train import open_run_dir
+
+    run_dir = open_run_dir(cfg)
+    results: dict[str, Any] = {}
+    samples = open(run_dir / "samples.jsonl", "w")
+    model = tokenizer = generator = None
+    if not cfg.check:
+        from reasonrl.build import build_generator
+        from reasonrl.policy import load_policy
+
+        model, tokenizer, path = load_policy(cfg.model)
+        generator = build_generator(cfg.generator, model, tokenizer, path)
+    for name in cfg.benchmarks:
+        t = time.time()
+        data_path = cfg.data[name]
+        problems = load_benchmark(name, data_path, limit=cfg.limit)
+        if cfg.check:
+            n, completions, lengths, clipped = 1, [p["reference"] for p in problems], [], []
+            extract = reference_extract(name)
+        else:
+            from reasonrl.rollout import Sampling
+            from reasonrl.tasks import gsm8k
+
+            n = cfg.n
+            prompts = [tokenizer(gsm8k.render_prompt(p, cfg.template, tokenizer), add_special_tokens=False)["input_ids"]
+                       for p in problems]
+            rollouts = generator.generate(prompts, n, Sampling(temperature=cfg.temperature, top_p=cfg.top_p,
+                                                               max_new_tokens=cfg.max_new_tokens, seed=cfg.seed))
+            completions = [r.text for r in rollouts]
+            lengths = [len(r.completion_ids) for r in rollouts]
+            clipped = [r.finish_reason == "length" for r in rollouts]
+            extract = list(cfg.extract)
+        expanded = [p for p in problems for _ in range(n)]
+        verdicts, answers = _score([{"answer": p["answer"]} for p in expanded], completions, extract, cfg.verify_workers)
+        res = summarize(n, cfg.ks, verdicts, answers, lengths, clipped)
+        res["wall_s"] = time.time() - t
+        res["problems_per_s"] = len(problems) / res["wall_s"]
+        results[name] = res
+        for p, c, v, a in zip(expanded, completions, verdicts, answers):
+            samples.write(json.dumps({"benchmark": name, "id": p["id"], "answer": str(p["answer"])[-200:], "extracted": a,
+                                      "completion": c, "status": v.status, "info": v.info}, default=str) + "\n")
+        print(f"[reasonrl] {name}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()), flush=True)
+    samples.close()
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    keys = sorted({k for r in results.values() for k in r if k not in ("problems", "samples")})
+    md = ["| benchmark | problems | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+    for name, r in results.items():
+        md.append(f"| {name} | {r['problems']} | " + " | ".join(f"{r[k]:.3f}" if k in r else "" for k in keys) + " |")
+    (run_dir / "results.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md), flush=True)
+    print(f"[reasonrl] run directory: {run_dir}", flush=True)
+    return results
+
+
+def cli() -> None:
+    import hydra
+
+    from reasonrl.config import CONF_DIR, register
+
+    register()
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(levelname)s %(message)s")
+    hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="eval")(main)()

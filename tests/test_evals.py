@@ -1,0 +1,72 @@
+"""Benchmark evaluation: estimators by hand, loaders on the real files, the reference check, a model run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import SHARED_DATA, TINY, compose, needs_data
+from reasonrl.evals.estimators import maj_at_k, pass_at_k
+
+
+def test_pass_at_k_by_hand():
+    # n=4, c=1: pass@1 = 1 - C(3,1)/C(4,1) = 1 - 3/4 = .25; pass@2 = 1 - C(3,2)/C(4,2) = 1 - 3/6 = .5
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
+    # n=5, c=2, k=3: 1 - C(3,3)/C(5,3) = 1 - 1/10 = .9 ; n-c < k -> 1
+    assert pass_at_k(5, 2, 3) == pytest.approx(0.9)
+    assert pass_at_k(4, 2, 3) == 1.0 and pass_at_k(4, 0, 4) == 0.0
+    with pytest.raises(ValueError):
+        pass_at_k(4, 5, 1)
+
+
+def test_maj_at_k_by_hand():
+    answers = ["12", "13", "13", "12", " 1 2"]
+    correct = [True, False, False, True, True]
+    assert maj_at_k(answers, correct, 1) == 1.0  # only "12"
+    assert maj_at_k(answers, correct, 3) == 0.0  # "13" twice beats "12" once
+    assert maj_at_k(answers, correct, 4) == 1.0  # 2-2 tie: the earliest ("12") wins
+    assert maj_at_k(answers, correct, 5) == 1.0  # " 1 2" counts as "12": 3 votes
+    assert maj_at_k([None, None], [False, False], 2) == 0.0
+
+
+@needs_data
+def test_reference_check_scores_every_benchmark_at_100(tmp_path):
+    from reasonrl.evaluate import main
+
+    names = ["gsm8k", "math500", "aime24", "amc23", "minerva_math", "olympiadbench"]
+    cfg = compose("eval", ["check=true", f"benchmarks=[{','.join(names)}]", f"run_dir={tmp_path}"])
+    results = main(cfg)
+    for name in names:
+        assert results[name]["accuracy"] == 1.0, name
+    assert results["gsm8k"]["problems"] == 1319 and results["math500"]["problems"] == 500
+    assert json.loads((tmp_path / "results.json").read_text())["gsm8k"]["accuracy"] == 1.0
+    assert "| gsm8k | 1319 |" in (tmp_path / "results.md").read_text()
+
+
+@needs_data
+def test_model_eval_runs_with_n_samples(tmp_path):
+    from reasonrl.evaluate import main
+
+    model_overrides = [o for o in TINY if o.startswith("model.")]
+    cfg = compose("eval", ["model=tiny_arith", *model_overrides, "benchmarks=[gsm8k]", "limit=3", "n=4", "ks=[1,2,4]",
+                           "temperature=1.0", "max_new_tokens=8", "template=r1", "verify_workers=0", f"run_dir={tmp_path}"])
+    res = main(cfg)["gsm8k"]
+    assert res["problems"] == 3 and res["samples"] == 12 and {"pass@4", "maj@2", "len_mean", "truncated_frac"} <= set(res)
+    assert res["pass@1"] == pytest.approx(res["accuracy"])
+    assert len((tmp_path / "samples.jsonl").read_text().splitlines()) == 12
+
+
+def test_loader_errors_name_the_culprit(tmp_path):
+    from reasonrl.data import DataError
+    from reasonrl.evals.loaders import load_benchmark
+
+    f = tmp_path / "g.jsonl"
+    f.write_text('{"question": "q", "answer": "#### 1"}\n{"question": "q2"}\n')
+    with pytest.raises(DataError, match=r"row 1 has no field 'answer'"):
+        load_benchmark("gsm8k", str(f))
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        load_benchmark("gsm9k", str(f))
+    with pytest.raises(FileNotFoundError, match="not a local file"):
+        load_benchmark("gsm8k", str(tmp_path / "missing.jsonl"))
