@@ -135,6 +135,11 @@ class EvalConfig:
     every: int = 10
     sampled: bool = True  # also report accuracy when sampling at ``temperature``
     temperature: float = 1.0
+    # real benchmarks evaluated at the same steps: name -> local JSONL (see reasonrl.evals.loaders),
+    # the first ``benchmark_limit`` problems, greedy, prompts in ``benchmark_template``
+    benchmarks: Dict[str, str] = field(default_factory=dict)
+    benchmark_limit: int = 64
+    benchmark_template: str = "chat_boxed"
     max_new_tokens: int = 48
 
 

@@ -90,8 +90,9 @@ def _problems(cfg, task, seed: int, verifiers):
     return cycle(), heldout
 
 
-def evaluate_heldout(generator, tokenizer, problems, render, verifier, cfg, seed: int) -> dict[str, float]:
-    """Greedy (and optionally sampled) accuracy and lengths on the held-out set: eval/<task>/... keys."""
+def evaluate_heldout(generator, tokenizer, problems, render, verifier, cfg, seed: int, benchmarks=None) -> dict[str, float]:
+    """Greedy (and optionally sampled) accuracy and lengths on the held-out set: eval/<task>/... keys;
+    plus greedy accuracy and length on each configured benchmark subset: eval/<benchmark>/... keys."""
     from reasonrl.evals.harness import evaluate
 
     name = cfg.task.name
@@ -106,6 +107,25 @@ def evaluate_heldout(generator, tokenizer, problems, render, verifier, cfg, seed
         s = evaluate(generator, tokenizer, problems, temperature=cfg.eval.temperature, seed=seed, **kw)
         out[f"eval/{name}/accuracy_sampled"] = s["accuracy"]
         out[f"eval/{name}/think_len_mean_sampled"] = s["think_len_mean"]
+    for bench, (bproblems, brender, bverifier) in (benchmarks or {}).items():
+        b = evaluate(generator, tokenizer, bproblems, render=brender, verifier=bverifier, temperature=0.0, seed=seed,
+                     max_new_tokens=cfg.eval.max_new_tokens)
+        out[f"eval/{bench}/accuracy"] = b["accuracy"]
+        out[f"eval/{bench}/len_mean"] = b["len_mean"]
+    return out
+
+
+def load_eval_benchmarks(cfg, tokenizer) -> dict:
+    """{name: (problems, render, verifier)} for ``eval.benchmarks``, loaded once."""
+    from reasonrl.evals.loaders import load_benchmark
+    from reasonrl.tasks import gsm8k
+    from reasonrl.verifiers.math import MathVerifier
+
+    out = {}
+    for name, path in cfg.eval.benchmarks.items():
+        problems = load_benchmark(name, path, limit=cfg.eval.benchmark_limit)
+        render = lambda p, t=cfg.eval.benchmark_template: gsm8k.render_prompt(p, t, tokenizer)  # noqa: E731
+        out[name] = (problems, render, MathVerifier())
     return out
 
 
@@ -241,7 +261,8 @@ def main(cfg) -> dict[str, Any]:
 
     # ---- step 0 evaluation
     evals: dict[int, dict[str, float]] = {}
-    evals[0] = evaluate_heldout(generator, tokenizer, heldout, render, answer_verifier, cfg, cfg.seed)
+    benchmarks = load_eval_benchmarks(cfg, tokenizer)
+    evals[0] = evaluate_heldout(generator, tokenizer, heldout, render, answer_verifier, cfg, cfg.seed, benchmarks)
     logger.log({"step": 0, **evals[0]})
     print("[reasonrl] step 0: " + ", ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in evals[0].items()), flush=True)
 
@@ -373,7 +394,7 @@ def main(cfg) -> dict[str, Any]:
             row["sampling/tis_weight_mean"] = sums["tis"] / max(n_comp, 1)
             row["sampling/tis_capped_frac"] = sums["tis_capped"] / max(n_comp, 1)
         if cfg.eval.every > 0 and (step % cfg.eval.every == 0 or step == cfg.max_steps):
-            evals[step] = evaluate_heldout(generator, tokenizer, heldout, render, answer_verifier, cfg, cfg.seed)
+            evals[step] = evaluate_heldout(generator, tokenizer, heldout, render, answer_verifier, cfg, cfg.seed, benchmarks)
             row.update(evals[step])
         logger.log(row)
         logger.log_samples([
@@ -396,7 +417,8 @@ def main(cfg) -> dict[str, Any]:
     # ---- final checkpoint, summary, plot, table
     final_step = cfg.max_steps
     if cfg.max_steps not in evals:
-        evals[final_step] = evaluate_heldout(generator, tokenizer, heldout, render, answer_verifier, cfg, cfg.seed)
+        evals[final_step] = evaluate_heldout(generator, tokenizer, heldout, render, answer_verifier, cfg, cfg.seed,
+                                             benchmarks)
     if cfg.checkpoint.final:
         save_checkpoint(model, tokenizer, run_dir / "checkpoints" / "final")
     summary = {

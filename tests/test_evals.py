@@ -70,3 +70,16 @@ def test_loader_errors_name_the_culprit(tmp_path):
         load_benchmark("gsm9k", str(f))
     with pytest.raises(FileNotFoundError, match="not a local file"):
         load_benchmark("gsm8k", str(tmp_path / "missing.jsonl"))
+
+
+@needs_data
+def test_benchmarks_are_evaluated_during_training(tmp_path):
+    from reasonrl.train import main
+
+    gsm = SHARED_DATA / "gsm8k" / "test.jsonl"
+    cfg = compose("train", [*TINY, "max_steps=2", "eval.every=1", f"+eval.benchmarks.gsm8k={gsm}", "eval.benchmark_limit=2",
+                            "eval.benchmark_template=r1", f"run_dir={tmp_path}"])
+    main(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval/gsm8k/accuracy" in r] == [0, 1, 2]
+    assert all("eval/gsm8k/len_mean" in r and "eval/arith/accuracy" in r for r in rows)
