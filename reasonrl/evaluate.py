@@ -81,8 +81,16 @@ def main(cfg) -> dict[str, Any]:
             n = cfg.n
             prompts = [tokenizer(gsm8k.render_prompt(p, cfg.template, tokenizer), add_special_tokens=False)["input_ids"]
                        for p in problems]
-            rollouts = generator.generate(prompts, n, Sampling(temperature=cfg.temperature, top_p=cfg.top_p,
-                                                               max_new_tokens=cfg.max_new_tokens, seed=cfg.seed))
+            from tqdm import tqdm
+
+            sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+            rollouts = []
+            chunk = 32  # progress every 32 problems (vLLM seeds each request, so its samples do not depend on this)
+            for start in tqdm(range(0, len(prompts), chunk), desc=f"eval {name}", unit="x32 problems", mininterval=2.0):
+                part = generator.generate(prompts[start:start + chunk], n, sampling)
+                for r in part:
+                    r.prompt_index += start
+                rollouts.extend(part)
             completions = [r.text for r in rollouts]
             lengths = [len(r.completion_ids) for r in rollouts]
             clipped = [r.finish_reason == "length" for r in rollouts]
