@@ -89,6 +89,7 @@ class VLLMGenerator:
 
         if dtype == "auto":
             dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+        self.engine_dtype = getattr(torch, dtype)  # the policy's tensors are cast to this when synced
         if sleep_mode not in ("auto", "on", "off"):
             raise ValueError(f"generator.sleep_mode must be auto, on or off, not {sleep_mode!r}")
         self.sleep_enabled = on_gpu and sleep_mode != "off"
@@ -126,7 +127,7 @@ class VLLMGenerator:
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Copy the policy's current tensors into the engine, in memory, then drop stale prefix-cache entries."""
         self.wake_up()
-        tensors = ((name, t.detach()) for name, t in model.state_dict().items())
+        tensors = ((name, t.detach().to(self.engine_dtype)) for name, t in model.state_dict().items())
         self._worker().reload_weights(weights_iterator=tensors, is_checkpoint_format=True)
         self.llm.reset_prefix_cache()
 

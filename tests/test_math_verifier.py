@@ -102,6 +102,8 @@ def test_other_extractors_by_config():
     assert MathVerifier(extract=["answer_is"])(p, "Thus, the answer is 72.").status == "correct"
     assert MathVerifier(extract=["gsm8k"])(p, "so 72 in all\n#### 72").status == "correct"
     assert MathVerifier()(p, "the answer is 72").status == "no_answer"  # not in the default chain
+    assert MathVerifier(extract=["boxed", "last_number"])(p, "3 bags of 24 make 72 apples.").status == "correct"
+    assert MathVerifier(extract=["boxed", "last_number"])(p, "so \\boxed{71}, not 72").status == "wrong"  # boxed first
     with pytest.raises(ValueError, match="sniff"):
         MathVerifier(extract=["sniff"])
 

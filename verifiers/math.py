@@ -3,7 +3,8 @@
 Extraction (``extract``, in order, the first that finds something wins):
 ``answer_tag`` (last ``<answer>...</answer>``), ``boxed`` (last ``\\boxed{...}``),
 ``answer_is`` (the last "the (final) answer is ..."), ``gsm8k`` (after the last
-``####``). Default: ``answer_tag`` then ``boxed``.
+``####``), ``last_number`` (the last number written: lenient, for models that
+never box). Default: ``answer_tag`` then ``boxed``.
 
 Gold answers are read in the data's own formats (``gold_format="auto"``): a
 GSM8K solution (text after ``####``), a MATH-style solution (its last
@@ -38,6 +39,7 @@ from reasonrl.verifiers.extract import _ANSWER, all_boxed, last_boxed
 MAX_NESTING = 10  # real final answers nest a few levels ({\frac{\sqrt{2}}{2}} is 2)
 MAX_ANSWER_CHARS = 2000  # longer "answers" are not answers; never hand them to sympy
 _ANSWER_IS = re.compile(r"(?:final answer|the answer) is[:\s]*\$?(.+?)\$?\s*(?:\.\s*)?$", re.IGNORECASE | re.MULTILINE)
+_LAST_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _NUM = re.compile(r"^[+-]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?$|^[+-]?\.\d+$")
 _HEDGE_SPLIT = re.compile(r"\s+(?:or|and/or)\s+|\\text\{\s*or\s*\}|\\quad\s*\\text\{or\}|\\vee", re.IGNORECASE)
 _TEXT_WRAP = re.compile(r"\\(?:text|textbf|mathrm|mbox|mathbf|operatorname)\s*\{([^{}]*)\}")
@@ -176,9 +178,9 @@ class MathVerifier:
         abs_tol: float = 1e-12,
         float_rounding: int = 6,
     ):
-        unknown = set(extract) - {"answer_tag", "boxed", "answer_is", "gsm8k"}
+        unknown = set(extract) - {"answer_tag", "boxed", "answer_is", "gsm8k", "last_number"}
         if unknown:
-            raise ValueError(f"unknown extract methods {sorted(unknown)}; use answer_tag, boxed, answer_is, gsm8k")
+            raise ValueError(f"unknown extract methods {sorted(unknown)}; use answer_tag, boxed, answer_is, gsm8k, last_number")
         self.answer_field = answer_field
         self.gold_format = gold_format
         self.extract_order = tuple(extract)
@@ -211,6 +213,8 @@ class MathVerifier:
                 found = [b.strip() for b in all_boxed(completion)]
             elif how == "answer_is":
                 found = [x.strip() for x in _ANSWER_IS.findall(completion)]
+            elif how == "last_number":  # lenient fallback for models that never box: the last number written
+                found = _LAST_NUMBER.findall(completion)[-1:]
             else:
                 found = [completion.rsplit("####", 1)[1].strip()] if "####" in completion else []
             found = [f for f in found if f]
