@@ -6,7 +6,11 @@ answer), and returns accuracy (the mean over all samples, i.e. pass@1 averaged
 over ``n``), mean completion length, mean think/answer lengths and the
 truncation rate.
 
-It does not load benchmark files or compute pass@k / maj@k.
+:func:`evaluate_heldout` is the trainer's periodic evaluation (the task's
+held-out set, greedy and sampled, plus configured benchmark subsets, which
+:func:`load_eval_benchmarks` loads once).
+
+It does not compute pass@k / maj@k (see :mod:`reasonrl.evals.estimators`).
 """
 
 from __future__ import annotations
@@ -51,3 +55,41 @@ def evaluate(
         "rollouts": rollouts,
         "correct": correct,
     }
+
+
+def evaluate_heldout(generator, tokenizer, problems, render, verifier, cfg, seed: int, benchmarks=None) -> dict[str, float]:
+    """Greedy (and optionally sampled) accuracy and lengths on the held-out set: eval/<task>/... keys;
+    plus greedy accuracy and length on each configured benchmark subset: eval/<benchmark>/... keys."""
+
+    name = cfg.task.name
+    kw = dict(render=render, verifier=verifier, max_new_tokens=cfg.eval.max_new_tokens, think_in_prompt=cfg.task.think_in_prompt)
+    g = evaluate(generator, tokenizer, problems, temperature=0.0, seed=seed, **kw)
+    out = {
+        f"eval/{name}/accuracy": g["accuracy"],
+        f"eval/{name}/len_mean": g["len_mean"],
+        f"eval/{name}/think_len_mean": g["think_len_mean"],
+    }
+    if cfg.eval.sampled:
+        s = evaluate(generator, tokenizer, problems, temperature=cfg.eval.temperature, seed=seed, **kw)
+        out[f"eval/{name}/accuracy_sampled"] = s["accuracy"]
+        out[f"eval/{name}/think_len_mean_sampled"] = s["think_len_mean"]
+    for bench, (bproblems, brender, bverifier) in (benchmarks or {}).items():
+        b = evaluate(generator, tokenizer, bproblems, render=brender, verifier=bverifier, temperature=0.0, seed=seed,
+                     max_new_tokens=cfg.eval.max_new_tokens)
+        out[f"eval/{bench}/accuracy"] = b["accuracy"]
+        out[f"eval/{bench}/len_mean"] = b["len_mean"]
+    return out
+
+
+def load_eval_benchmarks(cfg, tokenizer) -> dict:
+    """{name: (problems, render, verifier)} for ``eval.benchmarks``, loaded once."""
+    from reasonrl.evals.loaders import load_benchmark
+    from reasonrl.tasks import gsm8k
+    from reasonrl.verifiers.math import MathVerifier
+
+    out = {}
+    for name, path in cfg.eval.benchmarks.items():
+        problems = load_benchmark(name, path, limit=cfg.eval.benchmark_limit)
+        render = lambda p, t=cfg.eval.benchmark_template: gsm8k.render_prompt(p, t, tokenizer)  # noqa: E731
+        out[name] = (problems, render, MathVerifier())
+    return out

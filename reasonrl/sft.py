@@ -163,7 +163,8 @@ def main(cfg) -> dict[str, Any]:
     from reasonrl.policy import load_policy, save_checkpoint
     from reasonrl.rollout import HFGenerator
     from reasonrl.tasks import get_task
-    from reasonrl.train import evaluate_heldout, open_run_dir
+    from reasonrl.evals.harness import evaluate_heldout
+    from reasonrl.train import open_run_dir
     from reasonrl.verifiers.integer import IntegerVerifier
 
     t_start = time.time()
