@@ -267,3 +267,14 @@ def register() -> None:
             node = {"_target_": ep.value.replace(":", "."), "weight": 1.0, **_constructor_defaults(ep)}
             cs.store(group="verifier", name=name, node={name: node})
     _registered = True
+
+
+def run_entry_point(main, config_name: str) -> None:
+    """What each console script does: register the schemas, set up logging, run ``main`` under Hydra."""
+    import logging
+
+    import hydra
+
+    register()
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(levelname)s %(message)s")
+    hydra.main(version_base=None, config_path=str(CONF_DIR), config_name=config_name)(main)()

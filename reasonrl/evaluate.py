@@ -17,7 +17,6 @@ It does not evaluate code benchmarks (HumanEval needs the code verifier).
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -118,10 +117,6 @@ def main(cfg) -> dict[str, Any]:
 
 
 def cli() -> None:
-    import hydra
+    from reasonrl.config import run_entry_point
 
-    from reasonrl.config import CONF_DIR, register
-
-    register()
-    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(levelname)s %(message)s")
-    hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="eval")(main)()
+    run_entry_point(main, "eval")

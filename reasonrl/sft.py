@@ -202,10 +202,6 @@ def main(cfg) -> dict[str, Any]:
 
 
 def cli() -> None:
-    import hydra
+    from reasonrl.config import run_entry_point
 
-    from reasonrl.config import CONF_DIR, register
-
-    register()
-    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(levelname)s %(message)s")
-    hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="sft")(main)()
+    run_entry_point(main, "sft")

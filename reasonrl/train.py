@@ -421,13 +421,9 @@ def _table(start: dict, end: dict, final_step: int, name: str) -> str:
 
 
 def cli() -> None:
-    import hydra
+    from reasonrl.config import run_entry_point
 
-    from reasonrl.config import CONF_DIR, register
-
-    register()
-    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(levelname)s %(message)s")
-    hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="train")(main)()
+    run_entry_point(main, "train")
 
 
 if __name__ == "__main__":
