@@ -233,7 +233,6 @@ def main(cfg) -> dict[str, Any]:
         t0 = time.perf_counter()
         # 1-4. sample B problems, generate G completions each, verify; dynamic sampling redraws
         # prompts whose G rewards are all equal (no signal) until B groups carry one, up to a cap
-        t = time.perf_counter()
         problems, rollouts, scored, rewards, draw = sample_groups(
             generator, tokenizer, stream, render, verifiers, pool, B=B, G=G,
             sampling=Sampling(temperature=temperature, top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens),
