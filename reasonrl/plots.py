@@ -11,9 +11,9 @@ def plot_training(metrics_path: str | Path, out_path: str | Path, task: str) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from reasonrl.metrics import read_jsonl
+    from reasonrl.data import load_jsonl
 
-    rows = read_jsonl(metrics_path)
+    rows = load_jsonl(metrics_path)
 
     def series(key):
         pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
