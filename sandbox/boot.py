@@ -1,0 +1,42 @@
+"""The first code that runs inside a sandbox, before the untrusted program.
+
+Trusted; standard library only, because it runs on the bare interpreter with
+``-I -S``. Usage (the sandbox builds the command line):
+
+    python -I -S -B boot.py STARTED_FD NPROC NOFILE FSIZE CPU_S AS_BYTES PROGRAM
+
+It tells the parent through STARTED_FD that the sandbox came up (so a setup
+failure is never mistaken for the program's own failure), sets the resource limits here, inside the sandbox's own user namespace, so
+that the process count is charged to this sandbox alone and not to every run
+of the same user; closes every inherited descriptor above stderr; then runs
+PROGRAM as ``__main__``.
+"""
+
+import os
+import resource
+import sys
+
+
+def _limit(which, soft, hard=None):
+    resource.setrlimit(which, (soft, soft if hard is None else hard))
+
+
+def main():
+    started_fd, nproc, nofile, fsize, cpu_s, as_bytes = (int(x) for x in sys.argv[1:7])
+    program = sys.argv[7]
+    os.write(started_fd, b"1")
+    _limit(resource.RLIMIT_CORE, 0)
+    _limit(resource.RLIMIT_NPROC, nproc)
+    _limit(resource.RLIMIT_NOFILE, nofile)
+    _limit(resource.RLIMIT_FSIZE, fsize)
+    _limit(resource.RLIMIT_CPU, cpu_s, cpu_s + 1)  # SIGXCPU first, SIGKILL a second later
+    _limit(resource.RLIMIT_AS, as_bytes)
+    os.closerange(3, 1 << 16)
+    sys.argv = [program]
+    import runpy
+
+    runpy.run_path(program, run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()

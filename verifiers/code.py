@@ -1,0 +1,198 @@
+"""Code answers: run the program in the sandbox, grade it in this (trusted) process.
+
+Problems come in two shapes (DESIGN.md):
+
+- HumanEval style: ``prompt`` (signature and docstring), ``test`` (a module
+  defining ``check(candidate)``) and ``entry_point``. The program is the
+  prompt followed by the extracted code, so a completion may be the function
+  body (as HumanEval's canonical solutions are) or a whole definition. Every
+  top-level statement of ``check`` that uses ``candidate`` is one test.
+- stdin/stdout: ``tests``, a list of ``{"input": ..., "output": ...}``. Each
+  case runs the program afresh on that input; the whole output must equal the
+  expected one (trailing whitespace on each line and trailing blank lines
+  ignored), so a prefix of the right output fails.
+
+Extraction: the last fenced code block (```python, ```py or plain ```; a final
+unclosed fence counts, for truncated completions), else the ``<answer>``
+content, else the raw text after any ``<think>`` block.
+
+Score: the fraction of tests passed (``partial_credit=True``, the default) or
+1/0. Status: ``correct`` when every test passes, ``wrong`` otherwise (a
+program that runs out of time, memory or output is the model's failure; the
+reason is in ``info``), ``no_answer`` for an empty program, ``format_error``
+for one that does not compile, and ``error`` when the sandbox itself failed
+(never scored as wrong; masked from the loss by default).
+
+Cheating that does not pay: exiting early (``sys.exit(0)``, ``os._exit(0)``;
+the exit code is never evidence, only per-test records carrying this run's
+random token are), printing fake "passed" lines (no token), returning an
+object whose ``__eq__`` is always true (only exact built-in values reach the
+tests), redefining the prompt's helpers or the built-ins the tests use (the
+tests have their own namespace), printing a prefix of the expected output.
+Not covered: a program that deliberately inspects the test runner's memory
+(frames, ``gc``) can find the token and forge records; the sandbox contains
+such a program, but the grade of a HumanEval-style problem is only as strong
+as the separation inside one Python process. stdin/stdout grading has no such
+gap: the verdict is computed here from the raw output.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import secrets
+from pathlib import Path
+from typing import Any, Mapping
+
+from reasonrl.sandbox import Limits, Sandbox
+from reasonrl.verifiers.base import GoldAnswerError, Verdict
+
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
+_OPEN_FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(?P<code>(?:(?!```).)*)$", re.DOTALL | re.IGNORECASE)
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_THINK = re.compile(r"^.*?</think>", re.DOTALL)
+_PY = {"", "python", "python3", "py"}
+_HARNESS = (Path(__file__).parent / "code_harness.py").read_text()
+MAX_PROGRAM_CHARS = 100_000
+
+
+def extract_code(completion: str) -> str:
+    blocks = _FENCE.findall(completion)
+    if blocks:
+        python = [code for lang, code in blocks if lang.lower() in _PY]
+        return (python or [code for _, code in blocks])[-1]
+    m = _OPEN_FENCE.search(completion)
+    if m:
+        return m.group("code")
+    m = _ANSWER.findall(completion)
+    if m:
+        return m[-1]
+    return _THINK.sub("", completion, count=1) if "</think>" in completion else completion
+
+
+def normalize_output(text: str) -> str:
+    return "\n".join(line.rstrip() for line in text.strip("\n").splitlines()).rstrip()
+
+
+def test_plan(problem: Mapping[str, Any]) -> dict:
+    """Split a HumanEval test module into setup and the statements of ``check``."""
+    try:
+        tree = ast.parse(problem["test"])
+    except (SyntaxError, ValueError) as e:
+        raise GoldAnswerError(f"test code does not parse: {e}") from None
+    check = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check"]
+    if not check:
+        raise GoldAnswerError("test code defines no check(candidate)")
+    setup = ast.unparse([n for n in tree.body if n is not check[-1]]) if len(tree.body) > 1 else ""
+    steps = []
+    for stmt in check[-1].body:
+        code = ast.unparse(stmt)
+        uses = any(isinstance(n, ast.Name) and n.id == "candidate" for n in ast.walk(stmt))
+        steps.append({"code": code, "test": uses})
+    try:  # statements of a function body that only make sense inside one (return, ...)
+        for s in steps:
+            compile(s["code"], "<check>", "exec")
+    except SyntaxError:
+        steps = [{"code": ast.unparse(check[-1]) + "\ncheck(candidate)", "test": True}]
+    if not any(s["test"] for s in steps):
+        raise GoldAnswerError("check(candidate) never calls candidate")
+    return {"setup": setup, "steps": steps}
+
+
+class CodeVerifier:
+    name = "code"
+
+    def __init__(
+        self,
+        timeout_s: float = 10.0,
+        memory_mb: int = 512,
+        partial_credit: bool = True,
+        isolation: str = "bwrap",
+        max_procs: int = 16,
+        max_output_kb: int = 1024,
+        max_cases: int | None = None,
+    ):
+        self.timeout_s, self.memory_mb = float(timeout_s), int(memory_mb)
+        self.partial_credit = bool(partial_credit)
+        self.max_cases = max_cases
+        limits = Limits(max_procs=int(max_procs), max_output_bytes=int(max_output_kb) << 10)
+        self.sandbox = Sandbox(isolation=isolation, limits=limits)
+        self.sandbox.check()  # refuse at start, with the reason, rather than on every sample
+
+    def check_gold(self, problem: Mapping[str, Any]) -> None:
+        if "test" in problem and "entry_point" in problem:
+            test_plan(problem)
+        elif "tests" in problem:
+            cases = problem["tests"]
+            if isinstance(cases, str):
+                cases = json.loads(cases)
+            if not cases or not all(isinstance(c, Mapping) and "input" in c and "output" in c for c in cases):
+                raise GoldAnswerError("tests must be a non-empty list of {input, output}")
+
+    def __call__(self, problem: Mapping[str, Any], completion: str) -> Verdict | None:
+        humaneval = "test" in problem and "entry_point" in problem
+        if not humaneval and "tests" not in problem:
+            return None
+        code = extract_code(completion)
+        if not code.strip():
+            return Verdict(0.0, "no_answer", {})
+        if len(code) > MAX_PROGRAM_CHARS:
+            return Verdict(0.0, "format_error", {"reason": "program too long"})
+        program = (problem["prompt"] + "\n" + code) if humaneval else code
+        try:
+            compile(program, "solution.py", "exec")
+        except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
+            return Verdict(0.0, "format_error", {"reason": f"does not compile: {type(e).__name__}"})
+        if humaneval:
+            passed, total, info = self._humaneval(problem, program)
+        else:
+            passed, total, info = self._stdio(problem, program)
+        if passed is None:
+            return Verdict(0.0, "error", info)
+        info.update(passed=passed, total=total)
+        if passed == total:
+            return Verdict(1.0, "correct", info)
+        return Verdict(passed / total if self.partial_credit else 0.0, "wrong", info)
+
+    def _humaneval(self, problem, program):
+        plan = test_plan(problem)
+        tests = [i for i, s in enumerate(plan["steps"]) if s["test"]]
+        token = secrets.token_hex(16)
+        payload = {"program": program, "prompt": problem["prompt"], "entry_point": problem["entry_point"], **plan}
+        r = self.sandbox.run(_HARNESS, stdin=token + "\n" + json.dumps(payload), timeout_s=self.timeout_s, memory_mb=self.memory_mb)
+        if r.status == "infra_error":
+            return None, len(tests), {"sandbox": r.reason[:200]}
+        results: dict[int, tuple[bool, str]] = {}
+        for line in r.stdout.splitlines():
+            parts = line.split(" ", 3)
+            if len(parts) == 4 and parts[0] == token and parts[2] in ("pass", "fail") and parts[1].isdigit():
+                results.setdefault(int(parts[1]), (parts[2] == "pass", parts[3]))
+        passed = sum(1 for i in tests if results.get(i, (False,))[0])
+        info: dict[str, Any] = {}
+        if passed < len(tests):
+            first = next(i for i in tests if not results.get(i, (False,))[0])
+            why = json.loads(results[first][1]) if first in results else f"no result ({r.status}: {r.reason or 'exited early'})"
+            info["reason"] = str(why)[:200]
+        if r.status != "ok":
+            info["run_status"] = r.status
+        return passed, len(tests), info
+
+    def _stdio(self, problem, program):
+        cases = problem["tests"]
+        if isinstance(cases, str):
+            cases = json.loads(cases)
+        if self.max_cases:
+            cases = cases[: self.max_cases]
+        passed, info = 0, {}
+        for i, case in enumerate(cases):
+            r = self.sandbox.run(program, stdin=str(case["input"]), timeout_s=self.timeout_s, memory_mb=self.memory_mb)
+            if r.status == "infra_error":
+                return None, len(cases), {"sandbox": r.reason[:200]}
+            ok = r.status == "ok" and normalize_output(r.stdout) == normalize_output(str(case["output"]))
+            passed += ok
+            if not ok and "reason" not in info:
+                info["reason"] = f"case {i}: " + (f"{r.status} ({r.reason})" if r.status != "ok" else "output differs")
+                if not self.partial_credit:
+                    break
+        return passed, len(cases), info
