@@ -25,12 +25,13 @@ What it covers, layer by layer (``isolation: bwrap``, the default):
   ``/etc`` (bar the linker cache), no home directories, no project tree.
   The environment is emptied (PATH, HOME, TMPDIR, LANG only). A new session
   (no terminal to inject into). All capabilities dropped.
-- Identity: when the caller is root (exempt from ``RLIMIT_NPROC``), each
-  concurrent slot runs under its own unprivileged uid (``UID_BASE + slot``,
-  slots held as abstract unix sockets, freed by the kernel when a holder
-  dies), so one run's fork bomb cannot exhaust another's process budget. For
-  a non-root caller the limits are set inside each run's own user namespace,
-  where the kernel counts processes per namespace.
+- Identity: the process limit is set inside each run's own user namespace,
+  where the kernel counts processes per (namespace, uid), so one run's fork
+  bomb cannot exhaust the budget of a concurrent run or of the caller (tested
+  with a bomb beside a forking run). Root is exempt from ``RLIMIT_NPROC``, so a
+  root caller never runs a sandbox as root: each concurrent slot gets its own
+  unprivileged uid (``UID_BASE + slot``; slots are abstract unix socket names,
+  freed by the kernel when a holder dies).
 - Resource limits (set by a trusted boot script before the program's first
   line): CPU seconds (``ceil(timeout_s)``), address space (``memory_mb``),
   processes+threads, file size, open files, no core dumps; captured stdout and

@@ -142,7 +142,7 @@ def build(
         "--unshare-all", "--unshare-user", "--disable-userns",
         "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
         "--hostname", "sandbox",
-        "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+        "--die-with-parent", "--as-pid-1", "--new-session", "--cap-drop", "ALL",
         "--clearenv",
         "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin",
         "--setenv", "HOME", WORK_DIR, "--setenv", "TMPDIR", WORK_DIR,
@@ -156,6 +156,7 @@ def build(
         "--size", str(tmp_bytes), "--tmpfs", WORK_DIR,
         "--ro-bind-data", fd_of("boot", boot), f"{SANDBOX_DIR}/boot.py",
         "--ro-bind-data", fd_of("program", program), f"{SANDBOX_DIR}/main.py",
+        "--remount-ro", "/",  # the sandbox's own root stays unwritable; only /tmp takes writes
         "--chdir", WORK_DIR,
         "--json-status-fd", str(status_fd),
     ]
@@ -166,8 +167,7 @@ def build(
     launch = Launch(argv=[], pass_fds=[*fds, status_fd, boot_fd])
     if os.geteuid() == 0:
         # Root is exempt from RLIMIT_NPROC, so a root-owned sandbox could fork without
-        # bound; and one shared uid would make concurrent runs share one process budget.
-        # Each slot runs under its own unprivileged uid instead. That uid may not be able
+        # bound. Each slot runs under its own unprivileged uid instead. That uid may not be able
         # to reach the bwrap binary's path, so it is executed through a descriptor.
         launch.uid = launch.gid = UID_BASE + slot
         bfd = os.open(bwrap, os.O_PATH | os.O_CLOEXEC)

@@ -177,8 +177,7 @@ def _execute(launch, stdin: str, timeout_s: float, lim: Limits, boot_r, status_r
             break
     if killed_for:
         _kill_tree(proc, io.child_pid)
-        io.drain(lim.kill_grace_s)
-    _, wait_status = os.waitpid(proc.pid, 0)
+    wait_status = _reap(proc, lim.kill_grace_s if killed_for else None)
     proc.returncode = os.waitstatus_to_exitcode(wait_status)
     io.drain(lim.kill_grace_s)
     io.close()
@@ -187,17 +186,32 @@ def _execute(launch, stdin: str, timeout_s: float, lim: Limits, boot_r, status_r
 
 
 def _kill_tree(proc: subprocess.Popen, child_pid: int | None) -> None:
-    """Kill the sandbox's init (the whole pid namespace dies with it), then the launcher."""
-    for target in (child_pid,):
-        if target:
-            try:
-                os.kill(target, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    """Kill the sandbox's pid 1: the kernel then kills every process of its pid namespace,
+    and the launcher, which waits for pid 1, exits once they are all gone."""
+    target = child_pid
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        if target:
+            os.kill(target, signal.SIGKILL)
+        else:  # killed before the sandbox reported its pid: take the launcher's group
+            os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _reap(proc: subprocess.Popen, grace: float | None) -> int:
+    """Wait for the launcher; after a kill, give it ``grace`` seconds, then kill its group."""
+    if grace is not None:
+        end = time.monotonic() + grace
+        while time.monotonic() < end:
+            pid, status = os.waitpid(proc.pid, os.WNOHANG)
+            if pid:
+                return status
+            time.sleep(0.005)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return os.waitpid(proc.pid, 0)[1]
 
 
 def _classify(io, rc, killed_for, out, err, wall, timeout_s) -> Result:

@@ -1,0 +1,123 @@
+"""The sandbox: real bubblewrap runs, the hostile battery, identity per slot, refusal without isolation."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+
+import pytest
+
+from reasonrl.sandbox import Limits, Sandbox, SandboxUnavailable, run, runner, seccomp
+from reasonrl.sandbox import bwrap as bw
+from reasonrl.sandbox.selfcheck import run_battery, sandbox_processes, table
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers():
+    yield
+    assert sandbox_processes() == [], "a sandbox process outlived its run"
+
+
+def test_stdin_stdout_stderr_and_exit_codes():
+    r = run("import sys\ndata = sys.stdin.read()\nprint(data[::-1])\nprint('warn', file=sys.stderr)", stdin="héllo")
+    assert (r.status, r.returncode, r.stdout, r.stderr) == ("ok", 0, "olléh\n", "warn\n")
+    r = run("raise SystemExit(3)")
+    assert (r.status, r.returncode, r.reason) == ("error", 3, "exit code 3")
+    r = run("1/0")
+    assert r.status == "error" and "ZeroDivisionError" in r.stderr
+
+
+def test_large_stdin_is_fed_while_the_program_reads():
+    data = "x" * (3 << 20)
+    r = run("import sys\nprint(len(sys.stdin.read()))", stdin=data, timeout_s=10)
+    assert r.status == "ok" and r.stdout.strip() == str(len(data))
+    r = run("print('ignores stdin')", stdin=data)  # never reads it: no deadlock
+    assert r.status == "ok"
+
+
+def test_output_is_capped():
+    sb = Sandbox(limits=Limits(max_output_bytes=4096))
+    r = sb.run("import sys\nwhile True:\n    sys.stdout.write('y' * 1000)")
+    assert r.status == "output_limit" and len(r.stdout) <= 4096
+
+
+def test_hostile_battery_is_contained():
+    rows = run_battery(timeout_s=1.5)
+    assert len(rows) >= 20
+    assert all(r.ok for r in rows), "\n" + table(rows)
+
+
+def test_cpu_time_limit_stops_a_busy_program_before_its_wall_clock():
+    # four busy threads burn CPU four times faster than the wall clock runs
+    code = "import threading\ndef spin():\n    while True:\n        pass\nfor _ in range(4):\n    threading.Thread(target=spin).start()\nspin()"
+    r = run(code, timeout_s=3)
+    assert r.status == "timeout"
+
+
+def test_a_fork_bomb_does_not_starve_a_concurrent_run():
+    bomb_result = {}
+
+    def bomb():
+        bomb_result["r"] = run("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass", timeout_s=3)
+
+    t = threading.Thread(target=bomb)
+    t.start()
+    forker = "import os\nkids = []\nfor _ in range(8):\n    pid = os.fork()\n    if pid == 0:\n        os._exit(0)\n    kids.append(pid)\nfor k in kids:\n    os.waitpid(k, 0)\nprint('forked', len(kids))"
+    results = []
+    time.sleep(0.5)  # the bomb is at its process limit by now
+    for _ in range(5):
+        results.append(run(forker))
+    t.join()
+    assert bomb_result["r"].status == "timeout"
+    assert all(r.status == "ok" and "forked 8" in r.stdout for r in results), [r.reason or r.stderr for r in results]
+
+
+def test_nothing_is_left_in_the_temp_dir():
+    before = set(os.listdir(tempfile.gettempdir()))
+    run("open('/tmp/scratch', 'w').write('x' * 1000)\nprint(open('/tmp/scratch').read()[:1])")
+    assert set(os.listdir(tempfile.gettempdir())) - before == set()
+
+
+def test_a_launcher_failure_is_infra_error_never_the_programs_fault(monkeypatch):
+    monkeypatch.setattr(bw, "bwrap_binary", lambda: "/bin/false")  # "bwrap" that fails before the program starts
+    r = Sandbox()._run_bwrap("print(1)", "", 5.0, 256)
+    assert r.status == "infra_error" and "setup failed" in r.reason
+
+
+def test_no_isolation_is_refused_with_the_reason(monkeypatch):
+    monkeypatch.setattr(bw, "bwrap_binary", lambda: None)
+    monkeypatch.setattr(runner, "_probe_cache", {})
+    with pytest.raises(SandboxUnavailable, match="no bubblewrap binary"):
+        Sandbox().run("print(1)")
+    from reasonrl.verifiers.code import CodeVerifier
+
+    with pytest.raises(SandboxUnavailable, match="isolation: none"):
+        CodeVerifier()
+
+
+def test_isolation_none_runs_but_warns_every_time(caplog):
+    sb = Sandbox(isolation="none")
+    with caplog.at_level(logging.WARNING, logger="reasonrl.sandbox"):
+        rs = [sb.run("print(6 * 7)") for _ in range(2)]
+    assert [r.stdout for r in rs] == ["42\n", "42\n"]
+    assert sum("SANDBOX DISABLED" in m for m in caplog.messages) == 2
+    with pytest.raises(ValueError, match="isolation"):
+        Sandbox(isolation="docker")
+
+
+def test_seccomp_filter_assembles_for_each_supported_arch():
+    for arch in ("x86_64", "aarch64"):
+        prog = seccomp.filter_bytes(arch)
+        assert prog and len(prog) % 8 == 0 and len(prog) // 8 > len(seccomp.DENIED)
+    assert seccomp.filter_bytes("riscv64") is None
+
+
+def test_seccomp_is_what_denies_sockets_and_namespaces():
+    """The same calls succeed without the filter, so the filter (not luck) is what blocks them."""
+    code = ("import ctypes, socket\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            "socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nprint('socket ok')\n")
+    assert Sandbox(use_seccomp=True).run(code).status == "error"
+    assert Sandbox(use_seccomp=False).run(code).stdout == "socket ok\n"
