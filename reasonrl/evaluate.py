@@ -8,10 +8,10 @@ Run::
 Per benchmark: accuracy (pass@1 as the mean over the n samples), unbiased
 pass@k and maj@k for each k in ``ks`` up to n, mean completion length and
 truncation rate; written to results.json and results.md in the run directory,
-with every sample and its verdict in samples.jsonl. Scoring uses the math
-verifier, as training does.
-
-It does not evaluate code benchmarks (HumanEval needs the code verifier).
+with every sample and its verdict in samples.jsonl. Scoring uses the verifiers
+training uses: the math verifier, or for code benchmarks (humaneval, mbpp) the
+code verifier, which runs every program in the sandbox (maj@k is not defined
+for code and is left out).
 """
 
 from __future__ import annotations
@@ -22,18 +22,26 @@ from pathlib import Path
 from typing import Any
 
 
-def _score(problems, completions, extract, pool_workers: int):
-    from reasonrl.verifiers.math import MathVerifier
+def _score(problems, completions, code: bool, extract, pool_workers: int):
+    """Verdicts and extracted answers (None for code) for completion i against problem i."""
     from reasonrl.verifiers.pool import ScoringPool
     from reasonrl.verifiers.scoring import score
 
-    verifier = MathVerifier(extract=extract)
+    if code:
+        from reasonrl.verifiers.code import CodeVerifier
+
+        name, verifier, timeout = "code", CodeVerifier(), 60.0
+    else:
+        from reasonrl.verifiers.math import MathVerifier
+
+        name, verifier, timeout = "math", MathVerifier(extract=extract), 10.0
     if pool_workers > 0:
-        with ScoringPool({"math": verifier}, workers=pool_workers) as pool:
+        with ScoringPool({name: verifier}, workers=pool_workers, timeout_s=timeout) as pool:
             rows = pool.run(problems, completions)
     else:
-        rows = score(problems, completions, {"math": (verifier, 1.0)}).verdicts
-    return [r["math"] for r in rows], [verifier.extract(c)[0] for c in completions]
+        rows = score(problems, completions, {name: (verifier, 1.0)}).verdicts
+    answers = [None] * len(completions) if code else [verifier.extract(c)[0] for c in completions]
+    return [r[name] for r in rows], answers
 
 
 def summarize(n: int, ks, verdicts, answers, lengths, clipped) -> dict[str, float]:
@@ -45,7 +53,8 @@ def summarize(n: int, ks, verdicts, answers, lengths, clipped) -> dict[str, floa
     for k in ks:
         if k <= n:
             out[f"pass@{k}"] = sum(pass_at_k(n, sum(correct[i * n:(i + 1) * n]), k) for i in range(P)) / P
-            out[f"maj@{k}"] = sum(maj_at_k(answers[i * n:(i + 1) * n], correct[i * n:(i + 1) * n], k) for i in range(P)) / P
+            if answers is not None:  # None: no majority vote (code)
+                out[f"maj@{k}"] = sum(maj_at_k(answers[i * n:(i + 1) * n], correct[i * n:(i + 1) * n], k) for i in range(P)) / P
     if lengths:
         out["len_mean"] = sum(lengths) / len(lengths)
         out["truncated_frac"] = sum(clipped) / len(clipped)
@@ -53,7 +62,8 @@ def summarize(n: int, ks, verdicts, answers, lengths, clipped) -> dict[str, floa
 
 
 def main(cfg) -> dict[str, Any]:
-    from reasonrl.evals.loaders import load_benchmark, reference_extract
+    from reasonrl.evals.loaders import CODE_BENCHMARKS, CODE_INSTRUCTION, load_benchmark, reference_extract
+    from reasonrl.tasks.gsm8k import BOXED_INSTRUCTION
     from reasonrl.train import open_run_dir
 
     run_dir = open_run_dir(cfg)
@@ -70,6 +80,7 @@ def main(cfg) -> dict[str, Any]:
         t = time.time()
         data_path = cfg.data[name]
         problems = load_benchmark(name, data_path, limit=cfg.limit)
+        code = name in CODE_BENCHMARKS
         if cfg.check:
             n, completions, lengths, clipped = 1, [p["reference"] for p in problems], [], []
             extract = reference_extract(name)
@@ -78,7 +89,8 @@ def main(cfg) -> dict[str, Any]:
             from reasonrl.tasks import gsm8k
 
             n = cfg.n
-            prompts = [tokenizer(gsm8k.render_prompt(p, cfg.template, tokenizer), add_special_tokens=False)["input_ids"]
+            instruction = CODE_INSTRUCTION if code else BOXED_INSTRUCTION
+            prompts = [tokenizer(gsm8k.render_prompt(p, cfg.template, tokenizer, instruction), add_special_tokens=False)["input_ids"]
                        for p in problems]
             from tqdm import tqdm
 
@@ -95,13 +107,14 @@ def main(cfg) -> dict[str, Any]:
             clipped = [r.finish_reason == "length" for r in rollouts]
             extract = list(cfg.extract)
         expanded = [p for p in problems for _ in range(n)]
-        verdicts, answers = _score([{"answer": p["answer"]} for p in expanded], completions, extract, cfg.verify_workers)
-        res = summarize(n, cfg.ks, verdicts, answers, lengths, clipped)
+        graded = expanded if code else [{"answer": p["answer"]} for p in expanded]
+        verdicts, answers = _score(graded, completions, code, extract, cfg.verify_workers)
+        res = summarize(n, cfg.ks, verdicts, None if code else answers, lengths, clipped)
         res["wall_s"] = time.time() - t
         res["problems_per_s"] = len(problems) / res["wall_s"]
         results[name] = res
         for p, c, v, a in zip(expanded, completions, verdicts, answers):
-            samples.write(json.dumps({"benchmark": name, "id": p["id"], "answer": str(p["answer"])[-200:], "extracted": a,
+            samples.write(json.dumps({"benchmark": name, "id": p["id"], "answer": str(p.get("answer", ""))[-200:], "extracted": a,
                                       "completion": c, "status": v.status, "info": v.info}, default=str) + "\n")
         print(f"[reasonrl] {name}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()), flush=True)
     samples.close()

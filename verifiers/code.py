@@ -6,7 +6,8 @@ Problems come in two shapes (DESIGN.md):
   defining ``check(candidate)``) and ``entry_point``. The program is the
   prompt followed by the extracted code, so a completion may be the function
   body (as HumanEval's canonical solutions are) or a whole definition. Every
-  top-level statement of ``check`` that uses ``candidate`` is one test.
+  top-level statement of ``check`` that uses ``candidate`` (or calls the entry
+  point by name, as MBPP's asserts do) is one test.
 - stdin/stdout: ``tests``, a list of ``{"input": ..., "output": ...}``. Each
   case runs the program afresh on that input; the whole output must equal the
   expected one (trailing whitespace on each line and trailing blank lines
@@ -75,7 +76,7 @@ def normalize_output(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.strip("\n").splitlines()).rstrip()
 
 
-def test_plan(problem: Mapping[str, Any]) -> dict:
+def check_plan(problem: Mapping[str, Any]) -> dict:
     """Split a HumanEval test module into setup and the statements of ``check``."""
     try:
         tree = ast.parse(problem["test"])
@@ -85,10 +86,10 @@ def test_plan(problem: Mapping[str, Any]) -> dict:
     if not check:
         raise GoldAnswerError("test code defines no check(candidate)")
     setup = ast.unparse([n for n in tree.body if n is not check[-1]]) if len(tree.body) > 1 else ""
-    steps = []
+    steps, called = [], {"candidate", problem.get("entry_point")}  # MBPP-style asserts call it by name
     for stmt in check[-1].body:
         code = ast.unparse(stmt)
-        uses = any(isinstance(n, ast.Name) and n.id == "candidate" for n in ast.walk(stmt))
+        uses = any(isinstance(n, ast.Name) and n.id in called for n in ast.walk(stmt))
         steps.append({"code": code, "test": uses})
     try:  # statements of a function body that only make sense inside one (return, ...)
         for s in steps:
@@ -105,7 +106,7 @@ class CodeVerifier:
 
     def __init__(
         self,
-        timeout_s: float = 10.0,
+        timeout_s: float = 5.0,
         memory_mb: int = 512,
         partial_credit: bool = True,
         isolation: str = "bwrap",
@@ -122,7 +123,7 @@ class CodeVerifier:
 
     def check_gold(self, problem: Mapping[str, Any]) -> None:
         if "test" in problem and "entry_point" in problem:
-            test_plan(problem)
+            check_plan(problem)
         elif "tests" in problem:
             cases = problem["tests"]
             if isinstance(cases, str):
@@ -156,7 +157,7 @@ class CodeVerifier:
         return Verdict(passed / total if self.partial_credit else 0.0, "wrong", info)
 
     def _humaneval(self, problem, program):
-        plan = test_plan(problem)
+        plan = check_plan(problem)
         tests = [i for i, s in enumerate(plan["steps"]) if s["test"]]
         token = secrets.token_hex(16)
         payload = {"program": program, "prompt": problem["prompt"], "entry_point": problem["entry_point"], **plan}

@@ -20,16 +20,20 @@ object whose ``__eq__`` always says True (or an ``int``/``str`` subclass doing
 the same) never reaches a comparison; the tests run in their own namespace
 with the prompt's helpers and a copy of the built-ins taken before the
 program ran, so the program cannot redefine a helper or a built-in the tests
-use.
+use (names only the program defines, such as a class the tests construct, are
+added to that namespace). The standard library's ``Counter``, ``OrderedDict``
+and ``defaultdict`` results compare as plain dicts.
 """
 
 import builtins
+import collections
 import json
 import os
 import sys
 
 _EXACT_SCALARS = (int, float, complex, str, bytes, bool, type(None))
 _MAX_DEPTH = 100
+_STDLIB_DICTS = (collections.Counter, collections.OrderedDict, collections.defaultdict)
 
 
 class _Unclean(Exception):
@@ -50,7 +54,7 @@ def _clean(v, depth=0):
         return {_clean(x, depth + 1) for x in set.__iter__(v)}
     if t is frozenset:
         return frozenset(_clean(x, depth + 1) for x in frozenset.__iter__(v))
-    if t is dict:
+    if t is dict or t in _STDLIB_DICTS:  # the standard library's dicts compare as plain dicts
         return {_clean(k, depth + 1): _clean(x, depth + 1) for k, x in dict.items(v)}
     raise _Unclean(f"returned a {t.__name__}; only built-in values are compared")
 
@@ -68,15 +72,22 @@ def main():
             pass
 
     tests = [i for i, step in enumerate(plan["steps"]) if step["test"]]
-    test_ns = {"__builtins__": dict(pristine), "__name__": "__test__"}
-    exec(compile(plan["prompt"], "prompt.py", "exec"), test_ns)
 
+    def stage(code, filename, ns, what):
+        """Run one stage; if it raises (SystemExit included: exiting early passes nothing), every test fails."""
+        try:
+            exec(compile(code, filename, "exec"), ns)
+            return True
+        except BaseException as e:
+            for i in tests:
+                record(i, False, f"{what}: {type(e).__name__}: {e}")
+            return False
+
+    test_ns = {"__builtins__": dict(pristine), "__name__": "__test__"}
+    if not stage(plan["prompt"], "prompt.py", test_ns, "the problem's prompt code failed"):
+        return
     user_ns = {"__builtins__": builtins, "__name__": "solution"}
-    try:
-        exec(compile(plan["program"], "solution.py", "exec"), user_ns)
-    except BaseException as e:  # SystemExit included: exiting early passes nothing
-        for i in tests:
-            record(i, False, f"program failed to load: {type(e).__name__}: {e}")
+    if not stage(plan["program"], "solution.py", user_ns, "program failed to load"):
         return
     fn = user_ns.get(plan["entry_point"])
     if not callable(fn):
@@ -90,12 +101,11 @@ def main():
         except _Unclean as e:
             raise AssertionError(str(e)) from None
 
+    for name, value in list(user_ns.items()):  # the program's own classes and helpers that tests build on
+        if name not in test_ns and name not in pristine and not name.startswith("__"):
+            test_ns[name] = value
     test_ns["candidate"] = test_ns[plan["entry_point"]] = candidate
-    try:
-        exec(compile(plan["setup"], "test.py", "exec"), test_ns)
-    except BaseException as e:
-        for i in tests:
-            record(i, False, f"test setup failed: {type(e).__name__}: {e}")
+    if not stage(plan["setup"], "test.py", test_ns, "test setup failed"):
         return
     for i, step in enumerate(plan["steps"]):
         try:

@@ -41,12 +41,14 @@ def from_row(row: Mapping[str, Any]) -> dict:
     return {"question": row["question"], "answer": final_answer(row["answer"]), "solution": row["answer"]}
 
 
-def render_prompt(problem: Mapping[str, Any], template: str = "chat_boxed", tokenizer=None) -> str:
+def render_prompt(problem: Mapping[str, Any], template: str = "chat_boxed", tokenizer=None, instruction: str = BOXED_INSTRUCTION) -> str:
+    """``instruction`` wraps the question for chat templates and R1 alike (code benchmarks ask for a code block)."""
     if template == "r1":
-        return R1_PROMPT.format(question=problem["question"])
+        question = problem["question"] if instruction is BOXED_INSTRUCTION else instruction.format(question=problem["question"])
+        return R1_PROMPT.format(question=question)
     if template == "chat_boxed":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ValueError("task.template=chat_boxed needs a tokenizer with a chat template; use template=r1 for base models")
-        msg = [{"role": "user", "content": BOXED_INSTRUCTION.format(question=problem["question"])}]
+        msg = [{"role": "user", "content": instruction.format(question=problem["question"])}]
         return tokenizer.apply_chat_template(msg, tokenize=False, add_generation_prompt=True)
     raise ValueError(f"unknown gsm8k template {template!r}; known: ['chat_boxed', 'r1']")

