@@ -19,9 +19,11 @@ What it covers, layer by layer (``isolation: bwrap``, the default):
   pid, mount, network, IPC, UTS and cgroup namespaces. The network namespace
   has only its own loopback: no route to the host's or any other address.
   Nested user namespaces are disabled. The program sees a read-only ``/usr``
-  (with the usual ``/bin``, ``/lib`` links), the Python install read-only at
-  ``/opt/python``, its own ``/proc`` and a minimal ``/dev``, a private
-  size-capped tmpfs at ``/tmp`` (its cwd and HOME), and nothing else: no
+  (with the usual ``/bin``, ``/lib`` links; the interpreter is the system
+  ``/usr/bin/python3`` when there is one, else the base Python install,
+  read-only at ``/opt/python``), its own ``/proc``, a minimal read-only
+  ``/dev`` with a capped ``/dev/shm``, a private size-capped tmpfs at ``/tmp``
+  (its cwd and HOME), and nothing else: no
   ``/etc`` (bar the linker cache), no home directories, no project tree.
   The environment is emptied (PATH, HOME, TMPDIR, LANG only). A new session
   (no terminal to inject into). All capabilities dropped.

@@ -153,6 +153,8 @@ def build(
         args += ["--ro-bind", prefix, SANDBOX_PYTHON, "--setenv", "LD_LIBRARY_PATH", f"{SANDBOX_PYTHON}/lib"]
     args += [
         "--proc", "/proc", "--dev", "/dev",
+        "--size", str(min(tmp_bytes, 16 << 20)), "--tmpfs", "/dev/shm",  # POSIX semaphores need it; capped
+        "--remount-ro", "/dev",  # else /dev is an uncapped tmpfs: a way around the /tmp size cap
         "--size", str(tmp_bytes), "--tmpfs", WORK_DIR,
         "--ro-bind-data", fd_of("boot", boot), f"{SANDBOX_DIR}/boot.py",
         "--ro-bind-data", fd_of("program", program), f"{SANDBOX_DIR}/main.py",

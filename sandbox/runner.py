@@ -6,6 +6,7 @@ import ctypes
 import json
 import logging
 import os
+import select
 import selectors
 import signal
 import subprocess
@@ -175,9 +176,13 @@ def _execute(launch, stdin: str, timeout_s: float, lim: Limits, boot_r, status_r
         if io.overflow:
             killed_for = "output_limit"
             break
+    if not killed_for:  # the output is closed, but the program may still be running (it can close its stdout)
+        wait_status = _wait_until(proc, deadline)
+        if wait_status is None:
+            killed_for = "timeout"
     if killed_for:
         _kill_tree(proc, io.child_pid)
-    wait_status = _reap(proc, lim.kill_grace_s if killed_for else None)
+        wait_status = _reap(proc, lim.kill_grace_s)
     proc.returncode = os.waitstatus_to_exitcode(wait_status)
     io.drain(lim.kill_grace_s)
     io.close()
@@ -198,19 +203,38 @@ def _kill_tree(proc: subprocess.Popen, child_pid: int | None) -> None:
         pass
 
 
-def _reap(proc: subprocess.Popen, grace: float | None) -> int:
-    """Wait for the launcher; after a kill, give it ``grace`` seconds, then kill its group."""
-    if grace is not None:
-        end = time.monotonic() + grace
-        while time.monotonic() < end:
+def _wait_until(proc: subprocess.Popen, deadline: float) -> int | None:
+    """The launcher's wait status once it exits, or None if it is still running at ``deadline``."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    try:
+        while True:
             pid, status = os.waitpid(proc.pid, os.WNOHANG)
             if pid:
                 return status
-            time.sleep(0.005)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            if pidfd is not None:
+                select.select([pidfd], [], [], left)
+            else:
+                time.sleep(min(left, 0.005))
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _reap(proc: subprocess.Popen, grace: float) -> int:
+    """After a kill: give the launcher ``grace`` seconds to exit, then kill its group, then wait."""
+    status = _wait_until(proc, time.monotonic() + grace)
+    if status is not None:
+        return status
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     return os.waitpid(proc.pid, 0)[1]
 
 
