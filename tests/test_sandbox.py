@@ -121,3 +121,40 @@ def test_seccomp_is_what_denies_sockets_and_namespaces():
             "socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nprint('socket ok')\n")
     assert Sandbox(use_seccomp=True).run(code).status == "error"
     assert Sandbox(use_seccomp=False).run(code).stdout == "socket ok\n"
+
+
+_UNPRIVILEGED = """
+import site, sys, threading, time
+site.addsitedir(sys.argv[1])
+from reasonrl.sandbox import Sandbox, run
+from reasonrl.sandbox.selfcheck import run_battery, table
+assert not Sandbox().describe()["per_slot_uid"]
+rows = run_battery(timeout_s=1.5)
+assert all(r.ok for r in rows), table(rows)
+bomb = threading.Thread(target=run, args=("import os\\nwhile True:\\n    try:\\n        os.fork()\\n    except OSError:\\n        pass",), kwargs={"timeout_s": 3})
+bomb.start()
+time.sleep(0.5)
+forker = "import os\\nfor _ in range(8):\\n    pid = os.fork()\\n    if pid == 0:\\n        os._exit(0)\\n    os.waitpid(pid, 0)\\nprint('forked')"
+rs = [run(forker) for _ in range(5)]
+bomb.join()
+assert all(r.status == "ok" for r in rs), [r.reason for r in rs]
+print("UNPRIVILEGED OK", len(rows))
+"""
+
+
+def test_an_unprivileged_caller_gets_the_same_containment():
+    """Most users are not root: no per-slot uid, the kernel's per-namespace process count does the work."""
+    import shutil
+    import subprocess
+    import sysconfig
+
+    if os.geteuid() != 0 or not shutil.which("setpriv") or not os.access("/usr/bin/python3", os.X_OK):
+        pytest.skip("needs root (to become an unprivileged user), setpriv and /usr/bin/python3")
+    site_dir = sysconfig.get_paths()["purelib"]
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3"]
+    probe = subprocess.run([*as_nobody, "-c", f"import site; site.addsitedir({site_dir!r}); import reasonrl.sandbox"],
+                           capture_output=True, text=True, cwd="/")
+    if probe.returncode != 0:
+        pytest.skip(f"the project is not importable by an unprivileged user here: {probe.stderr.strip()[-200:]}")
+    out = subprocess.run([*as_nobody, "-c", _UNPRIVILEGED, site_dir], capture_output=True, text=True, cwd="/", timeout=300)
+    assert "UNPRIVILEGED OK" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
