@@ -134,7 +134,7 @@ assert all(r.ok for r in rows), table(rows)
 bomb = threading.Thread(target=run, args=("import os\\nwhile True:\\n    try:\\n        os.fork()\\n    except OSError:\\n        pass",), kwargs={"timeout_s": 3})
 bomb.start()
 time.sleep(0.5)
-forker = "import os\\nfor _ in range(8):\\n    pid = os.fork()\\n    if pid == 0:\\n        os._exit(0)\\n    os.waitpid(pid, 0)\\nprint('forked')"
+forker = "import os\\nkids = []\\nfor _ in range(8):\\n    pid = os.fork()\\n    if pid == 0:\\n        os._exit(0)\\n    kids.append(pid)\\nfor k in kids:\\n    os.waitpid(k, 0)\\nprint('forked')"
 rs = [run(forker) for _ in range(5)]
 bomb.join()
 assert all(r.status == "ok" for r in rs), [r.reason for r in rs]
