@@ -38,14 +38,23 @@ What it covers, layer by layer (``isolation: bwrap``, the default):
   line): CPU seconds (``ceil(timeout_s)``), address space (``memory_mb``),
   processes+threads, file size, open files, no core dumps; captured stdout and
   stderr capped (default 1 MiB each).
-- A wall-clock kill of the sandbox's init process, which takes the whole pid
-  namespace with it; the parent waits for the tree before it returns. The
+- A per-run memory cap through a cgroup where this process may create one
+  (cgroup v1 ``memory``, or v2 ``memory`` + ``pids`` delegated): the sum of all
+  the run's processes and its tmpfs pages stays under ``memory_mb`` plus the
+  tmpfs sizes; an OOM kill there is status ``memory``. The run's first process
+  joins it before it executes anything (bubblewrap's ``--block-fd``), and the
+  cgroup is removed after the run. ``Sandbox(use_cgroup=False)`` skips it
+  (it costs a cgroup migration, a few ms, per run).
+- A wall-clock kill of the program, which is pid 1 of its own pid namespace,
+  so the kernel takes every process it started with it (and likewise when it
+  exits); the parent waits for the tree before it returns. The
   launcher dies with its parent (``PR_SET_PDEATHSIG``), so a killed scoring
   worker leaves nothing running.
 - seccomp (x86_64, aarch64): denies ptrace, process_vm_*, mount and friends,
   unshare/setns and namespace flags to clone, bpf, perf_event_open,
   userfaultfd, io_uring, kexec/module loading, keyrings, clock setting,
-  personality, and sockets of any family but AF_UNIX.
+  personality, memfds, SysV shared memory and message queues (memory no
+  per-process limit would count), and sockets of any family but AF_UNIX.
 - Nothing left behind: the program and boot script travel as memfds, /tmp is
   a tmpfs that disappears with the mount namespace.
 - If isolation cannot be set up, ``run`` raises :class:`SandboxUnavailable`
@@ -55,9 +64,10 @@ What it covers, layer by layer (``isolation: bwrap``, the default):
 
 What it does not cover:
 
-- Memory is capped per process (``RLIMIT_AS``), not per run: up to
-  ``max_procs`` processes may each use ``memory_mb``. No cgroup limits.
-- CPU *share*: a run may use a whole core until its CPU limit; no cgroup
+- Where no cgroup can be made (``Sandbox().describe()["per_run_cgroup"]``
+  says why), memory is capped per process (``RLIMIT_AS``) only: up to
+  ``max_procs`` processes may each use ``memory_mb``.
+- CPU *share*: a run may use a whole core until its CPU limit; no CPU
   weights. Disk I/O bandwidth is not limited (only sizes).
 - Kernel vulnerabilities reachable through the allowed system calls; side
   channels; the contents of ``/usr`` and the Python install are readable.

@@ -128,6 +128,7 @@ def build(
     status_fd: int,
     boot_fd: int,
     slot: int,
+    block_fd: int | None = None,
 ) -> tuple[Launch, list[int]]:
     """The bwrap command for one run; returns the launch and the fds to close after start."""
     prefix, inner_exe = sandbox_python()
@@ -164,9 +165,11 @@ def build(
     ]
     if seccomp is not None:
         args += ["--seccomp", fd_of("seccomp", seccomp)]
+    if block_fd is not None:  # the program waits until the parent has put it in its cgroup
+        args += ["--block-fd", str(block_fd)]
     inner = [inner_exe, "-I", "-S", "-B", f"{SANDBOX_DIR}/boot.py", str(boot_fd), *map(str, limits), f"{SANDBOX_DIR}/main.py"]
 
-    launch = Launch(argv=[], pass_fds=[*fds, status_fd, boot_fd])
+    launch = Launch(argv=[], pass_fds=[*fds, status_fd, boot_fd, *([block_fd] if block_fd is not None else [])])
     if os.geteuid() == 0:
         # Root is exempt from RLIMIT_NPROC, so a root-owned sandbox could fork without
         # bound. Each slot runs under its own unprivileged uid instead. That uid may not be able

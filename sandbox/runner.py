@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import bwrap, seccomp
+from . import bwrap, cgroup, seccomp
 
 log = logging.getLogger("reasonrl.sandbox")
 
@@ -62,6 +62,7 @@ class Sandbox:
     isolation: str = "bwrap"  # or "none": no isolation at all (loud warning on every run)
     limits: Limits = field(default_factory=Limits)
     use_seccomp: bool = True
+    use_cgroup: bool = True  # per-run memory and task caps, where cgroups can be created
 
     def __post_init__(self):
         if self.isolation not in ISOLATIONS:
@@ -87,6 +88,7 @@ class Sandbox:
             "bwrap": bwrap.bwrap_binary(),
             "seccomp": self._seccomp is not None,
             "per_slot_uid": os.geteuid() == 0,
+            "per_run_cgroup": cgroup.available()[1] or ("memory + pids" if "v2" in cgroup.available()[0] else "memory"),
             **{k: getattr(self.limits, k) for k in vars(self.limits)},
         }
 
@@ -113,16 +115,24 @@ class Sandbox:
         status_r, status_w = os.pipe()
         boot_r, boot_w = os.pipe()
         with bwrap.Slot() as slot:
+            lim = self.limits
+            cg = cgroup.for_slot(slot.number, (memory_mb + lim.tmp_mb + 48) << 20, lim.max_procs) if self.use_cgroup else None
+            block_r, block_w = os.pipe() if cg is not None else (None, None)
             launch, fds = bwrap.build(
                 binary, boot=_BOOT, program=code.encode("utf-8", "surrogatepass"),
-                limits=self._limits(timeout_s, memory_mb), tmp_bytes=self.limits.tmp_mb << 20,
-                seccomp=self._seccomp, status_fd=status_w, boot_fd=boot_w, slot=slot.number,
+                limits=self._limits(timeout_s, memory_mb), tmp_bytes=lim.tmp_mb << 20,
+                seccomp=self._seccomp, status_fd=status_w, boot_fd=boot_w, slot=slot.number, block_fd=block_r,
             )
+            pipes = [status_w, status_r, boot_r, boot_w, *([block_r, block_w] if cg is not None else [])]
             try:
-                return _execute(launch, stdin, timeout_s, self.limits, boot_r, status_r, extra_close=[*fds, status_w, boot_w])
+                return _execute(launch, stdin, timeout_s, lim, boot_r, status_r,
+                                extra_close=[*fds, status_w, boot_w, *([block_r] if cg is not None else [])],
+                                cgroup=cg, block_w=block_w)
             finally:
-                for fd in (*fds, status_w, status_r, boot_r, boot_w):
+                for fd in (*fds, *pipes):
                     _close(fd)
+                if cg is not None:
+                    cg.remove()
 
     def _run_direct(self, code, stdin, timeout_s, memory_mb) -> Result:
         with tempfile.TemporaryDirectory(prefix="reasonrl-unsandboxed-") as tmp:
@@ -151,7 +161,8 @@ def _child_setup() -> None:  # runs in the forked child, after the uid switch, b
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # our death takes the sandbox with it
 
 
-def _execute(launch, stdin: str, timeout_s: float, lim: Limits, boot_r, status_r, extra_close=(), cwd=None, env=None) -> Result:
+def _execute(launch, stdin: str, timeout_s: float, lim: Limits, boot_r, status_r, extra_close=(), cwd=None, env=None,
+             cgroup=None, block_w=None) -> Result:
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -167,7 +178,21 @@ def _execute(launch, stdin: str, timeout_s: float, lim: Limits, boot_r, status_r
     io = _Pipes(proc, stdin.encode(), boot_r, status_r, lim.max_output_bytes)
     deadline = t0 + timeout_s
     killed_for = ""
-    while not io.done():
+    if cgroup is not None:  # the program is blocked until it is inside its cgroup
+        while io.child_pid is None and not io.done() and time.monotonic() < deadline:
+            io.pump(0.05)
+        if io.child_pid is not None:
+            try:
+                cgroup.add(io.child_pid)
+            except OSError as e:
+                log.warning("sandbox: cannot move pid %d into its cgroup (%s); killing the run", io.child_pid, e)
+                killed_for = "cgroup"
+        if not killed_for:
+            try:
+                os.write(block_w, b"1")
+            except OSError:
+                pass
+    while not killed_for and not io.done():
         left = deadline - time.monotonic()
         if left <= 0:
             killed_for = "timeout"
@@ -187,7 +212,8 @@ def _execute(launch, stdin: str, timeout_s: float, lim: Limits, boot_r, status_r
     io.drain(lim.kill_grace_s)
     io.close()
     wall = time.monotonic() - t0
-    return _classify(io, proc.returncode, killed_for, io.text(1), io.text(2), wall, timeout_s)
+    oom = cgroup is not None and cgroup.oom_killed()
+    return _classify(io, proc.returncode, killed_for, io.text(1), io.text(2), wall, timeout_s, oom)
 
 
 def _kill_tree(proc: subprocess.Popen, child_pid: int | None) -> None:
@@ -238,16 +264,20 @@ def _reap(proc: subprocess.Popen, grace: float) -> int:
     return os.waitpid(proc.pid, 0)[1]
 
 
-def _classify(io, rc, killed_for, out, err, wall, timeout_s) -> Result:
+def _classify(io, rc, killed_for, out, err, wall, timeout_s, oom=False) -> Result:
     def result(status, reason, code=None):
         return Result(status, code, out, err, wall, reason)
 
+    if killed_for == "cgroup":
+        return result("infra_error", "could not put the run into its cgroup", rc)
     if not io.started and killed_for != "timeout":
         msg = err.strip().splitlines()[-1] if err.strip() else f"launcher exited {rc}"
         return result("infra_error", f"sandbox setup failed: {msg}"[:500], rc)
     code = io.exit_code if io.exit_code is not None else (rc if rc is None or rc >= 0 else 128 - rc)
     if killed_for == "output_limit":
         return result("output_limit", "output over the cap; killed", code)
+    if oom:  # before timeout: a run whose processes were OOM-killed often then waits for them forever
+        return result("memory", "the run's memory cap was hit (cgroup OOM kill)", code)
     if killed_for == "timeout":
         return result("timeout", f"wall clock over {timeout_s:g} s; killed", code)
     sig = code - 128 if code is not None and code > 128 else 0

@@ -55,6 +55,8 @@ DENIED = (
     "swapon", "swapoff", "acct", "quotactl", "syslog", "vhangup", "lookup_dcookie", "fanotify_init",
     "keyctl", "add_key", "request_key",
     "settimeofday", "clock_settime", "adjtimex", "clock_adjtime", "personality",
+    # memory that no per-process limit counts: memfds, SysV shared memory and message queues
+    "memfd_create", "memfd_secret", "shmget", "shmat", "shmctl", "msgget", "msgsnd",
 )
 
 _X86_64 = {
@@ -69,6 +71,7 @@ _X86_64 = {
     "syslog": 103, "vhangup": 153, "lookup_dcookie": 212, "fanotify_init": 300,
     "keyctl": 250, "add_key": 248, "request_key": 249,
     "settimeofday": 164, "clock_settime": 227, "adjtimex": 159, "clock_adjtime": 305, "personality": 135,
+    "memfd_create": 319, "memfd_secret": 447, "shmget": 29, "shmat": 30, "shmctl": 31, "msgget": 68, "msgsnd": 69,
     "clone": 56, "clone3": 435, "socket": 41,
     # the x32 ABI (numbers with bit 30 set) reaches the same kernel entry points
     "_x32_bit": 0x40000000,
@@ -85,6 +88,7 @@ _AARCH64 = {
     "syslog": 116, "vhangup": 58, "lookup_dcookie": 18, "fanotify_init": 262,
     "keyctl": 219, "add_key": 217, "request_key": 218,
     "settimeofday": 170, "clock_settime": 112, "adjtimex": 171, "clock_adjtime": 266, "personality": 92,
+    "memfd_create": 279, "memfd_secret": 447, "shmget": 194, "shmat": 196, "shmctl": 195, "msgget": 186, "msgsnd": 189,
     "clone": 220, "clone3": 435, "socket": 198,
 }
 _ARCHES = {  # machine name -> (AUDIT_ARCH_* value, syscall table)

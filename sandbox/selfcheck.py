@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import bwrap
+from . import bwrap, cgroup
 from .runner import Result, Sandbox
 
 
@@ -124,7 +124,7 @@ class _Host:
 _LIBC = "import ctypes; libc = ctypes.CDLL(None, use_errno=True)\n"
 
 
-def battery(h: _Host) -> list[Case]:
+def battery(h: _Host, per_run_memory: bool = True) -> list[Case]:
     denied = "\nfor p in PATHS:\n    try:\n        os.listdir(p); print('LISTED', p)\n    except OSError:\n        print('DENIED', p)\n"
     return [
         Case("fork bomb", "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass", ("timeout",)),
@@ -140,6 +140,10 @@ def battery(h: _Host) -> list[Case]:
         Case("disk fill, many files", "i = 0\nwhile True:\n    open(f'/tmp/f{i}', 'wb').write(b'x' * (1 << 20)); i += 1", ("error",)),
         Case("fill /dev and /dev/shm", "import os\nfor d in ('/dev', '/dev/shm'):\n    try:\n        for i in range(200):\n            open(f'{d}/f{i}', 'wb').write(b'x' * (1 << 20))\n        print('FILLED', d)\n    except OSError:\n        pass",
              ("ok",), lambda r: "" if "FILLED" not in r.stdout else "a 200 MiB write went through"),
+        Case("memory bomb across processes", "import os, time\nfor _ in range(8):\n    if os.fork() == 0:\n        b = bytearray(200 << 20)\n        time.sleep(60)\n        os._exit(0)\nfor _ in range(8):\n    os.wait()",
+             ("memory",) if per_run_memory else ("memory", "timeout", "error")),
+        Case("memory outside the address-space limit", _LIBC + "import os\ngot = []\nfd = libc.memfd_create(b'x', 0)\ngot.append(('memfd', fd))\nshm = libc.shmget(0, 1 << 26, 0o1600)\ngot.append(('shm', shm))\nmsq = libc.msgget(0, 0o1600)\ngot.append(('msg', msq))\nprint(got)\nassert all(v < 0 for _, v in got)",
+             ("ok",), lambda r: "" if "[('memfd', -1), ('shm', -1), ('msg', -1)]" in r.stdout else f"got {r.stdout.strip()!r}"),
         Case("tcp connect to host", f"import socket\ns = socket.create_connection(('127.0.0.1', {h.tcp.getsockname()[1]}), timeout=2)\nprint('CONNECTED')", ("error",), h.tcp_untouched),
         Case("udp send to host", f"import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.sendto(b'x', ('127.0.0.1', {h.udp.getsockname()[1]}))\nprint('SENT')", ("error",), h.udp_untouched),
         Case("read /etc/shadow", "print(open('/etc/shadow').read())", ("error",), lambda r: "shadow was read" if "root:" in r.stdout else ""),
@@ -159,8 +163,9 @@ def battery(h: _Host) -> list[Case]:
 def run_battery(sandbox: Sandbox | None = None, timeout_s: float = 2.0, memory_mb: int = 256) -> list[Row]:
     sandbox = sandbox or Sandbox()
     rows = []
+    per_run = sandbox.use_cgroup and not cgroup.available()[1]
     with _Host() as h:
-        for case in battery(h):
+        for case in battery(h, per_run):
             r = sandbox.run(case.code, timeout_s=timeout_s, memory_mb=memory_mb)
             problem = "" if r.status in case.expect else f"status {r.status} ({r.reason}), expected {'/'.join(case.expect)}"
             if not problem and case.host_check is not None:

@@ -158,3 +158,18 @@ def test_an_unprivileged_caller_gets_the_same_containment():
         pytest.skip(f"the project is not importable by an unprivileged user here: {probe.stderr.strip()[-200:]}")
     out = subprocess.run([*as_nobody, "-c", _UNPRIVILEGED, site_dir], capture_output=True, text=True, cwd="/", timeout=300)
     assert "UNPRIVILEGED OK" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+def test_per_run_cgroup_caps_the_whole_run_and_is_removed():
+    from reasonrl.sandbox import cgroup
+
+    bases, why = cgroup.available()
+    if bases is None:
+        pytest.skip(why)
+    before = {d: set(os.listdir(d)) for d in bases.values()}
+    code = ("import os, time\nfor _ in range(6):\n    if os.fork() == 0:\n        b = bytearray(150 << 20)\n        time.sleep(30)\n"
+            "        os._exit(0)\nfor _ in range(6):\n    os.wait()")
+    r = run(code, timeout_s=3, memory_mb=256)  # each process is under its own limit; together they are not
+    assert r.status == "memory" and "cgroup" in r.reason
+    assert Sandbox(use_cgroup=False).run(code, timeout_s=2, memory_mb=256).status == "timeout"
+    assert {d: set(os.listdir(d)) for d in bases.values()} == before

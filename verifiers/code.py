@@ -113,12 +113,13 @@ class CodeVerifier:
         max_procs: int = 16,
         max_output_kb: int = 1024,
         max_cases: int | None = None,
+        cgroup: bool = True,
     ):
         self.timeout_s, self.memory_mb = float(timeout_s), int(memory_mb)
         self.partial_credit = bool(partial_credit)
         self.max_cases = max_cases
         limits = Limits(max_procs=int(max_procs), max_output_bytes=int(max_output_kb) << 10)
-        self.sandbox = Sandbox(isolation=isolation, limits=limits)
+        self.sandbox = Sandbox(isolation=isolation, limits=limits, use_cgroup=bool(cgroup))
         self.sandbox.check()  # refuse at start, with the reason, rather than on every sample
 
     def check_gold(self, problem: Mapping[str, Any]) -> None:
