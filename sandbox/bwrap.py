@@ -129,10 +129,11 @@ def build(
     boot_fd: int,
     slot: int,
     block_fd: int | None = None,
-) -> tuple[Launch, list[int]]:
-    """The bwrap command for one run; returns the launch and the fds to close after start."""
+    fds: list[int],
+) -> Launch:
+    """The bwrap command for one run. Every descriptor it opens is appended to ``fds``
+    (even when it fails part-way): the caller closes them once the process has started."""
     prefix, inner_exe = sandbox_python()
-    fds: list[int] = []
 
     def fd_of(name: str, data: bytes) -> str:
         fd = _memfd(name, data)
@@ -181,7 +182,7 @@ def build(
         launch.argv = [f"/proc/self/fd/{bfd}", *args, "--", *inner]
     else:
         launch.argv = [bwrap, *args, "--", *inner]
-    return launch, fds
+    return launch
 
 
 def direct(*, boot_path: Path, program_path: Path, limits: list[int], boot_fd: int) -> Launch:

@@ -114,25 +114,32 @@ class Sandbox:
             return Result("infra_error", None, "", "", 0.0, reason="no bwrap binary")
         status_r, status_w = os.pipe()
         boot_r, boot_w = os.pipe()
-        with bwrap.Slot() as slot:
-            lim = self.limits
-            cg = cgroup.for_slot(slot.number, (memory_mb + lim.tmp_mb + 48) << 20, lim.max_procs) if self.use_cgroup else None
-            block_r, block_w = os.pipe() if cg is not None else (None, None)
-            launch, fds = bwrap.build(
-                binary, boot=_BOOT, program=code.encode("utf-8", "surrogatepass"),
-                limits=self._limits(timeout_s, memory_mb), tmp_bytes=lim.tmp_mb << 20,
-                seccomp=self._seccomp, status_fd=status_w, boot_fd=boot_w, slot=slot.number, block_fd=block_r,
-            )
-            pipes = [status_w, status_r, boot_r, boot_w, *([block_r, block_w] if cg is not None else [])]
-            try:
-                return _execute(launch, stdin, timeout_s, lim, boot_r, status_r,
-                                extra_close=[*fds, status_w, boot_w, *([block_r] if cg is not None else [])],
-                                cgroup=cg, block_w=block_w)
-            finally:
-                for fd in (*fds, *pipes):
-                    _close(fd)
-                if cg is not None:
-                    cg.remove()
+        fds = _FdSet(status_r, status_w, boot_r, boot_w)
+        cg = None
+        try:
+            with bwrap.Slot() as slot:
+                lim = self.limits
+                cg = cgroup.for_slot(slot.number, (memory_mb + lim.tmp_mb + 48) << 20, lim.max_procs) if self.use_cgroup else None
+                block_r, block_w = os.pipe() if cg is not None else (None, None)
+                fds.add(block_r, block_w)
+                child_fds: list[int] = []
+                try:
+                    launch = bwrap.build(
+                        binary, boot=_BOOT, program=code.encode("utf-8", "surrogatepass"),
+                        limits=self._limits(timeout_s, memory_mb), tmp_bytes=lim.tmp_mb << 20,
+                        seccomp=self._seccomp, status_fd=status_w, boot_fd=boot_w, slot=slot.number, block_fd=block_r,
+                        fds=child_fds,
+                    )
+                except OSError as e:
+                    return Result("infra_error", None, "", "", 0.0, reason=f"cannot prepare the sandbox: {e}")
+                finally:
+                    fds.add(*child_fds)
+                return _execute(launch, stdin, timeout_s, lim, boot_r, status_r, fds=fds,
+                                child_ends=[*child_fds, status_w, boot_w, block_r], cgroup=cg, block_w=block_w)
+        finally:
+            fds.close_all()
+            if cg is not None:
+                cg.remove()
 
     def _run_direct(self, code, stdin, timeout_s, memory_mb) -> Result:
         with tempfile.TemporaryDirectory(prefix="reasonrl-unsandboxed-") as tmp:
@@ -140,20 +147,37 @@ class Sandbox:
             boot.write_bytes(_BOOT)
             program.write_text(code, encoding="utf-8", errors="surrogatepass")
             boot_r, boot_w = os.pipe()
+            fds = _FdSet(boot_r, boot_w)
             launch = bwrap.direct(boot_path=boot, program_path=program, limits=self._limits(timeout_s, memory_mb), boot_fd=boot_w)
             env = {"PATH": "/usr/bin:/bin", "HOME": tmp}
             try:
-                return _execute(launch, stdin, timeout_s, self.limits, boot_r, None, extra_close=[boot_w], cwd=tmp, env=env)
+                return _execute(launch, stdin, timeout_s, self.limits, boot_r, None, fds=fds, child_ends=[boot_w], cwd=tmp, env=env)
             finally:
-                _close(boot_r)
-                _close(boot_w)
+                fds.close_all()
 
 
-def _close(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass
+class _FdSet:
+    """Descriptors this run owns; each is closed exactly once (a second close could hit a
+    descriptor another thread has opened since under the same number)."""
+
+    def __init__(self, *fds: int | None):
+        self.open: set[int] = set()
+        self.add(*fds)
+
+    def add(self, *fds: int | None) -> None:
+        self.open.update(fd for fd in fds if fd is not None)
+
+    def close(self, *fds: int | None) -> None:
+        for fd in fds:
+            if fd in self.open:
+                self.open.discard(fd)
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def close_all(self) -> None:
+        self.close(*list(self.open))
 
 
 def _child_setup() -> None:  # runs in the forked child, after the uid switch, before exec
@@ -161,8 +185,8 @@ def _child_setup() -> None:  # runs in the forked child, after the uid switch, b
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # our death takes the sandbox with it
 
 
-def _execute(launch, stdin: str, timeout_s: float, lim: Limits, boot_r, status_r, extra_close=(), cwd=None, env=None,
-             cgroup=None, block_w=None) -> Result:
+def _execute(launch, stdin: str, timeout_s: float, lim: Limits, boot_r, status_r, *, fds: _FdSet, child_ends=(),
+             cwd=None, env=None, cgroup=None, block_w=None) -> Result:
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -173,9 +197,24 @@ def _execute(launch, stdin: str, timeout_s: float, lim: Limits, boot_r, status_r
         )
     except OSError as e:
         return Result("infra_error", None, "", "", time.monotonic() - t0, reason=f"cannot start sandbox: {e}")
-    for fd in extra_close:
-        _close(fd)
-    io = _Pipes(proc, stdin.encode(), boot_r, status_r, lim.max_output_bytes)
+    fds.close(*child_ends)  # the sandbox holds them now; ours would keep EOF from ever coming
+    io = None
+    try:
+        io = _Pipes(proc, stdin.encode(), boot_r, status_r, lim.max_output_bytes)
+        return _supervise(proc, io, t0, timeout_s, lim, cgroup, block_w)
+    except BaseException as e:  # never leave a sandbox running behind an error (or a KeyboardInterrupt)
+        _kill_tree(proc, io.child_pid if io is not None else None)
+        _reap(proc, lim.kill_grace_s)
+        if io is not None:
+            io.close()
+        if not isinstance(e, Exception):
+            raise
+        log.exception("sandbox: supervising the run failed")
+        return Result("infra_error", None, "", "", time.monotonic() - t0, reason=f"supervisor failed: {type(e).__name__}: {e}")
+
+
+def _supervise(proc, io: "_Pipes", t0: float, timeout_s: float, lim: Limits, cgroup, block_w) -> Result:
+    """Feed, capture and time the run; kill it on timeout or output overflow; classify the end."""
     deadline = t0 + timeout_s
     killed_for = ""
     if cgroup is not None:  # the program is blocked until it is inside its cgroup

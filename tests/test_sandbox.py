@@ -173,3 +173,14 @@ def test_per_run_cgroup_caps_the_whole_run_and_is_removed():
     assert r.status == "memory" and "cgroup" in r.reason
     assert Sandbox(use_cgroup=False).run(code, timeout_s=2, memory_mb=256).status == "timeout"
     assert {d: set(os.listdir(d)) for d in bases.values()} == before
+
+
+def test_a_supervisor_failure_kills_the_run_and_is_infra_error(monkeypatch):
+    def broken(proc, io, *args):
+        time.sleep(0.3)  # the program is running by now
+        raise RuntimeError("supervisor bug")
+
+    monkeypatch.setattr(runner, "_supervise", broken)
+    r = run("import time\ntime.sleep(600)", timeout_s=5)
+    assert r.status == "infra_error" and "supervisor bug" in r.reason
+    # the autouse fixture checks that no sandbox process is left
