@@ -203,6 +203,12 @@ def _execute(launch, stdin: str, timeout_s: float, lim: Limits, boot_r, status_r
         io = _Pipes(proc, stdin.encode(), boot_r, status_r, lim.max_output_bytes)
         return _supervise(proc, io, t0, timeout_s, lim, cgroup, block_w)
     except BaseException as e:  # never leave a sandbox running behind an error (or a KeyboardInterrupt)
+        end = time.monotonic() + 0.5
+        while io is not None and io.child_pid is None and not io.done() and time.monotonic() < end:
+            try:  # learn pid 1, so that the launcher (not the host's init) reaps it after the kill
+                io.pump(0.05)
+            except Exception:
+                break
         _kill_tree(proc, io.child_pid if io is not None else None)
         _reap(proc, lim.kill_grace_s)
         if io is not None:

@@ -180,6 +180,7 @@ def test_a_supervisor_failure_kills_the_run_and_is_infra_error(monkeypatch):
         time.sleep(0.3)  # the program is running by now
         raise RuntimeError("supervisor bug")
 
+    assert run("print(1)").status == "ok"  # the isolation probe has run (it is cached), unbroken
     monkeypatch.setattr(runner, "_supervise", broken)
     r = run("import time\ntime.sleep(600)", timeout_s=5)
     assert r.status == "infra_error" and "supervisor bug" in r.reason
