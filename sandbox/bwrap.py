@@ -96,9 +96,12 @@ class Launch:
     gid: int | None = None
 
 
-def _memfd(name: str, data: bytes) -> int:
+def _memfd(name: str, data: bytes, fds: list[int]) -> int:
     fd = os.memfd_create(name, 0)  # inheritable only through pass_fds
-    os.write(fd, data)
+    fds.append(fd)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
 
@@ -136,9 +139,7 @@ def build(
     prefix, inner_exe = sandbox_python()
 
     def fd_of(name: str, data: bytes) -> str:
-        fd = _memfd(name, data)
-        fds.append(fd)
-        return str(fd)
+        return str(_memfd(name, data, fds))
 
     args = [
         "--unshare-all", "--unshare-user", "--disable-userns",
