@@ -24,17 +24,19 @@ def _limit(which, soft, hard=None):
 def main():
     started_fd, nproc, nofile, fsize, cpu_s, as_bytes = (int(x) for x in sys.argv[1:7])
     program = sys.argv[7]
-    os.write(started_fd, b"1")
     _limit(resource.RLIMIT_CORE, 0)
     _limit(resource.RLIMIT_NPROC, nproc)
     _limit(resource.RLIMIT_NOFILE, nofile)
     _limit(resource.RLIMIT_FSIZE, fsize)
     _limit(resource.RLIMIT_CPU, cpu_s, cpu_s + 1)  # SIGXCPU first, SIGKILL a second later
     _limit(resource.RLIMIT_AS, as_bytes)
-    os.closerange(3, 1 << 16)
-    sys.argv = [program]
     import runpy
 
+    # Only now, with every limit in force and nothing left to fail but the program itself,
+    # tell the parent that the program is starting: anything before this is a setup failure.
+    os.write(started_fd, b"1")
+    os.closerange(3, 1 << 16)
+    sys.argv = [program]
     runpy.run_path(program, run_name="__main__")
 
 

@@ -209,8 +209,9 @@ def _execute(launch, stdin: str, timeout_s: float, lim: Limits, boot_r, status_r
                 io.pump(0.05)
             except Exception:
                 break
-        _kill_tree(proc, io.child_pid if io is not None else None)
-        _reap(proc, lim.kill_grace_s)
+        if proc.returncode is None:  # not reaped yet: the tree may still be running
+            _kill_tree(proc, io)
+            _reap(proc, lim.kill_grace_s)
         if io is not None:
             io.close()
         if not isinstance(e, Exception):
@@ -251,7 +252,7 @@ def _supervise(proc, io: "_Pipes", t0: float, timeout_s: float, lim: Limits, cgr
         if wait_status is None:
             killed_for = "timeout"
     if killed_for:
-        _kill_tree(proc, io.child_pid)
+        _kill_tree(proc, io)
         wait_status = _reap(proc, lim.kill_grace_s)
     proc.returncode = os.waitstatus_to_exitcode(wait_status)
     io.drain(lim.kill_grace_s)
@@ -261,14 +262,14 @@ def _supervise(proc, io: "_Pipes", t0: float, timeout_s: float, lim: Limits, cgr
     return _classify(io, proc.returncode, killed_for, io.text(1), io.text(2), wall, timeout_s, oom)
 
 
-def _kill_tree(proc: subprocess.Popen, child_pid: int | None) -> None:
-    """Kill the sandbox's pid 1: the kernel then kills every process of its pid namespace,
-    and the launcher, which waits for pid 1, exits once they are all gone."""
-    target = child_pid
+def _kill_tree(proc: subprocess.Popen, io: "_Pipes | None") -> None:
+    """Kill the sandbox's pid 1 (the kernel then kills every process of its pid namespace,
+    and the launcher, which waits for pid 1, exits once they are all gone). Through a
+    pidfd, so a recycled pid number can never be hit; else the launcher's group."""
     try:
-        if target:
-            os.kill(target, signal.SIGKILL)
-        else:  # killed before the sandbox reported its pid: take the launcher's group
+        if io is not None and io.child_pidfd is not None:
+            signal.pidfd_send_signal(io.child_pidfd, signal.SIGKILL)
+        else:
             os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
@@ -334,7 +335,10 @@ def _classify(io, rc, killed_for, out, err, wall, timeout_s, oom=False) -> Resul
     if code == 0:
         return result("ok", "", 0)
     if sig:
-        name = signal.Signals(sig).name if sig in signal.valid_signals() else str(sig)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:  # real-time signals, or an exit code above 128 that only looks like one
+            name = str(sig)
         hint = " (the CPU hard limit, or the program itself)" if sig == signal.SIGKILL else ""
         return result("error", f"killed by signal {name}{hint}", code)
     return result("error", f"exit code {code}", code)
@@ -348,7 +352,7 @@ class _Pipes:
         self.buf = {1: bytearray(), 2: bytearray()}
         self.cap, self.overflow = cap, False
         self.status_buf, self.started = bytearray(), False
-        self.child_pid = self.exit_code = None
+        self.child_pid = self.exit_code = self.child_pidfd = None
         self.proc, self.stdin, self.pending = proc, proc.stdin, memoryview(stdin)
         for f, key in ((proc.stdout, 1), (proc.stderr, 2)):
             os.set_blocking(f.fileno(), False)
@@ -413,6 +417,10 @@ class _Pipes:
                 continue
             if "child-pid" in d and self.child_pid is None:
                 self.child_pid = int(d["child-pid"])
+                try:  # pid 1 cannot have been reaped yet: the launcher reaps it, and is alive
+                    self.child_pidfd = os.pidfd_open(self.child_pid)
+                except (AttributeError, OSError):
+                    pass
             if "exit-code" in d:
                 self.exit_code = int(d["exit-code"])
 
@@ -432,6 +440,9 @@ class _Pipes:
         self._close_stdin()
         self.proc.stdout.close()
         self.proc.stderr.close()
+        if self.child_pidfd is not None:
+            os.close(self.child_pidfd)
+            self.child_pidfd = None
 
     def text(self, which: int) -> str:
         return bytes(self.buf[which]).decode("utf-8", "replace")

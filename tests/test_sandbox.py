@@ -185,3 +185,14 @@ def test_a_supervisor_failure_kills_the_run_and_is_infra_error(monkeypatch):
     r = run("import time\ntime.sleep(600)", timeout_s=5)
     assert r.status == "infra_error" and "supervisor bug" in r.reason
     # the autouse fixture checks that no sandbox process is left
+
+
+def test_exit_codes_that_look_like_signals_are_the_programs_error():
+    for code in (129, 163, 170, 191, 255):
+        r = run(f"import sys\nsys.exit({code})")
+        assert r.status == "error" and r.returncode == code, (code, r)
+
+
+def test_bad_limits_are_setup_failures_not_the_programs_error():
+    assert Sandbox(limits=Limits(max_open_files=10**8)).run("print(1)").status == "infra_error"
+    assert run("print(1)", memory_mb=8).status == "infra_error"  # the interpreter cannot even start
