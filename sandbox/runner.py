@@ -115,31 +115,36 @@ class Sandbox:
         status_r, status_w = os.pipe()
         boot_r, boot_w = os.pipe()
         fds = _FdSet(status_r, status_w, boot_r, boot_w)
-        cg = None
         try:
-            with bwrap.Slot() as slot:
+            with bwrap.Slot() as slot:  # the slot's uid and cgroup are ours until it is released
                 lim = self.limits
                 cg = cgroup.for_slot(slot.number, (memory_mb + lim.tmp_mb + 48) << 20, lim.max_procs) if self.use_cgroup else None
-                block_r, block_w = os.pipe() if cg is not None else (None, None)
-                fds.add(block_r, block_w)
-                child_fds: list[int] = []
                 try:
-                    launch = bwrap.build(
-                        binary, boot=_BOOT, program=code.encode("utf-8", "surrogatepass"),
-                        limits=self._limits(timeout_s, memory_mb), tmp_bytes=lim.tmp_mb << 20,
-                        seccomp=self._seccomp, status_fd=status_w, boot_fd=boot_w, slot=slot.number, block_fd=block_r,
-                        fds=child_fds,
-                    )
-                except OSError as e:
-                    return Result("infra_error", None, "", "", 0.0, reason=f"cannot prepare the sandbox: {e}")
+                    return self._launch(binary, code, stdin, timeout_s, memory_mb, slot.number, cg, fds, status_w, status_r, boot_r, boot_w)
                 finally:
-                    fds.add(*child_fds)
-                return _execute(launch, stdin, timeout_s, lim, boot_r, status_r, fds=fds,
-                                child_ends=[*child_fds, status_w, boot_w, block_r], cgroup=cg, block_w=block_w)
+                    if cg is not None:
+                        cg.remove()
         finally:
             fds.close_all()
-            if cg is not None:
-                cg.remove()
+
+    def _launch(self, binary, code, stdin, timeout_s, memory_mb, slot, cg, fds, status_w, status_r, boot_r, boot_w) -> Result:
+        lim = self.limits
+        block_r, block_w = os.pipe() if cg is not None else (None, None)
+        fds.add(block_r, block_w)
+        child_fds: list[int] = []
+        try:
+            launch = bwrap.build(
+                binary, boot=_BOOT, program=code.encode("utf-8", "surrogatepass"),
+                limits=self._limits(timeout_s, memory_mb), tmp_bytes=lim.tmp_mb << 20,
+                seccomp=self._seccomp, status_fd=status_w, boot_fd=boot_w, slot=slot, block_fd=block_r,
+                fds=child_fds,
+            )
+        except OSError as e:
+            return Result("infra_error", None, "", "", 0.0, reason=f"cannot prepare the sandbox: {e}")
+        finally:
+            fds.add(*child_fds)
+        return _execute(launch, stdin, timeout_s, lim, boot_r, status_r, fds=fds,
+                        child_ends=[*child_fds, status_w, boot_w, block_r], cgroup=cg, block_w=block_w)
 
     def _run_direct(self, code, stdin, timeout_s, memory_mb) -> Result:
         with tempfile.TemporaryDirectory(prefix="reasonrl-unsandboxed-") as tmp:

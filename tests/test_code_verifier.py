@@ -57,6 +57,29 @@ CHEATS = {
     "always-equal int subclass": "class _I(int):\n    def __eq__(self, o): return True\ndef {entry}(*a, **k):\n    return _I(0)\n",
     "fake passed lines": "print('{fake}')\nimport sys\nsys.exit(0)\n",
     "exit inside the function": "import os\ndef {entry}(*a, **k):\n    os._exit(0)\n",
+    "make exec a no-op": "import builtins\nbuiltins.exec = lambda *a, **k: None\ndef {entry}(*a, **k):\n    return None\n",
+    "patch type() past the value check": (
+        "import builtins\nclass A:\n    def __eq__(s, o): return True\n_t = type\n"
+        "builtins.type = lambda v: int if isinstance(v, A) else _t(v)\ndef {entry}(*a, **k):\n    return A()\n"
+    ),
+    "patch modules the tests import": (
+        "import math, random, copy\nmath.fabs = lambda x: 0.0\nrandom.randint = lambda a, b: a\n"
+        "copy.deepcopy = lambda x, *a: x\ndef {entry}(*a, **k):\n    return None\n"
+    ),
+    "walk frames for the token and forge records": (
+        "import sys, os\nf = sys._getframe()\nwhile f is not None and 'token' not in f.f_locals:\n    f = f.f_back\n"
+        "if f is not None:\n    L = f.f_locals\n    for i in range(60):\n        os.write(1, f\"\\n{{L['token']}} {{i}} pass \\\"\\\"\\n\".encode())\n"
+        "os._exit(0)\n"
+    ),
+    "call the record function found through gc": (
+        "import gc\nfor o in gc.get_objects():\n    if type(o).__name__ == 'function' and o.__name__ == 'record':\n"
+        "        for i in range(60):\n            o(i, True)\ndef {entry}(*a, **k):\n    return None\n"
+    ),
+    "read the parent's memory through /proc": (
+        "import os\nfor pid in os.listdir('/proc'):\n    try:\n        data = open(f'/proc/{{pid}}/environ', 'rb').read()\n"
+        "        open(f'/proc/{{pid}}/mem', 'rb').read(1)\n        print('READ', pid)\n    except OSError:\n        pass\n"
+        "def {entry}(*a, **k):\n    return None\n"
+    ),
     "patch the builtins the tests use": (
         "import builtins\nbuiltins.abs = lambda x: 0\nbuiltins.isinstance = lambda *a: True\n"
         "builtins.len = lambda x: 0\ndef {entry}(*a, **k):\n    return None\n"
@@ -73,6 +96,14 @@ def test_cheats_do_not_pass(v, cheat):
         # never more than an honest "return None" earns (HumanEval/128 really expects None once)
         baseline = v(p, "    return None\n").score
         assert r.status == "wrong" and r.score <= baseline, (cheat, task_id, r, baseline)
+
+
+def test_patching_a_module_the_tests_use_changes_nothing(v):
+    """HumanEval/32 checks find_zero with math.fabs(poly(xs, x)) < 1e-4: a zero fabs would pass anything."""
+    p = PROBLEMS["HumanEval/32"]
+    honest = v(p, fenced("def find_zero(xs):\n    return 0.0"))
+    cheat = v(p, fenced("import math\nmath.fabs = lambda x: 0.0\ndef find_zero(xs):\n    return 0.0"))
+    assert honest.status == cheat.status == "wrong" and cheat.score == honest.score
 
 
 def test_partial_credit_counts_tests_and_all_or_nothing_does_not():

@@ -52,12 +52,15 @@ def test_reference_check_on_code_benchmarks(tmp_path):
 
     cfg = compose("eval", ["check=true", "benchmarks=[humaneval,mbpp]", f"run_dir={tmp_path}"])
     results = main(cfg)
-    assert results["humaneval"]["problems"] == 164 and results["humaneval"]["accuracy"] == 1.0
+    rows = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    he_misses = [(r["id"], r["status"], r["info"]) for r in rows if r["benchmark"] == "humaneval" and r["status"] != "correct"]
+    assert results["humaneval"]["problems"] == 164 and not he_misses, he_misses
     assert results["mbpp"]["problems"] == 974 and "maj@1" not in results["mbpp"]
-    misses = {json.loads(x)["id"] for x in (tmp_path / "samples.jsonl").read_text().splitlines()
-              if json.loads(x)["status"] != "correct"}
-    # the data's own README: 341, 596 and 642 depend on set order or object sizes
-    assert misses == {341, 596, 642}
+    misses = {r["id"] for r in rows if r["benchmark"] == "mbpp" and r["status"] != "correct"}
+    # the data's own README: 341, 596 and 642 depend on set order or object sizes (596 and 642
+    # expect values this Python does not produce; 341's set survives the trip to the program's
+    # process in the order its test expects)
+    assert {596, 642} <= misses <= {341, 596, 642}
 
 
 def _tiny_eval(tmp_path, benchmark: str, limit: int, n: int) -> dict:

@@ -27,19 +27,20 @@ for one that does not compile, and ``error`` when the sandbox itself failed
 Cheating that does not pay: exiting early (``sys.exit(0)``, ``os._exit(0)``;
 the exit code is never evidence, only per-test records carrying this run's
 random token are), printing fake "passed" lines (no token), returning an
-object whose ``__eq__`` is always true (only exact built-in values reach the
-tests), redefining the prompt's helpers or the built-ins the tests use (the
-tests have their own namespace), printing a prefix of the expected output.
-Not covered: a program that deliberately inspects the test runner's memory
-(frames, ``gc``) can find the token and forge records; the sandbox contains
-such a program, but the grade of a HumanEval-style problem is only as strong
-as the separation inside one Python process. stdin/stdout grading has no such
-gap: the verdict is computed here from the raw output.
+object whose ``__eq__`` is always true (only exact built-in values cross back),
+patching built-ins or modules the tests use, walking frames or the garbage
+collector for the token or the recorder (the program runs in a separate
+worker process that never holds the token and never sees the tests; see
+``code_harness``), printing a prefix of the expected output. Not covered: the
+rare problems whose tests use names only the program defines (3 of MBPP's 974,
+none of HumanEval's) run their tests beside the program, where a program that
+tampers with the interpreter could fake its own results.
 """
 
 from __future__ import annotations
 
 import ast
+import builtins
 import json
 import re
 import secrets
@@ -98,7 +99,32 @@ def check_plan(problem: Mapping[str, Any]) -> dict:
         steps = [{"code": ast.unparse(check[-1]) + "\ncheck(candidate)", "test": True}]
     if not any(s["test"] for s in steps):
         raise GoldAnswerError("check(candidate) never calls candidate")
-    return {"setup": setup, "steps": steps}
+    try:
+        prompt_bound = _bound_and_loaded(ast.parse(problem.get("prompt", "")))[0]
+    except (SyntaxError, ValueError) as e:
+        raise GoldAnswerError(f"prompt code does not parse: {e}") from None
+    bound, loaded = _bound_and_loaded(tree)
+    foreign = loaded - bound - prompt_bound - set(dir(builtins)) - called
+    # tests that build on names only the program defines (an MBPP setup using its Node class)
+    # must run beside it; all others call it across a process boundary
+    return {"setup": setup, "steps": steps, "mode": "tests" if foreign else "calls"}
+
+
+def _bound_and_loaded(tree: ast.AST) -> tuple[set[str], set[str]]:
+    """Names a module binds anywhere (assignments, defs, arguments, imports) and names it reads."""
+    bound, loaded = set(), set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Name):
+            (loaded if isinstance(n.ctx, ast.Load) else bound).add(n.id)
+        elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(n.name)
+        elif isinstance(n, ast.arg):
+            bound.add(n.arg)
+        elif isinstance(n, ast.alias):
+            bound.add((n.asname or n.name).split(".")[0])
+        elif isinstance(n, ast.ExceptHandler) and n.name:
+            bound.add(n.name)
+    return bound, loaded
 
 
 class CodeVerifier:

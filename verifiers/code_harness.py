@@ -4,109 +4,274 @@ Runs as the sandboxed program; standard library only. Its stdin is one line
 holding the run's random token, then a JSON plan from the code verifier:
 ``program`` (the candidate's module source), ``prompt`` (the problem's own
 source, trusted), ``entry_point``, ``setup`` (the test module without its
-``check``) and ``steps`` (the statements of ``check``'s body, each marked
-whether it is a test). For every test it writes one record
+``check``), ``steps`` (the statements of ``check``'s body, each marked
+whether it is a test) and ``mode``. For every test it writes one record
 
     <token> <index> pass|fail <json reason>
 
-on a private duplicate of stdout. The trusted parent counts only records that
-carry the token, and a test without a record has failed: a program that exits
-early, crashes the interpreter or floods the output passes nothing.
+on stdout. The trusted parent counts only records that carry the token, and a
+test without a record has failed.
 
-Hardening against the cheap hacks (the verifier's module docstring lists what
-is and is not covered): ``SystemExit`` from the program is caught like any
-other exception; return values are rebuilt from exact built-in types, so an
-object whose ``__eq__`` always says True (or an ``int``/``str`` subclass doing
-the same) never reaches a comparison; the tests run in their own namespace
-with the prompt's helpers and a copy of the built-ins taken before the
-program ran, so the program cannot redefine a helper or a built-in the tests
-use (names only the program defines, such as a class the tests construct, are
-added to that namespace). The standard library's ``Counter``, ``OrderedDict``
-and ``defaultdict`` results compare as plain dicts.
+Two processes (``mode="calls"``, the default). Before it reads the token, this
+process makes itself undumpable (so no other process of the sandbox may read
+its memory through /proc) and forks a *worker*. The worker loads the program
+and answers each ``candidate(*args)`` over a pipe with the return value as
+tagged JSON of exact built-in types; it never holds the token and never sees
+the tests. The tests, their namespace (the prompt's helpers, pristine
+built-ins) and the records live only in this process, which executes nothing
+the program wrote. So patching built-ins or modules, walking frames or the
+garbage collector for the token, exiting early or returning an object whose
+``__eq__`` always says True all stay inside the worker and change nothing here;
+a worker that dies fails every test still to come.
+
+``mode="tests"`` (chosen by the verifier only when the tests use names that
+only the program defines, e.g. an MBPP setup building the program's ``Node``
+class): the worker runs the tests too and reports each outcome, which this
+process stamps with the token. That is only as strong as one Python process:
+a program that tampers with the interpreter can fake its results there.
 """
 
 import builtins
 import collections
 import json
 import os
+import pickle
+import struct
 import sys
 
-_EXACT_SCALARS = (int, float, complex, str, bytes, bool, type(None))
+_MAX_MSG = 64 << 20
 _MAX_DEPTH = 100
 _STDLIB_DICTS = (collections.Counter, collections.OrderedDict, collections.defaultdict)
 
 
+# -- framing ----------------------------------------------------------------------------
+def _send(fd, data):
+    view = memoryview(struct.pack("<Q", len(data)) + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_exact(fd, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = os.read(fd, min(n - len(buf), 1 << 20))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+def _recv(fd):
+    head = _read_exact(fd, 8)
+    if head is None:
+        return None
+    (n,) = struct.unpack("<Q", head)
+    if n > _MAX_MSG:
+        raise ValueError(f"message of {n} bytes")
+    return _read_exact(fd, n)
+
+
+# -- values: exact built-in types only, as tagged JSON ------------------------------------
 class _Unclean(Exception):
     pass
 
 
-def _clean(v, depth=0):
+def _encode(v, depth=0):
     t = type(v)
-    if t in _EXACT_SCALARS:
+    if v is None or t is bool or t is str:
         return v
     if depth > _MAX_DEPTH:
         raise _Unclean("nested too deeply")
-    if t is list:
-        return [_clean(x, depth + 1) for x in list.__iter__(v)]
-    if t is tuple:
-        return tuple(_clean(x, depth + 1) for x in tuple.__iter__(v))
-    if t is set:
-        return {_clean(x, depth + 1) for x in set.__iter__(v)}
-    if t is frozenset:
-        return frozenset(_clean(x, depth + 1) for x in frozenset.__iter__(v))
+    if t is int:
+        return {"i": str(v)}
+    if t is float:
+        return {"f": repr(v)}
+    if t is complex:
+        return {"c": [repr(v.real), repr(v.imag)]}
+    if t is bytes:
+        return {"b": v.hex()}
+    for tag, kind in (("l", list), ("t", tuple), ("s", set), ("fs", frozenset)):
+        if t is kind:
+            return {tag: [_encode(x, depth + 1) for x in kind.__iter__(v)]}
     if t is dict or t in _STDLIB_DICTS:  # the standard library's dicts compare as plain dicts
-        return {_clean(k, depth + 1): _clean(x, depth + 1) for k, x in dict.items(v)}
+        return {"d": [[_encode(k, depth + 1), _encode(x, depth + 1)] for k, x in dict.items(v)]}
     raise _Unclean(f"returned a {t.__name__}; only built-in values are compared")
 
 
+_BUILD = {"l": list, "t": tuple, "s": set, "fs": frozenset}
+
+
+def _decode(v, depth=0):
+    """The inverse of _encode, accepting nothing else (the worker is not trusted)."""
+    if v is None or type(v) in (bool, str):
+        return v
+    if type(v) is not dict or len(v) != 1 or depth > _MAX_DEPTH:
+        raise ValueError("malformed value")
+    (tag, x), = v.items()
+    if tag == "i":
+        return int(x)
+    if tag == "f":
+        return float(x)
+    if tag == "c":
+        return complex(float(x[0]), float(x[1]))
+    if tag == "b":
+        return bytes.fromhex(x)
+    if tag in _BUILD and type(x) is list:
+        return _BUILD[tag](_decode(e, depth + 1) for e in x)
+    if tag == "d" and type(x) is list:
+        return {_decode(k, depth + 1): _decode(e, depth + 1) for k, e in x}
+    raise ValueError(f"unknown tag {tag!r}")
+
+
+# -- the worker: the only process that runs the program -------------------------------------
+def _worker(rfd, wfd):
+    job = pickle.loads(_recv(rfd))
+    ns = {"__builtins__": builtins, "__name__": "solution"}
+    try:
+        exec(compile(job["program"], "solution.py", "exec"), ns)
+        fn = ns.get(job["entry_point"])
+        if not callable(fn):
+            raise NameError(f"no function named {job['entry_point']}")
+    except BaseException as e:  # SystemExit included: exiting early passes nothing
+        _send(wfd, json.dumps({"load_error": f"{type(e).__name__}: {e}"[:300]}).encode())
+        return
+    _send(wfd, b'{"ok": true}')
+    if job["mode"] == "tests":
+        _run_tests_here(job, ns, fn, wfd)
+        return
+    while True:
+        req = _recv(rfd)
+        if req is None:
+            return
+        args, kwargs = pickle.loads(req)
+        try:
+            out = {"v": _encode(fn(*args, **kwargs))}
+        except _Unclean as e:
+            out = {"exc": ["AssertionError", str(e)]}
+        except BaseException as e:
+            out = {"exc": [type(e).__name__, str(e)[:300]]}
+        _send(wfd, json.dumps(out).encode())
+
+
+def _run_tests_here(job, ns, fn, wfd):
+    """mode="tests": the tests need the program's own names, so they run beside it."""
+    def candidate(*args, **kwargs):
+        try:
+            return _decode(_encode(fn(*args, **kwargs)))
+        except _Unclean as e:
+            raise AssertionError(str(e)) from None
+
+    test_ns = dict(ns)
+    test_ns["candidate"] = test_ns[job["entry_point"]] = candidate
+    for i, code in [(-1, job["setup"])] + list(enumerate(s["code"] for s in job["steps"])):
+        try:
+            exec(compile(code, f"test_{i}.py", "exec"), test_ns)
+            ok, why = True, ""
+        except BaseException as e:
+            ok, why = False, f"{type(e).__name__}: {e}"
+        _send(wfd, json.dumps({"i": i, "ok": ok, "why": why[:300]}).encode())
+        if i == -1 and not ok:
+            return
+
+
+# -- the trusted side ---------------------------------------------------------------------
+def _undumpable():
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0
+    except Exception:
+        pass
+
+
 def main():
+    _undumpable()
+    to_w_r, to_w_w = os.pipe()
+    from_w_r, from_w_w = os.pipe()
+    if os.fork() == 0:
+        os.close(0)  # stdin carries the token: the worker never gets to read it
+        os.close(to_w_w)
+        os.close(from_w_r)
+        try:
+            _worker(to_w_r, from_w_w)
+        finally:
+            os._exit(0)
+    os.close(to_w_r)
+    os.close(from_w_w)
     token = sys.stdin.readline().strip()
     plan = json.loads(sys.stdin.read())
-    out = os.dup(1)
-    write, dumps, pristine = os.write, json.dumps, dict(vars(builtins))
+    out, pristine = 1, dict(vars(builtins))
 
     def record(i, ok, why=""):
         try:
-            write(out, f"\n{token} {i} {'pass' if ok else 'fail'} {dumps(str(why)[:200])}\n".encode())
+            os.write(out, f"\n{token} {i} {'pass' if ok else 'fail'} {json.dumps(str(why)[:200])}\n".encode())
         except OSError:
             pass
 
     tests = [i for i, step in enumerate(plan["steps"]) if step["test"]]
 
-    def stage(code, filename, ns, what):
-        """Run one stage; if it raises (SystemExit included: exiting early passes nothing), every test fails."""
-        try:
-            exec(compile(code, filename, "exec"), ns)
-            return True
-        except BaseException as e:
-            for i in tests:
-                record(i, False, f"{what}: {type(e).__name__}: {e}")
-            return False
-
-    test_ns = {"__builtins__": dict(pristine), "__name__": "__test__"}
-    if not stage(plan["prompt"], "prompt.py", test_ns, "the problem's prompt code failed"):
-        return
-    user_ns = {"__builtins__": builtins, "__name__": "solution"}
-    if not stage(plan["program"], "solution.py", user_ns, "program failed to load"):
-        return
-    fn = user_ns.get(plan["entry_point"])
-    if not callable(fn):
+    def fail_all(why, after=-1):
         for i in tests:
-            record(i, False, f"no function named {plan['entry_point']}")
+            if i > after:
+                record(i, False, why)
+
+    def reply():
+        try:
+            data = _recv(from_w_r)
+            return None if data is None else json.loads(data)
+        except Exception:  # malformed, oversized or absurdly nested: the worker is not trusted
+            return None
+
+    _send(to_w_w, pickle.dumps({k: plan[k] for k in ("program", "entry_point", "mode", "setup", "steps")}))
+    hello = reply()
+    if not isinstance(hello, dict) or "ok" not in hello:
+        loaded = hello.get("load_error") if isinstance(hello, dict) else None
+        fail_all(f"program failed to load: {loaded}" if loaded else "the program's process died while loading")
         return
+    if plan["mode"] == "tests":
+        while True:
+            r = reply()
+            if not isinstance(r, dict) or type(r.get("i")) is not int:
+                break
+            if r["i"] == -1 and not r.get("ok"):
+                fail_all(f"test setup failed: {r.get('why')}")
+            elif r["i"] in tests:
+                record(r["i"], r.get("ok") is True, r.get("why", ""))
+        return  # tests without a record have failed
 
     def candidate(*args, **kwargs):
         try:
-            return _clean(fn(*args, **kwargs))
-        except _Unclean as e:
-            raise AssertionError(str(e)) from None
+            payload = pickle.dumps((args, kwargs))
+        except Exception as e:
+            raise AssertionError(f"the test's arguments cannot be passed to the program: {e}") from None
+        try:
+            _send(to_w_w, payload)
+        except OSError:
+            raise AssertionError("the program's process is gone") from None
+        r = reply()
+        if not isinstance(r, dict):
+            raise AssertionError("the program's process died or answered garbage")
+        if "v" in r:
+            try:
+                return _decode(r["v"])
+            except (ValueError, TypeError, OverflowError) as e:
+                raise AssertionError(f"malformed return value: {e}") from None
+        name, msg = (r.get("exc") or ["AssertionError", "no value"])[:2]
+        exc = pristine.get(str(name))
+        if not (isinstance(exc, type) and issubclass(exc, Exception)):
+            exc = RuntimeError
+        raise exc(f"{name}: {msg}")
 
-    for name, value in list(user_ns.items()):  # the program's own classes and helpers that tests build on
-        if name not in test_ns and name not in pristine and not name.startswith("__"):
-            test_ns[name] = value
-    test_ns["candidate"] = test_ns[plan["entry_point"]] = candidate
-    if not stage(plan["setup"], "test.py", test_ns, "test setup failed"):
-        return
+    test_ns = {"__builtins__": dict(pristine), "__name__": "__test__"}
+    for code, what in ((plan["prompt"], "the problem's prompt code failed"), (None, ""), (plan["setup"], "test setup failed")):
+        if code is None:  # between the prompt's helpers and the test setup: the candidate
+            test_ns["candidate"] = test_ns[plan["entry_point"]] = candidate
+            continue
+        try:
+            exec(compile(code, "test.py", "exec"), test_ns)
+        except BaseException as e:
+            fail_all(f"{what}: {type(e).__name__}: {e}")
+            return
     for i, step in enumerate(plan["steps"]):
         try:
             exec(compile(step["code"], f"test_{i}.py", "exec"), test_ns)
@@ -114,9 +279,7 @@ def main():
             if step["test"]:
                 record(i, False, f"{type(e).__name__}: {e}")
                 continue
-            for j in tests:  # a failed setup statement sinks every later test
-                if j > i:
-                    record(j, False, f"check setup statement {i} failed: {type(e).__name__}: {e}")
+            fail_all(f"check setup statement {i} failed: {type(e).__name__}: {e}", after=i)
             return
         if step["test"]:
             record(i, True)
