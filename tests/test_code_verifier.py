@@ -106,6 +106,33 @@ def test_patching_a_module_the_tests_use_changes_nothing(v):
     assert honest.status == cheat.status == "wrong" and cheat.score == honest.score
 
 
+def test_the_entry_points_name_means_the_reference_when_there_is_one(v):
+    """HumanEval/33's tests compare candidate(x) with sort_third(x): against itself, [] would pass 3 of 7."""
+    p = PROBLEMS["HumanEval/33"]
+    assert v(p, "    return []\n").score == 0.0
+    assert v(p, p["canonical_solution"]).status == "correct"
+
+
+def test_the_test_runner_fails_closed_when_it_cannot_protect_its_memory(monkeypatch):
+    """If the runner cannot make itself undumpable, it runs nothing and says so: an error verdict."""
+    import reasonrl.verifiers.code as code
+
+    broken = code._HARNESS.replace("libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0", "pass")
+    assert broken != code._HARNESS
+    monkeypatch.setattr(code, "_HARNESS", broken)
+    p = PROBLEMS["HumanEval/0"]
+    r = CodeVerifier(timeout_s=5)(p, p["canonical_solution"])
+    assert r.status == "error" and "cannot protect" in r.info["sandbox"]
+    with pytest.raises(ValueError, match="memory_mb"):
+        CodeVerifier(memory_mb=16)
+
+
+def test_overlong_completions_are_refused_before_parsing(v):
+    p = PROBLEMS["HumanEval/0"]
+    assert v(p, "```" + "\t" * 500_000).info["reason"] == "completion too long"
+    assert v(p, "<answer>" * 60_000).status in ("format_error", "wrong")
+
+
 def test_partial_credit_counts_tests_and_all_or_nothing_does_not():
     p = PROBLEMS["HumanEval/0"]  # has_close_elements: 7 asserts on candidate
     wrong_half = "    return len(numbers) > 4\n"

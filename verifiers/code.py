@@ -42,7 +42,6 @@ from __future__ import annotations
 import ast
 import builtins
 import json
-import re
 import secrets
 from pathlib import Path
 from typing import Any, Mapping
@@ -50,27 +49,38 @@ from typing import Any, Mapping
 from reasonrl.sandbox import Limits, Sandbox
 from reasonrl.verifiers.base import GoldAnswerError, Verdict
 
-_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
-_OPEN_FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(?P<code>(?:(?!```).)*)$", re.DOTALL | re.IGNORECASE)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_THINK = re.compile(r"^.*?</think>", re.DOTALL)
 _PY = {"", "python", "python3", "py"}
 _HARNESS = (Path(__file__).parent / "code_harness.py").read_text()
 MAX_PROGRAM_CHARS = 100_000
+MAX_COMPLETION_CHARS = 4 * MAX_PROGRAM_CHARS  # longer completions are refused before any parsing
+MIN_MEMORY_MB = 64  # below this the test runner's own start-up could fail part-way
 
 
 def extract_code(completion: str) -> str:
-    blocks = _FENCE.findall(completion)
-    if blocks:
-        python = [code for lang, code in blocks if lang.lower() in _PY]
-        return (python or [code for _, code in blocks])[-1]
-    m = _OPEN_FENCE.search(completion)
-    if m:
-        return m.group("code")
-    m = _ANSWER.findall(completion)
-    if m:
-        return m[-1]
-    return _THINK.sub("", completion, count=1) if "</think>" in completion else completion
+    """Linear-time extraction (no backtracking regex on model output): the last closed fenced
+    block (Python ones first), else a final unclosed ```python fence, else the last
+    <answer>...</answer>, else the text after the first </think>, else everything."""
+    parts = completion.split("```")
+    blocks = []  # (language, code) of each fenced block; the last is unclosed when the fences are odd
+    for body in parts[1::2]:
+        header, newline, code = body.partition("\n")
+        if newline:
+            blocks.append((header.strip().split(" ")[0].lower(), code))
+        else:
+            blocks.append((None, body))  # inline ``code`` on one line: not a program
+    open_block = blocks.pop() if len(parts) % 2 == 0 and blocks else None
+    closed = [(lang, code) for lang, code in blocks if lang is not None]
+    if closed:
+        python = [code for lang, code in closed if lang in _PY]
+        return (python or [code for _, code in closed])[-1]
+    if open_block is not None and open_block[0] in _PY:
+        return open_block[1]
+    end = completion.rfind("</answer>")
+    start = completion.rfind("<answer>", 0, end) if end >= 0 else -1
+    if start >= 0:
+        return completion[start + len("<answer>"):end]
+    think = completion.find("</think>")
+    return completion[think + len("</think>"):] if think >= 0 else completion
 
 
 def normalize_output(text: str) -> str:
@@ -142,6 +152,8 @@ class CodeVerifier:
         cgroup: bool = True,
     ):
         self.timeout_s, self.memory_mb = float(timeout_s), int(memory_mb)
+        if self.memory_mb < MIN_MEMORY_MB:
+            raise ValueError(f"code verifier memory_mb={memory_mb} is below {MIN_MEMORY_MB}: the test runner itself needs that much")
         self.partial_credit = bool(partial_credit)
         self.max_cases = max_cases
         limits = Limits(max_procs=int(max_procs), max_output_bytes=int(max_output_kb) << 10)
@@ -162,6 +174,8 @@ class CodeVerifier:
         humaneval = "test" in problem and "entry_point" in problem
         if not humaneval and "tests" not in problem:
             return None
+        if len(completion) > MAX_COMPLETION_CHARS:
+            return Verdict(0.0, "format_error", {"reason": "completion too long"})
         code = extract_code(completion)
         if not code.strip():
             return Verdict(0.0, "no_answer", {})
@@ -187,12 +201,15 @@ class CodeVerifier:
         plan = check_plan(problem)
         tests = [i for i, s in enumerate(plan["steps"]) if s["test"]]
         token = secrets.token_hex(16)
-        payload = {"program": program, "prompt": problem["prompt"], "entry_point": problem["entry_point"], **plan}
+        payload = {"program": program, "prompt": problem["prompt"], "entry_point": problem["entry_point"],
+                   "reference": problem.get("canonical_solution") or "", **plan}
         r = self.sandbox.run(_HARNESS, stdin=token + "\n" + json.dumps(payload), timeout_s=self.timeout_s, memory_mb=self.memory_mb)
         if r.status == "infra_error":
             return None, len(tests), {"sandbox": r.reason[:200]}
         results: dict[int, tuple[bool, str]] = {}
         for line in r.stdout.splitlines():
+            if line.startswith(f"{token} harness_error "):
+                return None, len(tests), {"sandbox": line.split(" ", 2)[2][:200]}
             parts = line.split(" ", 3)
             if len(parts) == 4 and parts[0] == token and parts[2] in ("pass", "fail") and parts[1].isdigit():
                 results.setdefault(int(parts[1]), (parts[2] == "pass", parts[3]))

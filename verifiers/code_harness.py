@@ -176,20 +176,30 @@ def _run_tests_here(job, ns, fn, wfd):
 
 # -- the trusted side ---------------------------------------------------------------------
 def _undumpable():
+    """Make this process's memory unreadable to the worker (/proc/<pid>/mem), or say why not."""
     try:
         import ctypes
 
-        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0
-    except Exception:
-        pass
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0
+        if libc.prctl(3, 0, 0, 0, 0) != 0:  # PR_GET_DUMPABLE
+            return "PR_SET_DUMPABLE did not take"
+    except BaseException as e:  # MemoryError at tiny memory limits, no ctypes, ...
+        return f"{type(e).__name__}: {e}"
+    return ""
 
 
 def main():
-    _undumpable()
+    why = _undumpable()
+    if why:  # fail closed: without it the worker could read the token out of this process
+        token = sys.stdin.readline().strip()  # no worker exists yet, so reading it is safe
+        os.write(1, f"\n{token} harness_error {json.dumps('cannot protect the test runner: ' + why)}\n".encode())
+        return
     to_w_r, to_w_w = os.pipe()
     from_w_r, from_w_w = os.pipe()
     if os.fork() == 0:
         os.close(0)  # stdin carries the token: the worker never gets to read it
+        os.dup2(2, 1)  # nor may it write where the records go: its prints land on stderr
         os.close(to_w_w)
         os.close(from_w_r)
         try:
@@ -262,10 +272,16 @@ def main():
             exc = RuntimeError
         raise exc(f"{name}: {msg}")
 
+    # The prompt's helpers, then the candidate, then the test module's own setup. With a
+    # reference solution the entry point's name means the reference (HumanEval/33 compares
+    # candidate(x) with sort_third(x)); without one, tests call the program by that name (MBPP).
     test_ns = {"__builtins__": dict(pristine), "__name__": "__test__"}
-    for code, what in ((plan["prompt"], "the problem's prompt code failed"), (None, ""), (plan["setup"], "test setup failed")):
-        if code is None:  # between the prompt's helpers and the test setup: the candidate
-            test_ns["candidate"] = test_ns[plan["entry_point"]] = candidate
+    prompt = plan["prompt"] + "\n" + plan["reference"] if plan.get("reference") else plan["prompt"]
+    for code, what in ((prompt, "the problem's prompt code failed"), (None, ""), (plan["setup"], "test setup failed")):
+        if code is None:
+            test_ns["candidate"] = candidate
+            if not plan.get("reference"):
+                test_ns[plan["entry_point"]] = candidate
             continue
         try:
             exec(compile(code, "test.py", "exec"), test_ns)
