@@ -71,7 +71,8 @@ What it does not cover:
   weights. Disk I/O bandwidth is not limited (only sizes).
 - Kernel vulnerabilities reachable through the allowed system calls; side
   channels; the contents of ``/usr`` and the Python install are readable.
-- Only Python programs (the host's base interpreter, standard library only).
+- Only Python programs, standard library only (the system ``/usr/bin/python3``
+  when there is one, else the host's base interpreter).
 - ``isolation: none`` protects nothing beyond resource limits.
 """
 
