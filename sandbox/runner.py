@@ -24,6 +24,8 @@ STATUSES = ("ok", "error", "timeout", "memory", "output_limit", "infra_error")
 ISOLATIONS = ("bwrap", "none")
 _BOOT = (Path(__file__).parent / "boot.py").read_bytes()
 _PR_SET_PDEATHSIG, _PR_SET_DUMPABLE = 1, 4
+_SHM_MB = bwrap.SHM_MB
+_CGROUP_SLACK_MB = 32  # the launcher and interpreter overhead the run's cap allows on top
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -88,7 +90,7 @@ class Sandbox:
             "bwrap": bwrap.bwrap_binary(),
             "seccomp": self._seccomp is not None,
             "per_slot_uid": os.geteuid() == 0,
-            "per_run_cgroup": cgroup.available()[1] or ("memory + pids" if "v2" in cgroup.available()[0] else "memory"),
+            "per_run_cgroup": _cgroup_description(),
             **{k: getattr(self.limits, k) for k in vars(self.limits)},
         }
 
@@ -118,7 +120,8 @@ class Sandbox:
         try:
             with bwrap.Slot() as slot:  # the slot's uid and cgroup are ours until it is released
                 lim = self.limits
-                cg = cgroup.for_slot(slot.number, (memory_mb + lim.tmp_mb + 48) << 20, lim.max_procs) if self.use_cgroup else None
+                run_mb = memory_mb + lim.tmp_mb + _SHM_MB + _CGROUP_SLACK_MB  # processes plus their tmpfs pages
+                cg = cgroup.for_slot(slot.number, run_mb << 20, lim.max_procs) if self.use_cgroup else None
                 try:
                     return self._launch(binary, code, stdin, timeout_s, memory_mb, slot.number, cg, fds, status_w, status_r, boot_r, boot_w)
                 finally:
@@ -159,6 +162,11 @@ class Sandbox:
                 return _execute(launch, stdin, timeout_s, self.limits, boot_r, None, fds=fds, child_ends=[boot_w], cwd=tmp, env=env)
             finally:
                 fds.close_all()
+
+
+def _cgroup_description() -> str:
+    bases, why = cgroup.available()
+    return why or ("memory + pids" if "v2" in bases else "memory")
 
 
 class _FdSet:
@@ -324,7 +332,7 @@ def _classify(io, rc, killed_for, out, err, wall, timeout_s, oom=False) -> Resul
     if not io.started and killed_for != "timeout":
         msg = err.strip().splitlines()[-1] if err.strip() else f"launcher exited {rc}"
         return result("infra_error", f"sandbox setup failed: {msg}"[:500], rc)
-    code = io.exit_code if io.exit_code is not None else (rc if rc is None or rc >= 0 else 128 - rc)
+    code = rc if rc is None or rc >= 0 else 128 - rc  # the launcher itself killed: report it like bwrap would
     if killed_for == "output_limit":
         return result("output_limit", "output over the cap; killed", code)
     if oom:  # before timeout: a run whose processes were OOM-killed often then waits for them forever
@@ -334,8 +342,8 @@ def _classify(io, rc, killed_for, out, err, wall, timeout_s, oom=False) -> Resul
     sig = code - 128 if code is not None and code > 128 else 0
     if sig == signal.SIGXCPU:
         return result("timeout", "CPU time over the limit (SIGXCPU)", code)
-    tail = [ln for ln in err.strip().splitlines()[-1:]]
-    if code != 0 and tail and tail[0].startswith("MemoryError"):
+    last_line = err.strip().rsplit("\n", 1)[-1]
+    if code != 0 and last_line.startswith("MemoryError"):
         return result("memory", "address-space limit hit (MemoryError)", code)
     if code == 0:
         return result("ok", "", 0)
@@ -357,7 +365,7 @@ class _Pipes:
         self.buf = {1: bytearray(), 2: bytearray()}
         self.cap, self.overflow = cap, False
         self.status_buf, self.started = bytearray(), False
-        self.child_pid = self.exit_code = self.child_pidfd = None
+        self.child_pid = self.child_pidfd = None
         self.proc, self.stdin, self.pending = proc, proc.stdin, memoryview(stdin)
         for f, key in ((proc.stdout, 1), (proc.stderr, 2)):
             os.set_blocking(f.fileno(), False)
@@ -414,20 +422,22 @@ class _Pipes:
                 self.overflow = True
 
     def _status(self, chunk: bytes) -> None:
+        """bwrap's JSON status documents; only pid 1's host pid matters here."""
+        if self.child_pid is not None:
+            return
         self.status_buf += chunk
         for doc in bytes(self.status_buf).replace(b"}{", b"}\n{").splitlines():
             try:
                 d = json.loads(doc)
             except ValueError:
                 continue
-            if "child-pid" in d and self.child_pid is None:
+            if "child-pid" in d:
                 self.child_pid = int(d["child-pid"])
                 try:  # pid 1 cannot have been reaped yet: the launcher reaps it, and is alive
                     self.child_pidfd = os.pidfd_open(self.child_pid)
                 except (AttributeError, OSError):
                     pass
-            if "exit-code" in d:
-                self.exit_code = int(d["exit-code"])
+                return
 
     def drain(self, grace: float) -> None:
         end = time.monotonic() + grace

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import json
 import secrets
 from pathlib import Path
@@ -88,16 +89,21 @@ def normalize_output(text: str) -> str:
 
 
 def check_plan(problem: Mapping[str, Any]) -> dict:
-    """Split a HumanEval test module into setup and the statements of ``check``."""
+    """Split a HumanEval test module into setup and the statements of ``check`` (parsed once per problem)."""
+    return _plan(problem["test"], problem.get("prompt", ""), problem.get("entry_point"))
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(test: str, prompt: str, entry_point: str | None) -> dict:
     try:
-        tree = ast.parse(problem["test"])
+        tree = ast.parse(test)
     except (SyntaxError, ValueError) as e:
         raise GoldAnswerError(f"test code does not parse: {e}") from None
     check = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check"]
     if not check:
         raise GoldAnswerError("test code defines no check(candidate)")
     setup = ast.unparse([n for n in tree.body if n is not check[-1]]) if len(tree.body) > 1 else ""
-    steps, called = [], {"candidate", problem.get("entry_point")}  # MBPP-style asserts call it by name
+    steps, called = [], {"candidate", entry_point}  # MBPP-style asserts call it by name
     for stmt in check[-1].body:
         code = ast.unparse(stmt)
         uses = any(isinstance(n, ast.Name) and n.id in called for n in ast.walk(stmt))
@@ -110,7 +116,7 @@ def check_plan(problem: Mapping[str, Any]) -> dict:
     if not any(s["test"] for s in steps):
         raise GoldAnswerError("check(candidate) never calls candidate")
     try:
-        prompt_bound = _bound_and_loaded(ast.parse(problem.get("prompt", "")))[0]
+        prompt_bound = _bound_and_loaded(ast.parse(prompt))[0]
     except (SyntaxError, ValueError) as e:
         raise GoldAnswerError(f"prompt code does not parse: {e}") from None
     bound, loaded = _bound_and_loaded(tree)
