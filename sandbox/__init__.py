@@ -25,15 +25,19 @@ What it covers, layer by layer (``isolation: bwrap``, the default):
   ``/dev`` with a capped ``/dev/shm``, a private size-capped tmpfs at ``/tmp``
   (its cwd and HOME), and nothing else: no
   ``/etc`` (bar the linker cache), no home directories, no project tree.
-  The environment is emptied (PATH, HOME, TMPDIR, LANG only). A new session
-  (no terminal to inject into). All capabilities dropped.
+  The environment is emptied (PATH, HOME, TMPDIR, LANG, and PWD, which
+  bubblewrap sets for the working directory). A new session (no terminal to
+  inject into). All capabilities dropped.
 - Identity: the process limit is set inside each run's own user namespace,
   where the kernel counts processes per (namespace, uid), so one run's fork
   bomb cannot exhaust the budget of a concurrent run or of the caller (tested
   with a bomb beside a forking run). Root is exempt from ``RLIMIT_NPROC``, so a
   root caller never runs a sandbox as root: each concurrent slot gets its own
-  unprivileged uid (``UID_BASE + slot``; slots are abstract unix socket names,
-  freed by the kernel when a holder dies).
+  unprivileged uid (``UID_BASE + slot``). A slot is an exclusive ``flock`` on
+  a file in a directory only the caller's uid can write (root's:
+  ``/run/reasonrl-sandbox``; others': ``/tmp/reasonrl-sandbox-<uid>``), so it
+  is exclusive machine-wide, across network and other namespaces, and the
+  kernel frees it when a holder dies.
 - Resource limits (set by a trusted boot script before the program's first
   line): CPU seconds (``ceil(timeout_s)``), address space (``memory_mb``),
   processes+threads, file size, open files, no core dumps; captured stdout and
@@ -53,8 +57,12 @@ What it covers, layer by layer (``isolation: bwrap``, the default):
 - seccomp (x86_64, aarch64): denies ptrace, process_vm_*, mount and friends,
   unshare/setns and namespace flags to clone, bpf, perf_event_open,
   userfaultfd, io_uring, kexec/module loading, keyrings, clock setting,
-  personality, memfds, SysV shared memory and message queues (memory no
-  per-process limit would count), and sockets of any family but AF_UNIX.
+  personality; memfds, SysV shared memory and message queues, and setting
+  extended attributes (memory no per-process limit counts); the AIO calls
+  (the host-wide ``fs.aio-max-nr`` pool); ``flock`` and fcntl locks, leases
+  and directory notifications, and inotify (a lock on a shared ``/usr`` file
+  would block the host; a watch shows which files the host opens); and
+  ``socket``/``socketpair`` of any family but AF_UNIX.
 - Nothing left behind: the program and boot script travel as memfds, /tmp is
   a tmpfs that disappears with the mount namespace.
 - If isolation cannot be set up, ``run`` raises :class:`SandboxUnavailable`
@@ -67,8 +75,17 @@ What it does not cover:
 - Where no cgroup can be made (``Sandbox().describe()["per_run_cgroup"]``
   says why), memory is capped per process (``RLIMIT_AS``) only: up to
   ``max_procs`` processes may each use ``memory_mb``.
-- CPU *share*: a run may use a whole core until its CPU limit; no CPU
-  weights. Disk I/O bandwidth is not limited (only sizes).
+- CPU *share*: a run's processes and threads (up to ``max_procs``) may use
+  every core of the machine until the wall-clock kill; the CPU-time limit is
+  per process, so the wall clock is what bounds a run (cores x ``timeout_s``
+  of CPU at most). No CPU weights or quotas. Disk I/O bandwidth is not
+  limited (only sizes).
+- ``/proc`` is the run's own (it sees only its own processes), but some of its
+  files are host-wide: the kernel command line, the boot id, load, memory
+  and pressure statistics.
+- Output: tiny writes are read in batches (the supervisor waits 2 ms after a
+  run of reads under 4 KiB), so a program writing one byte at a time costs the
+  caller a few per cent of a core, not a whole one; the output cap ends it.
 - Kernel vulnerabilities reachable through the allowed system calls; side
   channels; the contents of ``/usr`` and the Python install are readable.
 - Only Python programs, standard library only (the system ``/usr/bin/python3``

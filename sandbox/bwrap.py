@@ -7,10 +7,11 @@ those descriptors and closes them after the process has started.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import shutil
-import socket
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,34 +62,70 @@ def host_python() -> str:
 
 
 class Slot:
-    """An exclusive slot number among every sandbox user on this machine.
+    """An exclusive slot number among every sandbox caller of this machine.
 
-    Held as an abstract unix socket name, which the kernel releases when the
-    holder exits, so a crashed worker never leaks a slot and nothing touches the
-    filesystem.
+    Held as an exclusive ``flock`` on ``slot-N.lock`` in :func:`slot_dir`, a
+    directory only the caller's own uid can write (root's is under ``/run``).
+    A lock on a file binds every process that sees the same file, whatever its
+    network, pid or user namespace (an abstract socket name, used before, is
+    unique only within one network namespace), and the kernel releases it when
+    the holder exits, so a crashed worker never leaks a slot.
     """
 
-    def __init__(self, tag: str = "reasonrl-sandbox"):
-        self.tag = tag
+    def __init__(self, directory: str | None = None):
+        self.directory = directory
         self.number: int | None = None
-        self._sock: socket.socket | None = None
+        self._fd: int | None = None
 
     def __enter__(self) -> "Slot":
+        if self._fd is None:
+            self.acquire()
+        return self
+
+    def acquire(self) -> int:
+        """Take the lowest free slot (raises RuntimeError when all are busy or no lock directory is usable)."""
+        d = self.directory or slot_dir()
         for n in range(MAX_SLOTS):
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            fd = os.open(os.path.join(d, f"slot-{n}.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
-                s.bind(f"\0{self.tag}/{os.getuid()}/{n}")
-            except OSError:
-                s.close()
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
                 continue
-            self.number, self._sock = n, s
-            return self
+            except BaseException:
+                os.close(fd)
+                raise
+            self.number, self._fd = n, fd
+            return n
         raise RuntimeError(f"all {MAX_SLOTS} sandbox slots are busy")
 
     def __exit__(self, *exc) -> None:
-        if self._sock is not None:
-            self._sock.close()
-        self._sock, self.number = None, None
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock
+        self._fd, self.number = None, None
+
+
+@functools.cache
+def slot_dir() -> str:
+    """The slot lock directory of this uid: made on first use, owned by it and writable by it alone
+    (refused otherwise, so that no other user can hold or fake its slots)."""
+    uid = os.geteuid()
+    candidates = ["/run/reasonrl-sandbox"] if uid == 0 and os.access("/run", os.W_OK) else []
+    candidates.append(f"/tmp/reasonrl-sandbox-{uid}")
+    problems = []
+    for d in candidates:
+        try:
+            os.mkdir(d, 0o700 if uid else 0o755)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            problems.append(f"{d}: {e}")
+            continue
+        st = os.lstat(d)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o022:
+            return d
+        problems.append(f"{d} is not a directory owned by uid {uid} and writable by it alone")
+    raise RuntimeError("no usable sandbox slot directory: " + "; ".join(problems))
 
 
 @dataclass

@@ -31,7 +31,7 @@ _RET_ALLOW = 0x7FFF0000
 
 # offsets in struct seccomp_data: nr, arch, instruction pointer, args[6] (64-bit each;
 # the low 32 bits come first on these little-endian architectures)
-_OFF_NR, _OFF_ARCH, _OFF_ARG0 = 0, 4, 16
+_OFF_NR, _OFF_ARCH, _OFF_ARG0, _OFF_ARG1 = 0, 4, 16, 24
 
 _CLONE_NAMESPACE_FLAGS = (
     0x00020000  # CLONE_NEWNS
@@ -55,9 +55,18 @@ DENIED = (
     "swapon", "swapoff", "acct", "quotactl", "syslog", "vhangup", "lookup_dcookie", "fanotify_init",
     "keyctl", "add_key", "request_key",
     "settimeofday", "clock_settime", "adjtimex", "clock_adjtime", "personality",
-    # memory that no per-process limit counts: memfds, SysV shared memory and message queues
+    # memory that no per-process limit counts: memfds, SysV shared memory and message queues,
+    # extended attributes (kernel memory on the private tmpfs, outside its size cap)
     "memfd_create", "memfd_secret", "shmget", "shmat", "shmctl", "msgget", "msgsnd",
+    "setxattr", "lsetxattr", "fsetxattr", "setxattrat",
+    # host-wide kernel resources and what the host does with shared files: the AIO context pool
+    # (fs.aio-max-nr), locks on the read-only /usr files the host also uses, watching them
+    "io_setup", "io_destroy", "io_submit", "io_cancel", "io_getevents", "io_pgetevents",
+    "flock", "inotify_init", "inotify_init1", "inotify_add_watch",
 )
+# fcntl commands denied: POSIX and open-file-description locks, leases, directory notification
+# (the same host-visible effects as flock and inotify); every other fcntl command is allowed.
+_FCNTL_DENIED = (6, 7, 37, 38, 1024, 1026)  # F_SETLK F_SETLKW F_OFD_SETLK F_OFD_SETLKW F_SETLEASE F_NOTIFY
 
 _X86_64 = {
     "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "pidfd_getfd": 438, "kcmp": 312,
@@ -72,7 +81,10 @@ _X86_64 = {
     "keyctl": 250, "add_key": 248, "request_key": 249,
     "settimeofday": 164, "clock_settime": 227, "adjtimex": 159, "clock_adjtime": 305, "personality": 135,
     "memfd_create": 319, "memfd_secret": 447, "shmget": 29, "shmat": 30, "shmctl": 31, "msgget": 68, "msgsnd": 69,
-    "clone": 56, "clone3": 435, "socket": 41,
+    "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190, "setxattrat": 463,
+    "io_setup": 206, "io_destroy": 207, "io_submit": 209, "io_cancel": 210, "io_getevents": 208, "io_pgetevents": 333,
+    "flock": 73, "inotify_init": 253, "inotify_init1": 294, "inotify_add_watch": 254,
+    "clone": 56, "clone3": 435, "socket": 41, "socketpair": 53, "fcntl": 72,
     # the x32 ABI (numbers with bit 30 set) reaches the same kernel entry points
     "_x32_bit": 0x40000000,
 }
@@ -89,7 +101,10 @@ _AARCH64 = {
     "keyctl": 219, "add_key": 217, "request_key": 218,
     "settimeofday": 170, "clock_settime": 112, "adjtimex": 171, "clock_adjtime": 266, "personality": 92,
     "memfd_create": 279, "memfd_secret": 447, "shmget": 194, "shmat": 196, "shmctl": 195, "msgget": 186, "msgsnd": 189,
-    "clone": 220, "clone3": 435, "socket": 198,
+    "setxattr": 5, "lsetxattr": 6, "fsetxattr": 7, "setxattrat": 463,
+    "io_setup": 0, "io_destroy": 1, "io_submit": 2, "io_cancel": 3, "io_getevents": 4, "io_pgetevents": 292,
+    "flock": 32, "inotify_init1": 26, "inotify_add_watch": 27,  # no inotify_init on aarch64
+    "clone": 220, "clone3": 435, "socket": 198, "socketpair": 199, "fcntl": 25,
 }
 _ARCHES = {  # machine name -> (AUDIT_ARCH_* value, syscall table)
     "x86_64": (0xC000003E, _X86_64),
@@ -134,18 +149,26 @@ def filter_bytes(machine: str | None = None) -> bytes | None:
     if "_x32_bit" in nr:
         p.op(_JGE_K, nr["_x32_bit"], "eperm", 0)
     for name in DENIED:
-        p.op(_JEQ_K, nr[name], "eperm", 0)
+        if name in nr:
+            p.op(_JEQ_K, nr[name], "eperm", 0)
     p.op(_JEQ_K, nr["clone3"], "enosys", 0)
     p.op(_JEQ_K, nr["clone"], "clone", 0)
     p.op(_JEQ_K, nr["socket"], "socket", 0)
+    p.op(_JEQ_K, nr["socketpair"], "socket", 0)
+    p.op(_JEQ_K, nr["fcntl"], "fcntl", 0)
     p.op(_RET_K, _RET_ALLOW)
     p.label("clone")  # a new namespace is an escape hatch; plain fork and threads are fine
     p.op(_LD_W_ABS, _OFF_ARG0)
     p.op(_JSET_K, _CLONE_NAMESPACE_FLAGS, "eperm", 0)
     p.op(_RET_K, _RET_ALLOW)
-    p.label("socket")  # local socketpairs only: no IP, raw, netlink or packet sockets
+    p.label("socket")  # AF_UNIX only, for socket() and socketpair(): no IP, raw, netlink, TIPC or packet sockets
     p.op(_LD_W_ABS, _OFF_ARG0)
     p.op(_JEQ_K, _AF_UNIX, 0, "eperm")
+    p.op(_RET_K, _RET_ALLOW)
+    p.label("fcntl")
+    p.op(_LD_W_ABS, _OFF_ARG1)
+    for cmd in _FCNTL_DENIED:
+        p.op(_JEQ_K, cmd, "eperm", 0)
     p.op(_RET_K, _RET_ALLOW)
     p.label("eperm")
     p.op(_RET_K, _RET_ERRNO | errno.EPERM)

@@ -83,6 +83,7 @@ class _Host:
         self.outside = os.path.join(self.tmp.name, "written-from-sandbox")
         self.project = str(Path(__file__).resolve().parents[1])
         self.home = str(Path.home())
+        self.usr_file = os.path.realpath(sys.executable) if sys.executable.startswith("/usr/") else "/usr/bin/env"
         return self
 
     def __exit__(self, *exc):
@@ -122,6 +123,7 @@ class _Host:
 
 
 _LIBC = "import ctypes; libc = ctypes.CDLL(None, use_errno=True)\n"
+_IO_SETUP = {"x86_64": 206, "aarch64": 0}.get(os.uname().machine, 206)
 
 
 def battery(h: _Host, per_run_memory: bool = True) -> list[Case]:
@@ -144,6 +146,16 @@ def battery(h: _Host, per_run_memory: bool = True) -> list[Case]:
              ("memory",) if per_run_memory else ("memory", "timeout", "error")),
         Case("memory outside the address-space limit", _LIBC + "import os\ngot = []\nfd = libc.memfd_create(b'x', 0)\ngot.append(('memfd', fd))\nshm = libc.shmget(0, 1 << 26, 0o1600)\ngot.append(('shm', shm))\nmsq = libc.msgget(0, 0o1600)\ngot.append(('msg', msq))\nprint(got)\nassert all(v < 0 for _, v in got)",
              ("ok",), lambda r: "" if "[('memfd', -1), ('shm', -1), ('msg', -1)]" in r.stdout else f"got {r.stdout.strip()!r}"),
+        Case("memory in extended attributes", "import os\nopen('/tmp/x', 'w').close()\ntry:\n    for i in range(20000):\n        os.setxattr('/tmp/x', f'user.a{i}', b'x' * 65000)\n    print('STORED')\nexcept OSError as e:\n    print('XATTR', e.errno)",
+             ("ok",), lambda r: "" if "XATTR 1" in r.stdout else f"got {r.stdout.strip()!r}"),
+        Case("host-wide AIO contexts", _LIBC + "ctx = ctypes.c_ulong(0)\nprint('IO_SETUP', libc.syscall(SYS_IO_SETUP, 65536, ctypes.byref(ctx)))".replace("SYS_IO_SETUP", str(_IO_SETUP)),
+             ("ok",), h.printed("IO_SETUP -1")),
+        Case("lock a shared /usr file", f"import fcntl\nf = open({h.usr_file!r}, 'rb')\nfor how in ('flock', 'lockf'):\n    try:\n        getattr(fcntl, how)(f, fcntl.LOCK_SH | fcntl.LOCK_NB); print('LOCKED', how)\n    except OSError as e:\n        print('DENIED', how, e.errno)",
+             ("ok",), lambda r: "" if r.stdout.count("DENIED") == 2 else f"got {r.stdout.strip()!r}"),
+        Case("watch /usr with inotify", _LIBC + "fd = libc.inotify_init1(0)\nprint('WATCH', fd, libc.inotify_add_watch(max(fd, 0), b'/usr/lib', 0x20))",
+             ("ok",), h.printed("WATCH -1 -1")),
+        Case("socketpair of other families", "import socket\nfor fam in (2, 10, 16, 30):\n    try:\n        socket.socketpair(fam, socket.SOCK_SEQPACKET); print('PAIR', fam)\n    except OSError as e:\n        print('DENIED', fam, e.errno)",
+             ("ok",), lambda r: "" if r.stdout.count("DENIED") == 4 and "PAIR" not in r.stdout else f"got {r.stdout.strip()!r}"),
         Case("tcp connect to host", f"import socket\ns = socket.create_connection(('127.0.0.1', {h.tcp.getsockname()[1]}), timeout=2)\nprint('CONNECTED')", ("error",), h.tcp_untouched),
         Case("udp send to host", f"import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.sendto(b'x', ('127.0.0.1', {h.udp.getsockname()[1]}))\nprint('SENT')", ("error",), h.udp_untouched),
         Case("read /etc/shadow", "print(open('/etc/shadow').read())", ("error",), lambda r: "shadow was read" if "root:" in r.stdout else ""),

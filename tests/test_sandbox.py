@@ -197,3 +197,65 @@ def test_bad_limits_are_setup_failures_not_the_programs_error():
     assert Sandbox(limits=Limits(max_open_files=10**8)).run("print(1)").status == "infra_error"
     # an interpreter that cannot start is a setup failure; one that starts and then runs out is `memory`
     assert run("print(1)", memory_mb=8).status in ("infra_error", "memory")
+
+
+def test_the_filter_is_what_denies_xattrs_aio_locks_and_inotify():
+    """Each of these worked inside the sandbox before the filter denied it (an unprivileged caller's run
+    stored over 1 GiB as extended attributes with memory_mb=128; io_setup took the host's AIO pool)."""
+    code = ("import ctypes, fcntl, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            "open('/tmp/x', 'w').close()\nos.setxattr('/tmp/x', 'user.a', b'x' * 1000)\nprint('xattr')\n"
+            "ctx = ctypes.c_ulong(0)\nassert libc.syscall({io_setup}, 16, ctypes.byref(ctx)) == 0\nprint('aio')\n"
+            "f = open('/usr/bin/env', 'rb')\nfcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)\nprint('flock')\n"
+            "fcntl.lockf(f, fcntl.LOCK_SH | fcntl.LOCK_NB)\nprint('lockf')\n"
+            "assert libc.inotify_add_watch(libc.inotify_init1(0), b'/usr', 0x20) >= 0\nprint('inotify')\n")
+    code = code.format(io_setup={"x86_64": 206, "aarch64": 0}[os.uname().machine])
+    assert Sandbox(use_seccomp=False, use_cgroup=False).run(code).stdout.split() == ["xattr", "aio", "flock", "lockf", "inotify"]
+    for step in ("xattr", "aio", "flock", "lockf", "inotify"):  # each one denied on its own
+        lines = code.splitlines()
+        start = next(i for i, line in enumerate(lines) if line == f"print({step!r})")
+        prev = [i for i, line in enumerate(lines) if line.startswith("print(") and i < start]
+        body = "\n".join(lines[:2] + ["open('/tmp/x', 'w').close()", "ctx = ctypes.c_ulong(0)", "f = open('/usr/bin/env', 'rb')"]
+                         + lines[(prev[-1] + 1 if prev else 3):start + 1])
+        r = Sandbox(use_cgroup=False).run(body)
+        assert r.status == "error" and step not in r.stdout.split(), (step, r)
+
+
+def test_fcntl_keeps_every_command_but_locks_and_notifications():
+    code = ("import fcntl, os\nfd = os.open('/tmp/x', os.O_CREAT | os.O_RDWR)\n"
+            "fl = fcntl.fcntl(fd, fcntl.F_GETFL)\nfcntl.fcntl(fd, fcntl.F_SETFL, fl | os.O_NONBLOCK)\n"
+            "fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)\nos.dup2(fd, 9)\nprint('fcntl ok')")
+    assert run(code).stdout == "fcntl ok\n"
+
+
+def test_slots_are_exclusive_across_network_namespaces():
+    """Two callers in different network namespaces once got the same slot (hence the same uid and
+    cgroup): slots are now file locks, which every namespace of the machine shares."""
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a network namespace")
+    holder = ("import ctypes, sys\nassert ctypes.CDLL(None, use_errno=True).unshare(0x40000000) == 0  # CLONE_NEWNET\n"
+              "from reasonrl.sandbox.bwrap import Slot\ns = Slot()\nprint(s.acquire(), flush=True)\nsys.stdin.read()\n")
+    with bw.Slot() as mine:
+        p = subprocess.Popen([sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            theirs = int(p.stdout.readline())
+            assert theirs != mine.number
+            with bw.Slot() as third:
+                assert third.number not in (mine.number, theirs)
+        finally:
+            p.kill()
+            p.wait()
+        with bw.Slot() as again:  # the killed holder's slot is free again (the lowest free one)
+            assert again.number == theirs
+
+
+def test_a_slot_directory_someone_else_can_write_is_refused(tmp_path, monkeypatch):
+    d = tmp_path / "slots"
+    d.mkdir(mode=0o777)
+    os.chmod(d, 0o777)
+    monkeypatch.setattr(bw, "slot_dir", bw.slot_dir.__wrapped__)
+    monkeypatch.setattr(os, "geteuid", lambda: 123456)  # not the owner of any candidate
+    with pytest.raises(RuntimeError, match="no usable sandbox slot directory"):
+        bw.slot_dir()

@@ -11,7 +11,10 @@ Problems come in two shapes (DESIGN.md):
 - stdin/stdout: ``tests``, a list of ``{"input": ..., "output": ...}``. Each
   case runs the program afresh on that input; the whole output must equal the
   expected one (trailing whitespace on each line and trailing blank lines
-  ignored), so a prefix of the right output fails.
+  ignored), so a prefix of the right output fails. The first case in which the
+  program runs out of time, memory or output ends the check and the cases left
+  fail, so a looping program costs one case's limit, not one per case
+  (``info["cases_run"]`` says how many ran).
 
 Extraction: the last fenced code block (```python, ```py or plain ```; a final
 unclosed fence counts, for truncated completions), else the ``<answer>``
@@ -55,6 +58,7 @@ _HARNESS = (Path(__file__).parent / "code_harness.py").read_text()
 MAX_PROGRAM_CHARS = 100_000
 MAX_COMPLETION_CHARS = 4 * MAX_PROGRAM_CHARS  # longer completions are refused before any parsing
 MIN_MEMORY_MB = 64  # below this the test runner's own start-up could fail part-way
+OVER_LIMIT = ("timeout", "memory", "output_limit")  # sandbox statuses of a program over its own limits
 
 
 def extract_code(completion: str) -> str:
@@ -240,10 +244,13 @@ class CodeVerifier:
             r = self.sandbox.run(program, stdin=str(case["input"]), timeout_s=self.timeout_s, memory_mb=self.memory_mb)
             if r.status == "infra_error":
                 return None, len(cases), {"sandbox": r.reason[:200]}
+            info["cases_run"] = i + 1
             ok = r.status == "ok" and normalize_output(r.stdout) == normalize_output(str(case["output"]))
             passed += ok
             if not ok and "reason" not in info:
                 info["reason"] = f"case {i}: " + (f"{r.status} ({r.reason})" if r.status != "ok" else "output differs")
-                if not self.partial_credit:
-                    break
+            # A program over its limits ends the check (the cases left fail): the check's time is then
+            # bounded by the problem (cases x limit at most), not multiplied by the program's choice.
+            if not ok and (r.status in OVER_LIMIT or not self.partial_credit):
+                break
         return passed, len(cases), info

@@ -14,15 +14,19 @@ test without a record has failed.
 
 Two processes (``mode="calls"``, the default). Before it reads the token, this
 process makes itself undumpable (so no other process of the sandbox may read
-its memory through /proc) and forks a *worker*. The worker loads the program
-and answers each ``candidate(*args)`` over a pipe with the return value as
-tagged JSON of exact built-in types; it never holds the token and never sees
-the tests. The tests, their namespace (the prompt's helpers, pristine
-built-ins) and the records live only in this process, which executes nothing
-the program wrote. So patching built-ins or modules, walking frames or the
-garbage collector for the token, exiting early or returning an object whose
-``__eq__`` always says True all stay inside the worker and change nothing here;
-a worker that dies fails every test still to come.
+its memory through /proc) and forks a *worker*. The worker receives the
+program, the entry point and the mode (nothing of the tests: no setup, no
+expected values) and answers each ``candidate(*args)`` over a pipe with the
+return value as tagged JSON of exact built-in types; it never holds the token.
+The tests, their namespace (the prompt's helpers, pristine built-ins) and the
+records live only in this process, which executes nothing the program wrote.
+So patching built-ins or modules, walking frames, the garbage collector or its
+own memory for the token or the expected values, exiting early or returning an
+object whose ``__eq__`` always says True all stay inside the worker and change
+nothing here; a worker that dies fails every test still to come. An exception
+the program raises reaches the tests as one neutral type, ``ProgramRaised``
+(its message names the original), so that no exception type can steer the
+tests' own control flow (a ``StopIteration`` ending a ``map`` early, say).
 
 ``mode="tests"`` (chosen by the verifier only when the tests use names that
 only the program defines, e.g. an MBPP setup building the program's ``Node``
@@ -42,6 +46,13 @@ import sys
 _MAX_MSG = 64 << 20
 _MAX_DEPTH = 100
 _STDLIB_DICTS = (collections.Counter, collections.OrderedDict, collections.defaultdict)
+# What the worker receives per mode: only "tests" needs the tests, for it runs them beside the program.
+_WORKER_KEYS = {"calls": ("program", "entry_point", "mode"),
+                "tests": ("program", "entry_point", "mode", "setup", "steps")}
+
+
+class ProgramRaised(Exception):
+    """The one exception type the tests see when the program raised (any type: StopIteration too)."""
 
 
 # -- framing ----------------------------------------------------------------------------
@@ -125,7 +136,7 @@ def _decode(v, depth=0):
 
 # -- the worker: the only process that runs the program -------------------------------------
 def _worker(rfd, wfd):
-    job = pickle.loads(_recv(rfd))
+    job = pickle.loads(_recv(rfd))  # only _WORKER_KEYS[mode]
     ns = {"__builtins__": builtins, "__name__": "solution"}
     try:
         exec(compile(job["program"], "solution.py", "exec"), ns)
@@ -157,7 +168,11 @@ def _run_tests_here(job, ns, fn, wfd):
     """mode="tests": the tests need the program's own names, so they run beside it."""
     def candidate(*args, **kwargs):
         try:
-            return _decode(_encode(fn(*args, **kwargs)))
+            value = fn(*args, **kwargs)
+        except BaseException as e:
+            raise ProgramRaised(f"{type(e).__name__}: {e}"[:300]) from None
+        try:
+            return _decode(_encode(value))
         except _Unclean as e:
             raise AssertionError(str(e)) from None
 
@@ -232,7 +247,7 @@ def main():
         except Exception:  # malformed, oversized or absurdly nested: the worker is not trusted
             return None
 
-    _send(to_w_w, pickle.dumps({k: plan[k] for k in ("program", "entry_point", "mode", "setup", "steps")}))
+    _send(to_w_w, pickle.dumps({k: plan[k] for k in _WORKER_KEYS[plan["mode"]]}))
     hello = reply()
     if not isinstance(hello, dict) or "ok" not in hello:
         loaded = hello.get("load_error") if isinstance(hello, dict) else None
@@ -267,10 +282,7 @@ def main():
             except (ValueError, TypeError, OverflowError) as e:
                 raise AssertionError(f"malformed return value: {e}") from None
         name, msg = (r.get("exc") or ["AssertionError", "no value"])[:2]
-        exc = pristine.get(str(name))
-        if not (isinstance(exc, type) and issubclass(exc, Exception)):
-            exc = RuntimeError
-        raise exc(f"{name}: {msg}")
+        raise ProgramRaised(f"{name}: {msg}")
 
     # The prompt's helpers, then the candidate, then the test module's own setup. With a
     # reference solution the entry point's name means the reference (HumanEval/33 compares
