@@ -15,10 +15,17 @@ elements: all are required, in any order), or plain LaTeX with or without
 error, reported with its row).
 
 Comparison: plain numbers (integers, decimals, fractions, thousands commas,
-``%``, ``$``) compare numerically with ``rel_tol``/``abs_tol`` without sympy;
-everything else goes to math-verify (sympy), whose internal signal-based
-timeouts are off: a slow comparison is stopped by the scoring pool and
-reported as ``timeout``, never silently as wrong. Short text answers compare as
+``%``, ``$``) compare exactly without sympy, within ``rel_tol`` (relative);
+``abs_tol`` applies only where the gold is itself a decimal, and never beyond
+half the gold's size. A percentage on one side only may also mean its
+fraction (``50\%`` is ``50`` or ``0.5``). Constant expressions compare by
+value, exactly (``2^{-99}`` is not ``2^{-98}``; math-verify's own numeric
+check rounds tiny values to zero). Choice letters, degrees against radians,
+inequalities against intervals, ``\sqrt{-1}`` and radical forms have their own
+rules (:mod:`reasonrl.verifiers.math_forms`). Everything else goes to
+math-verify (sympy), whose internal signal-based timeouts are off: a slow
+comparison is stopped by the scoring pool and reported as ``timeout``, never
+silently as wrong. Short text answers compare as
 normalised strings. An answer that hedges between different values (several
 boxed answers, or "3 or 4") scores 0 with ``info['hedge']``.
 
@@ -28,11 +35,13 @@ It does not run model code or call a network.
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import re
 from fractions import Fraction
 from typing import Any, Mapping, Sequence
 
+from reasonrl.verifiers import math_forms as forms
 from reasonrl.verifiers.base import GoldAnswerError, Verdict
 from reasonrl.verifiers.extract import _ANSWER, all_boxed, last_boxed
 
@@ -46,7 +55,7 @@ _TEXT_WRAP = re.compile(r"\\(?:text|textbf|mathrm|mbox|mathbf|operatorname)\s*\{
 _UNIT_WORDS = (
     r"(?:cm|m|km|mm|kg|g|mg|s|sec|seconds?|minutes?|mins?|hours?|hrs?|days?|weeks?|years?|dollars?|cents?|"
     r"degrees?|units?|inches|inch|feet|foot|ft|miles?|meters?|pounds?|lbs?|ounces?|oz|liters?|l|ml|mph|"
-    r"square|sq|cubic|points?|people|students?|apples?|marbles?|cookies?|eggs?|pages?|books?|items?)"
+    r"square|sq|cubic|points?|people|students?|apples?|marbles?|cookies?|eggs?|pages?|books?|items?|rad|radians?)"
 )
 
 
@@ -125,29 +134,44 @@ def _gold_strings(value: Any, fmt: str) -> list[str]:
     return [_strip_dollars(s)]
 
 
+_DEGREE_SIGN = re.compile(r"\^\s*\{?\\circ\}?")
+_UNIT_WRAPPED = re.compile(r"\\(?:text|mathrm|mbox)\{\s*(" + _UNIT_WORDS + r")\s*\}", re.IGNORECASE)
+_UNIT_TRAILING = re.compile(r"\s+" + _UNIT_WORDS + r"\.?$", re.IGNORECASE)
+_FRAC = re.compile(r"([+-]?)\\frac\{(\d+)\}\{(\d+)\}")
+_SLASH = re.compile(r"([+-]?)(\d+)/(\d+)")
+
+
 def _clean(s: str) -> str:
     """Light normalisation shared by the numeric and the text paths."""
     s = _strip_dollars(s)
-    s = s.replace("\\!", "").replace("\\,", "").replace("\\;", "").replace("\\ ", " ").replace("~", " ")
-    s = s.replace("\\left", "").replace("\\right", "").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = re.sub(r"\^\s*\{?\\circ\}?", "", s).replace("°", "")
-    s = s.replace("\\%", "%").replace("\\$", "$")
-    s = re.sub(r"\\(?:text|mathrm|mbox)\{\s*(" + _UNIT_WORDS + r")\s*\}", "", s, flags=re.IGNORECASE)
+    if "\\" in s or "~" in s:  # the common plain number skips these
+        s = s.replace("\\!", "").replace("\\,", "").replace("\\;", "").replace("\\ ", " ").replace("~", " ")
+        s = s.replace("\\left", "").replace("\\right", "").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+        s = _DEGREE_SIGN.sub("", s).replace("\\%", "%").replace("\\$", "$")
+        s = _UNIT_WRAPPED.sub("", s)
+    s = forms.strip_percent_word(s.replace("°", ""))
     return s.strip()
 
 
 def _as_number(s: str) -> Fraction | None:
     """A plain number (with commas, %, $, a trailing unit word) as a Fraction, else None."""
     t = _clean(s)
-    t = re.sub(r"\s+" + _UNIT_WORDS + r"\.?$", "", t, flags=re.IGNORECASE)
+    if " " in t:
+        t = _UNIT_TRAILING.sub("", t)
     t = t.replace("$", "").replace(" ", "").rstrip(".").rstrip("%")
-    m = re.fullmatch(r"([+-]?)\\frac\{(\d+)\}\{(\d+)\}", t) or re.fullmatch(r"([+-]?)(\d+)/(\d+)", t)
+    m = _FRAC.fullmatch(t) or _SLASH.fullmatch(t)
     if m:
         num, den = int(m.group(2)), int(m.group(3))
         return None if den == 0 else Fraction(num, den) * (-1 if m.group(1) == "-" else 1)
     if len(t) > 60 or not _NUM.match(t):
         return None
     return Fraction(t.replace(",", ""))
+
+
+@functools.lru_cache(maxsize=65536)
+def _traits(gold_text: str) -> tuple[bool, bool]:
+    """(written as a decimal, written as a percentage) for a gold answer; cached, golds repeat."""
+    return "." in _clean(gold_text), forms.is_percent(gold_text)
 
 
 _WRAPPED_TEXT = re.compile(r"^\\(?:text|textbf|mathrm|mbox)\s*\{[^{}]*\}$")
@@ -226,14 +250,21 @@ class MathVerifier:
     def _parse(text: str):
         from math_verify import parse
 
-        return parse("$" + _strip_dollars(text) + "$", extraction_config=_extraction_config(), parsing_timeout=None)
+        text = forms.normalize_imaginary(_strip_dollars(text))
+        return parse("$" + text + "$", extraction_config=_extraction_config(), parsing_timeout=None)
 
     def _equal(self, gold: tuple[str, Fraction | None, Any], pred: str) -> bool:
         text, gnum, gparsed = gold
         pnum = _as_number(pred)
-        if gnum is not None and pnum is not None:
-            g, p = float(gnum), float(pnum)
-            return abs(g - p) <= max(self.abs_tol, self.rel_tol * abs(g))
+        if gnum is not None and pnum is not None:  # the fast path: plain numbers on both sides
+            return self._numbers_equal(text, gnum, pred, pnum)
+        gletter, pletter = forms.choice_letter(text), forms.choice_letter(pred)
+        if gletter is not None and pletter is not None:  # multiple choice: (B), B, \text{(B)}, (B) 12
+            return gletter == pletter
+        angle = self._angles_equal(text, pred)
+        if angle is not None:
+            return angle
+        pred = forms.strip_membership(pred)
         gtext = _norm_text(text)
         if gtext is not None:
             ptext = _norm_text(pred)
@@ -245,9 +276,88 @@ class MathVerifier:
         pparsed = self._parse(pred)
         if not gparsed or not pparsed:
             return False
+        as_sets = self._inequality_vs_set(text, gparsed, pred, pparsed)
+        if as_sets is not None:
+            return as_sets
+        same_value = forms.constants_equal(gparsed[0], pparsed[0])
+        if same_value is not None:  # constants: decided by value, exactly (math-verify rounds tiny values to 0)
+            return same_value
         if verify(gparsed, pparsed, float_rounding=self.float_rounding, timeout_seconds=None):
             return True
-        return _sympy_equal(gparsed[0], pparsed[0])
+        return _sympy_equal(gparsed[0], pparsed[0]) or forms.radicals_equal(gparsed[0], pparsed[0])
+
+    def _numbers_equal(self, gold_text: str, g: Fraction, pred: str, p: Fraction) -> bool:
+        """Plain numbers: exact when both are exact; a percentage on one side only may also mean its fraction."""
+        pairs = [(g, p)]
+        gold_pct, pred_pct = _traits(gold_text)[1], forms.is_percent(pred)
+        if gold_pct and not pred_pct:
+            pairs.append((g / 100, p))
+        elif pred_pct and not gold_pct:
+            pairs.append((g, p / 100))
+        return any(self._close(gold_text, a, b) for a, b in pairs)
+
+    def _close(self, gold_text: str, g: Fraction, p: Fraction) -> bool:
+        """Relative tolerance; an absolute one only where the gold is a rounded decimal, and never
+        wider than half the gold's own size (so it cannot make 1e-12 equal 2e-12, or anything equal 0)."""
+        if g == p:
+            return True
+        size = abs(float(g))
+        if not 1e-300 < size < 1e300:  # beyond float range: exact arithmetic
+            size, diff = abs(g), abs(g - p)
+        else:
+            diff = abs(size - abs(float(p))) if (g > 0) == (p > 0) else size + abs(float(p))
+        tol = self.rel_tol * size
+        if _traits(gold_text)[0]:
+            tol = max(tol, min(self.abs_tol, size / 2) if g else self.abs_tol)
+        return diff <= tol
+
+    def _angles_equal(self, gold_text: str, pred: str) -> bool | None:
+        """Degrees on one side, radians (written with pi) on the other; None when that is not the case."""
+        gdeg, pdeg = forms.degrees(gold_text), forms.degrees(pred)
+        if (gdeg is None) == (pdeg is None):
+            return None
+        deg, other = (gdeg, pred) if gdeg is not None else (pdeg, gold_text)
+        if not forms.has_pi(other) or forms.has_pi(deg):
+            return None
+        import sympy
+
+        d, r = self._parse(deg), self._parse(forms.radians(other))
+        if not d or not r or not isinstance(d[0], sympy.Expr):
+            return False
+        return bool(forms.constants_equal(d[0] * sympy.pi / 180, r[0]))
+
+    def _inequality_vs_set(self, gold_text: str, gparsed, pred: str, pparsed) -> bool | None:
+        """An inequality (or a union of them) in one variable against a set written as intervals."""
+        gparts, pparts = forms.inequality_parts(gold_text), forms.inequality_parts(pred)
+        if (gparts is None) == (pparts is None):
+            return None
+        parts, other = (gparts, pparsed) if gparts is not None else (pparts, gparsed)
+        import sympy
+        from math_verify import verify
+
+        if not isinstance(other[0], sympy.Set):
+            return None
+        solution = self._solution_set(parts)
+        if solution is None:
+            return None
+        return bool(verify([other[0]], [solution], float_rounding=self.float_rounding, timeout_seconds=None))
+
+    def _solution_set(self, parts: list[str]):
+        """The set of values satisfying the union of inequalities ``parts`` in one shared variable, or None."""
+        import sympy
+
+        sets, variables = [], set()
+        for part in parts:
+            parsed = self._parse(part)
+            rel = parsed[0] if parsed else None
+            if not isinstance(rel, (sympy.core.relational.Relational, sympy.And)) or len(rel.free_symbols) != 1:
+                return None
+            variables |= rel.free_symbols
+            try:
+                sets.append(rel.as_set())
+            except Exception:
+                return None
+        return sympy.Union(*sets) if len(variables) == 1 else None
 
     def _distinct_values(self, candidates: list[str]) -> bool:
         """True when the candidates are not all the same value (a hedge)."""
@@ -281,7 +391,8 @@ class MathVerifier:
         if len(unique) > 1 and self._distinct_values(unique[-4:]):
             return Verdict(0.0, "wrong", {"hedge": 1})
         alternatives = [a for a in _HEDGE_SPLIT.split(answer) if a and a.strip()]
-        if len(alternatives) > 1 and self._distinct_values(alternatives):
+        if (len(alternatives) > 1 and forms.inequality_parts(answer) is None  # "x<-1 or x>1" is one set, not a hedge
+                and self._distinct_values(alternatives)):
             return Verdict(0.0, "wrong", {"hedge": 1})
         return Verdict(1.0, "correct", {}) if self._equal(gold[0], answer) else Verdict(0.0, "wrong", {})
 

@@ -1,0 +1,66 @@
+"""Precision and recall of the math verifier on the labelled pairs, per category.
+
+    .venv/bin/python benchmarks/math_pairs.py            # a markdown table; misjudged pairs below it
+
+The pairs (tests/data/math_pairs.py) are (category, gold, prediction, equivalent?)
+written by hand; each prediction is scored as the final ``\\boxed{}`` of a
+completion, as in training. The test suite asserts the thresholds; this script
+prints the numbers (e.g. before and after a change to the verifier).
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests" / "data"))
+
+
+def score(pairs):
+    from reasonrl.verifiers.math import MathVerifier
+
+    v = MathVerifier()
+    counts = collections.defaultdict(collections.Counter)
+    wrong = []
+    for cat, gold, pred, same in pairs:
+        said = v({"answer": gold}, f"... so \\boxed{{{pred}}}").status == "correct"
+        counts[cat]["tp" if said and same else "fp" if said else "fn" if same else "tn"] += 1
+        if said != same:
+            wrong.append((cat, gold, pred, same))
+    return counts, wrong
+
+
+def table(counts) -> str:
+    lines = ["| category | pairs | precision | recall |", "|---|---:|---:|---:|"]
+    for cat, k in list(counts.items()) + [("all", sum(counts.values(), collections.Counter()))]:
+        p = f"{k['tp'] / (k['tp'] + k['fp']):.3f}" if k["tp"] + k["fp"] else "n/a (none accepted)"
+        r = k["tp"] / max(1, k["tp"] + k["fn"])
+        lines.append(f"| {cat} | {sum(k.values())} | {p} | {r:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    import argparse
+    import importlib.util
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", help="another file defining PAIRS (or HELDOUT) in the same format")
+    args = ap.parse_args()
+    if args.pairs:
+        spec = importlib.util.spec_from_file_location("extra_pairs", args.pairs)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        pairs = getattr(mod, "PAIRS", None) or mod.HELDOUT
+    else:
+        from math_pairs import PAIRS as pairs
+
+    counts, wrong = score(pairs)
+    print(table(counts))
+    for cat, gold, pred, same in wrong:
+        print(f"  misjudged [{cat}] gold {gold!r} pred {pred!r}: labelled {'equivalent' if same else 'different'}")
+
+
+if __name__ == "__main__":
+    main()
