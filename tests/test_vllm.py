@@ -111,14 +111,49 @@ def test_grpo_with_vllm_logs_parity_every_step(tmp_path, engine):
     from reasonrl.train import main
 
     del engine  # one engine at a time keeps memory low
-    cfg = compose("train", [*TINY, "generator=vllm", "generator.dtype=float32", "max_steps=3", "eval.every=3",
-                            "optim.lr=1e-3", f"run_dir={tmp_path}"])
+    # a scheduler budget of 100 tokens per step splits the 16 prompts' prefills (16 x 12 tokens) across
+    # steps: the condition under which seeded sampling once crashed on CPU
+    cfg = compose("train", [*TINY, "generator=vllm", "generator.dtype=float32", "generator.max_num_batched_tokens=100",
+                            "max_steps=3", "eval.every=3", "optim.lr=1e-3", f"run_dir={tmp_path}"])
     main(cfg)
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()][1:]
     assert len(rows) == 3
     for r in rows:
         assert r["sampling/logprob_diff_max"] <= 1e-4
         assert "sampling/tis_weight_mean" in r  # truncated IS is on by default with vLLM
+
+
+def test_seeded_sampling_survives_prefills_that_do_not_fit_one_step(engine):
+    """40 prompts x 4 samples with a 100-token scheduler budget: on CPU the prefills are kept whole
+    (chunked prefill off), so seeded sampling runs, and the same seed gives the same samples."""
+    from reasonrl.policy import load_policy
+    from reasonrl.rollout import Sampling
+    from reasonrl.rollout_vllm import VLLMGenerator
+
+    del engine
+    cfg = compose("train", TINY)
+    model, tok, path = load_policy(cfg.model, progress=False)
+    gen = VLLMGenerator(model, tok, model_path=str(path), dtype="float32", cpu_kv_cache_gib=1, max_num_batched_tokens=100)
+    sched = gen.llm.llm_engine.vllm_config.scheduler_config
+    prompts = _prompts(tok, 40)
+    assert sched.max_num_batched_tokens == 100 < sum(map(len, prompts))
+    assert sched.enable_chunked_prefill is (torch.cuda.is_available())
+    runs = [gen.generate(prompts, 4, Sampling(temperature=0.7, max_new_tokens=32, seed=11)) for _ in range(2)]
+    assert len(runs[0]) == 160
+    assert [r.completion_ids for r in runs[0]] == [r.completion_ids for r in runs[1]]
+    other = gen.generate(prompts, 4, Sampling(temperature=0.7, max_new_tokens=32, seed=12))
+    assert [r.completion_ids for r in other] != [r.completion_ids for r in runs[0]]
+
+
+def test_scheduler_settings_keep_prefills_whole_on_cpu_only():
+    from reasonrl.rollout_vllm import scheduler_settings
+
+    assert scheduler_settings("auto", False, None) == {"enable_chunked_prefill": False, "long_prefill_token_threshold": 0}
+    assert scheduler_settings("auto", True, None) == {"enable_chunked_prefill": True}
+    assert scheduler_settings("off", True, 512) == {"enable_chunked_prefill": False, "long_prefill_token_threshold": 0,
+                                                    "max_num_batched_tokens": 512}
+    with pytest.raises(ValueError, match="chunked_prefill"):
+        scheduler_settings("maybe", False, None)
 
 
 def test_missing_vllm_gives_a_clear_message(tmp_path):
