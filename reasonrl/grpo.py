@@ -35,13 +35,36 @@ ADVANTAGE_SCALES: dict[str, Callable[[Tensor, Tensor, float], Tensor]] = {
 }
 
 
-def group_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps: float = 1e-6) -> Tensor:
-    """(N,) rewards -> (N,) advantages: reward minus its group's mean, then scaled by name."""
+def group_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps: float = 1e-6,
+                     valid: Tensor | None = None) -> Tensor:
+    """(N,) rewards -> (N,) advantages: reward minus its group's mean, then scaled by name.
+
+    ``valid`` (N,) bool, optional: samples that carry a reward (False for a ``timeout`` or
+    ``error`` verdict). Invalid samples get advantage 0 and take no part in the group mean or in
+    any std, as if they had not been drawn.
+    """
     if scale not in ADVANTAGE_SCALES:
         raise ValueError(f"unknown advantage scale {scale!r}; known: {sorted(ADVANTAGE_SCALES)}")
     r = rewards.view(-1, group_size).float()  # (B, G)
+    if valid is not None and not bool(valid.all()):
+        return _masked_group_advantages(r, valid.view(-1, group_size).to(r.device), scale, eps).reshape(-1)
     centered = r - r.mean(dim=1, keepdim=True)  # (B, G)
     return ADVANTAGE_SCALES[scale](centered, r, eps).reshape(-1)  # (N,)
+
+
+def _masked_group_advantages(r: Tensor, valid: Tensor, scale: str, eps: float) -> Tensor:
+    """(B, G) rewards and validity -> (B, G) advantages over the valid samples only (unbiased stds)."""
+    v = valid.float()
+    n = v.sum(dim=1, keepdim=True)  # (B, 1)
+    centered = (r - (r * v).sum(dim=1, keepdim=True) / n.clamp(min=1)) * v  # (B, G), 0 where invalid
+    if scale == "group":
+        std = ((centered**2).sum(dim=1, keepdim=True) / (n - 1).clamp(min=1)).sqrt()  # (B, 1)
+        return centered / (std + eps)
+    if scale == "batch":
+        vals = r[valid]
+        std = vals.std() if vals.numel() > 1 else torch.zeros(())
+        return centered / (std + eps)
+    return centered
 
 
 def zero_std_groups(rewards: Tensor, group_size: int) -> Tensor:

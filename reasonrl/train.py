@@ -149,6 +149,95 @@ def sample_groups(generator, tokenizer, stream, render, verifiers, pool, *, B: i
     return problems, rollouts, Scored(rewards.tolist(), verdicts, masked), rewards, stats
 
 
+def update_policy(model, opt, sched, rollouts, rewards, masked, *, group_size: int, alg, pad_id: int, ref_model, use_tis: bool,
+                  temperature: float, micro_batch_size: int, max_len: int, grad_clip: float, step: int) -> dict[str, float]:
+    """Steps 5-8 of a GRPO step on one sampled batch, in place on ``model`` and ``opt``.
+
+    rollouts: N = B*G rollouts, prompt-major; rewards: (N,); masked: N flags (timeout/error verdicts),
+    which leave the loss, the token and sequence counts, and their group's baseline. Returns the
+    step's training statistics (means over completion tokens; loss, entropy, KL and logprob gaps from
+    the first update, the sampled batch under the policy that sampled it; clip fraction over all updates).
+    """
+    import torch
+
+    from reasonrl import grpo
+    from reasonrl.data import pack
+
+    device = next(model.parameters()).device
+    keep_flags = [not (m or (alg.mask_truncated and r.finish_reason == "length")) for m, r in zip(masked, rollouts)]
+    valid = torch.tensor([not m for m in masked])
+    adv = grpo.group_advantages(rewards, group_size, alg.adv_scale, valid=valid).to(device)  # (N,)
+    batch = pack(rollouts, pad_id).to(device)
+    keep = torch.tensor(keep_flags, dtype=torch.float32, device=device).unsqueeze(1)  # (N, 1)
+    loss_mask = batch.completion_mask * keep  # (N, L-1)
+    total_tokens, total_seqs = int(loss_mask.sum().item()), int(keep.sum().item())
+
+    model.train()
+    sums = dict.fromkeys(("loss", "entropy", "clip", "kl", "ref_kl", "diff", "tis", "tis_capped"), 0.0)
+    diff_max = 0.0
+    mb = micro_batch_size
+    for update in range(alg.updates_per_batch):
+        opt.zero_grad(set_to_none=True)
+        for s in range(0, len(rollouts), mb):
+            sl = slice(s, s + mb)
+            m = batch.completion_mask[sl]
+            logits = model(input_ids=batch.input_ids[sl], attention_mask=batch.attention_mask[sl]).logits[:, :-1]
+            logits = logits / temperature  # (n, L-1, V)
+            logp = grpo.token_logprobs(logits, batch.input_ids[sl, 1:])  # (n, L-1)
+            # one update: the policy that sampled is this one; several: the stored sampling-time logprobs
+            old_logp = logp.detach() if alg.updates_per_batch == 1 else batch.sampler_logprobs[sl]
+            per_tok, clipped = grpo.clipped_surrogate(logp, old_logp, adv[sl], alg.clip_eps_low, alg.clip_eps_high,
+                                                      alg.dual_clip)
+            if use_tis and alg.updates_per_batch == 1:
+                w = grpo.truncated_is_weights(old_logp, batch.sampler_logprobs[sl], alg.tis_cap)  # (n, L-1)
+                per_tok = per_tok * w
+                sums["tis"] += float((w * m).sum())
+                sums["tis_capped"] += float(((w >= alg.tis_cap) * m).sum())
+            if ref_model is not None:
+                with torch.no_grad():
+                    ref_logits = ref_model(input_ids=batch.input_ids[sl], attention_mask=batch.attention_mask[sl]).logits
+                    ref_logp = grpo.token_logprobs(ref_logits[:, :-1] / temperature, batch.input_ids[sl, 1:])
+                ref_kl = grpo.kl_estimate(logp, ref_logp, alg.kl_estimator)  # (n, L-1)
+                per_tok = per_tok + alg.kl_coef * ref_kl
+                if update == 0:
+                    sums["ref_kl"] += float((ref_kl.detach() * m).sum())
+            ent = grpo.entropy_from_logits(logits) if alg.entropy_coef > 0 else None
+            if ent is not None:
+                per_tok = per_tok - alg.entropy_coef * ent
+            loss = grpo.aggregate(alg.loss_agg, per_tok, loss_mask[sl], total_tokens=total_tokens,
+                                  total_seqs=total_seqs, max_len=max_len)
+            loss.backward()
+            sums["clip"] += float((clipped.float() * m).sum())
+            if update == 0:  # statistics of the sampled batch under the policy that sampled it
+                with torch.no_grad():
+                    ent = grpo.entropy_from_logits(logits) if ent is None else ent.detach()
+                    diff = (logp.detach() - batch.sampler_logprobs[sl]).abs() * m
+                    sums["loss"] += loss.item()
+                    sums["entropy"] += float((ent * m).sum())
+                    sums["kl"] += float((grpo.kl_estimate(batch.sampler_logprobs[sl], logp.detach(), "k3") * m).sum())
+                    sums["diff"] += float(diff.sum())
+                    diff_max = max(diff_max, float(diff.max()))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+        if not math.isfinite(sums["loss"]) or not math.isfinite(grad_norm):
+            raise FloatingPointError(f"non-finite loss {sums['loss']} or grad norm {grad_norm} at step {step}")
+        opt.step()
+        sched.step()
+    n_comp = max(float(batch.completion_mask.sum()), 1.0)
+    return {
+        "loss": sums["loss"],
+        "kl": (sums["ref_kl"] if ref_model is not None else sums["kl"]) / n_comp,
+        "entropy": sums["entropy"] / n_comp,
+        "clip_frac": sums["clip"] / (n_comp * alg.updates_per_batch),
+        "grad_norm": grad_norm,
+        "logprob_diff_mean": sums["diff"] / n_comp,
+        "logprob_diff_max": diff_max,
+        "tis_weight_mean": sums["tis"] / n_comp,
+        "tis_capped_frac": sums["tis_capped"] / n_comp,
+        "masked_frac": 1.0 - total_seqs / len(rollouts),
+        "completion_tokens": float(batch.completion_mask.sum()),
+    }
+
+
 def main(cfg) -> dict[str, Any]:
     import torch
     from omegaconf import OmegaConf
@@ -242,69 +331,12 @@ def main(cfg) -> dict[str, Any]:
         generator.sleep()  # GPU engines release memory while the policy trains
         generate_s, verify_s = draw["generate_s"], draw["verify_s"]
 
-        # 5. group advantages
-        adv = grpo.group_advantages(rewards, G, alg.adv_scale)  # (N,)
-
-        # 6. pack into (N, L) tensors; masked samples (timeout/error verdicts, optionally truncated) leave the loss
+        # 5-8. group advantages, pack, forward/backward over micro-batches, optimizer step(s)
         t = time.perf_counter()
-        batch = pack(rollouts, tokenizer.pad_token_id).to(device)
-        adv = adv.to(device)
-        keep = torch.tensor([not (m or (alg.mask_truncated and r.finish_reason == "length"))
-                             for m, r in zip(scored.masked, rollouts)], dtype=torch.float32, device=device).unsqueeze(1)  # (N, 1)
-        loss_mask = batch.completion_mask * keep  # (N, L-1)
-        total_tokens, total_seqs = int(loss_mask.sum().item()), int(keep.sum().item())
-
-        # 7-8. forward/backward over micro-batches, optimizer step; mu > 1 updates reuse the batch with
-        # the sampler's stored logprobs as the old policy
-        model.train()
-        sums = dict.fromkeys(("loss", "entropy", "clip", "kl", "ref_kl", "diff", "tis", "tis_capped"), 0.0)
-        diff_max = 0.0
-        mb = cfg.rollout.micro_batch_size
-        for update in range(alg.updates_per_batch):
-            opt.zero_grad(set_to_none=True)
-            for s in range(0, len(rollouts), mb):
-                sl = slice(s, s + mb)
-                m = batch.completion_mask[sl]
-                logits = model(input_ids=batch.input_ids[sl], attention_mask=batch.attention_mask[sl]).logits[:, :-1]
-                logits = logits / sampling_temp  # (n, L-1, V)
-                logp = grpo.token_logprobs(logits, batch.input_ids[sl, 1:])  # (n, L-1)
-                # one update: the policy that sampled is this one; several: the stored sampling-time logprobs
-                old_logp = logp.detach() if alg.updates_per_batch == 1 else batch.sampler_logprobs[sl]
-                per_tok, clipped = grpo.clipped_surrogate(logp, old_logp, adv[sl], alg.clip_eps_low, alg.clip_eps_high,
-                                                          alg.dual_clip)
-                if use_tis and alg.updates_per_batch == 1:
-                    w = grpo.truncated_is_weights(old_logp, batch.sampler_logprobs[sl], alg.tis_cap)  # (n, L-1)
-                    per_tok = per_tok * w
-                    sums["tis"] += float((w * m).sum())
-                    sums["tis_capped"] += float(((w >= alg.tis_cap) * m).sum())
-                if ref_model is not None:
-                    with torch.no_grad():
-                        ref_logits = ref_model(input_ids=batch.input_ids[sl], attention_mask=batch.attention_mask[sl]).logits
-                        ref_logp = grpo.token_logprobs(ref_logits[:, :-1] / sampling_temp, batch.input_ids[sl, 1:])
-                    ref_kl = grpo.kl_estimate(logp, ref_logp, alg.kl_estimator)  # (n, L-1)
-                    per_tok = per_tok + alg.kl_coef * ref_kl
-                    sums["ref_kl"] += float((ref_kl.detach() * m).sum())
-                ent = grpo.entropy_from_logits(logits) if alg.entropy_coef > 0 else None
-                if ent is not None:
-                    per_tok = per_tok - alg.entropy_coef * ent
-                loss = grpo.aggregate(alg.loss_agg, per_tok, loss_mask[sl], total_tokens=total_tokens,
-                                      total_seqs=total_seqs, max_len=cfg.rollout.max_new_tokens)
-                loss.backward()
-                if update == 0:  # statistics of the sampled batch under the policy that sampled it
-                    with torch.no_grad():
-                        ent = grpo.entropy_from_logits(logits) if ent is None else ent.detach()
-                        diff = (logp.detach() - batch.sampler_logprobs[sl]).abs() * m
-                        sums["loss"] += loss.item()
-                        sums["entropy"] += float((ent * m).sum())
-                        sums["clip"] += float((clipped.float() * m).sum())
-                        sums["kl"] += float((grpo.kl_estimate(batch.sampler_logprobs[sl], logp.detach(), "k3") * m).sum())
-                        sums["diff"] += float(diff.sum())
-                        diff_max = max(diff_max, float(diff.max()))
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
-            if not math.isfinite(sums["loss"]) or not math.isfinite(grad_norm):
-                raise FloatingPointError(f"non-finite loss {sums['loss']} or grad norm {grad_norm} at step {step}")
-            opt.step()
-            sched.step()
+        upd = update_policy(model, opt, sched, rollouts, rewards, scored.masked, group_size=G, alg=alg, pad_id=tokenizer.pad_token_id,
+                            ref_model=ref_model, use_tis=use_tis, temperature=sampling_temp,
+                            micro_batch_size=cfg.rollout.micro_batch_size, max_len=cfg.rollout.max_new_tokens,
+                            grad_clip=cfg.optim.grad_clip, step=step)
         train_s = time.perf_counter() - t
         t = time.perf_counter()
         generator.wake_up()
@@ -312,7 +344,6 @@ def main(cfg) -> dict[str, Any]:
         sync_s = time.perf_counter() - t
 
         # 9. one metrics row
-        n_comp = float(batch.completion_mask.sum())
         lens = [len(r.completion_ids) for r in rollouts]
         think, answer = cot_lengths([r.text for r in rollouts], tokenizer, cfg.task.think_in_prompt)
         ans = cfg.task.answer_verifier
@@ -333,27 +364,27 @@ def main(cfg) -> dict[str, Any]:
             "rollout/answer_len_mean": mean(answer),
             "rollout/len_correct_mean": mean(n for n, c in zip(lens, correct) if c),
             "rollout/len_wrong_mean": mean(n for n, c in zip(lens, correct) if not c),
-            "train/loss": sums["loss"],
-            "train/kl": (sums["ref_kl"] if ref_model is not None else sums["kl"]) / max(n_comp, 1),
-            "train/entropy": sums["entropy"] / max(n_comp, 1),
-            "train/clip_frac": sums["clip"] / max(n_comp, 1),
-            "train/grad_norm": grad_norm,
+            "train/loss": upd["loss"],
+            "train/kl": upd["kl"],
+            "train/entropy": upd["entropy"],
+            "train/clip_frac": upd["clip_frac"],
+            "train/grad_norm": upd["grad_norm"],
             "train/lr": sched.get_last_lr()[0],
-            "sampling/logprob_diff_mean": sums["diff"] / max(n_comp, 1),
-            "sampling/logprob_diff_max": diff_max,
+            "sampling/logprob_diff_mean": upd["logprob_diff_mean"],
+            "sampling/logprob_diff_max": upd["logprob_diff_max"],
             "group/zero_std_frac": draw["zero_std_frac"],
             "group/dropped": draw["dropped"],
             "group/redraws": draw["redraws"],
             "reward/overlong_penalty_mean": draw["overlong_penalty_mean"],
-            "train/masked_frac": 1.0 - total_seqs / len(rollouts),
+            "train/masked_frac": upd["masked_frac"],
             "verify/workers_replaced": pool.replaced if pool is not None else 0,
         }
         if device.type == "cuda":
             row["gpu/peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
             torch.cuda.reset_peak_memory_stats()
         if use_tis:
-            row["sampling/tis_weight_mean"] = sums["tis"] / max(n_comp, 1)
-            row["sampling/tis_capped_frac"] = sums["tis_capped"] / max(n_comp, 1)
+            row["sampling/tis_weight_mean"] = upd["tis_weight_mean"]
+            row["sampling/tis_capped_frac"] = upd["tis_capped_frac"]
         if cfg.eval.every > 0 and (step % cfg.eval.every == 0 or step == cfg.max_steps):
             evals[step] = evaluate_heldout(generator, tokenizer, heldout, render, answer_verifier, cfg, cfg.seed, benchmarks)
             row.update(evals[step])

@@ -18,10 +18,10 @@ Comparison: plain numbers (integers, decimals, fractions, thousands commas,
 ``%``, ``$``) compare exactly without sympy, within ``rel_tol`` (relative);
 ``abs_tol`` applies only where the gold is itself a decimal, and never beyond
 half the gold's size. A percentage on one side only may also mean its
-fraction (``50\%`` is ``50`` or ``0.5``). Constant expressions compare by
+fraction (``50\\%`` is ``50`` or ``0.5``). Constant expressions compare by
 value, exactly (``2^{-99}`` is not ``2^{-98}``; math-verify's own numeric
 check rounds tiny values to zero). Choice letters, degrees against radians,
-inequalities against intervals, ``\sqrt{-1}`` and radical forms have their own
+inequalities against intervals, ``\\sqrt{-1}`` and radical forms have their own
 rules (:mod:`reasonrl.verifiers.math_forms`). Everything else goes to
 math-verify (sympy), whose internal signal-based timeouts are off: a slow
 comparison is stopped by the scoring pool and reported as ``timeout``, never
