@@ -33,6 +33,9 @@ WALL_CLOCK = ("time/", "rollout/tokens_per_s")  # keys that measure the machine,
 _QUIET = ["logging.tensorboard=false", "logging.plot=false", "logging.progress=false", "verify.workers=0"]
 CASES = {
     "grpo": ("train", [*TINY, *_QUIET, "max_steps=3", "eval.every=3"]),
+    # B != G, so that grouping the advantages by the wrong one of the two cannot pass
+    "grpo_6x4": ("train", [*TINY, *_QUIET, "rollout.prompts_per_step=6", "rollout.samples_per_prompt=4", "max_steps=2",
+                           "eval.every=0"]),
     "dapo": ("train", [*TINY, *_QUIET, "algorithm=dapo", "max_steps=3", "eval.every=0"]),
     "dr_grpo": ("train", [*TINY, *_QUIET, "algorithm=dr_grpo", "max_steps=2", "eval.every=0"]),
     "deepseekmath_mu2_entropy": ("train", [*TINY, *_QUIET, "algorithm=grpo_deepseekmath", "algorithm.updates_per_batch=2",

@@ -1,0 +1,198 @@
+"""The trainer's update goes the right way: direction, masking, clip-higher, entropy, presets.
+
+Each test drives :func:`reasonrl.train.update_policy` (steps 5-8 of the GRPO step,
+exactly as ``reasonrl-train`` runs them) on a fixed batch of B = 3 prompts x G = 4
+samples, on a tiny model built here. Every completion is one token of its own, so
+a completion's log-probability is one number that an update should move in the
+direction of its advantage.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, compose
+from reasonrl.grpo import group_advantages
+from reasonrl.policy import make_optimizer
+from reasonrl.rollout import Rollout
+from reasonrl.train import update_policy
+
+B, G, V = 3, 4, 40
+PAD = 0
+# Rewards per sample, prompt-major. Within each group of G the signs of the advantages are
+# +,+,+,- / -,-,-,+ / +,-,-,-; grouping by B instead of G would give most samples 0.
+REWARDS = torch.tensor([1.0, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0])
+PRESETS = ["grpo", "grpo_deepseekmath", "dr_grpo", "dapo"]
+
+
+def tiny_model(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=1,
+                      num_key_value_heads=1, head_dim=64, max_position_embeddings=32, tie_word_embeddings=False,
+                      pad_token_id=PAD, bos_token_id=None, eos_token_id=None)
+    return LlamaForCausalLM(cfg)
+
+
+def rollouts(completion_of=lambda k: 10 + k, logprobs=None) -> list[Rollout]:
+    """B*G rollouts: prompt b is [1, 2+b], sample k completes it with its own token."""
+    out = []
+    for k in range(B * G):
+        b = k // G
+        out.append(Rollout(prompt_index=b, prompt_ids=[1, 2 + b], completion_ids=[completion_of(k)], text="",
+                           finish_reason="stop", logprobs=[] if logprobs is None else [float(logprobs[k])]))
+    return out
+
+
+@torch.no_grad()
+def completion_logprobs(model, ros) -> torch.Tensor:
+    """(N,) log p(completion token | prompt) under ``model``."""
+    ids = torch.tensor([r.prompt_ids + r.completion_ids for r in ros])
+    logits = model(input_ids=ids).logits[:, -2].float()
+    return torch.log_softmax(logits, -1).gather(-1, ids[:, -1:]).squeeze(-1)
+
+
+@torch.no_grad()
+def completion_entropy(model, ros) -> float:
+    ids = torch.tensor([r.prompt_ids for r in ros])
+    logp = torch.log_softmax(model(input_ids=ids).logits[:, -1].float(), -1)
+    return float(-(logp.exp() * logp).sum(-1).mean())
+
+
+def algorithm(preset: str = "grpo", *overrides: str):
+    return compose("train", [f"algorithm={preset}", *[f"algorithm.{o}" for o in overrides]]).algorithm
+
+
+def run_update(model, ros, rewards, alg, masked=None, lr=1e-2, sgd=False, grad_clip=1.0):
+    """One call of the trainer's update; ``sgd`` makes the parameter change the gradient itself (times lr),
+    and a large ``grad_clip`` keeps its scale (clipping would normalise a wrong token count away)."""
+    opt, sched = make_optimizer(model, lr=lr)
+    if sgd:  # Adam's first step is about lr * sign(gradient): it would magnify float noise in near-zero gradients
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    ref = copy.deepcopy(model).eval().requires_grad_(False) if alg.kl_coef > 0 else None
+    return update_policy(model, opt, sched, ros, rewards, masked or [False] * len(ros), group_size=G, alg=alg, pad_id=PAD,
+                         ref_model=ref, use_tis=False, temperature=1.0, micro_batch_size=5, max_len=4, grad_clip=grad_clip, step=1)
+
+
+def test_the_rewards_tell_the_groupings_apart():
+    right = group_advantages(REWARDS, G)
+    wrong = group_advantages(REWARDS, B)
+    assert (right.sign() != wrong.sign()).sum() >= 6  # a test with B == G could not see the difference
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_one_update_raises_positive_and_lowers_negative_completions(preset):
+    model = tiny_model()
+    ros = rollouts()
+    before = completion_logprobs(model, ros)
+    run_update(model, ros, REWARDS, algorithm(preset))
+    change = completion_logprobs(model, ros) - before
+    adv = group_advantages(REWARDS, G)
+    assert (change.sign() == adv.sign()).all(), (preset, adv.tolist(), change.tolist())
+
+
+def test_a_masked_sample_changes_nothing_and_is_counted():
+    """A `timeout` sample: whatever its tokens, length and reward, the gradient is the one without it."""
+    alg = algorithm("grpo")
+    masked = [False] * (B * G)
+    masked[5] = True
+    results = []
+    for tokens, reward in (([15], 0.0), ([33, 34], 1.0), ([7, 8, 9], 0.5)):  # other tokens, lengths and rewards
+        model = tiny_model()
+        rewards = REWARDS.clone()
+        rewards[5] = reward
+        ros = rollouts()
+        ros[5].completion_ids = tokens
+        stats = run_update(model, ros, rewards, alg, masked, lr=1.0, sgd=True, grad_clip=1e9)
+        results.append((torch.cat([p.detach().flatten() for p in model.parameters()]), stats))
+    for params, stats in results[1:]:
+        assert torch.allclose(params, results[0][0], rtol=0, atol=1e-7)
+        assert stats["masked_frac"] == pytest.approx(1 / 12)
+    unmasked = tiny_model()
+    run_update(unmasked, rollouts(), REWARDS, alg, lr=1.0, sgd=True, grad_clip=1e9)
+    assert not torch.allclose(torch.cat([p.detach().flatten() for p in unmasked.parameters()]), results[0][0], atol=1e-6)
+
+
+def test_masked_samples_leave_the_group_baseline():
+    valid = torch.ones(B * G, dtype=torch.bool)
+    valid[3] = False  # group 0 keeps rewards 1, 1, 1: no signal left in it
+    adv = group_advantages(REWARDS, G, valid=valid)
+    assert adv[:4].abs().max() == 0
+    assert torch.allclose(adv[4:], group_advantages(REWARDS, G)[4:])
+
+
+def test_clip_higher_changes_the_update():
+    """Two updates per batch use the sampler's logprobs as the old policy; with them 0.22 below the
+    current ones, every ratio is e^0.22 = 1.25: clipped at 1 + 0.2 for positive advantages, not at 1 + 0.28."""
+    finals = {}
+    for eps_high in (0.2, 0.28):
+        model = tiny_model()
+        old = completion_logprobs(model, rollouts()) - 0.22
+        run_update(model, rollouts(logprobs=old), REWARDS, algorithm("dapo", "updates_per_batch=2", f"clip_eps_high={eps_high}"))
+        finals[eps_high] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert not torch.allclose(finals[0.2], finals[0.28], atol=1e-6)
+
+
+def test_clip_statistics_count_every_update():
+    """The first of two updates sees ratios of exactly 1 (nothing clipped); the second, after a large
+    step, sees ratios outside [0.8, 1.2]: the reported clip fraction must include it."""
+    model = tiny_model()
+    old = completion_logprobs(model, rollouts())
+    stats = run_update(model, rollouts(logprobs=old), REWARDS, algorithm("grpo", "updates_per_batch=2"), lr=0.3)
+    assert stats["clip_frac"] > 0
+
+
+def test_the_entropy_bonus_raises_entropy():
+    model = tiny_model()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20)  # a peaked policy, far from the maximum entropy log(V)
+    ros = rollouts()
+    before = completion_entropy(model, ros)
+    assert before < 0.8 * torch.log(torch.tensor(float(V)))
+    flat = torch.ones(B * G)  # no advantage anywhere: only the bonus moves the policy
+    run_update(model, ros, flat, algorithm("grpo", "entropy_coef=0.1"), lr=1e-3)
+    assert completion_entropy(model, ros) > before + 1e-3
+
+
+# -- presets against the README's algorithm table -----------------------------------------------------
+ADVANTAGES = {"group std": {"adv_scale": "group"}, "not divided by std": {"adv_scale": "none"}}
+AGGREGATION = {
+    "token mean over the batch": "token_mean",
+    "mean over sequences of each sequence's token mean": "seq_mean_token_mean",
+    "token sum / (sequences x max length)": "seq_mean_token_sum_norm",
+}
+
+
+def readme_presets() -> dict[str, list[str]]:
+    text = (REPO / "README.md").read_text()
+    rows = {}
+    for line in text.splitlines():
+        m = re.match(r"\| `(\w+)`[^|]*\|(.*)\|\s*$", line)
+        if m:
+            rows[m.group(1)] = [c.strip() for c in m.group(2).split("|")]
+    return rows
+
+
+def test_every_preset_has_the_values_the_readme_states():
+    rows = readme_presets()
+    assert set(rows) == {p.stem for p in (REPO / "conf" / "algorithm").glob("*.yaml")}
+    for preset, (adv, agg, clip, kl, extras) in rows.items():
+        alg = algorithm(preset)
+        assert alg.adv_scale == ADVANTAGES[adv]["adv_scale"], preset
+        assert alg.loss_agg == AGGREGATION[agg], preset
+        low, high = (float(x) for x in re.findall(r"[\d.]+", clip)[:2])
+        assert (alg.clip_eps_low, alg.clip_eps_high) == (low, high), preset
+        if kl == "none":
+            assert alg.kl_coef == 0, preset
+        else:
+            estimator, coef = re.match(r"(k\d), ([\d.]+)", kl).groups()
+            assert (alg.kl_estimator, alg.kl_coef) == (estimator, float(coef)), preset
+        assert alg.dynamic_sampling == ("dynamic sampling" in extras), preset
+        assert (alg.overlong_buffer > 0) == ("overlong penalty" in extras), preset
