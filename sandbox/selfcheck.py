@@ -7,8 +7,10 @@ never manage (exhaust the host, reach the network, read secrets, escape,
 disturb other processes). A case passes when the run ends with an expected
 status, the host shows no effect (a listener it started saw nothing, a
 process it started is alive, a file it names was not written, the output
-holds no secret), and no sandbox process is left running. The network cases
-use only listeners on 127.0.0.1 that this check starts itself.
+holds no secret), and no sandbox process of its own is left running (other
+callers' sandboxes on the machine are never counted or killed, so the battery
+can run beside a training run). The network cases use only listeners on
+127.0.0.1 that this check starts itself.
 """
 
 from __future__ import annotations
@@ -49,20 +51,41 @@ class Row:
         return not self.problem
 
 
-def sandbox_processes() -> list[int]:
-    """Pids of sandbox processes still alive on this machine (any run's, any caller's)."""
+def sandbox_processes(root: int | None = None) -> list[int]:
+    """Pids of sandbox processes still alive among the descendants of ``root`` (default: this
+    process), i.e. the runs this caller started, directly or through its scoring workers. Other
+    callers' sandboxes on the same machine (a training run beside a test run, two batteries at
+    once) are neither counted nor touched."""
     pids = []
+    for pid in _descendants(os.getpid() if root is None else root):
+        try:
+            uid = int(Path(f"/proc/{pid}/status").read_text().split("\nUid:")[1].split()[0])
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if bwrap.UID_BASE <= uid < bwrap.UID_BASE + bwrap.MAX_SLOTS or b"/sbx/boot.py" in cmd:
+            pids.append(pid)
+    return pids
+
+
+def _descendants(root: int) -> list[int]:
+    """Every live process below ``root`` in the process tree (from the parent pids in /proc)."""
+    children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            uid = int(Path(f"/proc/{entry}/status").read_text().split("\nUid:")[1].split()[0])
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])  # the name in parentheses may hold spaces
         except (OSError, IndexError, ValueError):
             continue
-        if bwrap.UID_BASE <= uid < bwrap.UID_BASE + bwrap.MAX_SLOTS or b"/sbx/boot.py" in cmd:
-            pids.append(int(entry))
-    return pids
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
 
 
 class _Host:
@@ -182,10 +205,10 @@ def run_battery(sandbox: Sandbox | None = None, timeout_s: float = 2.0, memory_m
             problem = "" if r.status in case.expect else f"status {r.status} ({r.reason}), expected {'/'.join(case.expect)}"
             if not problem and case.host_check is not None:
                 problem = case.host_check(r)
-            left = sandbox_processes()
+            left = sandbox_processes()  # this caller's runs only
             if left:
                 problem = (problem + "; " if problem else "") + f"{len(left)} sandbox processes left"
-                for pid in left:  # ours: clean up so the next case starts clean
+                for pid in left:  # ours (descendants of this process): clean up so the next case starts clean
                     try:
                         os.kill(pid, signal.SIGKILL)
                     except OSError:

@@ -341,3 +341,45 @@ def test_an_unprivileged_user_runs_the_battery_from_their_own_private_directory(
         assert "PRIVATE UNPRIVILEGED OK" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+_BATTERY = """
+from reasonrl.sandbox.selfcheck import run_battery, table
+rows = run_battery(timeout_s=2.0)
+print(table(rows))
+print("CONTAINED", sum(r.ok for r in rows), len(rows))
+"""
+
+
+def test_two_batteries_at_once_neither_counts_nor_kills_the_others_runs():
+    """Each battery checks for and kills leftovers among its own descendants only."""
+    import subprocess
+    import sys
+
+    procs = [subprocess.Popen([sys.executable, "-c", _BATTERY], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for out in outs:
+        last = [line for line in out.splitlines() if line.startswith("CONTAINED")]
+        assert last and last[0].split()[1] == last[0].split()[2], out[-3000:]
+
+
+def test_leftover_checks_see_only_this_callers_sandboxes():
+    """A sandbox started by another caller (here a detached process, not our descendant) is not ours."""
+    import subprocess
+    import sys
+
+    code = "from reasonrl.sandbox import run; run('import time\\ntime.sleep(60)', timeout_s=60)"
+    sh = subprocess.run(["sh", "-c", f"{sys.executable} -c \"{code}\" >/dev/null 2>&1 & echo $!"], capture_output=True, text=True)
+    other = int(sh.stdout.strip())  # its parent shell has exited: it is nobody's child here
+    try:
+        deadline = time.time() + 30
+        while not sandbox_processes(root=other) and time.time() < deadline:
+            time.sleep(0.2)
+        assert sandbox_processes(root=other), "the other caller's sandbox never started"
+        assert sandbox_processes() == []
+    finally:
+        os.kill(other, 9)  # the sandbox's launcher dies with it (PR_SET_PDEATHSIG)
+        deadline = time.time() + 10
+        while sandbox_processes(root=other) and time.time() < deadline:
+            time.sleep(0.1)

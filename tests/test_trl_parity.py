@@ -6,6 +6,13 @@ trainer that hands it our per-token logprobs, so both sides see the same
 tensors. Compared: the loss value and its gradient with respect to the
 per-token logprobs, for TRL's ``grpo``, ``dr_grpo``, ``dapo`` and ``bnpo``
 loss types, with and without the k3 KL term and with clip-higher.
+
+TRL is not a dependency of the project: this test installs it once, without its
+dependencies (``pip install --no-deps --target``), into a folder of the virtual
+environment (``<venv>/trl-parity-<version>``) and imports it from there, so that
+"equal to TRL" is checked on every run of the suite. Its imports need
+``datasets`` (a dependency) and ``accelerate`` (from the ``gguf`` extra, which
+``make setup`` installs).
 """
 
 from __future__ import annotations
@@ -18,7 +25,28 @@ import torch
 
 from reasonrl import grpo
 
-trl_grpo = pytest.importorskip("trl.trainer.grpo_trainer", reason="trl is not installed (pip install trl to run the parity check)")
+TRL_VERSION = "1.16.0"
+
+
+def _trl_grpo():
+    """TRL's grpo_trainer module, from an install of pinned TRL into the venv on first use."""
+    import importlib
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    target = Path(sys.prefix) / f"trl-parity-{TRL_VERSION}"
+    if not (target / "trl").is_dir():
+        out = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+                              f"trl=={TRL_VERSION}"], capture_output=True, text=True)
+        if out.returncode != 0:
+            pytest.fail(f"could not install trl=={TRL_VERSION} for the parity check: {out.stderr[-1000:]}")
+    if str(target) not in sys.path:
+        sys.path.append(str(target))  # appended: trl's copy never shadows an installed package
+    return importlib.import_module("trl.trainer.grpo_trainer")
+
+
+trl_grpo = _trl_grpo()
 
 # TRL loss type -> our aggregation
 PAIRS = {"grpo": "seq_mean_token_mean", "dr_grpo": "seq_mean_token_sum_norm", "dapo": "token_mean", "bnpo": "token_mean"}
