@@ -41,7 +41,7 @@ def _timed(fn, reps):
 
 
 def _setup(name):
-    from reasonrl.policy import load_policy
+    from reasonrl.models import load_policy
 
     from omegaconf import OmegaConf
 
@@ -114,8 +114,9 @@ def bench(name: str, reps: int, hf_reps: int) -> dict:
     res["sync_s"] = round(statistics.median(syncs), 4)
     res["overhead_vs_direct_pct"] = round(100 * (res["direct_logprobs_tok_per_s"] / res["ours_tok_per_s"] - 1), 1)
     res["speedup_vs_hf"] = round(res["ours_tok_per_s"] / res["hf_tok_per_s"], 1)
-    del gen
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    gen = None  # release the engine before the next model's
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return res
 
 

@@ -1,14 +1,14 @@
 """The evaluation loop: generate, verify, aggregate.
 
-``evaluate`` renders each problem, generates ``n`` samples (greedy when the
-temperature is 0), scores them with one verifier (default: exact integer
+``sample_and_score`` renders each problem, generates ``n`` samples (greedy when
+the temperature is 0), scores them with one verifier (default: exact integer
 answer), and returns accuracy (the mean over all samples, i.e. pass@1 averaged
 over ``n``), mean completion length, mean think/answer lengths and the
 truncation rate.
 
-:func:`evaluate_heldout` is the trainer's periodic evaluation (the task's
+:func:`training_eval` is the trainer's periodic evaluation (the task's
 held-out set, greedy and sampled, plus configured benchmark subsets, which
-:func:`load_eval_benchmarks` loads once).
+:func:`load_benchmark_subsets` loads once).
 
 It does not compute pass@k / maj@k (see :mod:`reasonrl.evals.estimators`).
 """
@@ -19,9 +19,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 from reasonrl.metrics import cot_lengths, mean
 from reasonrl.rollout import Generator, Sampling
+from reasonrl.tasks import opens_think, with_prompt_info
 
 
-def evaluate(
+def sample_and_score(
     generator: Generator,
     tokenizer,
     problems: Sequence[Mapping[str, Any]],
@@ -32,18 +33,18 @@ def evaluate(
     temperature: float = 0.0,
     max_new_tokens: int = 64,
     seed: int = 0,
-    think_in_prompt: bool = False,
     banned_first_tokens: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     from reasonrl.verifiers.base import safe_call
     from reasonrl.verifiers.integer import IntegerVerifier
 
     verifier = verifier or IntegerVerifier()
-    prompts = [tokenizer(render(p), add_special_tokens=False)["input_ids"] for p in problems]
+    texts = [render(p) for p in problems]
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     sampling = Sampling(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, banned_first_tokens=banned_first_tokens)
     rollouts = generator.generate(prompts, n, sampling)
-    verdicts = [safe_call(verifier, problems[r.prompt_index], r.text) for r in rollouts]
-    think, answer = cot_lengths([r.text for r in rollouts], tokenizer, think_in_prompt)
+    verdicts = [safe_call(verifier, with_prompt_info(problems[r.prompt_index], texts[r.prompt_index]), r.text) for r in rollouts]
+    think, answer = cot_lengths([r.text for r in rollouts], tokenizer, [opens_think(texts[r.prompt_index]) for r in rollouts])
     correct = [v is not None and v.status == "correct" for v in verdicts]
     return {
         "accuracy": mean(correct),
@@ -57,31 +58,31 @@ def evaluate(
     }
 
 
-def evaluate_heldout(generator, tokenizer, problems, render, verifier, cfg, seed: int, benchmarks=None) -> dict[str, float]:
+def training_eval(generator, tokenizer, problems, render, verifier, cfg, seed: int, benchmarks=None) -> dict[str, float]:
     """Greedy (and optionally sampled) accuracy and lengths on the held-out set: eval/<task>/... keys;
     plus greedy accuracy and length on each configured benchmark subset: eval/<benchmark>/... keys."""
 
     name = cfg.task.name
-    kw = dict(render=render, verifier=verifier, max_new_tokens=cfg.eval.max_new_tokens, think_in_prompt=cfg.task.think_in_prompt)
-    g = evaluate(generator, tokenizer, problems, temperature=0.0, seed=seed, **kw)
+    kw = dict(render=render, verifier=verifier, max_new_tokens=cfg.eval.max_new_tokens)
+    g = sample_and_score(generator, tokenizer, problems, temperature=0.0, seed=seed, **kw)
     out = {
         f"eval/{name}/accuracy": g["accuracy"],
         f"eval/{name}/len_mean": g["len_mean"],
         f"eval/{name}/think_len_mean": g["think_len_mean"],
     }
     if cfg.eval.sampled:
-        s = evaluate(generator, tokenizer, problems, temperature=cfg.eval.temperature, seed=seed, **kw)
+        s = sample_and_score(generator, tokenizer, problems, temperature=cfg.eval.temperature, seed=seed, **kw)
         out[f"eval/{name}/accuracy_sampled"] = s["accuracy"]
         out[f"eval/{name}/think_len_mean_sampled"] = s["think_len_mean"]
     for bench, (bproblems, brender, bverifier) in (benchmarks or {}).items():
-        b = evaluate(generator, tokenizer, bproblems, render=brender, verifier=bverifier, temperature=0.0, seed=seed,
+        b = sample_and_score(generator, tokenizer, bproblems, render=brender, verifier=bverifier, temperature=0.0, seed=seed,
                      max_new_tokens=cfg.eval.max_new_tokens)
         out[f"eval/{bench}/accuracy"] = b["accuracy"]
         out[f"eval/{bench}/len_mean"] = b["len_mean"]
     return out
 
 
-def load_eval_benchmarks(cfg, tokenizer) -> dict:
+def load_benchmark_subsets(cfg, tokenizer) -> dict:
     """{name: (problems, render, verifier)} for ``eval.benchmarks``, loaded once."""
     from reasonrl.evals.loaders import load_benchmark
     from reasonrl.tasks import gsm8k

@@ -35,22 +35,34 @@ class ArchConfig:
 
 
 @dataclass
+class OptimConfig:
+    """AdamW and its schedule: one schema for pretraining, SFT and GRPO (each sets its own defaults)."""
+
+    lr: float = 5e-5
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.99])
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | cosine (after the linear warmup)
+    min_lr_ratio: float = 0.1  # cosine floor, as a fraction of lr
+    grad_clip: float = 1.0
+
+
+def _sft_optim(lr: float, warmup_steps: int):
+    return lambda: OptimConfig(lr=lr, betas=[0.9, 0.98], weight_decay=0.01, warmup_steps=warmup_steps, schedule="cosine")
+
+
+@dataclass
 class PretrainConfig:
     corpus: str = "arith"
     seed: int = 0
     batch_size: int = 128
-    lr: float = 2e-3
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.01
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
-    grad_clip: float = 1.0
     max_steps: int = 2500  # 0: no pretraining (a randomly initialised model, for speed checks)
     eval_every: int = 100
     eval_problems: int = 200
     target_accuracy: float = 0.8
     steps_frac: float = 0.2
     short_frac: float = 0.3
+    optim: OptimConfig = field(default_factory=_sft_optim(2e-3, 50))
 
 
 @dataclass
@@ -68,8 +80,7 @@ class ModelConfig:
 @dataclass
 class TaskConfig:
     name: str = "arith"
-    template: str = "r1"
-    think_in_prompt: bool = False
+    template: str = "r1"  # whether the prompt opens <think> is read from the rendered template itself
     n_terms: int = 3
     digits: int = 2
     heldout_size: int = 500
@@ -92,6 +103,8 @@ class RolloutConfig:
 @dataclass
 class AlgorithmConfig:
     name: str = "grpo"
+    advantage: str = "grpo"  # an estimator in reasonrl.grpo.ADVANTAGE_ESTIMATORS: grpo | rloo
+    policy_loss: str = "ppo_clip"  # a loss in reasonrl.grpo.POLICY_LOSSES
     adv_scale: str = "group"  # group | batch | none
     loss_agg: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
     clip_eps_low: float = 0.2
@@ -111,17 +124,6 @@ class AlgorithmConfig:
     tis: str = "auto"
     tis_cap: float = 2.0
     mask_statuses: List[str] = field(default_factory=lambda: ["timeout", "error"])
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 5e-5
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.99])
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    schedule: str = "constant"
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
 
 
 @dataclass
@@ -151,13 +153,8 @@ class SFTConfig:
     flaw_frac: float = 0.15
     steps: int = 150
     batch_size: int = 32
-    lr: float = 1e-3
-    warmup_steps: int = 10
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.01
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
-    grad_clip: float = 1.0
     eval_every: int = 50
+    optim: OptimConfig = field(default_factory=_sft_optim(1e-3, 10))
 
 
 @dataclass
@@ -228,6 +225,27 @@ class EvalRunConfig:
     template: str = "chat_boxed"  # chat_boxed (instruct models) | r1 (base models)
     extract: List[str] = field(default_factory=lambda: ["answer_tag", "boxed"])
     verify_workers: int = 2
+
+
+def check_train_config(cfg) -> None:
+    """Cross-field checks for reasonrl-train, in one place: each names the keys involved."""
+    alg, ro = cfg.algorithm, cfg.rollout
+    problems = []
+    if alg.tis not in ("auto", "on", "off"):
+        problems.append(f"algorithm.tis must be auto, on or off, not {alg.tis!r}")
+    if alg.updates_per_batch < 1:
+        problems.append(f"algorithm.updates_per_batch must be at least 1, not {alg.updates_per_batch}")
+    if alg.dual_clip is not None and alg.dual_clip <= 1:
+        problems.append(f"algorithm.dual_clip must be above 1 (or null), not {alg.dual_clip}")
+    if alg.overlong_buffer > ro.max_new_tokens:
+        problems.append(f"algorithm.overlong_buffer={alg.overlong_buffer} exceeds rollout.max_new_tokens={ro.max_new_tokens}")
+    if alg.dynamic_sampling and ro.samples_per_prompt < 2:
+        problems.append("algorithm.dynamic_sampling needs rollout.samples_per_prompt >= 2 (a group of one has no variance)")
+    for key in ("prompts_per_step", "samples_per_prompt", "max_new_tokens", "micro_batch_size"):
+        if ro[key] < 1:
+            problems.append(f"rollout.{key} must be at least 1, not {ro[key]}")
+    if problems:
+        raise ValueError("invalid configuration: " + "; ".join(problems))
 
 
 _registered = False

@@ -2,8 +2,8 @@
 
 * :func:`load_jsonl` and :func:`validate_rows` turn files into problem rows
   and name the file, the row index and the field for any malformed row.
-* :func:`pack` turns rollouts into right-padded ``(N, L)`` tensors with a mask
-  over the completion tokens, aligned with next-token targets.
+* :func:`pack` turns rollouts into right-padded ``(N, L)`` tensors with the
+  rollouts' own per-token loss masks, aligned with next-token targets.
 
 It does not tokenize prompts or render templates (tasks do).
 """
@@ -88,7 +88,10 @@ class Packed:
 
 
 def pack(rollouts: Sequence[Any], pad_id: int) -> Packed:
-    """Right-pad prompt+completion per rollout; masks and sampler logprobs align with targets ids[:, 1:]."""
+    """Right-pad prompt+completion per rollout; masks and sampler logprobs align with targets ids[:, 1:].
+
+    The completion mask is each rollout's own per-token loss mask (``Rollout.token_mask()``), never
+    derived from lengths alone: tokens the policy did not write stay out of the loss."""
     n = len(rollouts)
     width = max(len(r.prompt_ids) + len(r.completion_ids) for r in rollouts)
     ids = torch.full((n, width), pad_id, dtype=torch.long)
@@ -100,7 +103,9 @@ def pack(rollouts: Sequence[Any], pad_id: int) -> Packed:
         ids[i, : p + c] = torch.tensor(list(r.prompt_ids) + list(r.completion_ids), dtype=torch.long)
         attn[i, : p + c] = 1
         # the target at position t is ids[t+1]; completion token j sits at p+j, predicted at p+j-1
-        cmask[i, p - 1 : p + c - 1] = 1.0
+        if len(r.token_mask()) != c:
+            raise ValueError(f"rollout {i}: loss mask of {len(r.token_mask())} entries for {c} completion tokens")
+        cmask[i, p - 1 : p + c - 1] = torch.tensor(r.token_mask(), dtype=torch.float32)
         if r.logprobs:
             slp[i, p - 1 : p + c - 1] = torch.tensor(r.logprobs, dtype=torch.float32)
     return Packed(ids, attn, cmask, slp)

@@ -1,9 +1,14 @@
 """GRPO math: advantages, the clipped surrogate, loss aggregation, KL, entropy.
 
-Pure tensor functions, no I/O and no config. Letters: N sequences (B prompts x
-G samples, prompt-major), T completion positions, V vocabulary. A variant is a
-small function registered by name (``ADVANTAGE_SCALES``, ``AGGREGATIONS``,
-``KL_ESTIMATORS``), never another branch in one long function.
+Pure tensor functions, no I/O. Letters: N sequences (B prompts x G samples,
+prompt-major), T completion positions, V vocabulary. A variant is a small
+function registered by name, never another branch in one long function:
+advantage estimators (``ADVANTAGE_ESTIMATORS``: ``grpo``, ``rloo``) and policy
+losses (``POLICY_LOSSES``: ``ppo_clip``) with one signature each, chosen by
+``algorithm.advantage`` and ``algorithm.policy_loss``; and the smaller knobs
+``ADVANTAGE_SCALES``, ``AGGREGATIONS``, ``KL_ESTIMATORS``. A new estimator or
+loss is one decorated function (``@advantage_estimator("name")``,
+``@policy_loss("name")``) and a test; the trainer does not change.
 """
 
 from __future__ import annotations
@@ -88,6 +93,74 @@ def overlong_penalty(lengths: Tensor, max_len: int, buffer: int) -> Tensor:
 def keep_groups(rewards: Tensor, group_size: int) -> Tensor:
     """(B,) True for groups whose rewards differ (the ones dynamic sampling keeps)."""
     return ~zero_std_groups(rewards, group_size)
+
+
+# ---------------------------------------------------------------- advantage estimators
+# Signature: (rewards (N,), group_size, valid (N,) bool, alg) -> (N,) advantages, where ``alg``
+# is the algorithm config (an estimator reads the knobs it needs from it) and invalid samples
+# (timeout/error verdicts) get 0 and take no part in any baseline.
+
+ADVANTAGE_ESTIMATORS: dict[str, Callable[..., Tensor]] = {}
+
+
+def advantage_estimator(name: str):
+    def register(fn):
+        ADVANTAGE_ESTIMATORS[name] = fn
+        return fn
+
+    return register
+
+
+def estimate_advantages(name: str, rewards: Tensor, group_size: int, valid: Tensor, alg) -> Tensor:
+    if name not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"unknown advantage estimator {name!r} (algorithm.advantage); known: {sorted(ADVANTAGE_ESTIMATORS)}")
+    return ADVANTAGE_ESTIMATORS[name](rewards, group_size, valid, alg)
+
+
+@advantage_estimator("grpo")
+def grpo_advantages(rewards: Tensor, group_size: int, valid: Tensor, alg) -> Tensor:
+    """GRPO: reward minus its group's mean, scaled by ``alg.adv_scale`` (group | batch | none)."""
+    return group_advantages(rewards, group_size, alg.adv_scale, valid=valid)
+
+
+@advantage_estimator("rloo")
+def rloo_advantages(rewards: Tensor, group_size: int, valid: Tensor, alg) -> Tensor:
+    """RLOO (Ahmadian et al., 2024): reward minus the mean of the *other* valid samples of its group.
+
+    Equals G/(G-1) times the group-centred reward; no std scaling. A group with fewer than two
+    valid samples has no baseline and gets 0.
+    """
+    r = rewards.view(-1, group_size).float()  # (B, G)
+    v = valid.view(-1, group_size).to(r.device).float()  # (B, G)
+    n = v.sum(dim=1, keepdim=True)  # (B, 1)
+    others = ((r * v).sum(dim=1, keepdim=True) - r * v) / (n - 1).clamp(min=1)  # (B, G)
+    return ((r - others) * v * (n > 1)).reshape(-1)  # (N,)
+
+
+# ---------------------------------------------------------------- policy losses
+# Signature: (logp, old_logp (n, T), adv (n,), alg) -> ((n, T) per-token loss, (n, T) bool clipped).
+
+POLICY_LOSSES: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {}
+
+
+def policy_loss(name: str):
+    def register(fn):
+        POLICY_LOSSES[name] = fn
+        return fn
+
+    return register
+
+
+def get_policy_loss(name: str) -> Callable[..., tuple[Tensor, Tensor]]:
+    if name not in POLICY_LOSSES:
+        raise ValueError(f"unknown policy loss {name!r} (algorithm.policy_loss); known: {sorted(POLICY_LOSSES)}")
+    return POLICY_LOSSES[name]
+
+
+@policy_loss("ppo_clip")
+def ppo_clip_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, alg) -> tuple[Tensor, Tensor]:
+    """The PPO clipped surrogate with clip-higher (``clip_eps_low``/``clip_eps_high``) and optional dual clip."""
+    return clipped_surrogate(logp, old_logp, adv, alg.clip_eps_low, alg.clip_eps_high, alg.dual_clip)
 
 
 # ---------------------------------------------------------------- per-token terms

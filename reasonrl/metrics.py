@@ -38,9 +38,11 @@ def split_think(text: str, think_in_prompt: bool = False) -> tuple[str, str]:
     return text[start:j], text[j + len(THINK_CLOSE) :]
 
 
-def cot_lengths(texts: Sequence[str], tokenizer, think_in_prompt: bool = False) -> tuple[list[int], list[int]]:
-    """Token counts of the think part and of the answer part of each text."""
-    parts = [split_think(t, think_in_prompt) for t in texts]
+def cot_lengths(texts: Sequence[str], tokenizer, think_in_prompt: bool | Sequence[bool] = False) -> tuple[list[int], list[int]]:
+    """Token counts of the think part and of the answer part of each text (``think_in_prompt``: one
+    flag for all, or one per text: whether its prompt opened the think block)."""
+    flags = [think_in_prompt] * len(texts) if isinstance(think_in_prompt, bool) else list(think_in_prompt)
+    parts = [split_think(t, f) for t, f in zip(texts, flags, strict=True)]
     if not parts:
         return [], []
     enc = tokenizer([p[0] for p in parts] + [p[1] for p in parts], add_special_tokens=False)["input_ids"]
@@ -102,3 +104,24 @@ class RunLogger:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def rollout_metrics(batch: Any, tokenizer, answer_verifier: str, generate_s: float) -> dict[str, float]:
+    """rollout/* keys for one step's :class:`reasonrl.rollout.RolloutBatch` (lengths in tokens; think and
+    answer lengths as the prompt opened the think block or not; lengths of correct and wrong answers by
+    the verdict of ``answer_verifier``)."""
+    rollouts = batch.rollouts
+    lens = [len(r.completion_ids) for r in rollouts]
+    opened = [bool(batch.problems[r.prompt_index].get("prompt_opens_think", False)) for r in rollouts]
+    think, answer = cot_lengths([r.text for r in rollouts], tokenizer, opened)
+    correct = [r.verdicts.get(answer_verifier) is not None and r.verdicts[answer_verifier].status == "correct" for r in rollouts]
+    return {
+        "rollout/len_mean": mean(lens),
+        "rollout/len_max": max(lens),
+        "rollout/clipped_frac": mean(r.finish_reason == "length" for r in rollouts),
+        "rollout/tokens_per_s": sum(lens) / max(generate_s, 1e-9),
+        "rollout/think_len_mean": mean(think),
+        "rollout/answer_len_mean": mean(answer),
+        "rollout/len_correct_mean": mean(n for n, c in zip(lens, correct) if c),
+        "rollout/len_wrong_mean": mean(n for n, c in zip(lens, correct) if not c),
+    }

@@ -1,8 +1,9 @@
-"""The policy: model and tokenizer loading, optimizer and schedule, checkpoints.
+"""The policy: loading a Hugging Face folder, the optimizer and its schedule, checkpoints.
 
-``load_policy`` takes a Hugging Face folder, or (with no path) the tiny base
-model that :mod:`reasonrl.tiny` builds and caches. Checkpoints are Hugging Face
-folders written atomically (``from_pretrained`` loads them).
+Checkpoints are Hugging Face folders written atomically (``from_pretrained``
+loads them). Which folder a run starts from (a path, a converted GGUF file, or
+the tiny base model built on first use) is :func:`reasonrl.models.load_policy`'s
+business.
 
 It does not know about rollouts or losses.
 """
@@ -43,25 +44,6 @@ def load_hf(path: str | Path, dtype: str = "float32"):
     return model, tok
 
 
-def load_policy(model_cfg: Any, progress: bool = True):
-    """(model, tokenizer, source path) for a ``model`` config node: a folder, a GGUF file, or the tiny base."""
-    if model_cfg.path:
-        path = Path(str(model_cfg.path)).expanduser()
-    elif model_cfg.gguf:
-        from reasonrl.gguf import get_or_convert
-
-        path = get_or_convert(model_cfg.gguf)
-    else:
-        from reasonrl.tiny import get_or_build_base
-
-        path = get_or_build_base(model_cfg.arch, model_cfg.pretrain, progress=progress)
-    model, tok = load_hf(path, model_cfg.dtype)
-    device = model_cfg.get("device", "auto")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device), tok, path
-
-
 def lr_schedule(warmup_steps: int, total_steps: int, kind: str = "cosine", min_ratio: float = 0.1) -> Callable[[int], float]:
     """Multiplier on the peak lr at optimizer step ``s``: linear warmup, then cosine or constant."""
 
@@ -79,19 +61,19 @@ def lr_schedule(warmup_steps: int, total_steps: int, kind: str = "cosine", min_r
     return f
 
 
-def make_optimizer(model: torch.nn.Module, *, lr: float, betas=(0.9, 0.99), weight_decay: float = 0.0, warmup_steps: int = 0,
-                   total_steps: int = 1, schedule: str = "constant", min_lr_ratio: float = 0.1):
-    """AdamW (no decay on biases and norms) and its LambdaLR schedule."""
+def make_optimizer(model: torch.nn.Module, optim: Any, total_steps: int):
+    """AdamW (no decay on biases and norms) and its LambdaLR schedule, from an ``optim`` config node
+    (lr, betas, weight_decay, warmup_steps, schedule, min_lr_ratio; see reasonrl.config.OptimConfig)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr, betas=tuple(betas),
+        [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=optim.lr, betas=tuple(optim.betas),
     )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(warmup_steps, total_steps, schedule, min_lr_ratio))
-    return opt, sched
+    schedule = lr_schedule(optim.warmup_steps, total_steps, optim.schedule, optim.min_lr_ratio)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
 
 def save_checkpoint(model, tokenizer, path: str | Path) -> Path:

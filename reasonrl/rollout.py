@@ -34,12 +34,46 @@ class Sampling:
 
 @dataclass
 class Rollout:
+    """One sampled completion: what the generator returned, then its score.
+
+    ``loss_mask`` has one entry per completion token: 1 for tokens the policy
+    wrote, 0 for tokens it did not (say, a tool's output inserted mid-completion);
+    None means every token is the policy's. ``policy_version`` is the number of
+    optimizer steps the sampling policy had taken.
+    """
+
     prompt_index: int
     prompt_ids: list[int]
     completion_ids: list[int]
     text: str
     finish_reason: str  # "stop" (eos generated) or "length" (hit max_new_tokens)
-    logprobs: list[float] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # the sampler's, per completion token
+    loss_mask: list[int] | None = None
+    policy_version: int = 0
+    reward: float = 0.0
+    verdicts: dict = field(default_factory=dict)  # verifier name -> Verdict | None
+    masked: bool = False  # a timeout/error verdict: out of the loss, the counts and the group baseline
+
+    def token_mask(self) -> list[int]:
+        return [1] * len(self.completion_ids) if self.loss_mask is None else list(self.loss_mask)
+
+
+@dataclass
+class RolloutBatch:
+    """One step's sampled groups: B problems x G scored rollouts, prompt-major."""
+
+    problems: list[dict]
+    rollouts: list[Rollout]
+    group_size: int
+    stats: dict = field(default_factory=dict)  # generate_s, verify_s, dropped, redraws, zero_std_frac, ...
+
+    @property
+    def rewards(self) -> torch.Tensor:
+        return torch.tensor([r.reward for r in self.rollouts], dtype=torch.float32)  # (N,)
+
+    @property
+    def masked(self) -> list[bool]:
+        return [r.masked for r in self.rollouts]
 
 
 class Generator(Protocol):

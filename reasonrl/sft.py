@@ -1,20 +1,13 @@
 """Supervised fine-tuning: next-token cross-entropy on completion tokens only.
 
-Library: :func:`train_sft` trains a model in place on (prompt, completion)
-pairs with AdamW, linear warmup and cosine decay, gradient clipping, periodic
-evaluation and an optional early stop; the base-model builder and the
-SFT-cold-start stage of ``reasonrl-train`` both use it.
+:func:`train_sft` trains a model in place on (prompt, completion) pairs with
+AdamW and the schedule of an ``optim`` config node (reasonrl.config.OptimConfig),
+gradient clipping, periodic evaluation and an optional early stop. The tiny
+base model's pretraining (:mod:`reasonrl.tiny`), the cold-start stage of
+``reasonrl-train`` and ``reasonrl-sft`` (:mod:`reasonrl.finetune`) all use it.
+:func:`demonstration_pairs` reads the pairs from a file or from the task.
 
-Entry point::
-
-    reasonrl-sft                                   # demonstrations of the arith world
-    reasonrl-sft sft.data_file=demos.jsonl max_steps=300 hydra.run.dir=runs/sft1
-
-writes a run directory (config.yaml, metrics.jsonl, TensorBoard events,
-checkpoints/, summary.json) whose final checkpoint ``reasonrl-train
-model.path=...`` can start from.
-
-It does not pack several examples into one sequence.
+It does not pack several examples into one sequence, and loads no model itself.
 """
 
 from __future__ import annotations
@@ -61,12 +54,7 @@ def train_sft(
     *,
     steps: int,
     batch_size: int,
-    lr: float,
-    warmup_steps: int = 0,
-    min_lr_ratio: float = 0.1,
-    weight_decay: float = 0.0,
-    betas: tuple[float, float] = (0.9, 0.98),
-    grad_clip: float = 1.0,
+    optim: Any,
     seed: int = 0,
     eval_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     eval_every: int = 0,
@@ -83,10 +71,7 @@ def train_sft(
     if not pairs:
         raise ValueError("train_sft got no training pairs")
     data = tokenize_pairs(tokenizer, pairs)
-    opt, sched = make_optimizer(
-        model, lr=lr, betas=betas, weight_decay=weight_decay, warmup_steps=warmup_steps,
-        total_steps=steps, schedule="cosine", min_lr_ratio=min_lr_ratio,
-    )
+    opt, sched = make_optimizer(model, optim, total_steps=steps)
     rng = random.Random(seed)
     order: list[int] = []
     evals: list[dict[str, Any]] = []
@@ -107,7 +92,7 @@ def train_sft(
             raise FloatingPointError(f"{desc}: non-finite loss {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
         opt.step()
         sched.step()
         loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
@@ -135,13 +120,14 @@ def train_sft(
 
 
 def demonstration_pairs(sft_cfg: Any, task, seed: int) -> list[tuple[str, str]]:
-    """(prompt, completion) pairs from ``sft.data_file`` (JSONL) or the task's demonstrations."""
+    """(prompt, completion) pairs from ``sft.data_file`` (JSONL) or the task's own demonstrations."""
     from reasonrl.data import load_jsonl, validate_rows
 
     if sft_cfg.data_file:
         rows = validate_rows(load_jsonl(sft_cfg.data_file), {"prompt": str, "completion": str}, sft_cfg.data_file)
     else:
-        rows = task.demonstrations(sft_cfg.demos, seed, flaw_frac=sft_cfg.flaw_frac)
+        make = task.need("demonstrations", "set sft.data_file (or cold_start.data_file) to a JSONL file of prompt/completion rows")
+        rows = make(sft_cfg.demos, seed, flaw_frac=sft_cfg.flaw_frac)
     return [(r["prompt"], r["completion"]) for r in rows]
 
 
@@ -149,59 +135,8 @@ def demonstration_accuracy(sft_cfg: Any, task, seed: int) -> float | None:
     """Share of the task's demonstrations whose final answer is right (None for a data file without answers)."""
     from reasonrl.verifiers.integer import IntegerVerifier
 
-    if sft_cfg.data_file:
+    if sft_cfg.data_file or not task.provides("demonstrations"):
         return None
     rows = task.demonstrations(sft_cfg.demos, seed, flaw_frac=sft_cfg.flaw_frac)
     v = IntegerVerifier()
     return sum(v(r, r["completion"]).status == "correct" for r in rows) / len(rows)
-
-
-def main(cfg) -> dict[str, Any]:
-    import json
-
-    from reasonrl.metrics import RunLogger
-    from reasonrl.policy import load_policy, save_checkpoint
-    from reasonrl.rollout import HFGenerator
-    from reasonrl.tasks import get_task
-    from reasonrl.evals.harness import evaluate_heldout
-    from reasonrl.train import open_run_dir
-    from reasonrl.verifiers.integer import IntegerVerifier
-
-    t_start = time.time()
-    run_dir = open_run_dir(cfg)
-    torch.manual_seed(cfg.seed)
-    model, tokenizer, model_path = load_policy(cfg.model, progress=cfg.logging.progress)
-    task = get_task(cfg.task.name)
-    pairs = demonstration_pairs(cfg.sft, task, cfg.seed)
-    heldout = task.heldout(cfg.task.heldout_size, cfg.task.n_terms, cfg.task.digits)
-    render = lambda p: task.render_prompt(p, cfg.task.template, tokenizer)  # noqa: E731
-    logger = RunLogger(run_dir, tensorboard=cfg.logging.tensorboard, wandb_project=cfg.logging.wandb_project)
-
-    def eval_fn(m):
-        return evaluate_heldout(HFGenerator(m, tokenizer), tokenizer, heldout, render, IntegerVerifier(), cfg, cfg.seed)
-
-    start = eval_fn(model)
-    logger.log({"step": 0, **start})
-    hist = train_sft(model, tokenizer, pairs, steps=cfg.max_steps, batch_size=cfg.sft.batch_size, lr=cfg.sft.lr,
-                     warmup_steps=cfg.sft.warmup_steps, min_lr_ratio=cfg.sft.min_lr_ratio, weight_decay=cfg.sft.weight_decay,
-                     betas=tuple(cfg.sft.betas), grad_clip=cfg.sft.grad_clip, seed=cfg.seed, eval_fn=eval_fn,
-                     eval_every=cfg.sft.eval_every, log_fn=logger.log, progress=cfg.logging.progress)
-    logger.close()
-    save_checkpoint(model, tokenizer, run_dir / "checkpoints" / "final")
-    summary = {
-        "run_dir": str(run_dir), "experiment": cfg.experiment_name, "seed": cfg.seed, "steps": hist["steps"],
-        "base_model": str(model_path), "wall_s": round(time.time() - t_start, 1), "demonstrations": len(pairs),
-        "demonstration_accuracy": demonstration_accuracy(cfg.sft, task, cfg.seed),
-        "start": start, "end": hist["evals"][-1] if hist["evals"] else {},
-        "final_checkpoint": str(run_dir / "checkpoints" / "final"),
-    }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps({k: summary[k] for k in ("demonstration_accuracy", "start", "end")}, indent=1))
-    print(f"[reasonrl] run directory: {run_dir}", flush=True)
-    return summary
-
-
-def cli() -> None:
-    from reasonrl.config import run_entry_point
-
-    run_entry_point(main, "sft")

@@ -96,13 +96,13 @@ def base_path(arch: Any, pretrain: Any) -> Path:
 
 def forced_think_accuracy(model, tokenizer, problems: list[dict], max_new_tokens: int = 40) -> float:
     """Greedy accuracy when the model may not close the think block at once."""
-    from reasonrl.evals.harness import evaluate
+    from reasonrl.evals.harness import sample_and_score
     from reasonrl.rollout import HFGenerator
     from reasonrl.tasks import arith
 
-    res = evaluate(
+    res = sample_and_score(
         HFGenerator(model, tokenizer), tokenizer, problems, render=lambda p: arith.render_prompt(p, "r1_think"),
-        temperature=0.0, max_new_tokens=max_new_tokens, think_in_prompt=True,
+        temperature=0.0, max_new_tokens=max_new_tokens,
         banned_first_tokens=(tokenizer.convert_tokens_to_ids("</think>"),),
     )
     return res["accuracy"]
@@ -151,10 +151,9 @@ def _build(arch: Any, pretrain: Any, path: Path, progress: bool) -> None:
         return metrics.get("forced_think_accuracy", 0.0) >= pretrain.target_accuracy
 
     hist = train_sft(
-        model, tok, pairs, steps=pretrain.max_steps, batch_size=pretrain.batch_size, lr=pretrain.lr,
-        warmup_steps=pretrain.warmup_steps, min_lr_ratio=pretrain.min_lr_ratio, weight_decay=pretrain.weight_decay,
-        betas=tuple(pretrain.betas), grad_clip=pretrain.grad_clip, seed=pretrain.seed,
-        eval_fn=eval_fn, eval_every=pretrain.eval_every, stop_fn=stop_fn, desc="pretrain base", progress=progress,
+        model, tok, pairs, steps=pretrain.max_steps, batch_size=pretrain.batch_size, optim=pretrain.optim,
+        seed=pretrain.seed, eval_fn=eval_fn, eval_every=pretrain.eval_every, stop_fn=stop_fn, desc="pretrain base",
+        progress=progress,
     )
     info = {
         "params": n_params, "steps": hist["steps"], "seconds": round(time.time() - t0, 1),

@@ -1,4 +1,4 @@
-"""GRPO training: sample groups, verify, compute advantages, update, sync, log.
+"""GRPO training: the trainer object and the ``reasonrl-train`` entry point.
 
 Run::
 
@@ -6,27 +6,22 @@ Run::
     reasonrl-train experiment=sft_cold_start_arith  # SFT on demonstrations, then RL
     reasonrl-train max_steps=20 seed=1 hydra.run.dir=runs/try1
 
-The loop reads top to bottom in :func:`main`; helpers take explicit
-arguments. One step: render B prompts, generate G completions each, score them
-with the verifiers, group-normalise the rewards, pack the rollouts, run
-forward/backward over micro-batches with the clipped surrogate, take an
-optimizer step, sync the weights into the generator, log one metrics row; every
-``eval.every`` steps evaluate on the held-out set and checkpoint.
+:class:`GRPOTrainer` holds a run's whole state on one object with a
+lifecycle: ``setup`` (policy, task, verifiers, generator, optimizer; the
+optional SFT cold start), ``step`` (one GRPO step, top to bottom in one
+method), ``evaluate``, ``save``, ``state_dict``/``load_state_dict`` and
+``close``; ``fit`` runs the loop. One step: sample B groups of G completions
+and score them (:mod:`reasonrl.collect`), update the policy
+(:mod:`reasonrl.update`), sync the weights into the generator, return one
+metrics row. Algorithm variants are chosen by name (:mod:`reasonrl.grpo`).
 
-Algorithm variants (``algorithm=grpo|dr_grpo|dapo``) are small functions in
-:mod:`reasonrl.grpo` chosen by name: loss aggregation, advantage scaling,
-clip-higher and dual clip, KL to a frozen reference (loaded only when
-``kl_coef`` > 0), entropy bonus, several updates per batch, dynamic sampling,
-overlong masking and the soft overlong penalty.
-
-It does not run more than one process or shard the model.
+It does not shard the model; one process trains on one device.
 """
 
 from __future__ import annotations
 
-import json
+import copy
 import logging
-import math
 import os
 import random
 import sys
@@ -34,408 +29,266 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from reasonrl.build import build_generator, build_verifiers
+from reasonrl.collect import collect_groups
+from reasonrl.config import check_train_config
+from reasonrl.evals.harness import load_benchmark_subsets, training_eval
+from reasonrl.metrics import RunLogger, rollout_metrics
+from reasonrl.models import load_policy
+from reasonrl.policy import make_optimizer, save_checkpoint
+from reasonrl.rollout import HFGenerator, Sampling
+from reasonrl.runs import announce, open_run_dir, write_summary
+from reasonrl.runtime import Runtime, init_runtime
+from reasonrl.tasks import get_task, problem_source
+from reasonrl.update import update_policy
+from reasonrl.verifiers.scoring import Scored, summarize
+
 log = logging.getLogger("reasonrl.train")
 
-
-def open_run_dir(cfg) -> Path:
-    """The run directory (``run_dir`` or Hydra's output dir), created, announced, with config.yaml written."""
-    from omegaconf import OmegaConf
-
-    if cfg.run_dir:
-        run_dir = Path(cfg.run_dir)
-    else:
-        from hydra.core.hydra_config import HydraConfig
-
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"[reasonrl] run directory: {run_dir}", flush=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    return run_dir
+STEP_SEED_STRIDE = 1_000_003  # step t of a run with seed s samples with seed s * stride + t
 
 
-def _problems(cfg, task, seed: int, verifiers):
-    """(training problem iterator, held-out list) for the task, from files when configured.
+class GRPOTrainer:
+    """One GRPO run: its state, and the lifecycle setup -> (step, evaluate, save)* -> close."""
 
-    File rows are validated (a malformed row names its file and index) and rows
-    whose gold answer a verifier cannot parse are reported once and skipped.
-    """
-    from reasonrl.data import load_jsonl, validate_rows
-    from reasonrl.verifiers.scoring import check_golds
+    def __init__(self, cfg, runtime: Runtime | None = None):
+        self.cfg = cfg
+        self.runtime = runtime or init_runtime(cfg.model.get("device", "auto"))
+        self.steps_done = 0  # optimizer steps taken (the policy version)
+        self.evals: dict[int, dict[str, float]] = {}
+        self.before_sft: dict[str, Any] | None = None
+        self.pool = self.logger = self.last_batch = None
 
-    def load(path):
-        rows = validate_rows(load_jsonl(path), task.REQUIRED_FIELDS, path, cfg.task.skip_bad_rows)
-        rows = check_golds([task.from_row(r) for r in rows], verifiers, path)
-        if not rows:
-            raise ValueError(f"{path}: no usable rows")
-        return rows
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> "GRPOTrainer":
+        cfg, alg = self.cfg, self.cfg.algorithm
+        check_train_config(cfg)
+        self.t_start = time.time()
+        self.run_dir = open_run_dir(cfg, self.runtime.is_main)
+        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+        self.model, self.tokenizer, self.model_path = load_policy(cfg.model, progress=cfg.logging.progress,
+                                                                  device=self.runtime.device)
+        self.task = get_task(cfg.task.name)
+        self.verifiers = build_verifiers(cfg.verifier)
+        if cfg.task.answer_verifier not in self.verifiers:
+            raise ValueError(f"task.answer_verifier={cfg.task.answer_verifier!r} is not among the configured verifiers "
+                             f"{sorted(self.verifiers)}")
+        self.answer_verifier = self.verifiers[cfg.task.answer_verifier][0]
+        if cfg.verify.workers > 0:
+            from reasonrl.verifiers.pool import ScoringPool
 
-    for key in ("eval_file", "train_file"):
-        if not cfg.task[key] and not hasattr(task, "heldout"):
-            raise ValueError(f"task {cfg.task.name!r} reads its problems from files: set task.{key}")
-    if cfg.task.eval_file:
-        heldout = load(cfg.task.eval_file)[: cfg.task.heldout_size]
-    else:
-        heldout = check_golds(task.heldout(cfg.task.heldout_size, cfg.task.n_terms, cfg.task.digits), verifiers, "held-out set")
-    if not cfg.task.train_file:
-        return task.train_stream(seed, cfg.task.n_terms, cfg.task.digits, cfg.task.heldout_size), heldout
-    rows = load(cfg.task.train_file)
-    rng = random.Random(seed)
+            self.pool = ScoringPool({k: v for k, (v, _) in self.verifiers.items()}, cfg.verify.workers, cfg.verify.timeout_s)
+        self.stream, self.heldout = problem_source(self.task, cfg.task, cfg.seed, self.verifiers)
+        from omegaconf import OmegaConf
 
-    def cycle():
-        while True:
-            order = list(rows)
-            rng.shuffle(order)
-            yield from order
+        self.logger = RunLogger(self.run_dir, tensorboard=cfg.logging.tensorboard, wandb_project=cfg.logging.wandb_project,
+                                config=OmegaConf.to_container(cfg, resolve=True))
+        if cfg.cold_start.enabled:
+            self._cold_start()
+        self.generator = build_generator(cfg.generator, self.model, self.tokenizer, self.model_path)
+        self.use_tis = alg.tis == "on" or (alg.tis == "auto" and not getattr(self.generator, "exact_logprobs", False))
+        self.opt, self.sched = make_optimizer(self.model, cfg.optim, total_steps=cfg.max_steps * alg.updates_per_batch)
+        # the frozen initial policy, only when a KL penalty asks for it
+        self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False) if alg.kl_coef > 0 else None
+        self.benchmarks = load_benchmark_subsets(cfg, self.tokenizer)
+        return self
 
-    return cycle(), heldout
+    def _cold_start(self) -> None:
+        """SFT on demonstrations before RL; the held-out numbers before it go into the summary."""
+        from reasonrl.sft import demonstration_accuracy, demonstration_pairs, train_sft
 
+        cfg = self.cfg
+        self.before_sft = training_eval(HFGenerator(self.model, self.tokenizer), self.tokenizer, self.heldout, self.render,
+                                        self.answer_verifier, cfg, cfg.seed)
+        self.before_sft["demonstration_accuracy"] = demonstration_accuracy(cfg.cold_start, self.task, cfg.seed)
+        self.runtime.print("[reasonrl] before SFT: " + ", ".join(
+            f"{k.split('/')[-1]}={v:.3f}" for k, v in self.before_sft.items() if v is not None))
+        pairs = demonstration_pairs(cfg.cold_start, self.task, cfg.seed)
+        train_sft(self.model, self.tokenizer, pairs, steps=cfg.cold_start.steps, batch_size=cfg.cold_start.batch_size,
+                  optim=cfg.cold_start.optim, seed=cfg.seed, desc="cold-start sft", progress=cfg.logging.progress)
+        self.save(self.run_dir / "checkpoints" / "sft")
 
-def sample_groups(generator, tokenizer, stream, render, verifiers, pool, *, B: int, G: int, sampling, seed: int,
-                  mask_statuses, dynamic: bool, max_redraws: int, overlong_buffer: int, overlong_coef: float):
-    """Draw B prompts, generate G completions each, score them; return B groups.
+    def render(self, problem) -> str:
+        return self.task.render_prompt(problem, self.cfg.task.template, self.tokenizer)
 
-    With ``dynamic`` (DAPO's dynamic sampling), groups whose G rewards are all equal
-    are dropped and new prompts drawn, at most ``max_redraws`` extra draws; if the
-    cap is hit the batch is filled with the dropped groups. With ``overlong_buffer``
-    > 0, the soft overlong penalty (times ``overlong_coef``) is added to rewards.
-    Returns (problems, rollouts, scored, rewards (N,), stats).
-    """
-    import dataclasses
-
-    import torch
-
-    from reasonrl import grpo
-    from reasonrl.verifiers.scoring import Scored, score
-
-    kept: list[tuple] = []  # (problem, rollouts, verdict rows, masked, rewards) per group
-    spare: list[tuple] = []
-    stats = {"generate_s": 0.0, "verify_s": 0.0, "dropped": 0, "redraws": 0, "zero_std_frac": 0.0, "overlong_penalty_mean": 0.0}
-    for draw in range(max_redraws + 1 if dynamic else 1):
-        problems = [next(stream) for _ in range(B)]
-        prompt_ids = [tokenizer(render(p), add_special_tokens=False)["input_ids"] for p in problems]
+    # ------------------------------------------------------------------ one step
+    def step(self) -> dict[str, Any]:
+        """One GRPO step: sample and score B groups, update the policy, sync the generator; the metrics row."""
+        cfg, alg, ro = self.cfg, self.cfg.algorithm, self.cfg.rollout
+        t0 = time.perf_counter()
+        # 1-4. B problems, G completions each, scored; dynamic sampling redraws signal-free groups
+        batch = collect_groups(
+            self.generator, self.tokenizer, self.stream, self.render, self.verifiers, self.pool,
+            B=ro.prompts_per_step, G=ro.samples_per_prompt,
+            sampling=Sampling(temperature=ro.temperature, top_p=ro.top_p, max_new_tokens=ro.max_new_tokens),
+            seed=cfg.seed * STEP_SEED_STRIDE + self.steps_done + 1, policy_version=self.steps_done,
+            mask_statuses=alg.mask_statuses, dynamic=alg.dynamic_sampling, max_redraws=alg.max_redraws,
+            overlong_buffer=alg.overlong_buffer, overlong_coef=alg.overlong_coef,
+        )
+        self.last_batch = batch
+        self.generator.sleep()  # GPU engines release memory while the policy trains
+        # 5-8. advantages, pack, forward/backward over micro-batches, optimizer step(s)
         t = time.perf_counter()
-        rollouts = generator.generate(prompt_ids, G, dataclasses.replace(sampling, seed=seed + 7919 * draw))
-        stats["generate_s"] += time.perf_counter() - t
+        update = update_policy(
+            self.model, self.opt, self.sched, batch.rollouts, batch.rewards, batch.masked, group_size=batch.group_size,
+            alg=alg, pad_id=self.tokenizer.pad_token_id, ref_model=self.ref_model, use_tis=self.use_tis,
+            temperature=ro.temperature if ro.temperature > 0 else 1.0, micro_batch_size=ro.micro_batch_size,
+            max_len=ro.max_new_tokens, grad_clip=cfg.optim.grad_clip, step=self.steps_done + 1, runtime=self.runtime,
+        )
+        self.steps_done += 1
+        train_s = time.perf_counter() - t
+        # the generator samples the next step with the new weights
         t = time.perf_counter()
-        scored = score([problems[r.prompt_index] for r in rollouts], [r.text for r in rollouts], verifiers, mask_statuses, pool)
-        stats["verify_s"] += time.perf_counter() - t
-        rewards = torch.tensor(scored.rewards, dtype=torch.float32)  # (B*G,)
-        if overlong_buffer > 0:
-            lengths = torch.tensor([len(r.completion_ids) for r in rollouts])
-            penalty = overlong_coef * grpo.overlong_penalty(lengths, sampling.max_new_tokens, overlong_buffer)
-            rewards = rewards + penalty
-            if draw == 0:
-                stats["overlong_penalty_mean"] = float(penalty.mean())
-        has_signal = grpo.keep_groups(rewards, G)  # (B,)
-        if draw == 0:
-            stats["zero_std_frac"] = float((~has_signal).float().mean())
-        for b in range(B):
-            sl = slice(b * G, (b + 1) * G)
-            group = (problems[b], rollouts[sl], scored.verdicts[sl], scored.masked[sl], rewards[sl])
-            (kept if has_signal[b] or not dynamic else spare).append(group)
-        if len(kept) >= B:
-            break
-        stats["redraws"] += 1
-    stats["redraws"] = min(stats["redraws"], max_redraws) if dynamic else 0
-    stats["dropped"] = len(spare)
-    kept = (kept + spare)[:B]  # cap reached: fill with signal-free groups (they get zero advantage)
-    problems = [g[0] for g in kept]
-    rollouts = []
-    for i, g in enumerate(kept):
-        rollouts.extend(dataclasses.replace(r, prompt_index=i) for r in g[1])
-    verdicts = [v for g in kept for v in g[2]]
-    masked = [m for g in kept for m in g[3]]
-    rewards = torch.cat([g[4] for g in kept])
-    return problems, rollouts, Scored(rewards.tolist(), verdicts, masked), rewards, stats
+        self.generator.wake_up()
+        self.generator.sync_weights(self.model)
+        sync_s = time.perf_counter() - t
+        # 9. one metrics row
+        times = {"step_s": time.perf_counter() - t0, "generate_s": batch.stats["generate_s"],
+                 "verify_s": batch.stats["verify_s"], "train_s": train_s, "sync_s": sync_s}
+        return self._metrics_row(batch, update, times)
 
+    def _metrics_row(self, batch, update: dict[str, float], times: dict[str, float]) -> dict[str, Any]:
+        scored = Scored([r.reward for r in batch.rollouts], [r.verdicts for r in batch.rollouts], batch.masked)
+        row: dict[str, Any] = {"step": self.steps_done, **{f"time/{k}": v for k, v in times.items()},
+                               **summarize(scored, list(self.verifiers))}
+        row.update(rollout_metrics(batch, self.tokenizer, self.cfg.task.answer_verifier, times["generate_s"]))
+        row.update({f"train/{k}": update[k] for k in ("loss", "kl", "entropy", "clip_frac", "grad_norm")})
+        row.update({
+            "train/lr": self.sched.get_last_lr()[0],
+            "sampling/logprob_diff_mean": update["logprob_diff_mean"],
+            "sampling/logprob_diff_max": update["logprob_diff_max"],
+            "group/zero_std_frac": batch.stats["zero_std_frac"],
+            "group/dropped": batch.stats["dropped"],
+            "group/redraws": batch.stats["redraws"],
+            "reward/overlong_penalty_mean": batch.stats["overlong_penalty_mean"],
+            "train/masked_frac": update["masked_frac"],
+            "verify/workers_replaced": self.pool.replaced if self.pool is not None else 0,
+        })
+        if self.runtime.device.type == "cuda":
+            row["gpu/peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            torch.cuda.reset_peak_memory_stats()
+        if self.use_tis:
+            row["sampling/tis_weight_mean"] = update["tis_weight_mean"]
+            row["sampling/tis_capped_frac"] = update["tis_capped_frac"]
+        return row
 
-def update_policy(model, opt, sched, rollouts, rewards, masked, *, group_size: int, alg, pad_id: int, ref_model, use_tis: bool,
-                  temperature: float, micro_batch_size: int, max_len: int, grad_clip: float, step: int) -> dict[str, float]:
-    """Steps 5-8 of a GRPO step on one sampled batch, in place on ``model`` and ``opt``.
+    # ------------------------------------------------------------------ evaluation, checkpoints
+    def evaluate(self) -> dict[str, float]:
+        """Held-out accuracy (greedy and sampled) and lengths, and the configured benchmark subsets."""
+        out = training_eval(self.generator, self.tokenizer, self.heldout, self.render, self.answer_verifier, self.cfg,
+                            self.cfg.seed, self.benchmarks)
+        self.evals[self.steps_done] = out
+        return out
 
-    rollouts: N = B*G rollouts, prompt-major; rewards: (N,); masked: N flags (timeout/error verdicts),
-    which leave the loss, the token and sequence counts, and their group's baseline. Returns the
-    step's training statistics (means over completion tokens; loss, entropy, KL and logprob gaps from
-    the first update, the sampled batch under the policy that sampled it; clip fraction over all updates).
-    """
-    import torch
+    def save(self, path: Path) -> Path:
+        """The policy as a Hugging Face folder (written atomically, by the main process)."""
+        if self.runtime.is_main:
+            save_checkpoint(self.model, self.tokenizer, path)
+        return path
 
-    from reasonrl import grpo
-    from reasonrl.data import pack
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next step depends on: weights, optimizer, schedule, step, RNGs, problem stream."""
+        return {
+            "steps_done": self.steps_done,
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "stream": self.stream.state_dict(),
+            "evals": dict(self.evals),
+            "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        }
 
-    device = next(model.parameters()).device
-    keep_flags = [not (m or (alg.mask_truncated and r.finish_reason == "length")) for m, r in zip(masked, rollouts)]
-    valid = torch.tensor([not m for m in masked])
-    adv = grpo.group_advantages(rewards, group_size, alg.adv_scale, valid=valid).to(device)  # (N,)
-    batch = pack(rollouts, pad_id).to(device)
-    keep = torch.tensor(keep_flags, dtype=torch.float32, device=device).unsqueeze(1)  # (N, 1)
-    loss_mask = batch.completion_mask * keep  # (N, L-1)
-    total_tokens, total_seqs = int(loss_mask.sum().item()), int(keep.sum().item())
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps_done = int(state["steps_done"])
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.stream.load_state_dict(state["stream"])
+        self.evals = {int(k): v for k, v in state["evals"].items()}
+        random.setstate(state["rng"]["python"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.generator.sync_weights(self.model)
 
-    model.train()
-    sums = dict.fromkeys(("loss", "entropy", "clip", "kl", "ref_kl", "diff", "tis", "tis_capped"), 0.0)
-    diff_max = 0.0
-    mb = micro_batch_size
-    for update in range(alg.updates_per_batch):
-        opt.zero_grad(set_to_none=True)
-        for s in range(0, len(rollouts), mb):
-            sl = slice(s, s + mb)
-            m = batch.completion_mask[sl]
-            logits = model(input_ids=batch.input_ids[sl], attention_mask=batch.attention_mask[sl]).logits[:, :-1]
-            logits = logits / temperature  # (n, L-1, V)
-            logp = grpo.token_logprobs(logits, batch.input_ids[sl, 1:])  # (n, L-1)
-            # one update: the policy that sampled is this one; several: the stored sampling-time logprobs
-            old_logp = logp.detach() if alg.updates_per_batch == 1 else batch.sampler_logprobs[sl]
-            per_tok, clipped = grpo.clipped_surrogate(logp, old_logp, adv[sl], alg.clip_eps_low, alg.clip_eps_high,
-                                                      alg.dual_clip)
-            if use_tis and alg.updates_per_batch == 1:
-                w = grpo.truncated_is_weights(old_logp, batch.sampler_logprobs[sl], alg.tis_cap)  # (n, L-1)
-                per_tok = per_tok * w
-                sums["tis"] += float((w * m).sum())
-                sums["tis_capped"] += float(((w >= alg.tis_cap) * m).sum())
-            if ref_model is not None:
-                with torch.no_grad():
-                    ref_logits = ref_model(input_ids=batch.input_ids[sl], attention_mask=batch.attention_mask[sl]).logits
-                    ref_logp = grpo.token_logprobs(ref_logits[:, :-1] / temperature, batch.input_ids[sl, 1:])
-                ref_kl = grpo.kl_estimate(logp, ref_logp, alg.kl_estimator)  # (n, L-1)
-                per_tok = per_tok + alg.kl_coef * ref_kl
-                if update == 0:
-                    sums["ref_kl"] += float((ref_kl.detach() * m).sum())
-            ent = grpo.entropy_from_logits(logits) if alg.entropy_coef > 0 else None
-            if ent is not None:
-                per_tok = per_tok - alg.entropy_coef * ent
-            loss = grpo.aggregate(alg.loss_agg, per_tok, loss_mask[sl], total_tokens=total_tokens,
-                                  total_seqs=total_seqs, max_len=max_len)
-            loss.backward()
-            sums["clip"] += float((clipped.float() * m).sum())
-            if update == 0:  # statistics of the sampled batch under the policy that sampled it
-                with torch.no_grad():
-                    ent = grpo.entropy_from_logits(logits) if ent is None else ent.detach()
-                    diff = (logp.detach() - batch.sampler_logprobs[sl]).abs() * m
-                    sums["loss"] += loss.item()
-                    sums["entropy"] += float((ent * m).sum())
-                    sums["kl"] += float((grpo.kl_estimate(batch.sampler_logprobs[sl], logp.detach(), "k3") * m).sum())
-                    sums["diff"] += float(diff.sum())
-                    diff_max = max(diff_max, float(diff.max()))
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
-        if not math.isfinite(sums["loss"]) or not math.isfinite(grad_norm):
-            raise FloatingPointError(f"non-finite loss {sums['loss']} or grad norm {grad_norm} at step {step}")
-        opt.step()
-        sched.step()
-    n_comp = max(float(batch.completion_mask.sum()), 1.0)
-    return {
-        "loss": sums["loss"],
-        "kl": (sums["ref_kl"] if ref_model is not None else sums["kl"]) / n_comp,
-        "entropy": sums["entropy"] / n_comp,
-        "clip_frac": sums["clip"] / (n_comp * alg.updates_per_batch),
-        "grad_norm": grad_norm,
-        "logprob_diff_mean": sums["diff"] / n_comp,
-        "logprob_diff_max": diff_max,
-        "tis_weight_mean": sums["tis"] / n_comp,
-        "tis_capped_frac": sums["tis_capped"] / n_comp,
-        "masked_frac": 1.0 - total_seqs / len(rollouts),
-        "completion_tokens": float(batch.completion_mask.sum()),
-    }
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, Any]:
+        """Evaluate at step 0, run ``max_steps`` steps (evaluating and checkpointing on schedule), finish."""
+        from tqdm import tqdm
+
+        cfg, rt = self.cfg, self.runtime
+        if 0 not in self.evals:
+            self.logger.log({"step": 0, **self.evaluate()})
+            rt.print("[reasonrl] step 0: " + ", ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in self.evals[0].items()))
+        bar = tqdm(total=cfg.max_steps, initial=self.steps_done, desc="grpo", disable=not (cfg.logging.progress and rt.is_main),
+                   dynamic_ncols=True, mininterval=1.0)
+        while self.steps_done < cfg.max_steps:
+            row = self.step()
+            step = self.steps_done
+            if cfg.eval.every > 0 and (step % cfg.eval.every == 0 or step == cfg.max_steps):
+                row.update(self.evaluate())
+            self.logger.log(row)
+            self.logger.log_samples(self._samples(step))
+            if cfg.checkpoint.every > 0 and step % cfg.checkpoint.every == 0:
+                self.save(self.run_dir / "checkpoints" / f"step_{step:06d}")
+            bar.set_postfix(reward=f"{row['reward/mean']:.2f}", think=f"{row['rollout/think_len_mean']:.1f}",
+                            **({"acc": f"{self.evals[step][f'eval/{cfg.task.name}/accuracy']:.2f}"} if step in self.evals else {}))
+            bar.update(1)
+        bar.close()
+        return self._finish()
+
+    def _samples(self, step: int) -> list[dict[str, Any]]:
+        batch = self.last_batch
+        return [{"step": step, "prompt": self.render(batch.problems[r.prompt_index]), "completion": r.text, "reward": r.reward,
+                 "finish_reason": r.finish_reason,
+                 "verdicts": {k: (None if v is None else {"score": v.score, "status": v.status, "info": v.info})
+                              for k, v in r.verdicts.items()}}
+                for r in batch.rollouts[: self.cfg.logging.samples_per_step]]
+
+    def _finish(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.logger.close()
+        final = self.steps_done
+        if final not in self.evals:
+            self.evaluate()
+        if cfg.checkpoint.final:
+            self.save(self.run_dir / "checkpoints" / "final")
+        summary = {"run_dir": str(self.run_dir), "experiment": cfg.experiment_name, "seed": cfg.seed, "steps": final,
+                   "base_model": str(self.model_path), "wall_s": round(time.time() - self.t_start, 1),
+                   "start": self.evals[0], "end": self.evals[final]}
+        if self.before_sft is not None:
+            summary["before_sft"] = self.before_sft
+        if self.runtime.is_main:
+            write_summary(self.run_dir, summary)
+            if cfg.logging.plot:
+                from reasonrl.plots import plot_training
+
+                plot_training(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png", cfg.task.name)
+        return summary
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
 
 def main(cfg) -> dict[str, Any]:
-    import torch
-    from omegaconf import OmegaConf
-    from tqdm import tqdm
-
-    from reasonrl import grpo
-    from reasonrl.build import build_generator, build_verifiers
-    from reasonrl.data import pack
-    from reasonrl.evals.harness import evaluate_heldout, load_eval_benchmarks
-    from reasonrl.metrics import RunLogger, cot_lengths, mean
-    from reasonrl.policy import load_policy, make_optimizer, save_checkpoint
-    from reasonrl.rollout import Sampling
-    from reasonrl.tasks import get_task
-    from reasonrl.verifiers.scoring import summarize
-
-    t_start = time.time()
-    run_dir = open_run_dir(cfg)
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
-
-    # ---- policy, task, verifiers, generator
-    model, tokenizer, model_path = load_policy(cfg.model, progress=cfg.logging.progress)
-    task = get_task(cfg.task.name)
-    render = lambda p: task.render_prompt(p, cfg.task.template, tokenizer)  # noqa: E731
-    verifiers = build_verifiers(cfg.verifier)
-    if cfg.task.answer_verifier not in verifiers:
-        raise ValueError(f"task.answer_verifier={cfg.task.answer_verifier!r} is not among the configured verifiers {sorted(verifiers)}")
-    answer_verifier = verifiers[cfg.task.answer_verifier][0]
-    pool = None
-    if cfg.verify.workers > 0:
-        from reasonrl.verifiers.pool import ScoringPool
-
-        pool = ScoringPool({k: v for k, (v, _) in verifiers.items()}, cfg.verify.workers, cfg.verify.timeout_s)
-    stream, heldout = _problems(cfg, task, cfg.seed, verifiers)
-    logger = RunLogger(run_dir, tensorboard=cfg.logging.tensorboard, wandb_project=cfg.logging.wandb_project,
-                       config=OmegaConf.to_container(cfg, resolve=True))
-
-    B, G, alg = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt, cfg.algorithm
-
-    # ---- optional cold start: SFT on demonstrations, then RL from there
-    before_sft = None
-    if cfg.cold_start.enabled:
-        from reasonrl.rollout import HFGenerator
-        from reasonrl.sft import demonstration_accuracy, demonstration_pairs, train_sft
-
-        before_sft = evaluate_heldout(HFGenerator(model, tokenizer), tokenizer, heldout, render, answer_verifier, cfg, cfg.seed)
-        before_sft["demonstration_accuracy"] = demonstration_accuracy(cfg.cold_start, task, cfg.seed)
-        print("[reasonrl] before SFT: " + ", ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in before_sft.items() if v is not None), flush=True)
-        pairs = demonstration_pairs(cfg.cold_start, task, cfg.seed)
-        train_sft(model, tokenizer, pairs, steps=cfg.cold_start.steps, batch_size=cfg.cold_start.batch_size,
-                  lr=cfg.cold_start.lr, warmup_steps=cfg.cold_start.warmup_steps, min_lr_ratio=cfg.cold_start.min_lr_ratio,
-                  weight_decay=cfg.cold_start.weight_decay, betas=tuple(cfg.cold_start.betas),
-                  grad_clip=cfg.cold_start.grad_clip, seed=cfg.seed, desc="cold-start sft", progress=cfg.logging.progress)
-        save_checkpoint(model, tokenizer, run_dir / "checkpoints" / "sft")
-
-    generator = build_generator(cfg.generator, model, tokenizer, model_path)
-    if alg.tis not in ("auto", "on", "off"):
-        raise ValueError(f"algorithm.tis must be auto, on or off, not {alg.tis!r}")
-    use_tis = alg.tis == "on" or (alg.tis == "auto" and not getattr(generator, "exact_logprobs", False))
-    opt, sched = make_optimizer(model, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay,
-                                warmup_steps=cfg.optim.warmup_steps, total_steps=cfg.max_steps * alg.updates_per_batch,
-                                schedule=cfg.optim.schedule, min_lr_ratio=cfg.optim.min_lr_ratio)
-    temperature = cfg.rollout.temperature
-    sampling_temp = temperature if temperature > 0 else 1.0
-    device = next(model.parameters()).device
-    ref_model = None  # the frozen initial policy, only when a KL penalty asks for it
-    if alg.kl_coef > 0:
-        import copy
-
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-
-    # ---- step 0 evaluation
-    evals: dict[int, dict[str, float]] = {}
-    benchmarks = load_eval_benchmarks(cfg, tokenizer)
-    evals[0] = evaluate_heldout(generator, tokenizer, heldout, render, answer_verifier, cfg, cfg.seed, benchmarks)
-    logger.log({"step": 0, **evals[0]})
-    print("[reasonrl] step 0: " + ", ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in evals[0].items()), flush=True)
-
-    bar = tqdm(total=cfg.max_steps, desc="grpo", disable=not cfg.logging.progress, dynamic_ncols=True, mininterval=1.0)
-    for step in range(1, cfg.max_steps + 1):
-        t0 = time.perf_counter()
-        # 1-4. sample B problems, generate G completions each, verify; dynamic sampling redraws
-        # prompts whose G rewards are all equal (no signal) until B groups carry one, up to a cap
-        problems, rollouts, scored, rewards, draw = sample_groups(
-            generator, tokenizer, stream, render, verifiers, pool, B=B, G=G,
-            sampling=Sampling(temperature=temperature, top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens),
-            seed=cfg.seed * 1_000_003 + step, mask_statuses=alg.mask_statuses, dynamic=alg.dynamic_sampling,
-            max_redraws=alg.max_redraws, overlong_buffer=alg.overlong_buffer, overlong_coef=alg.overlong_coef,
-        )
-        generator.sleep()  # GPU engines release memory while the policy trains
-        generate_s, verify_s = draw["generate_s"], draw["verify_s"]
-
-        # 5-8. group advantages, pack, forward/backward over micro-batches, optimizer step(s)
-        t = time.perf_counter()
-        upd = update_policy(model, opt, sched, rollouts, rewards, scored.masked, group_size=G, alg=alg, pad_id=tokenizer.pad_token_id,
-                            ref_model=ref_model, use_tis=use_tis, temperature=sampling_temp,
-                            micro_batch_size=cfg.rollout.micro_batch_size, max_len=cfg.rollout.max_new_tokens,
-                            grad_clip=cfg.optim.grad_clip, step=step)
-        train_s = time.perf_counter() - t
-        t = time.perf_counter()
-        generator.wake_up()
-        generator.sync_weights(model)
-        sync_s = time.perf_counter() - t
-
-        # 9. one metrics row
-        lens = [len(r.completion_ids) for r in rollouts]
-        think, answer = cot_lengths([r.text for r in rollouts], tokenizer, cfg.task.think_in_prompt)
-        ans = cfg.task.answer_verifier
-        correct = [v[ans] is not None and v[ans].status == "correct" for v in scored.verdicts]
-        row: dict[str, Any] = {
-            "step": step,
-            "time/step_s": time.perf_counter() - t0,
-            "time/generate_s": generate_s,
-            "time/verify_s": verify_s,
-            "time/train_s": train_s,
-            "time/sync_s": sync_s,
-            **summarize(scored, list(verifiers)),
-            "rollout/len_mean": mean(lens),
-            "rollout/len_max": max(lens),
-            "rollout/clipped_frac": mean(r.finish_reason == "length" for r in rollouts),
-            "rollout/tokens_per_s": sum(lens) / max(generate_s, 1e-9),
-            "rollout/think_len_mean": mean(think),
-            "rollout/answer_len_mean": mean(answer),
-            "rollout/len_correct_mean": mean(n for n, c in zip(lens, correct) if c),
-            "rollout/len_wrong_mean": mean(n for n, c in zip(lens, correct) if not c),
-            "train/loss": upd["loss"],
-            "train/kl": upd["kl"],
-            "train/entropy": upd["entropy"],
-            "train/clip_frac": upd["clip_frac"],
-            "train/grad_norm": upd["grad_norm"],
-            "train/lr": sched.get_last_lr()[0],
-            "sampling/logprob_diff_mean": upd["logprob_diff_mean"],
-            "sampling/logprob_diff_max": upd["logprob_diff_max"],
-            "group/zero_std_frac": draw["zero_std_frac"],
-            "group/dropped": draw["dropped"],
-            "group/redraws": draw["redraws"],
-            "reward/overlong_penalty_mean": draw["overlong_penalty_mean"],
-            "train/masked_frac": upd["masked_frac"],
-            "verify/workers_replaced": pool.replaced if pool is not None else 0,
-        }
-        if device.type == "cuda":
-            row["gpu/peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
-            torch.cuda.reset_peak_memory_stats()
-        if use_tis:
-            row["sampling/tis_weight_mean"] = upd["tis_weight_mean"]
-            row["sampling/tis_capped_frac"] = upd["tis_capped_frac"]
-        if cfg.eval.every > 0 and (step % cfg.eval.every == 0 or step == cfg.max_steps):
-            evals[step] = evaluate_heldout(generator, tokenizer, heldout, render, answer_verifier, cfg, cfg.seed, benchmarks)
-            row.update(evals[step])
-        logger.log(row)
-        logger.log_samples([
-            {"step": step, "prompt": render(problems[r.prompt_index]), "completion": r.text, "reward": scored.rewards[i],
-             "finish_reason": r.finish_reason,
-             "verdicts": {k: (None if v is None else {"score": v.score, "status": v.status, "info": v.info})
-                          for k, v in scored.verdicts[i].items()}}
-            for i, r in enumerate(rollouts[: cfg.logging.samples_per_step])
-        ])
-        if cfg.checkpoint.every > 0 and step % cfg.checkpoint.every == 0:
-            save_checkpoint(model, tokenizer, run_dir / "checkpoints" / f"step_{step:06d}")
-        bar.set_postfix(reward=f"{row['reward/mean']:.2f}", think=f"{row['rollout/think_len_mean']:.1f}",
-                        **({"acc": f"{evals[step][f'eval/{cfg.task.name}/accuracy']:.2f}"} if step in evals else {}))
-        bar.update(1)
-    bar.close()
-    logger.close()
-    if pool is not None:
-        pool.close()
-
-    # ---- final checkpoint, summary, plot, table
-    final_step = cfg.max_steps
-    if cfg.max_steps not in evals:
-        evals[final_step] = evaluate_heldout(generator, tokenizer, heldout, render, answer_verifier, cfg, cfg.seed,
-                                             benchmarks)
-    if cfg.checkpoint.final:
-        save_checkpoint(model, tokenizer, run_dir / "checkpoints" / "final")
-    summary = {
-        "run_dir": str(run_dir),
-        "experiment": cfg.experiment_name,
-        "seed": cfg.seed,
-        "steps": cfg.max_steps,
-        "base_model": str(model_path),
-        "wall_s": round(time.time() - t_start, 1),
-        "start": evals[0],
-        "end": evals[final_step],
-    }
-    if before_sft is not None:
-        summary["before_sft"] = before_sft
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    if cfg.logging.plot:
-        from reasonrl.plots import plot_training
-
-        plot_training(run_dir / "metrics.jsonl", run_dir / "curves.png", cfg.task.name)
-    print(_table(evals[0], evals[final_step], final_step, cfg.task.name), flush=True)
-    print(f"[reasonrl] run directory: {run_dir}", flush=True)
+    trainer = GRPOTrainer(cfg).setup()
+    try:
+        summary = trainer.fit()
+    finally:
+        trainer.close()
+    trainer.runtime.print(result_table(summary["start"], summary["end"], summary["steps"], cfg.task.name))
+    announce(trainer.run_dir)
     return summary
 
 
-def _table(start: dict, end: dict, final_step: int, name: str) -> str:
+def result_table(start: dict, end: dict, final_step: int, name: str) -> str:
     rows = [
         ("held-out accuracy (greedy)", f"eval/{name}/accuracy", "{:.1%}"),
         ("held-out accuracy (sampled)", f"eval/{name}/accuracy_sampled", "{:.1%}"),

@@ -19,7 +19,7 @@ def test_column_steps_by_hand():
 
 
 def test_every_step_is_true_and_the_answer_follows():
-    p = next(arith.train_stream(3))
+    p = next(arith.ArithStream(3))
     steps, total = arith.column_steps(p["numbers"])
     for s in steps:
         lhs, rhs = s.split("=")
@@ -31,14 +31,14 @@ def test_heldout_is_fixed_and_disjoint_from_training():
     h = arith.heldout(500)
     assert h == arith.heldout(500) and len({p["question"] for p in h}) == 500
     held = {p["question"] for p in h}
-    train = [next(s) for s in [arith.train_stream(0)] for _ in range(5000)]
+    train = [next(s) for s in [arith.ArithStream(0)] for _ in range(5000)]
     assert not held & {p["question"] for p in train}
     corpus_q = {re.match(r"Q:(.*)=\?", pr).group(1) for pr, _ in arith.pretrain_corpus(5000, 0)}
     assert not held & corpus_q
 
 
 def test_training_stream_is_seeded():
-    a, b, c = arith.train_stream(1), arith.train_stream(1), arith.train_stream(2)
+    a, b, c = arith.ArithStream(1), arith.ArithStream(1), arith.ArithStream(2)
     xs = [next(a)["question"] for _ in range(20)]
     assert xs == [next(b)["question"] for _ in range(20)]
     assert xs != [next(c)["question"] for _ in range(20)]

@@ -38,14 +38,13 @@ def test_load_jsonl_errors_name_file_and_row(tmp_path):
 def test_train_cli_reports_malformed_task_row(tmp_path):
     from conftest import compose
 
-    from reasonrl.train import _problems
-    from reasonrl.tasks import arith
+    from reasonrl.tasks import get_task, problem_source
 
     f = tmp_path / "train.jsonl"
     f.write_text("\n".join(json.dumps(r) for r in [{"question": "1+2", "answer": "3"}, {"question": "1+1", "answr": "2"}]))
     cfg = compose("train", [f"task.train_file={f}"])
     with pytest.raises(DataError, match=r"row 1 has no field 'answer'"):
-        _problems(cfg, arith, 0, {})
+        problem_source(get_task("arith"), cfg.task, 0, {})
 
 
 def test_pack_aligns_completion_mask_and_logprobs():

@@ -33,7 +33,7 @@ def test_maj_at_k_by_hand():
 
 @needs_data
 def test_reference_check_scores_every_benchmark_at_100(tmp_path):
-    from reasonrl.evaluate import main
+    from reasonrl.benchmark import main
 
     names = ["gsm8k", "math500", "aime24", "amc23", "minerva_math", "olympiadbench"]
     cfg = compose("eval", ["check=true", f"benchmarks=[{','.join(names)}]", f"run_dir={tmp_path}"])
@@ -48,7 +48,7 @@ def test_reference_check_scores_every_benchmark_at_100(tmp_path):
 @needs_data
 def test_reference_check_on_code_benchmarks(tmp_path):
     """HumanEval's canonical solutions and MBPP's reference code, run in the sandbox by the code verifier."""
-    from reasonrl.evaluate import main
+    from reasonrl.benchmark import main
 
     cfg = compose("eval", ["check=true", "benchmarks=[humaneval,mbpp]", f"run_dir={tmp_path}"])
     results = main(cfg)
@@ -65,7 +65,7 @@ def test_reference_check_on_code_benchmarks(tmp_path):
 
 def _tiny_eval(tmp_path, benchmark: str, limit: int, n: int) -> dict:
     """reasonrl-eval with the tiny test model, n samples at temperature 1."""
-    from reasonrl.evaluate import main
+    from reasonrl.benchmark import main
 
     model_overrides = [o for o in TINY if o.startswith("model.")]
     ks = ",".join(str(k) for k in (1, 2, 4) if k <= n)

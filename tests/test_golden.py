@@ -65,7 +65,7 @@ def run_case(name: str, tmp_path: Path) -> dict:
     if kind == "train":
         from reasonrl.train import main
     else:
-        from reasonrl.sft import main
+        from reasonrl.finetune import main
     main(cfg)
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     rows = [{k: v for k, v in r.items() if not k.startswith(WALL_CLOCK)} for r in rows]

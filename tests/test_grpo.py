@@ -126,3 +126,17 @@ def test_overlong_penalty():
 
 def test_keep_groups_for_dynamic_sampling():
     assert grpo.keep_groups(torch.tensor([1.0, 1, 0, 1, 0, 0]), 2).tolist() == [False, True, False]
+
+
+def test_rloo_advantages_by_hand():
+    from reasonrl.grpo import estimate_advantages
+
+    # group [1, 0, 0]: sample 0 minus the mean of (0, 0) = 1; sample 1 minus mean(1, 0) = -0.5
+    # group [1, 1, x] with x invalid: each minus the other valid one = 0; x gets 0
+    r = torch.tensor([1.0, 0, 0, 1, 1, 5])
+    valid = torch.tensor([True, True, True, True, True, False])
+    assert estimate_advantages("rloo", r, 3, valid, None).tolist() == [1.0, -0.5, -0.5, 0.0, 0.0, 0.0]
+    # a group with one valid sample has no baseline
+    assert estimate_advantages("rloo", torch.tensor([3.0, 1.0]), 2, torch.tensor([True, False]), None).tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="unknown advantage estimator 'nope'.*rloo"):
+        estimate_advantages("nope", r, 3, valid, None)

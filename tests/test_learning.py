@@ -18,9 +18,10 @@ import torch
 
 from conftest import REPO, compose
 from reasonrl.grpo import group_advantages
+from reasonrl.config import OptimConfig
 from reasonrl.policy import make_optimizer
 from reasonrl.rollout import Rollout
-from reasonrl.train import update_policy
+from reasonrl.update import update_policy
 
 B, G, V = 3, 4, 40
 PAD = 0
@@ -72,7 +73,7 @@ def algorithm(preset: str = "grpo", *overrides: str):
 def run_update(model, ros, rewards, alg, masked=None, lr=1e-2, sgd=False, grad_clip=1.0):
     """One call of the trainer's update; ``sgd`` makes the parameter change the gradient itself (times lr),
     and a large ``grad_clip`` keeps its scale (clipping would normalise a wrong token count away)."""
-    opt, sched = make_optimizer(model, lr=lr)
+    opt, sched = make_optimizer(model, OptimConfig(lr=lr), total_steps=1)
     if sgd:  # Adam's first step is about lr * sign(gradient): it would magnify float noise in near-zero gradients
         opt = torch.optim.SGD(model.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
@@ -196,3 +197,33 @@ def test_every_preset_has_the_values_the_readme_states():
             assert (alg.kl_estimator, alg.kl_coef) == (estimator, float(coef)), preset
         assert alg.dynamic_sampling == ("dynamic sampling" in extras), preset
         assert (alg.overlong_buffer > 0) == ("overlong penalty" in extras), preset
+
+
+def test_a_new_estimator_and_loss_are_one_decorated_function_each():
+    """Registered from outside the trainer, chosen by name in the config, used by the unchanged update."""
+    from reasonrl import grpo
+
+    calls = []
+
+    @grpo.advantage_estimator("test_sign")
+    def sign_advantages(rewards, group_size, valid, alg):
+        calls.append("advantage")
+        return (rewards - 0.5).sign() * valid
+
+    @grpo.policy_loss("test_reinforce")
+    def reinforce(logp, old_logp, adv, alg):
+        calls.append("loss")
+        return -logp * adv.unsqueeze(-1), torch.zeros_like(logp, dtype=torch.bool)
+
+    try:
+        model = tiny_model()
+        before = completion_logprobs(model, rollouts())
+        run_update(model, rollouts(), REWARDS, algorithm("grpo", "advantage=test_sign", "policy_loss=test_reinforce"))
+        change = completion_logprobs(model, rollouts()) - before
+        assert calls[:2] == ["advantage", "loss"]
+        assert (change.sign() == (REWARDS - 0.5).sign()).all()
+    finally:
+        grpo.ADVANTAGE_ESTIMATORS.pop("test_sign")
+        grpo.POLICY_LOSSES.pop("test_reinforce")
+    with pytest.raises(ValueError, match="unknown policy loss 'test_reinforce'"):
+        run_update(tiny_model(), rollouts(), REWARDS, algorithm("grpo", "policy_loss=test_reinforce"))

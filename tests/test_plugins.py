@@ -72,7 +72,7 @@ def test_third_party_verifier_by_name_from_the_cli(tmp_path):
     assert inst.returncode == 0, inst.stderr[-2000:]
     assert list(site.glob("reasonrl_toyplug-0.1.dist-info/entry_points.txt"))
 
-    env = {**os.environ, "PYTHONPATH": str(site), "TOY_HANG_QUESTION": next(arith.train_stream(0))["question"]}
+    env = {**os.environ, "PYTHONPATH": str(site), "TOY_HANG_QUESTION": next(arith.ArithStream(0))["question"]}
     exe = os.path.join(os.path.dirname(sys.executable), "reasonrl-train")
     run_dir = tmp_path / "run"
     out = subprocess.run([exe, *TINY, "max_steps=2", "verifier=[integer,toy_len,toy_hang]", "verifier.toy_len.max_chars=30",

@@ -32,7 +32,7 @@ def _rows(run_dir):
 
 @pytest.fixture(scope="module")
 def two_step_run(tmp_path_factory):
-    from reasonrl.policy import load_policy
+    from reasonrl.models import load_policy
     from reasonrl.train import main
 
     run_dir = tmp_path_factory.mktemp("run")
@@ -95,7 +95,7 @@ def test_cold_start_then_rl(tmp_path):
 
 
 def test_sft_entry_point(tmp_path):
-    from reasonrl.sft import main
+    from reasonrl.finetune import main
 
     overrides = [o for o in TINY if not o.startswith(("rollout.",))]
     cfg = compose("sft", [*overrides, "max_steps=4", "sft.eval_every=2", "sft.demos=16", f"run_dir={tmp_path}"])
@@ -128,7 +128,7 @@ def test_console_script(tmp_path):
      "algorithm.mask_truncated=true"],
 ])
 def test_algorithm_variants_train(tmp_path, overrides):
-    from reasonrl.policy import load_policy
+    from reasonrl.models import load_policy
     from reasonrl.train import main
 
     cfg = compose("train", [*TINY, *overrides, "max_steps=2", "optim.lr=1e-3", f"run_dir={tmp_path}",
@@ -154,7 +154,7 @@ def test_dynamic_sampling_redraws_until_groups_carry_signal():
     import torch as t
 
     from reasonrl.rollout import Rollout, Sampling
-    from reasonrl.train import sample_groups
+    from reasonrl.collect import collect_groups
     from reasonrl.verifiers.integer import IntegerVerifier
 
     class Scripted:
@@ -171,17 +171,52 @@ def test_dynamic_sampling_redraws_until_groups_carry_signal():
             return out
 
     stream = iter({"question": str(i), "answer": "7"} for i in range(100))
-    kw = dict(B=3, G=2, sampling=Sampling(max_new_tokens=8), seed=0, mask_statuses=("error",), max_redraws=5,
-              overlong_buffer=0, overlong_coef=1.0)
+    kw = dict(B=3, G=2, sampling=Sampling(max_new_tokens=8), seed=0, policy_version=0, mask_statuses=("error",),
+              max_redraws=5, overlong_buffer=0, overlong_coef=1.0)
     tok = lambda text, add_special_tokens=False: {"input_ids": [int(text)]}  # noqa: E731
-    problems, rollouts, scored, rewards, stats = sample_groups(Scripted(), tok, stream, lambda p: p["question"],
-                                                               {"integer": (IntegerVerifier(), 1.0)}, None, dynamic=True, **kw)
+    batch = collect_groups(Scripted(), tok, stream, lambda p: p["question"], {"integer": (IntegerVerifier(), 1.0)}, None,
+                           dynamic=True, **kw)
+    problems, rollouts, rewards, stats = batch.problems, batch.rollouts, batch.rewards, batch.stats
     # questions 0..2: only "1" (k=1 of G=2) has signal; 3..5: "4"; 6..8: "7" -> 3 draws fill B=3
     assert [p["question"] for p in problems] == ["1", "4", "7"]
     assert stats["redraws"] == 2 and stats["dropped"] == 6 and stats["zero_std_frac"] == pytest.approx(2 / 3)
     assert [r.prompt_index for r in rollouts] == [0, 0, 1, 1, 2, 2]
-    assert rewards.tolist() == [1.0, 0.0] * 3 and len(scored.verdicts) == 6
+    assert rewards.tolist() == [1.0, 0.0] * 3 and all("integer" in r.verdicts for r in rollouts)
     stream2 = iter({"question": str(i), "answer": "7"} for i in range(100))
-    p2, _, _, r2, s2 = sample_groups(Scripted(), tok, stream2, lambda p: p["question"],
-                                     {"integer": (IntegerVerifier(), 1.0)}, None, dynamic=False, **kw)
-    assert [p["question"] for p in p2] == ["0", "1", "2"] and s2["redraws"] == 0 and t.equal(r2[:2], t.zeros(2))
+    b2 = collect_groups(Scripted(), tok, stream2, lambda p: p["question"], {"integer": (IntegerVerifier(), 1.0)}, None,
+                        dynamic=False, **kw)
+    assert [p["question"] for p in b2.problems] == ["0", "1", "2"] and b2.stats["redraws"] == 0
+    assert t.equal(b2.rewards[:2], t.zeros(2))
+
+
+def test_trainer_state_round_trip_repeats_the_next_step(tmp_path):
+    """state_dict() after a step, another step, load_state_dict(), the same step again: identical."""
+    import copy
+
+    from reasonrl.train import GRPOTrainer
+
+    cfg = compose("train", [*TINY, "max_steps=3", "optim.lr=1e-3", "verify.workers=0", "logging.tensorboard=false",
+                            f"run_dir={tmp_path}"])
+    trainer = GRPOTrainer(cfg).setup()
+    try:
+        trainer.step()
+        saved = copy.deepcopy(trainer.state_dict())
+        first = trainer.step()
+        params = [p.detach().clone() for p in trainer.model.parameters()]
+        trainer.load_state_dict(saved)
+        assert trainer.steps_done == 1
+        again = trainer.step()
+    finally:
+        trainer.close()
+    drop = lambda r: json.dumps({k: v for k, v in r.items() if not k.startswith(("time/", "rollout/tokens_per_s"))},  # noqa: E731
+                                sort_keys=True)  # NaN-safe comparison
+    assert drop(again) == drop(first)
+    assert all(torch.equal(a, b) for a, b in zip(params, trainer.model.parameters()))
+
+
+def test_sft_on_a_task_without_demonstrations_says_what_is_missing(tmp_path):
+    from reasonrl.finetune import main
+
+    cfg = compose("sft", ["task=gsm8k", "model.pretrain.max_steps=0", f"run_dir={tmp_path}", "logging.progress=false"])
+    with pytest.raises(ValueError, match="task 'gsm8k' provides no demonstrations.*sft.data_file"):
+        main(cfg)

@@ -46,13 +46,12 @@ def test_conversion_gives_a_working_hf_folder():
 def test_gsm8k_task_reads_the_real_file_and_renders_chat_prompts():
     from reasonrl.gguf import get_or_convert
     from reasonrl.policy import load_hf
-    from reasonrl.tasks import arith, gsm8k
-    from reasonrl.train import _problems
+    from reasonrl.tasks import arith, get_task, gsm8k, problem_source
 
     cfg = compose("train", ["task=gsm8k", "model=smollm2_135m", "verifier=[integer]"])
     from reasonrl.build import build_verifiers
 
-    stream, heldout = _problems(cfg, gsm8k, 0, build_verifiers(cfg.verifier))
+    stream, heldout = problem_source(get_task("gsm8k"), cfg.task, 0, build_verifiers(cfg.verifier))
     assert len(heldout) == cfg.task.heldout_size and heldout[0]["answer"] == "18"  # Janet's ducks
     assert next(stream)["answer"].lstrip("-").isdigit()
     _, tok = load_hf(get_or_convert(SPEC))

@@ -23,7 +23,7 @@ def test_tokenizer_is_character_level_with_single_token_tags():
 def test_base_model_is_built_once_cached_and_loads(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from reasonrl.policy import load_policy
+    from reasonrl.models import load_policy
     from reasonrl.tiny import base_path
 
     cfg = compose("train", ["model.pretrain.max_steps=3", "model.pretrain.eval_every=3",

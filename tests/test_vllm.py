@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not ok, reason=reason)
 
 @pytest.fixture(scope="module")
 def engine():
-    from reasonrl.policy import load_policy
+    from reasonrl.models import load_policy
     from reasonrl.rollout_vllm import VLLMGenerator
 
     cfg = compose("train", TINY)
@@ -126,7 +126,7 @@ def test_grpo_with_vllm_logs_parity_every_step(tmp_path, engine):
 def test_seeded_sampling_survives_prefills_that_do_not_fit_one_step(engine):
     """40 prompts x 4 samples with a 100-token scheduler budget: on CPU the prefills are kept whole
     (chunked prefill off), so seeded sampling runs, and the same seed gives the same samples."""
-    from reasonrl.policy import load_policy
+    from reasonrl.models import load_policy
     from reasonrl.rollout import Sampling
     from reasonrl.rollout_vllm import VLLMGenerator
 

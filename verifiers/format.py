@@ -2,8 +2,10 @@
 
 ``<think>...</think>`` followed (whitespace allowed) by ``<answer>...</answer>``
 and nothing else but whitespace. When the prompt already opened ``<think>``
-(``think_in_prompt=True``), the completion must start inside the think block
-and must not open another one. Score 1 for the exact structure, else 0 with
+(the problem's ``prompt_opens_think``, which the trainer and the evaluation
+loop read from the rendered template; or ``think_in_prompt=True`` given
+explicitly), the completion must start inside the think block and must not
+open another one. Score 1 for the exact structure, else 0 with
 status ``format_error`` and the reason in ``info``; with ``partial_credit=True``
 a malformed completion earns 0.25 for each of the four tags that occurs
 exactly once (capped below 1, so only the exact structure scores 1).
@@ -23,12 +25,13 @@ _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 class FormatVerifier:
     name = "format"
 
-    def __init__(self, think_in_prompt: bool = False, partial_credit: bool = False):
-        self.think_in_prompt = think_in_prompt
+    def __init__(self, think_in_prompt: bool | None = None, partial_credit: bool = False):
+        self.think_in_prompt = think_in_prompt  # None: as the problem says (prompt_opens_think)
         self.partial_credit = partial_credit
 
     def __call__(self, problem: Mapping[str, Any], completion: str) -> Verdict:
-        text = "<think>" + completion if self.think_in_prompt else completion
+        opened = problem.get("prompt_opens_think", False) if self.think_in_prompt is None else self.think_in_prompt
+        text = "<think>" + completion if opened else completion
         counts = {t: text.count(t) for t in _TAGS}
         if _STRICT.match(text) and all(c == 1 for c in counts.values()):
             return Verdict(1.0, "correct", {})

@@ -2,7 +2,8 @@
 
 Each job is one (completion, verifier) pair. Jobs go to ``workers`` processes
 in chunks; every result comes back on its own, so each job has its own
-deadline. A worker that passes the deadline is killed and replaced: its current
+deadline, counted from when its worker could start it (a replacement
+worker's start-up is not charged to the job it inherits). A worker that passes the deadline is killed and replaced: its current
 job costs one ``timeout`` verdict and its queued jobs go to the replacement. A
 worker that dies (segfault, ``os._exit``, out of memory) costs one ``error``
 verdict for its current job and is replaced the same way. A check that raises
@@ -29,11 +30,14 @@ from reasonrl.verifiers.base import GoldAnswerError, Verdict, Verifier
 
 log = logging.getLogger(__name__)
 CHUNK = 64
+_READY = ("ready", None)
+STARTUP_TIMEOUT_S = 120.0  # a worker that has not started by then is replaced (and its first job is an error)
 
 
 def _worker_main(conn: Connection, verifiers: dict[str, Verifier]) -> None:
     from reasonrl.verifiers.base import safe_call
 
+    conn.send(_READY)  # start-up (a fresh interpreter, imports) does not count against any check's deadline
     while True:
         try:
             jobs = conn.recv()
@@ -56,7 +60,8 @@ class _Worker:
         self.proc.start()
         child.close()
         self.queue: deque[int] = deque()  # job ids sent, in order; the head is running
-        self.deadline = float("inf")
+        self.ready = False
+        self.deadline = time.monotonic() + STARTUP_TIMEOUT_S  # until it says it is ready
 
     def kill(self) -> None:
         if self.proc.is_alive():
@@ -97,13 +102,17 @@ class ScoringPool:
                 while todo and len(w.queue) < CHUNK // 2:
                     batch = [todo.popleft() for _ in range(min(CHUNK, len(todo)))]
                     self._send(w, [(j, *jobs[j][1:]) for j in batch], now)
-            live = [w.conn for w in self._workers if w.queue]
-            nearest = min((w.deadline for w in self._workers if w.queue), default=now + self.timeout_s)
+            live = [w.conn for w in self._workers if w.queue or not w.ready]
+            nearest = min((w.deadline for w in self._workers if w.queue or not w.ready), default=now + self.timeout_s)
             for conn in wait(live, timeout=max(0.0, nearest - time.monotonic())):
                 w = next(x for x in self._workers if x.conn is conn)
                 try:
                     while conn.poll():
                         job_id, verdict = conn.recv()
+                        if (job_id, verdict) == _READY:
+                            w.ready = True
+                            w.deadline = time.monotonic() + self.timeout_s
+                            continue
                         results[job_id] = verdict
                         w.queue.remove(job_id)
                         w.deadline = time.monotonic() + self.timeout_s
@@ -111,7 +120,9 @@ class ScoringPool:
                     self._replace(w, results, todo, Verdict(0.0, "error", {"worker_died": 1}))
             now = time.monotonic()
             for w in list(self._workers):
-                if w.queue and now > w.deadline:
+                if w.queue and not w.ready and now > w.deadline:
+                    self._replace(w, results, todo, Verdict(0.0, "error", {"worker_start_timeout_s": STARTUP_TIMEOUT_S}))
+                elif w.queue and now > w.deadline:
                     self._replace(w, results, todo, Verdict(0.0, "timeout", {"timeout_s": self.timeout_s}))
                 elif w.queue and not w.proc.is_alive() and not w.conn.poll():
                     self._replace(w, results, todo, Verdict(0.0, "error", {"worker_died": 1}))
@@ -121,7 +132,7 @@ class ScoringPool:
         return out
 
     def _send(self, w: _Worker, batch, now: float) -> None:
-        if not w.queue:
+        if not w.queue and w.ready:
             w.deadline = now + self.timeout_s
         w.queue.extend(j for j, *_ in batch)
         w.conn.send(batch)

@@ -24,15 +24,17 @@ It does not load files: :mod:`reasonrl.data` validates external rows.
 from __future__ import annotations
 
 import random
-from typing import Iterator
+
+from reasonrl.tasks.base import ProblemStream, Task, _tuplify
 
 HELDOUT_SEED = 20_241_126
+DEMO_SEED_OFFSET = 7919  # demonstrations draw from their own stream, never the training stream of the same seed
 CHARSET = list("0123456789+=?Q: ")
 TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
 
 # Prompt templates by name. ``r1`` leaves the whole R1 structure to the model;
-# ``r1_think`` opens the think block in the prompt (the format verifier is told
-# through ``think_in_prompt``).
+# ``r1_think`` opens the think block in the prompt (verifiers and length
+# statistics read that from the rendered prompt: reasonrl.tasks.opens_think).
 TEMPLATES = {
     "r1": "Q:{question}=?",
     "r1_think": "Q:{question}=?<think>",
@@ -61,7 +63,7 @@ def make_problem(numbers: tuple[int, ...]) -> dict:
     }
 
 
-def _draw(rng: random.Random, n_terms: int, digits: int) -> tuple[int, ...]:
+def _random_terms(rng: random.Random, n_terms: int, digits: int) -> tuple[int, ...]:
     lo, hi = 10 ** (digits - 1), 10**digits - 1
     return tuple(rng.randint(lo, hi) for _ in range(n_terms))
 
@@ -72,21 +74,33 @@ def heldout(n: int = 500, n_terms: int = 3, digits: int = 2) -> list[dict]:
     seen: set[tuple[int, ...]] = set()
     out = []
     while len(out) < n:
-        nums = _draw(rng, n_terms, digits)
+        nums = _random_terms(rng, n_terms, digits)
         if nums not in seen:
             seen.add(nums)
             out.append(make_problem(nums))
     return out
 
 
-def train_stream(seed: int, n_terms: int = 3, digits: int = 2, heldout_n: int = 500) -> Iterator[dict]:
+class ArithStream(ProblemStream):
     """An endless seeded stream of training problems, disjoint from the held-out set."""
-    excluded = {tuple(p["numbers"]) for p in heldout(heldout_n, n_terms, digits)}
-    rng = random.Random(seed)
-    while True:
-        nums = _draw(rng, n_terms, digits)
-        if nums not in excluded:
-            yield make_problem(nums)
+
+    def __init__(self, seed: int, n_terms: int = 3, digits: int = 2, heldout_n: int = 500):
+        self.n_terms, self.digits = n_terms, digits
+        self.excluded = {tuple(p["numbers"]) for p in heldout(heldout_n, n_terms, digits)}
+        self.rng = random.Random(seed)
+
+    def __next__(self) -> dict:
+        while True:
+            nums = _random_terms(self.rng, self.n_terms, self.digits)
+            if nums not in self.excluded:
+                return make_problem(nums)
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.setstate(_tuplify(state["rng"]))
+
 
 
 def column_steps(numbers: tuple[int, ...] | list[int]) -> tuple[list[str], int]:
@@ -127,7 +141,7 @@ def pretrain_corpus(
     directly, so the column facts themselves are learned.
     """
     rng = random.Random(seed)
-    stream = train_stream(seed, n_terms, digits)
+    stream = ArithStream(seed, n_terms, digits)
     out = []
     for _ in range(n):
         if rng.random() < short_frac / (1 + short_frac):
@@ -161,8 +175,8 @@ def demonstrations(n: int, seed: int, *, flaw_frac: float = 0.15, n_terms: int =
     Rows: {"prompt", "completion", "answer"} where ``answer`` is the true sum, so
     the demonstrations' own accuracy can be measured.
     """
-    rng = random.Random(seed + 7919)
-    stream = train_stream(seed + 7919, n_terms, digits)
+    rng = random.Random(seed + DEMO_SEED_OFFSET)
+    stream = ArithStream(seed + DEMO_SEED_OFFSET, n_terms, digits)
     out = []
     for _ in range(n):
         p = next(stream)
@@ -171,3 +185,15 @@ def demonstrations(n: int, seed: int, *, flaw_frac: float = 0.15, n_terms: int =
             text = _flaw(rng, p["numbers"])
         out.append({"prompt": render_prompt(p), "completion": text, "answer": p["answer"]})
     return out
+
+
+TASK = Task(
+    name="arith",
+    render_prompt=render_prompt,
+    templates=tuple(TEMPLATES),
+    required_fields=REQUIRED_FIELDS,
+    from_row=from_row,
+    heldout=heldout,
+    train_stream=ArithStream,
+    demonstrations=demonstrations,
+)

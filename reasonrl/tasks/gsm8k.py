@@ -8,7 +8,8 @@ gold check reports with its row and skips.
 
 Templates: ``chat_boxed`` (the tokenizer's chat template, asking for a boxed
 final answer; for instruct models) and ``r1`` (the plain-text R1-Zero prompt
-ending in ``<think>``; for base models, with ``task.think_in_prompt=true``).
+ending in ``<think>``, for base models; the format verifier and the length
+statistics see that the prompt opened the think block).
 
 It does not download anything: ``task.train_file`` and ``task.eval_file``
 point at local files.
@@ -17,6 +18,8 @@ point at local files.
 from __future__ import annotations
 
 from typing import Any, Mapping
+
+from reasonrl.tasks.base import Task
 
 REQUIRED_FIELDS = {"question": str, "answer": str}
 
@@ -52,3 +55,12 @@ def render_prompt(problem: Mapping[str, Any], template: str = "chat_boxed", toke
         msg = [{"role": "user", "content": instruction.format(question=problem["question"])}]
         return tokenizer.apply_chat_template(msg, tokenize=False, add_generation_prompt=True)
     raise ValueError(f"unknown gsm8k template {template!r}; known: ['chat_boxed', 'r1']")
+
+
+TASK = Task(
+    name="gsm8k",
+    render_prompt=render_prompt,
+    templates=("chat_boxed", "r1"),
+    required_fields=REQUIRED_FIELDS,
+    from_row=from_row,
+)

@@ -64,7 +64,7 @@ def summarize(n: int, ks, verdicts, answers, lengths, clipped) -> dict[str, floa
 def main(cfg) -> dict[str, Any]:
     from reasonrl.evals.loaders import CODE_BENCHMARKS, CODE_INSTRUCTION, load_benchmark, reference_extract
     from reasonrl.tasks.gsm8k import BOXED_INSTRUCTION
-    from reasonrl.train import open_run_dir
+    from reasonrl.runs import announce, open_run_dir
 
     run_dir = open_run_dir(cfg)
     results: dict[str, Any] = {}
@@ -72,7 +72,7 @@ def main(cfg) -> dict[str, Any]:
     model = tokenizer = generator = None
     if not cfg.check:
         from reasonrl.build import build_generator
-        from reasonrl.policy import load_policy
+        from reasonrl.models import load_policy
 
         model, tokenizer, path = load_policy(cfg.model)
         generator = build_generator(cfg.generator, model, tokenizer, path)
@@ -125,7 +125,7 @@ def main(cfg) -> dict[str, Any]:
         md.append(f"| {name} | {r['problems']} | " + " | ".join(f"{r[k]:.3f}" if k in r else "" for k in keys) + " |")
     (run_dir / "results.md").write_text("\n".join(md) + "\n")
     print("\n".join(md), flush=True)
-    print(f"[reasonrl] run directory: {run_dir}", flush=True)
+    announce(run_dir)
     return results
 
 

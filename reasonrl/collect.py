@@ -1,0 +1,73 @@
+"""Sampling a step's groups: prompts from the stream, G completions each, scores, dynamic sampling.
+
+:func:`collect_groups` is steps 1-4 of one GRPO step (DESIGN.md): take B
+problems, generate G completions per prompt, score every completion with every
+verifier, and turn verdicts into rewards. With dynamic sampling (DAPO) groups
+whose G rewards are all equal carry no signal: they are set aside and more
+prompts are drawn, at most ``max_redraws`` times, and the batch is filled up
+with set-aside groups if the cap is hit. The soft overlong penalty is added to
+rewards here.
+
+It does not update the policy (:mod:`reasonrl.update`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Mapping
+
+import torch
+
+from reasonrl import grpo
+from reasonrl.rollout import Generator, Rollout, RolloutBatch, Sampling
+from reasonrl.tasks import with_prompt_info
+from reasonrl.verifiers.scoring import score
+
+REDRAW_SEED_STRIDE = 7919  # redraw r of a step samples with seed + r * stride: fresh, reproducible seeds
+
+
+def collect_groups(generator: Generator, tokenizer, stream, render: Callable[[Mapping[str, Any]], str], verifiers, pool, *,
+                   B: int, G: int, sampling: Sampling, seed: int, policy_version: int, mask_statuses, dynamic: bool,
+                   max_redraws: int, overlong_buffer: int, overlong_coef: float) -> RolloutBatch:
+    """B scored groups of G rollouts (prompt-major), with the sampling statistics in ``stats``."""
+    kept: list[tuple[dict, list[Rollout]]] = []
+    spare: list[tuple[dict, list[Rollout]]] = []
+    stats = {"generate_s": 0.0, "verify_s": 0.0, "dropped": 0, "redraws": 0, "zero_std_frac": 0.0,
+             "overlong_penalty_mean": 0.0}
+    for attempt in range(max_redraws + 1 if dynamic else 1):
+        texts, problems = [], []
+        for _ in range(B):  # each problem as verifiers see it: with what its prompt opened
+            problem = next(stream)
+            texts.append(render(problem))
+            problems.append(with_prompt_info(problem, texts[-1]))
+        prompt_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        t = time.perf_counter()
+        rollouts = generator.generate(prompt_ids, G, dataclasses.replace(sampling, seed=seed + REDRAW_SEED_STRIDE * attempt))
+        stats["generate_s"] += time.perf_counter() - t
+        t = time.perf_counter()
+        scored = score([problems[r.prompt_index] for r in rollouts], [r.text for r in rollouts], verifiers, mask_statuses, pool)
+        stats["verify_s"] += time.perf_counter() - t
+        rewards = torch.tensor(scored.rewards, dtype=torch.float32)  # (B*G,)
+        if overlong_buffer > 0:
+            lengths = torch.tensor([len(r.completion_ids) for r in rollouts])
+            penalty = overlong_coef * grpo.overlong_penalty(lengths, sampling.max_new_tokens, overlong_buffer)
+            rewards = rewards + penalty
+            if attempt == 0:
+                stats["overlong_penalty_mean"] = float(penalty.mean())
+        for r, reward, verdicts, masked in zip(rollouts, rewards.tolist(), scored.verdicts, scored.masked):
+            r.reward, r.verdicts, r.masked, r.policy_version = reward, verdicts, masked, policy_version
+        has_signal = grpo.keep_groups(rewards, G)  # (B,)
+        if attempt == 0:
+            stats["zero_std_frac"] = float((~has_signal).float().mean())
+        for b in range(B):
+            group = (problems[b], rollouts[b * G:(b + 1) * G])
+            (kept if has_signal[b] or not dynamic else spare).append(group)
+        if len(kept) >= B:
+            break
+        stats["redraws"] += 1
+    stats["redraws"] = min(stats["redraws"], max_redraws) if dynamic else 0
+    stats["dropped"] = len(spare)
+    kept = (kept + spare)[:B]  # cap reached: fill with signal-free groups (they get zero advantage)
+    rollouts = [dataclasses.replace(r, prompt_index=i) for i, (_, group) in enumerate(kept) for r in group]
+    return RolloutBatch(problems=[p for p, _ in kept], rollouts=rollouts, group_size=G, stats=stats)

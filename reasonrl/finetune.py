@@ -1,0 +1,72 @@
+"""reasonrl-sft: supervised fine-tuning on demonstrations, as a run of its own.
+
+Run::
+
+    reasonrl-sft                                   # demonstrations of the arith world
+    reasonrl-sft sft.data_file=demos.jsonl max_steps=300 hydra.run.dir=runs/sft1
+
+writes a run directory (config.yaml, metrics.jsonl, TensorBoard events,
+checkpoints/final, summary.json) whose final checkpoint ``reasonrl-train
+model.path=...`` can start from. The loop itself is :func:`reasonrl.sft.train_sft`.
+
+It does not run RL (``reasonrl-train experiment=sft_cold_start_arith`` runs SFT then RL).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+
+def main(cfg) -> dict[str, Any]:
+    import torch
+
+    from reasonrl.evals.harness import training_eval
+    from reasonrl.metrics import RunLogger
+    from reasonrl.models import load_policy
+    from reasonrl.policy import save_checkpoint
+    from reasonrl.rollout import HFGenerator
+    from reasonrl.runs import announce, open_run_dir, write_summary
+    from reasonrl.sft import demonstration_accuracy, demonstration_pairs, train_sft
+    from reasonrl.tasks import get_task
+    from reasonrl.verifiers.integer import IntegerVerifier
+
+    t_start = time.time()
+    run_dir = open_run_dir(cfg)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer, model_path = load_policy(cfg.model, progress=cfg.logging.progress)
+    task = get_task(cfg.task.name)
+    pairs = demonstration_pairs(cfg.sft, task, cfg.seed)
+    heldout = task.need("heldout", "reasonrl-sft evaluates on the task's generated held-out set")(
+        cfg.task.heldout_size, cfg.task.n_terms, cfg.task.digits)
+    render = lambda p: task.render_prompt(p, cfg.task.template, tokenizer)  # noqa: E731
+    logger = RunLogger(run_dir, tensorboard=cfg.logging.tensorboard, wandb_project=cfg.logging.wandb_project)
+
+    def eval_fn(m):
+        return training_eval(HFGenerator(m, tokenizer), tokenizer, heldout, render, IntegerVerifier(), cfg, cfg.seed)
+
+    start = eval_fn(model)
+    logger.log({"step": 0, **start})
+    hist = train_sft(model, tokenizer, pairs, steps=cfg.max_steps, batch_size=cfg.sft.batch_size, optim=cfg.sft.optim,
+                     seed=cfg.seed, eval_fn=eval_fn, eval_every=cfg.sft.eval_every, log_fn=logger.log,
+                     progress=cfg.logging.progress)
+    logger.close()
+    save_checkpoint(model, tokenizer, run_dir / "checkpoints" / "final")
+    summary = {
+        "run_dir": str(run_dir), "experiment": cfg.experiment_name, "seed": cfg.seed, "steps": hist["steps"],
+        "base_model": str(model_path), "wall_s": round(time.time() - t_start, 1), "demonstrations": len(pairs),
+        "demonstration_accuracy": demonstration_accuracy(cfg.sft, task, cfg.seed),
+        "start": start, "end": hist["evals"][-1] if hist["evals"] else {},
+        "final_checkpoint": str(run_dir / "checkpoints" / "final"),
+    }
+    write_summary(run_dir, summary)
+    print(json.dumps({k: summary[k] for k in ("demonstration_accuracy", "start", "end")}, indent=1))
+    announce(run_dir)
+    return summary
+
+
+def cli() -> None:
+    from reasonrl.config import run_entry_point
+
+    run_entry_point(main, "sft")

@@ -1,0 +1,87 @@
+"""The process's place in a run: rank, world size, device, and the few collective helpers.
+
+One :class:`Runtime` is created per process by :func:`init_runtime`. A plain
+``python``/``reasonrl-train`` process is rank 0 of a world of size 1, and every
+helper is then the identity; under ``torchrun`` the environment (``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``) says where the process stands and a process
+group is started (NCCL on GPUs, gloo on CPU). Code reads ``runtime.device``
+and ``runtime.is_main`` and reduces counts with ``runtime.sum``; it never
+branches on whether it runs distributed.
+
+It does not shard models or launch processes (torchrun does the launching).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Runtime:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def sum(self, value: float) -> float:
+        """``value`` summed over every rank (a float; identity in a world of one)."""
+        if not self.distributed:
+            return float(value)
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self._comm_device())
+        torch.distributed.all_reduce(t)
+        return float(t.item())
+
+    def max(self, value: float) -> float:
+        if not self.distributed:
+            return float(value)
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self._comm_device())
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return float(t.item())
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+    def print(self, *args, **kwargs) -> None:
+        """``print`` on the main process only."""
+        if self.is_main:
+            print(*args, **{"flush": True, **kwargs})
+
+    def close(self) -> None:
+        if self.distributed and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    def _comm_device(self) -> torch.device:
+        return self.device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+
+
+def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto``: this process's GPU when there is one, else the CPU; or an explicit device string."""
+    if preference == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(preference)
+
+
+def init_runtime(device: str = "auto") -> Runtime:
+    """The runtime of this process, from the launcher's environment (a world of one without torchrun)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    dev = pick_device(device, local_rank)
+    if world > 1 and not torch.distributed.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        torch.distributed.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return Runtime(rank=rank, world_size=world, local_rank=local_rank, local_world_size=local_world, device=dev)

@@ -1,0 +1,76 @@
+"""The task contract: :class:`Task` (what a task provides) and :class:`ProblemStream` (resumable problems)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    render_prompt: Callable[..., str]  # (problem, template, tokenizer) -> prompt text
+    templates: tuple[str, ...]
+    required_fields: Mapping[str, type | tuple[type, ...]]  # of a file row
+    from_row: Callable[[Mapping[str, Any]], dict]  # file row -> problem
+    heldout: Callable[..., list[dict]] | None = None  # (n, n_terms, digits) -> the fixed held-out set
+    train_stream: Callable[..., "ProblemStream"] | None = None  # (seed, n_terms, digits, heldout_n) -> stream
+    demonstrations: Callable[..., list[dict]] | None = None  # (n, seed, flaw_frac=...) -> {prompt, completion, answer}
+
+    def provides(self, what: str) -> bool:
+        return getattr(self, what) is not None
+
+    def need(self, what: str, hint: str) -> Callable:
+        """The provided function ``what``, or a ValueError that names the task, what it lacks and ``hint``."""
+        fn = getattr(self, what)
+        if fn is None:
+            offered = [k for k in ("heldout", "train_stream", "demonstrations") if self.provides(k)]
+            raise ValueError(f"task {self.name!r} provides no {what} (it provides: {offered or 'files only'}); {hint}")
+        return fn
+
+
+class ProblemStream:
+    """An endless, seeded iterator of training problems whose position is part of a checkpoint."""
+
+    def __next__(self) -> dict:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
+
+
+class ShuffledRows(ProblemStream):
+    """File rows, each pass in a new seeded order."""
+
+    def __init__(self, rows: Sequence[dict], seed: int):
+        self.rows, self.rng = list(rows), random.Random(seed)
+        self.order: list[int] = []
+        self.pos = 0
+
+    def __next__(self) -> dict:
+        if self.pos >= len(self.order):
+            self.order = list(range(len(self.rows)))
+            self.rng.shuffle(self.order)
+            self.pos = 0
+        row = self.rows[self.order[self.pos]]
+        self.pos += 1
+        return row
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate(), "order": list(self.order), "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.setstate(_tuplify(state["rng"]))
+        self.order, self.pos = list(state["order"]), int(state["pos"])
+
+
+def _tuplify(x):
+    """random.Random states come back from a checkpoint as lists; setstate wants tuples."""
+    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
