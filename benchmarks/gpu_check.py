@@ -41,12 +41,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 SHAPES = {
     # hidden, layers, heads, kv heads, mlp, as in the Qwen2.5 configs (head size 64 / 128)
-    "qwen2.5-0.5b": dict(hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2, head_dim=64,
-                         intermediate_size=4864, vocab_size=151936),
-    "qwen2.5-1.5b": dict(hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2, head_dim=128,
-                         intermediate_size=8960, vocab_size=151936),
-    "tiny": dict(hidden_size=64, num_layers=2, num_heads=1, num_kv_heads=1, head_dim=64,
-                 intermediate_size=128, vocab_size=512),
+    "qwen2.5-0.5b": dict(
+        hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2, head_dim=64, intermediate_size=4864, vocab_size=151936
+    ),
+    "qwen2.5-1.5b": dict(
+        hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2, head_dim=128, intermediate_size=8960, vocab_size=151936
+    ),
+    "tiny": dict(hidden_size=64, num_layers=2, num_heads=1, num_kv_heads=1, head_dim=64, intermediate_size=128, vocab_size=512),
 }
 
 
@@ -89,13 +90,28 @@ def run_shape(name: str, args, cache: Path, peak_tflops: float) -> dict:
     shape = SHAPES[name]
     run_dir = Path(tempfile.mkdtemp(prefix=f"gpu_check_{name}_"))
     overrides = [
-        "experiment=r1_zero_arith", "model.arch.type=qwen2", *[f"model.arch.{k}={v}" for k, v in shape.items()],
-        "model.arch.max_position_embeddings=4096", "model.pretrain.max_steps=0", f"model.dtype={args.dtype}",
-        f"max_steps={args.steps}", f"rollout.prompts_per_step={args.prompts}", f"rollout.samples_per_prompt={args.samples}",
-        f"rollout.max_new_tokens={args.new_tokens}", f"rollout.micro_batch_size={args.micro_batch}",
-        "generator=hf", f"generator.batch_size={args.prompts * args.samples}", "task.heldout_size=8", "eval.every=0",
-        "eval.sampled=false", "eval.max_new_tokens=8", "verify.workers=0", "checkpoint.final=false",
-        "logging.tensorboard=false", "logging.plot=false", f"logging.progress={str(not args.quiet).lower()}",
+        "experiment=r1_zero_arith",
+        "model.arch.type=qwen2",
+        *[f"model.arch.{k}={v}" for k, v in shape.items()],
+        "model.arch.max_position_embeddings=4096",
+        "model.pretrain.max_steps=0",
+        f"model.dtype={args.dtype}",
+        f"max_steps={args.steps}",
+        f"rollout.prompts_per_step={args.prompts}",
+        f"rollout.samples_per_prompt={args.samples}",
+        f"rollout.max_new_tokens={args.new_tokens}",
+        f"rollout.micro_batch_size={args.micro_batch}",
+        "generator=hf",
+        f"generator.batch_size={args.prompts * args.samples}",
+        "task.heldout_size=8",
+        "eval.every=0",
+        "eval.sampled=false",
+        "eval.max_new_tokens=8",
+        "verify.workers=0",
+        "checkpoint.final=false",
+        "logging.tensorboard=false",
+        "logging.plot=false",
+        f"logging.progress={str(not args.quiet).lower()}",
         f"run_dir={run_dir}",
     ]
     os.environ["XDG_CACHE_HOME"] = str(cache)
@@ -115,31 +131,51 @@ def run_shape(name: str, args, cache: Path, peak_tflops: float) -> dict:
         prompt_len = 12  # "Q:47+85+29=?": one token per character
         train_tokens = n * (prompt_len + r["rollout/len_mean"]) * cfg.algorithm.updates_per_batch
         train_tps = train_tokens / r["time/train_s"]
-        steps.append({
-            "step": r["step"], "step_s": r["time/step_s"], "generate_s": r["time/generate_s"], "verify_s": r["time/verify_s"],
-            "train_s": r["time/train_s"], "sync_s": r["time/sync_s"], "gen_tokens_per_s": r["rollout/tokens_per_s"],
-            "train_tokens_per_s": train_tps, "mfu": 6 * params * train_tps / (peak_tflops * 1e12),
-            "peak_mem_gb": r.get("gpu/peak_mem_gb"), "completion_len": r["rollout/len_mean"],
-        })
+        steps.append(
+            {
+                "step": r["step"],
+                "step_s": r["time/step_s"],
+                "generate_s": r["time/generate_s"],
+                "verify_s": r["time/verify_s"],
+                "train_s": r["time/train_s"],
+                "sync_s": r["time/sync_s"],
+                "gen_tokens_per_s": r["rollout/tokens_per_s"],
+                "train_tokens_per_s": train_tps,
+                "mfu": 6 * params * train_tps / (peak_tflops * 1e12),
+                "peak_mem_gb": r.get("gpu/peak_mem_gb"),
+                "completion_len": r["rollout/len_mean"],
+            }
+        )
     timed = steps[1:] or steps
     mean = {k: statistics.mean(s[k] for s in timed) for k in steps[0] if k != "step" and steps[0][k] is not None}
     mean["peak_mem_gb"] = max((s["peak_mem_gb"] or 0) for s in steps)
-    return {"shape": name, "params": params, "wall_s": wall, "steps": steps, "mean_after_first": mean,
-            "config": {k: getattr(args, k) for k in ("prompts", "samples", "new_tokens", "micro_batch", "dtype")}}
+    return {
+        "shape": name,
+        "params": params,
+        "wall_s": wall,
+        "steps": steps,
+        "mean_after_first": mean,
+        "config": {k: getattr(args, k) for k in ("prompts", "samples", "new_tokens", "micro_batch", "dtype")},
+    }
 
 
 def table(results: list[dict], device_name: str, peak: float) -> str:
-    lines = [f"device: {device_name}; measured bf16 matmul peak {peak:.0f} TFLOP/s" if peak >= 1 else
-             f"device: {device_name}; measured matmul peak {peak * 1000:.1f} GFLOP/s",
-             "", "| shape | params | gen tok/s | train tok/s | MFU (train) | peak mem GiB | step s | generate | verify | train | sync |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"device: {device_name}; measured bf16 matmul peak {peak:.0f} TFLOP/s"
+        if peak >= 1
+        else f"device: {device_name}; measured matmul peak {peak * 1000:.1f} GFLOP/s",
+        "",
+        "| shape | params | gen tok/s | train tok/s | MFU (train) | peak mem GiB | step s | generate | verify | train | sync |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         m = r["mean_after_first"]
         split = {k: m[f"{k}_s"] / m["step_s"] for k in ("generate", "verify", "train", "sync")}
         lines.append(
             f"| {r['shape']} | {r['params'] / 1e6:.0f}M | {m['gen_tokens_per_s']:.0f} | {m['train_tokens_per_s']:.0f} | "
             f"{m['mfu']:.1%} | {m['peak_mem_gb']:.1f} | {m['step_s']:.2f} | {split['generate']:.0%} | {split['verify']:.0%} | "
-            f"{split['train']:.0%} | {split['sync']:.0%} |")
+            f"{split['train']:.0%} | {split['sync']:.0%} |"
+        )
     return "\n".join(lines)
 
 
@@ -166,8 +202,12 @@ def main_cli() -> None:
     if device == "cpu" and not args.dry_run:
         raise SystemExit("no GPU here: use --dry-run for the CPU check")
     device_name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
-    peak = matmul_tflops(device, torch.bfloat16 if device == "cuda" else torch.float32, 8192 if device == "cuda" else 512,
-                         50 if device == "cuda" else 5)
+    peak = matmul_tflops(
+        device,
+        torch.bfloat16 if device == "cuda" else torch.float32,
+        8192 if device == "cuda" else 512,
+        50 if device == "cuda" else 5,
+    )
     print(f"[gpu_check] {device_name}: matmul {peak:.3f} TFLOP/s", flush=True)
     cache = Path(tempfile.mkdtemp(prefix="gpu_check_cache_"))
     results = [run_shape(s, args, cache, peak) for s in args.shapes.split(",")]

@@ -41,12 +41,12 @@ def _timed(fn, reps):
 
 
 def _setup(name):
-    from reasonrl.models import load_policy
-
     from omegaconf import OmegaConf
 
+    from reasonrl.models import load_policy
+
     if name == "tiny":
-        from reasonrl.config import ModelConfig, ArchConfig, PretrainConfig
+        from reasonrl.config import ArchConfig, ModelConfig, PretrainConfig
         from reasonrl.tasks import arith
 
         cfg = OmegaConf.structured(ModelConfig(arch=ArchConfig(), pretrain=PretrainConfig()))
@@ -79,16 +79,25 @@ def bench(name: str, reps: int, hf_reps: int) -> dict:
     t = time.perf_counter()
     gen = VLLMGenerator(model, tok, model_path=str(path), dtype="float32", max_model_len=max_len)
     startup = time.perf_counter() - t
+
     def ours(seed):
         ro = gen.generate(prompts, n, Sampling(temperature=1.0, max_new_tokens=max_new, seed=seed))
         return sum(len(r.completion_ids) for r in ro)
 
     def direct(logprobs):
         def run(seed):
-            sp = SamplingParams(n=n, temperature=1.0, max_tokens=max_new, seed=seed, logprobs=logprobs,
-                                flat_logprobs=logprobs is not None, skip_special_tokens=True)
+            sp = SamplingParams(
+                n=n,
+                temperature=1.0,
+                max_tokens=max_new,
+                seed=seed,
+                logprobs=logprobs,
+                flat_logprobs=logprobs is not None,
+                skip_special_tokens=True,
+            )
             outs = gen.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], sp, use_tqdm=False)
             return sum(len(o.token_ids) for out in outs for o in out.outputs)
+
         return run
 
     hf = HFGenerator(model, tok, batch_size=256)
@@ -97,10 +106,20 @@ def bench(name: str, reps: int, hf_reps: int) -> dict:
         ro = hf.generate(prompts, n, Sampling(temperature=1.0, max_new_tokens=max_new, seed=seed))
         return sum(len(r.completion_ids) for r in ro)
 
-    res = {"model": name, "params": sum(p.numel() for p in model.parameters()), "prompts": len(prompts), "n": n,
-           "max_new_tokens": max_new, "engine_startup_s": round(startup, 1)}
-    for label, fn, r in [("ours", ours, reps), ("direct_logprobs", direct(0), reps), ("direct_plain", direct(None), reps),
-                         ("hf", hf_run, hf_reps)]:
+    res = {
+        "model": name,
+        "params": sum(p.numel() for p in model.parameters()),
+        "prompts": len(prompts),
+        "n": n,
+        "max_new_tokens": max_new,
+        "engine_startup_s": round(startup, 1),
+    }
+    for label, fn, r in [
+        ("ours", ours, reps),
+        ("direct_logprobs", direct(0), reps),
+        ("direct_plain", direct(None), reps),
+        ("hf", hf_run, hf_reps),
+    ]:
         rate, toks, med = _timed(fn, r)
         res[f"{label}_median_call_s"] = round(med, 3)
         res[f"{label}_tokens"] = toks
@@ -133,12 +152,16 @@ def main() -> None:
         with open(args.out, "w") as fh:
             json.dump({"meta": meta, "results": results}, fh, indent=2)
     print(f"\nmachine: {meta['machine']}")
-    print("| model | seqs x max tokens | ours tok/s | LLM.generate tok/s (logprobs / none) | overhead | HF tok/s | ours / HF | sync s | engine start s |")
+    print(
+        "| model | seqs x max tokens | ours tok/s | LLM.generate tok/s (logprobs / none) | overhead | HF tok/s | ours / HF | sync s | engine start s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['model']} | {r['prompts']}x{r['n']} x {r['max_new_tokens']} | {r['ours_tok_per_s']:.0f} | "
-              f"{r['direct_logprobs_tok_per_s']:.0f} / {r['direct_plain_tok_per_s']:.0f} | {r['overhead_vs_direct_pct']:+.1f}% | "
-              f"{r['hf_tok_per_s']:.0f} | {r['speedup_vs_hf']}x | {r['sync_s']:.3f} | {r['engine_startup_s']} |")
+        print(
+            f"| {r['model']} | {r['prompts']}x{r['n']} x {r['max_new_tokens']} | {r['ours_tok_per_s']:.0f} | "
+            f"{r['direct_logprobs_tok_per_s']:.0f} / {r['direct_plain_tok_per_s']:.0f} | {r['overhead_vs_direct_pct']:+.1f}% | "
+            f"{r['hf_tok_per_s']:.0f} | {r['speedup_vs_hf']}x | {r['sync_s']:.3f} | {r['engine_startup_s']} |"
+        )
 
 
 if __name__ == "__main__":

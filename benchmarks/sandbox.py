@@ -74,8 +74,11 @@ def _humaneval_one(n: int) -> int:
 def throughput(workers: int, n: int) -> dict:
     out = {}
     with ProcessPoolExecutor(workers) as ex:
-        for name, fn in (("trivial program", _trivial), ("trivial program, no per-run cgroup", _trivial_no_cgroup),
-                         ("HumanEval/0 tests", _humaneval_one)):
+        for name, fn in (
+            ("trivial program", _trivial),
+            ("trivial program, no per-run cgroup", _trivial_no_cgroup),
+            ("HumanEval/0 tests", _humaneval_one),
+        ):
             list(ex.map(fn, [2] * workers))  # warm: interpreter, imports, probe
             t0 = time.perf_counter()
             ok = sum(ex.map(fn, [n // workers] * workers))
@@ -119,11 +122,22 @@ def pool_runs(runs: int, timeout_s: float) -> dict:
             mismatches.append({"kind": k, "expected": e, "got": verdict.status, "info": verdict.info})
     time.sleep(0.2)
     left = sandbox_processes()
-    res = {"runs": runs, "workers": 2, "wall_s": round(wall, 1), "statuses": statuses, "infra_failures": infra,
-           "infra_scored_wrong": infra_as_wrong, "mismatches": mismatches[:10], "n_mismatches": len(mismatches),
-           "leftover_processes": len(left)}
-    print(f"pool: {runs} runs in {wall:.1f} s, statuses {statuses}, infra failures {infra}, "
-          f"infra scored wrong {infra_as_wrong}, mismatches {len(mismatches)}, leftover processes {len(left)}", flush=True)
+    res = {
+        "runs": runs,
+        "workers": 2,
+        "wall_s": round(wall, 1),
+        "statuses": statuses,
+        "infra_failures": infra,
+        "infra_scored_wrong": infra_as_wrong,
+        "mismatches": mismatches[:10],
+        "n_mismatches": len(mismatches),
+        "leftover_processes": len(left),
+    }
+    print(
+        f"pool: {runs} runs in {wall:.1f} s, statuses {statuses}, infra failures {infra}, "
+        f"infra scored wrong {infra_as_wrong}, mismatches {len(mismatches)}, leftover processes {len(left)}",
+        flush=True,
+    )
     return res
 
 
@@ -172,8 +186,15 @@ def mutant(p: dict) -> str | None:
 def humaneval() -> dict:
     probs = read_problems()
     v = CodeVerifier(timeout_s=10)
-    res = {"problems": len(probs), "canonical_pass": 0, "return_none_fail": 0, "mutants": 0, "mutants_fail": 0,
-           "surviving_mutants": [], "cheats": {}}
+    res = {
+        "problems": len(probs),
+        "canonical_pass": 0,
+        "return_none_fail": 0,
+        "mutants": 0,
+        "mutants_fail": 0,
+        "surviving_mutants": [],
+        "cheats": {},
+    }
     t0 = time.perf_counter()
     for tid, p in probs.items():
         res["canonical_pass"] += v(p, p["canonical_solution"]).status == "correct"
@@ -188,7 +209,9 @@ def humaneval() -> dict:
     for name, code in HOSTILE.items():
         if name in ("fork bomb", "sleep forever"):
             continue  # 2 s each; covered by the pool part
-        fails = sum(v(p, "```python\n" + code.replace("{entry}", p["entry_point"]) + "\n```").status != "correct" for p in probs.values())
+        fails = sum(
+            v(p, "```python\n" + code.replace("{entry}", p["entry_point"]) + "\n```").status != "correct" for p in probs.values()
+        )
         res["cheats"][name] = f"{fails}/{len(probs)} fail"
     res["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(res, indent=1), flush=True)
@@ -210,7 +233,11 @@ def main() -> int:
         t0 = time.perf_counter()
         rows = run_battery()
         print(table(rows), flush=True)
-        report["battery"] = {"rows": [vars(r) for r in rows], "contained": sum(r.ok for r in rows), "seconds": round(time.perf_counter() - t0, 1)}
+        report["battery"] = {
+            "rows": [vars(r) for r in rows],
+            "contained": sum(r.ok for r in rows),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
     if "throughput" in parts:
         report["throughput"] = throughput(a.workers, a.n)
     if "pool" in parts:
@@ -221,7 +248,8 @@ def main() -> int:
         a.out.mkdir(parents=True, exist_ok=True)
         (a.out / "sandbox.json").write_text(json.dumps(report, indent=1))
     bad = ("battery" in report and report["battery"]["contained"] < len(report["battery"]["rows"])) or (
-        "pool" in report and (report["pool"]["n_mismatches"] or report["pool"]["leftover_processes"]))
+        "pool" in report and (report["pool"]["n_mismatches"] or report["pool"]["leftover_processes"])
+    )
     return 1 if bad else 0
 
 

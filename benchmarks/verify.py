@@ -82,8 +82,10 @@ def main():
     print("| answers | verifications | in-process cold /s | in-process warm /s | pool cold /s | pool warm /s | pool start-up s |")
     print("|---|---|---|---|---|---|---|")
     for r in res:
-        print(f"| {r['set']} | {r['n']} | {r['inproc_cold']:.0f} | {r['inproc_warm']:.0f} | {r['pool_cold']:.0f} | "
-              f"{r['pool_warm']:.0f} | {r['pool_startup_s']:.1f} |")
+        print(
+            f"| {r['set']} | {r['n']} | {r['inproc_cold']:.0f} | {r['inproc_warm']:.0f} | {r['pool_cold']:.0f} | "
+            f"{r['pool_warm']:.0f} | {r['pool_startup_s']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

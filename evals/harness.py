@@ -41,7 +41,9 @@ def sample_and_score(
     verifier = verifier or IntegerVerifier()
     texts = [render(p) for p in problems]
     prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    sampling = Sampling(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, banned_first_tokens=banned_first_tokens)
+    sampling = Sampling(
+        temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, banned_first_tokens=banned_first_tokens
+    )
     rollouts = generator.generate(prompts, n, sampling)
     verdicts = [safe_call(verifier, with_prompt_info(problems[r.prompt_index], texts[r.prompt_index]), r.text) for r in rollouts]
     think, answer = cot_lengths([r.text for r in rollouts], tokenizer, [opens_think(texts[r.prompt_index]) for r in rollouts])
@@ -75,8 +77,16 @@ def training_eval(generator, tokenizer, problems, render, verifier, cfg, seed: i
         out[f"eval/{name}/accuracy_sampled"] = s["accuracy"]
         out[f"eval/{name}/think_len_mean_sampled"] = s["think_len_mean"]
     for bench, (bproblems, brender, bverifier) in (benchmarks or {}).items():
-        b = sample_and_score(generator, tokenizer, bproblems, render=brender, verifier=bverifier, temperature=0.0, seed=seed,
-                     max_new_tokens=cfg.eval.max_new_tokens)
+        b = sample_and_score(
+            generator,
+            tokenizer,
+            bproblems,
+            render=brender,
+            verifier=bverifier,
+            temperature=0.0,
+            seed=seed,
+            max_new_tokens=cfg.eval.max_new_tokens,
+        )
         out[f"eval/{bench}/accuracy"] = b["accuracy"]
         out[f"eval/{bench}/len_mean"] = b["len_mean"]
     return out

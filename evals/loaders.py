@@ -61,8 +61,10 @@ def _rows(path: str, split: str) -> list[dict[str, Any]]:
     try:
         import datasets
     except ImportError:
-        raise FileNotFoundError(f"benchmark data {path!r} is not a local file, and the `datasets` library is not "
-                                "installed to load it from a hub (pip install datasets)") from None
+        raise FileNotFoundError(
+            f"benchmark data {path!r} is not a local file, and the `datasets` library is not "
+            "installed to load it from a hub (pip install datasets)"
+        ) from None
     return [dict(r) for r in datasets.load_dataset(path, split=split)]
 
 
@@ -80,9 +82,16 @@ def _humaneval(path: str, split: str) -> list[dict[str, Any]]:
         missing = {"task_id", "prompt", "test", "entry_point"} - set(r)
         if missing:
             raise DataError(f"{path}: row {i} lacks {sorted(missing)} (fields: {sorted(r)})")
-        out.append({"id": r["task_id"], "prompt": r["prompt"], "test": r["test"], "entry_point": r["entry_point"],
-                    "question": f"Complete this Python function:\n```python\n{r['prompt']}```",
-                    "reference": f"```python\n{r['prompt']}{r.get('canonical_solution', '')}```"})
+        out.append(
+            {
+                "id": r["task_id"],
+                "prompt": r["prompt"],
+                "test": r["test"],
+                "entry_point": r["entry_point"],
+                "question": f"Complete this Python function:\n```python\n{r['prompt']}```",
+                "reference": f"```python\n{r['prompt']}{r.get('canonical_solution', '')}```",
+            }
+        )
     return out
 
 
@@ -95,14 +104,25 @@ def _mbpp(path: str, split: str) -> list[dict[str, Any]]:
         tests = [t for t in r["test_list"] if t.strip()]
         names = [n for n in _DEF.findall(r["code"]) if any(re.search(rf"\b{n}\s*\(", t) for t in tests)]
         if not tests or not names:
-            log.error("data error: %s row %d (task_id %s) skipped: no test calls a function its reference defines", path, i, r.get("task_id"))
+            log.error(
+                "data error: %s row %d (task_id %s) skipped: no test calls a function its reference defines",
+                path,
+                i,
+                r.get("task_id"),
+            )
             continue
         body = "\n".join("    " + t.strip() for t in tests)
         setup = (r.get("test_setup_code") or "").replace("\r\n", "\n")  # runs after the solution: it may use its classes
-        out.append({"id": r.get("task_id", i), "prompt": "", "entry_point": names[0],
-                    "test": f"{setup}\n\ndef check(candidate):\n{body}\n",
-                    "question": r["text"] + "\nYour code should pass these tests:\n" + "\n".join(tests),
-                    "reference": f"```python\n{r['code']}\n```"})
+        out.append(
+            {
+                "id": r.get("task_id", i),
+                "prompt": "",
+                "entry_point": names[0],
+                "test": f"{setup}\n\ndef check(candidate):\n{body}\n",
+                "question": r["text"] + "\nYour code should pass these tests:\n" + "\n".join(tests),
+                "reference": f"```python\n{r['code']}\n```",
+            }
+        )
     if len(out) < len(rows):
         log.error("data errors: %d of %d MBPP rows in %s skipped", len(rows) - len(out), len(rows), path)
     return out
@@ -133,5 +153,3 @@ def load_benchmark(name: str, path: str, split: str = "test", limit: int | None 
 def reference_extract(name: str) -> list[str]:
     """How the check mode reads a reference solution: GSM8K ends in ``####``, the others box their answer."""
     return ["gsm8k"] if name == "gsm8k" else ["boxed"]
-
-

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 
@@ -52,9 +51,11 @@ def summarize(n: int, ks, verdicts, answers, lengths, clipped) -> dict[str, floa
     out = {"problems": P, "samples": len(verdicts), "accuracy": sum(correct) / len(correct)}
     for k in ks:
         if k <= n:
-            out[f"pass@{k}"] = sum(pass_at_k(n, sum(correct[i * n:(i + 1) * n]), k) for i in range(P)) / P
+            out[f"pass@{k}"] = sum(pass_at_k(n, sum(correct[i * n : (i + 1) * n]), k) for i in range(P)) / P
             if answers is not None:  # None: no majority vote (code)
-                out[f"maj@{k}"] = sum(maj_at_k(answers[i * n:(i + 1) * n], correct[i * n:(i + 1) * n], k) for i in range(P)) / P
+                out[f"maj@{k}"] = (
+                    sum(maj_at_k(answers[i * n : (i + 1) * n], correct[i * n : (i + 1) * n], k) for i in range(P)) / P
+                )
     if lengths:
         out["len_mean"] = sum(lengths) / len(lengths)
         out["truncated_frac"] = sum(clipped) / len(clipped)
@@ -63,8 +64,8 @@ def summarize(n: int, ks, verdicts, answers, lengths, clipped) -> dict[str, floa
 
 def main(cfg) -> dict[str, Any]:
     from reasonrl.evals.loaders import CODE_BENCHMARKS, CODE_INSTRUCTION, load_benchmark, reference_extract
-    from reasonrl.tasks.gsm8k import BOXED_INSTRUCTION
     from reasonrl.runs import announce, open_run_dir
+    from reasonrl.tasks.gsm8k import BOXED_INSTRUCTION
 
     run_dir = open_run_dir(cfg)
     results: dict[str, Any] = {}
@@ -90,15 +91,17 @@ def main(cfg) -> dict[str, Any]:
 
             n = cfg.n
             instruction = CODE_INSTRUCTION if code else BOXED_INSTRUCTION
-            prompts = [tokenizer(gsm8k.render_prompt(p, cfg.template, tokenizer, instruction), add_special_tokens=False)["input_ids"]
-                       for p in problems]
+            prompts = [
+                tokenizer(gsm8k.render_prompt(p, cfg.template, tokenizer, instruction), add_special_tokens=False)["input_ids"]
+                for p in problems
+            ]
             from tqdm import tqdm
 
             sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
             rollouts = []
             chunk = 32  # progress every 32 problems (vLLM seeds each request, so its samples do not depend on this)
             for start in tqdm(range(0, len(prompts), chunk), desc=f"eval {name}", unit="x32 problems", mininterval=2.0):
-                part = generator.generate(prompts[start:start + chunk], n, sampling)
+                part = generator.generate(prompts[start : start + chunk], n, sampling)
                 for r in part:
                     r.prompt_index += start
                 rollouts.extend(part)
@@ -114,9 +117,25 @@ def main(cfg) -> dict[str, Any]:
         res["problems_per_s"] = len(problems) / res["wall_s"]
         results[name] = res
         for p, c, v, a in zip(expanded, completions, verdicts, answers):
-            samples.write(json.dumps({"benchmark": name, "id": p["id"], "answer": str(p.get("answer", ""))[-200:], "extracted": a,
-                                      "completion": c, "status": v.status, "info": v.info}, default=str) + "\n")
-        print(f"[reasonrl] {name}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()), flush=True)
+            samples.write(
+                json.dumps(
+                    {
+                        "benchmark": name,
+                        "id": p["id"],
+                        "answer": str(p.get("answer", ""))[-200:],
+                        "extracted": a,
+                        "completion": c,
+                        "status": v.status,
+                        "info": v.info,
+                    },
+                    default=str,
+                )
+                + "\n"
+            )
+        print(
+            f"[reasonrl] {name}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()),
+            flush=True,
+        )
     samples.close()
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     keys = sorted({k for r in results.values() for k in r if k not in ("problems", "samples")})

@@ -68,4 +68,6 @@ def build_verifiers(nodes: Mapping[str, Any]) -> dict[str, tuple[Any, float]]:
 
 
 def build_generator(node: Mapping[str, Any], model, tokenizer, model_path: str | None = None) -> Any:
-    return instantiate(node, "generator", model=model, tokenizer=tokenizer, model_path=None if model_path is None else str(model_path))
+    return instantiate(
+        node, "generator", model=model, tokenizer=tokenizer, model_path=None if model_path is None else str(model_path)
+    )

@@ -27,14 +27,29 @@ from reasonrl.verifiers.scoring import score
 REDRAW_SEED_STRIDE = 7919  # redraw r of a step samples with seed + r * stride: fresh, reproducible seeds
 
 
-def collect_groups(generator: Generator, tokenizer, stream, render: Callable[[Mapping[str, Any]], str], verifiers, pool, *,
-                   B: int, G: int, sampling: Sampling, seed: int, policy_version: int, mask_statuses, dynamic: bool,
-                   max_redraws: int, overlong_buffer: int, overlong_coef: float) -> RolloutBatch:
+def collect_groups(
+    generator: Generator,
+    tokenizer,
+    stream,
+    render: Callable[[Mapping[str, Any]], str],
+    verifiers,
+    pool,
+    *,
+    B: int,
+    G: int,
+    sampling: Sampling,
+    seed: int,
+    policy_version: int,
+    mask_statuses,
+    dynamic: bool,
+    max_redraws: int,
+    overlong_buffer: int,
+    overlong_coef: float,
+) -> RolloutBatch:
     """B scored groups of G rollouts (prompt-major), with the sampling statistics in ``stats``."""
     kept: list[tuple[dict, list[Rollout]]] = []
     spare: list[tuple[dict, list[Rollout]]] = []
-    stats = {"generate_s": 0.0, "verify_s": 0.0, "dropped": 0, "redraws": 0, "zero_std_frac": 0.0,
-             "overlong_penalty_mean": 0.0}
+    stats = {"generate_s": 0.0, "verify_s": 0.0, "dropped": 0, "redraws": 0, "zero_std_frac": 0.0, "overlong_penalty_mean": 0.0}
     for attempt in range(max_redraws + 1 if dynamic else 1):
         texts, problems = [], []
         for _ in range(B):  # each problem as verifiers see it: with what its prompt opened
@@ -61,7 +76,7 @@ def collect_groups(generator: Generator, tokenizer, stream, render: Callable[[Ma
         if attempt == 0:
             stats["zero_std_frac"] = float((~has_signal).float().mean())
         for b in range(B):
-            group = (problems[b], rollouts[b * G:(b + 1) * G])
+            group = (problems[b], rollouts[b * G : (b + 1) * G])
             (kept if has_signal[b] or not dynamic else spare).append(group)
         if len(kept) >= B:
             break

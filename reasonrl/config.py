@@ -262,8 +262,11 @@ def _constructor_defaults(ep) -> dict[str, Any]:
         logging.getLogger(__name__).warning("verifier plugin %s (%s) cannot be loaded: %s", ep.name, ep.value, e)
         return {}
     simple = (str, int, float, bool, type(None), list, tuple)
-    return {p.name: (list(p.default) if isinstance(p.default, tuple) else p.default) for p in params
-            if p.default is not inspect.Parameter.empty and isinstance(p.default, simple)}
+    return {
+        p.name: (list(p.default) if isinstance(p.default, tuple) else p.default)
+        for p in params
+        if p.default is not inspect.Parameter.empty and isinstance(p.default, simple)
+    }
 
 
 def register() -> None:

@@ -44,7 +44,9 @@ def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def validate_rows(rows: Sequence[Any], required: dict[str, type | tuple[type, ...]], source: str, skip_bad: bool = False) -> list[dict]:
+def validate_rows(
+    rows: Sequence[Any], required: dict[str, type | tuple[type, ...]], source: str, skip_bad: bool = False
+) -> list[dict]:
     """Check that every row has the required fields with the right types.
 
     Raises :class:`DataError` naming ``source``, the row index and the field; with

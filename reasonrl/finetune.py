@@ -39,7 +39,8 @@ def main(cfg) -> dict[str, Any]:
     task = get_task(cfg.task.name)
     pairs = demonstration_pairs(cfg.sft, task, cfg.seed)
     heldout = task.need("heldout", "reasonrl-sft evaluates on the task's generated held-out set")(
-        cfg.task.heldout_size, cfg.task.n_terms, cfg.task.digits)
+        cfg.task.heldout_size, cfg.task.n_terms, cfg.task.digits
+    )
     render = lambda p: task.render_prompt(p, cfg.task.template, tokenizer)  # noqa: E731
     logger = RunLogger(run_dir, tensorboard=cfg.logging.tensorboard, wandb_project=cfg.logging.wandb_project)
 
@@ -48,16 +49,32 @@ def main(cfg) -> dict[str, Any]:
 
     start = eval_fn(model)
     logger.log({"step": 0, **start})
-    hist = train_sft(model, tokenizer, pairs, steps=cfg.max_steps, batch_size=cfg.sft.batch_size, optim=cfg.sft.optim,
-                     seed=cfg.seed, eval_fn=eval_fn, eval_every=cfg.sft.eval_every, log_fn=logger.log,
-                     progress=cfg.logging.progress)
+    hist = train_sft(
+        model,
+        tokenizer,
+        pairs,
+        steps=cfg.max_steps,
+        batch_size=cfg.sft.batch_size,
+        optim=cfg.sft.optim,
+        seed=cfg.seed,
+        eval_fn=eval_fn,
+        eval_every=cfg.sft.eval_every,
+        log_fn=logger.log,
+        progress=cfg.logging.progress,
+    )
     logger.close()
     save_checkpoint(model, tokenizer, run_dir / "checkpoints" / "final")
     summary = {
-        "run_dir": str(run_dir), "experiment": cfg.experiment_name, "seed": cfg.seed, "steps": hist["steps"],
-        "base_model": str(model_path), "wall_s": round(time.time() - t_start, 1), "demonstrations": len(pairs),
+        "run_dir": str(run_dir),
+        "experiment": cfg.experiment_name,
+        "seed": cfg.seed,
+        "steps": hist["steps"],
+        "base_model": str(model_path),
+        "wall_s": round(time.time() - t_start, 1),
+        "demonstrations": len(pairs),
         "demonstration_accuracy": demonstration_accuracy(cfg.sft, task, cfg.seed),
-        "start": start, "end": hist["evals"][-1] if hist["evals"] else {},
+        "start": start,
+        "end": hist["evals"][-1] if hist["evals"] else {},
         "final_checkpoint": str(run_dir / "checkpoints" / "final"),
     }
     write_summary(run_dir, summary)

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from reasonrl.cache import atomic_dir, cache_root, config_key, locked
 
-
 CONVERSION_VERSION = 2
 
 

@@ -40,8 +40,9 @@ ADVANTAGE_SCALES: dict[str, Callable[[Tensor, Tensor, float], Tensor]] = {
 }
 
 
-def group_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps: float = 1e-6,
-                     valid: Tensor | None = None) -> Tensor:
+def group_advantages(
+    rewards: Tensor, group_size: int, scale: str = "group", eps: float = 1e-6, valid: Tensor | None = None
+) -> Tensor:
     """(N,) rewards -> (N,) advantages: reward minus its group's mean, then scaled by name.
 
     ``valid`` (N,) bool, optional: samples that carry a reward (False for a ``timeout`` or

@@ -64,7 +64,9 @@ def _jsonable(v: Any) -> Any:
 class RunLogger:
     """metrics.jsonl + samples.jsonl + TensorBoard (+ optional W&B) in one run directory."""
 
-    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, wandb_project: str | None = None, config: dict | None = None):
+    def __init__(
+        self, run_dir: str | Path, *, tensorboard: bool = True, wandb_project: str | None = None, config: dict | None = None
+    ):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._metrics = open(self.run_dir / "metrics.jsonl", "a", buffering=1)

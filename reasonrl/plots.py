@@ -23,7 +23,10 @@ def plot_training(metrics_path: str | Path, out_path: str | Path, task: str) -> 
     panels = [
         ("reward", [("reward/mean", "train reward")]),
         ("held-out accuracy", [(f"eval/{task}/accuracy", "greedy"), (f"eval/{task}/accuracy_sampled", "sampled")]),
-        ("think length (tokens)", [("rollout/think_len_mean", "train rollouts"), (f"eval/{task}/think_len_mean", "held-out greedy")]),
+        (
+            "think length (tokens)",
+            [("rollout/think_len_mean", "train rollouts"), (f"eval/{task}/think_len_mean", "held-out greedy")],
+        ),
     ]
     for ax, (title, keys) in zip(axes, panels):
         for key, label in keys:

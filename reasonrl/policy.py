@@ -70,7 +70,8 @@ def make_optimizer(model: torch.nn.Module, optim: Any, total_steps: int):
             (no_decay if p.ndim < 2 else decay).append(p)
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=optim.lr, betas=tuple(optim.betas),
+        lr=optim.lr,
+        betas=tuple(optim.betas),
     )
     schedule = lr_schedule(optim.warmup_steps, total_steps, optim.schedule, optim.min_lr_ratio)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)

@@ -159,9 +159,7 @@ class HFGenerator:
         for i, p in enumerate(chunk):  # left padding
             ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             mask[i, width - len(p) :] = 1
-        res = self.model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg
-        )
+        res = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg)
         new = res.sequences[:, width:].cpu()  # (len(chunk)*n, steps)
         logits = torch.stack(res.logits, dim=1).float().cpu()  # (len(chunk)*n, steps, V)
         if temperature > 0:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -97,8 +96,11 @@ def train_sft(
         sched.step()
         loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
         row: dict[str, Any] = {
-            "step": step, "train/loss": loss.item(), "train/grad_norm": float(gnorm),
-            "train/lr": sched.get_last_lr()[0], "time/step_s": time.perf_counter() - t0,
+            "step": step,
+            "train/loss": loss.item(),
+            "train/grad_norm": float(gnorm),
+            "train/lr": sched.get_last_lr()[0],
+            "time/step_s": time.perf_counter() - t0,
         }
         stop = False
         if eval_fn is not None and eval_every > 0 and (step % eval_every == 0 or step == steps):
@@ -126,7 +128,9 @@ def demonstration_pairs(sft_cfg: Any, task, seed: int) -> list[tuple[str, str]]:
     if sft_cfg.data_file:
         rows = validate_rows(load_jsonl(sft_cfg.data_file), {"prompt": str, "completion": str}, sft_cfg.data_file)
     else:
-        make = task.need("demonstrations", "set sft.data_file (or cold_start.data_file) to a JSONL file of prompt/completion rows")
+        make = task.need(
+            "demonstrations", "set sft.data_file (or cold_start.data_file) to a JSONL file of prompt/completion rows"
+        )
         rows = make(sft_cfg.demos, seed, flaw_frac=sft_cfg.flaw_frac)
     return [(r["prompt"], r["completion"]) for r in rows]
 

@@ -101,8 +101,12 @@ def forced_think_accuracy(model, tokenizer, problems: list[dict], max_new_tokens
     from reasonrl.tasks import arith
 
     res = sample_and_score(
-        HFGenerator(model, tokenizer), tokenizer, problems, render=lambda p: arith.render_prompt(p, "r1_think"),
-        temperature=0.0, max_new_tokens=max_new_tokens,
+        HFGenerator(model, tokenizer),
+        tokenizer,
+        problems,
+        render=lambda p: arith.render_prompt(p, "r1_think"),
+        temperature=0.0,
+        max_new_tokens=max_new_tokens,
         banned_first_tokens=(tokenizer.convert_tokens_to_ids("</think>"),),
     )
     return res["accuracy"]
@@ -139,8 +143,10 @@ def _build(arch: Any, pretrain: Any, path: Path, progress: bool) -> None:
             (tmp / "build.json").write_text(json.dumps({"params": n_params, "steps": 0, "arch": _plain(arch)}))
         return
     pairs = arith.pretrain_corpus(
-        pretrain.max_steps * pretrain.batch_size, pretrain.seed,
-        steps_frac=pretrain.steps_frac, short_frac=pretrain.short_frac,
+        pretrain.max_steps * pretrain.batch_size,
+        pretrain.seed,
+        steps_frac=pretrain.steps_frac,
+        short_frac=pretrain.short_frac,
     )
     probe = arith.heldout(pretrain.eval_problems)
 
@@ -151,17 +157,33 @@ def _build(arch: Any, pretrain: Any, path: Path, progress: bool) -> None:
         return metrics.get("forced_think_accuracy", 0.0) >= pretrain.target_accuracy
 
     hist = train_sft(
-        model, tok, pairs, steps=pretrain.max_steps, batch_size=pretrain.batch_size, optim=pretrain.optim,
-        seed=pretrain.seed, eval_fn=eval_fn, eval_every=pretrain.eval_every, stop_fn=stop_fn, desc="pretrain base",
+        model,
+        tok,
+        pairs,
+        steps=pretrain.max_steps,
+        batch_size=pretrain.batch_size,
+        optim=pretrain.optim,
+        seed=pretrain.seed,
+        eval_fn=eval_fn,
+        eval_every=pretrain.eval_every,
+        stop_fn=stop_fn,
+        desc="pretrain base",
         progress=progress,
     )
     info = {
-        "params": n_params, "steps": hist["steps"], "seconds": round(time.time() - t0, 1),
-        "final": hist["evals"][-1] if hist["evals"] else {}, "evals": hist["evals"],
-        "arch": _plain(arch), "pretrain": _plain(pretrain),
+        "params": n_params,
+        "steps": hist["steps"],
+        "seconds": round(time.time() - t0, 1),
+        "final": hist["evals"][-1] if hist["evals"] else {},
+        "evals": hist["evals"],
+        "arch": _plain(arch),
+        "pretrain": _plain(pretrain),
     }
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "build.json").write_text(json.dumps(info, indent=2))
-    print(f"[reasonrl] base model built in {info['seconds']} s ({n_params:,} params, {hist['steps']} steps): {info['final']}", flush=True)
+    print(
+        f"[reasonrl] base model built in {info['seconds']} s ({n_params:,} params, {hist['steps']} steps): {info['final']}",
+        flush=True,
+    )

@@ -70,13 +70,16 @@ class GRPOTrainer:
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
-        self.model, self.tokenizer, self.model_path = load_policy(cfg.model, progress=cfg.logging.progress,
-                                                                  device=self.runtime.device)
+        self.model, self.tokenizer, self.model_path = load_policy(
+            cfg.model, progress=cfg.logging.progress, device=self.runtime.device
+        )
         self.task = get_task(cfg.task.name)
         self.verifiers = build_verifiers(cfg.verifier)
         if cfg.task.answer_verifier not in self.verifiers:
-            raise ValueError(f"task.answer_verifier={cfg.task.answer_verifier!r} is not among the configured verifiers "
-                             f"{sorted(self.verifiers)}")
+            raise ValueError(
+                f"task.answer_verifier={cfg.task.answer_verifier!r} is not among the configured verifiers "
+                f"{sorted(self.verifiers)}"
+            )
         self.answer_verifier = self.verifiers[cfg.task.answer_verifier][0]
         if cfg.verify.workers > 0:
             from reasonrl.verifiers.pool import ScoringPool
@@ -85,8 +88,12 @@ class GRPOTrainer:
         self.stream, self.heldout = problem_source(self.task, cfg.task, cfg.seed, self.verifiers)
         from omegaconf import OmegaConf
 
-        self.logger = RunLogger(self.run_dir, tensorboard=cfg.logging.tensorboard, wandb_project=cfg.logging.wandb_project,
-                                config=OmegaConf.to_container(cfg, resolve=True))
+        self.logger = RunLogger(
+            self.run_dir,
+            tensorboard=cfg.logging.tensorboard,
+            wandb_project=cfg.logging.wandb_project,
+            config=OmegaConf.to_container(cfg, resolve=True),
+        )
         if cfg.cold_start.enabled:
             self._cold_start()
         self.generator = build_generator(cfg.generator, self.model, self.tokenizer, self.model_path)
@@ -102,14 +109,32 @@ class GRPOTrainer:
         from reasonrl.sft import demonstration_accuracy, demonstration_pairs, train_sft
 
         cfg = self.cfg
-        self.before_sft = training_eval(HFGenerator(self.model, self.tokenizer), self.tokenizer, self.heldout, self.render,
-                                        self.answer_verifier, cfg, cfg.seed)
+        self.before_sft = training_eval(
+            HFGenerator(self.model, self.tokenizer),
+            self.tokenizer,
+            self.heldout,
+            self.render,
+            self.answer_verifier,
+            cfg,
+            cfg.seed,
+        )
         self.before_sft["demonstration_accuracy"] = demonstration_accuracy(cfg.cold_start, self.task, cfg.seed)
-        self.runtime.print("[reasonrl] before SFT: " + ", ".join(
-            f"{k.split('/')[-1]}={v:.3f}" for k, v in self.before_sft.items() if v is not None))
+        self.runtime.print(
+            "[reasonrl] before SFT: "
+            + ", ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in self.before_sft.items() if v is not None)
+        )
         pairs = demonstration_pairs(cfg.cold_start, self.task, cfg.seed)
-        train_sft(self.model, self.tokenizer, pairs, steps=cfg.cold_start.steps, batch_size=cfg.cold_start.batch_size,
-                  optim=cfg.cold_start.optim, seed=cfg.seed, desc="cold-start sft", progress=cfg.logging.progress)
+        train_sft(
+            self.model,
+            self.tokenizer,
+            pairs,
+            steps=cfg.cold_start.steps,
+            batch_size=cfg.cold_start.batch_size,
+            optim=cfg.cold_start.optim,
+            seed=cfg.seed,
+            desc="cold-start sft",
+            progress=cfg.logging.progress,
+        )
         self.save(self.run_dir / "checkpoints" / "sft")
 
     def render(self, problem) -> str:
@@ -122,22 +147,45 @@ class GRPOTrainer:
         t0 = time.perf_counter()
         # 1-4. B problems, G completions each, scored; dynamic sampling redraws signal-free groups
         batch = collect_groups(
-            self.generator, self.tokenizer, self.stream, self.render, self.verifiers, self.pool,
-            B=ro.prompts_per_step, G=ro.samples_per_prompt,
+            self.generator,
+            self.tokenizer,
+            self.stream,
+            self.render,
+            self.verifiers,
+            self.pool,
+            B=ro.prompts_per_step,
+            G=ro.samples_per_prompt,
             sampling=Sampling(temperature=ro.temperature, top_p=ro.top_p, max_new_tokens=ro.max_new_tokens),
-            seed=cfg.seed * STEP_SEED_STRIDE + self.steps_done + 1, policy_version=self.steps_done,
-            mask_statuses=alg.mask_statuses, dynamic=alg.dynamic_sampling, max_redraws=alg.max_redraws,
-            overlong_buffer=alg.overlong_buffer, overlong_coef=alg.overlong_coef,
+            seed=cfg.seed * STEP_SEED_STRIDE + self.steps_done + 1,
+            policy_version=self.steps_done,
+            mask_statuses=alg.mask_statuses,
+            dynamic=alg.dynamic_sampling,
+            max_redraws=alg.max_redraws,
+            overlong_buffer=alg.overlong_buffer,
+            overlong_coef=alg.overlong_coef,
         )
         self.last_batch = batch
         self.generator.sleep()  # GPU engines release memory while the policy trains
         # 5-8. advantages, pack, forward/backward over micro-batches, optimizer step(s)
         t = time.perf_counter()
         update = update_policy(
-            self.model, self.opt, self.sched, batch.rollouts, batch.rewards, batch.masked, group_size=batch.group_size,
-            alg=alg, pad_id=self.tokenizer.pad_token_id, ref_model=self.ref_model, use_tis=self.use_tis,
-            temperature=ro.temperature if ro.temperature > 0 else 1.0, micro_batch_size=ro.micro_batch_size,
-            max_len=ro.max_new_tokens, grad_clip=cfg.optim.grad_clip, step=self.steps_done + 1, runtime=self.runtime,
+            self.model,
+            self.opt,
+            self.sched,
+            batch.rollouts,
+            batch.rewards,
+            batch.masked,
+            group_size=batch.group_size,
+            alg=alg,
+            pad_id=self.tokenizer.pad_token_id,
+            ref_model=self.ref_model,
+            use_tis=self.use_tis,
+            temperature=ro.temperature if ro.temperature > 0 else 1.0,
+            micro_batch_size=ro.micro_batch_size,
+            max_len=ro.max_new_tokens,
+            grad_clip=cfg.optim.grad_clip,
+            step=self.steps_done + 1,
+            runtime=self.runtime,
         )
         self.steps_done += 1
         train_s = time.perf_counter() - t
@@ -147,27 +195,37 @@ class GRPOTrainer:
         self.generator.sync_weights(self.model)
         sync_s = time.perf_counter() - t
         # 9. one metrics row
-        times = {"step_s": time.perf_counter() - t0, "generate_s": batch.stats["generate_s"],
-                 "verify_s": batch.stats["verify_s"], "train_s": train_s, "sync_s": sync_s}
+        times = {
+            "step_s": time.perf_counter() - t0,
+            "generate_s": batch.stats["generate_s"],
+            "verify_s": batch.stats["verify_s"],
+            "train_s": train_s,
+            "sync_s": sync_s,
+        }
         return self._metrics_row(batch, update, times)
 
     def _metrics_row(self, batch, update: dict[str, float], times: dict[str, float]) -> dict[str, Any]:
         scored = Scored([r.reward for r in batch.rollouts], [r.verdicts for r in batch.rollouts], batch.masked)
-        row: dict[str, Any] = {"step": self.steps_done, **{f"time/{k}": v for k, v in times.items()},
-                               **summarize(scored, list(self.verifiers))}
+        row: dict[str, Any] = {
+            "step": self.steps_done,
+            **{f"time/{k}": v for k, v in times.items()},
+            **summarize(scored, list(self.verifiers)),
+        }
         row.update(rollout_metrics(batch, self.tokenizer, self.cfg.task.answer_verifier, times["generate_s"]))
         row.update({f"train/{k}": update[k] for k in ("loss", "kl", "entropy", "clip_frac", "grad_norm")})
-        row.update({
-            "train/lr": self.sched.get_last_lr()[0],
-            "sampling/logprob_diff_mean": update["logprob_diff_mean"],
-            "sampling/logprob_diff_max": update["logprob_diff_max"],
-            "group/zero_std_frac": batch.stats["zero_std_frac"],
-            "group/dropped": batch.stats["dropped"],
-            "group/redraws": batch.stats["redraws"],
-            "reward/overlong_penalty_mean": batch.stats["overlong_penalty_mean"],
-            "train/masked_frac": update["masked_frac"],
-            "verify/workers_replaced": self.pool.replaced if self.pool is not None else 0,
-        })
+        row.update(
+            {
+                "train/lr": self.sched.get_last_lr()[0],
+                "sampling/logprob_diff_mean": update["logprob_diff_mean"],
+                "sampling/logprob_diff_max": update["logprob_diff_max"],
+                "group/zero_std_frac": batch.stats["zero_std_frac"],
+                "group/dropped": batch.stats["dropped"],
+                "group/redraws": batch.stats["redraws"],
+                "reward/overlong_penalty_mean": batch.stats["overlong_penalty_mean"],
+                "train/masked_frac": update["masked_frac"],
+                "verify/workers_replaced": self.pool.replaced if self.pool is not None else 0,
+            }
+        )
         if self.runtime.device.type == "cuda":
             row["gpu/peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
             torch.cuda.reset_peak_memory_stats()
@@ -179,8 +237,16 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ evaluation, checkpoints
     def evaluate(self) -> dict[str, float]:
         """Held-out accuracy (greedy and sampled) and lengths, and the configured benchmark subsets."""
-        out = training_eval(self.generator, self.tokenizer, self.heldout, self.render, self.answer_verifier, self.cfg,
-                            self.cfg.seed, self.benchmarks)
+        out = training_eval(
+            self.generator,
+            self.tokenizer,
+            self.heldout,
+            self.render,
+            self.answer_verifier,
+            self.cfg,
+            self.cfg.seed,
+            self.benchmarks,
+        )
         self.evals[self.steps_done] = out
         return out
 
@@ -199,8 +265,11 @@ class GRPOTrainer:
             "scheduler": self.sched.state_dict(),
             "stream": self.stream.state_dict(),
             "evals": dict(self.evals),
-            "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "rng": {
+                "python": random.getstate(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -225,8 +294,14 @@ class GRPOTrainer:
         if 0 not in self.evals:
             self.logger.log({"step": 0, **self.evaluate()})
             rt.print("[reasonrl] step 0: " + ", ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in self.evals[0].items()))
-        bar = tqdm(total=cfg.max_steps, initial=self.steps_done, desc="grpo", disable=not (cfg.logging.progress and rt.is_main),
-                   dynamic_ncols=True, mininterval=1.0)
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=self.steps_done,
+            desc="grpo",
+            disable=not (cfg.logging.progress and rt.is_main),
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
         while self.steps_done < cfg.max_steps:
             row = self.step()
             step = self.steps_done
@@ -236,19 +311,31 @@ class GRPOTrainer:
             self.logger.log_samples(self._samples(step))
             if cfg.checkpoint.every > 0 and step % cfg.checkpoint.every == 0:
                 self.save(self.run_dir / "checkpoints" / f"step_{step:06d}")
-            bar.set_postfix(reward=f"{row['reward/mean']:.2f}", think=f"{row['rollout/think_len_mean']:.1f}",
-                            **({"acc": f"{self.evals[step][f'eval/{cfg.task.name}/accuracy']:.2f}"} if step in self.evals else {}))
+            bar.set_postfix(
+                reward=f"{row['reward/mean']:.2f}",
+                think=f"{row['rollout/think_len_mean']:.1f}",
+                **({"acc": f"{self.evals[step][f'eval/{cfg.task.name}/accuracy']:.2f}"} if step in self.evals else {}),
+            )
             bar.update(1)
         bar.close()
         return self._finish()
 
     def _samples(self, step: int) -> list[dict[str, Any]]:
         batch = self.last_batch
-        return [{"step": step, "prompt": self.render(batch.problems[r.prompt_index]), "completion": r.text, "reward": r.reward,
-                 "finish_reason": r.finish_reason,
-                 "verdicts": {k: (None if v is None else {"score": v.score, "status": v.status, "info": v.info})
-                              for k, v in r.verdicts.items()}}
-                for r in batch.rollouts[: self.cfg.logging.samples_per_step]]
+        return [
+            {
+                "step": step,
+                "prompt": self.render(batch.problems[r.prompt_index]),
+                "completion": r.text,
+                "reward": r.reward,
+                "finish_reason": r.finish_reason,
+                "verdicts": {
+                    k: (None if v is None else {"score": v.score, "status": v.status, "info": v.info})
+                    for k, v in r.verdicts.items()
+                },
+            }
+            for r in batch.rollouts[: self.cfg.logging.samples_per_step]
+        ]
 
     def _finish(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -258,9 +345,16 @@ class GRPOTrainer:
             self.evaluate()
         if cfg.checkpoint.final:
             self.save(self.run_dir / "checkpoints" / "final")
-        summary = {"run_dir": str(self.run_dir), "experiment": cfg.experiment_name, "seed": cfg.seed, "steps": final,
-                   "base_model": str(self.model_path), "wall_s": round(time.time() - self.t_start, 1),
-                   "start": self.evals[0], "end": self.evals[final]}
+        summary = {
+            "run_dir": str(self.run_dir),
+            "experiment": cfg.experiment_name,
+            "seed": cfg.seed,
+            "steps": final,
+            "base_model": str(self.model_path),
+            "wall_s": round(time.time() - self.t_start, 1),
+            "start": self.evals[0],
+            "end": self.evals[final],
+        }
         if self.before_sft is not None:
             summary["before_sft"] = self.before_sft
         if self.runtime.is_main:

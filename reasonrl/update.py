@@ -22,9 +22,26 @@ from reasonrl.data import pack
 from reasonrl.runtime import Runtime
 
 
-def update_policy(model, opt, sched, rollouts, rewards, masked, *, group_size: int, alg, pad_id: int, ref_model, use_tis: bool,
-                  temperature: float, micro_batch_size: int, max_len: int, grad_clip: float, step: int,
-                  runtime: Runtime | None = None) -> dict[str, float]:
+def update_policy(
+    model,
+    opt,
+    sched,
+    rollouts,
+    rewards,
+    masked,
+    *,
+    group_size: int,
+    alg,
+    pad_id: int,
+    ref_model,
+    use_tis: bool,
+    temperature: float,
+    micro_batch_size: int,
+    max_len: int,
+    grad_clip: float,
+    step: int,
+    runtime: Runtime | None = None,
+) -> dict[str, float]:
     """Steps 5-8 of a GRPO step on one sampled batch, in place on ``model`` and ``opt``.
 
     rollouts: N = B*G rollouts, prompt-major; rewards: (N,); masked: N flags (timeout/error verdicts),
@@ -77,8 +94,9 @@ def update_policy(model, opt, sched, rollouts, rewards, masked, *, group_size: i
             ent = grpo.entropy_from_logits(logits) if alg.entropy_coef > 0 else None
             if ent is not None:
                 per_tok = per_tok - alg.entropy_coef * ent
-            loss = grpo.aggregate(alg.loss_agg, per_tok, loss_mask[sl], total_tokens=total_tokens,
-                                  total_seqs=total_seqs, max_len=max_len)
+            loss = grpo.aggregate(
+                alg.loss_agg, per_tok, loss_mask[sl], total_tokens=total_tokens, total_seqs=total_seqs, max_len=max_len
+            )
             loss.backward()
             sums["clip"] += float((clipped.float() * m).sum())
             if update == 0:  # statistics of the sampled batch under the policy that sampled it

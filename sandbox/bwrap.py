@@ -216,7 +216,7 @@ def _memfd(name: str, data: bytes, fds: list[int]) -> int:
     fds.append(fd)
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
 
@@ -258,28 +258,64 @@ def build(
         return str(_memfd(name, data, fds))
 
     args = [
-        "--unshare-all", "--unshare-user", "--disable-userns",
-        "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
-        "--hostname", "sandbox",
-        "--die-with-parent", "--as-pid-1", "--new-session", "--cap-drop", "ALL",
+        "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",
+        "--uid",
+        str(SANDBOX_UID),
+        "--gid",
+        str(SANDBOX_UID),
+        "--hostname",
+        "sandbox",
+        "--die-with-parent",
+        "--as-pid-1",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
         "--clearenv",
-        "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin",
-        "--setenv", "HOME", WORK_DIR, "--setenv", "TMPDIR", WORK_DIR,
-        "--setenv", "LANG", "C.UTF-8",
+        "--setenv",
+        "PATH",
+        "/usr/local/bin:/usr/bin:/bin",
+        "--setenv",
+        "HOME",
+        WORK_DIR,
+        "--setenv",
+        "TMPDIR",
+        WORK_DIR,
+        "--setenv",
+        "LANG",
+        "C.UTF-8",
     ]
     args += _system_dirs()
     if prefix is not None:
         args += ["--ro-bind", prefix, SANDBOX_PYTHON, "--setenv", "LD_LIBRARY_PATH", f"{SANDBOX_PYTHON}/lib"]
     args += [
-        "--proc", "/proc", "--dev", "/dev",
-        "--size", str(min(tmp_bytes, SHM_MB << 20)), "--tmpfs", "/dev/shm",  # POSIX semaphores need it; capped
-        "--remount-ro", "/dev",  # else /dev is an uncapped tmpfs: a way around the /tmp size cap
-        "--size", str(tmp_bytes), "--tmpfs", WORK_DIR,
-        "--ro-bind-data", fd_of("boot", boot), f"{SANDBOX_DIR}/boot.py",
-        "--ro-bind-data", fd_of("program", program), f"{SANDBOX_DIR}/main.py",
-        "--remount-ro", "/",  # the sandbox's own root stays unwritable; only /tmp takes writes
-        "--chdir", WORK_DIR,
-        "--json-status-fd", str(status_fd),
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--size",
+        str(min(tmp_bytes, SHM_MB << 20)),
+        "--tmpfs",
+        "/dev/shm",  # POSIX semaphores need it; capped
+        "--remount-ro",
+        "/dev",  # else /dev is an uncapped tmpfs: a way around the /tmp size cap
+        "--size",
+        str(tmp_bytes),
+        "--tmpfs",
+        WORK_DIR,
+        "--ro-bind-data",
+        fd_of("boot", boot),
+        f"{SANDBOX_DIR}/boot.py",
+        "--ro-bind-data",
+        fd_of("program", program),
+        f"{SANDBOX_DIR}/main.py",
+        "--remount-ro",
+        "/",  # the sandbox's own root stays unwritable; only /tmp takes writes
+        "--chdir",
+        WORK_DIR,
+        "--json-status-fd",
+        str(status_fd),
     ]
     if seccomp is not None:
         args += ["--seccomp", fd_of("seccomp", seccomp)]

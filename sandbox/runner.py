@@ -101,7 +101,8 @@ class Sandbox:
         if self.isolation == "none":
             log.warning(
                 "SANDBOX DISABLED (isolation: none): running model-written code with only resource "
-                "limits, as uid %d, with full access to this machine", os.getuid()
+                "limits, as uid %d, with full access to this machine",
+                os.getuid(),
             )
             return self._run_direct(code, stdin, timeout_s, memory_mb)
         self.check()
@@ -130,7 +131,9 @@ class Sandbox:
                 run_mb = memory_mb + lim.tmp_mb + _SHM_MB + _CGROUP_SLACK_MB  # processes plus their tmpfs pages
                 cg = cgroup.for_slot(slot.number, run_mb << 20, lim.max_procs) if self.use_cgroup else None
                 try:
-                    return self._launch(binary, code, stdin, timeout_s, memory_mb, slot.number, cg, fds, status_w, status_r, boot_r, boot_w)
+                    return self._launch(
+                        binary, code, stdin, timeout_s, memory_mb, slot.number, cg, fds, status_w, status_r, boot_r, boot_w
+                    )
                 finally:
                     if cg is not None:
                         cg.remove()
@@ -144,17 +147,34 @@ class Sandbox:
         child_fds: list[int] = []
         try:
             launch = bwrap.build(
-                binary, boot=_BOOT, program=code.encode("utf-8", "surrogatepass"),
-                limits=self._limits(timeout_s, memory_mb), tmp_bytes=lim.tmp_mb << 20,
-                seccomp=self._seccomp, status_fd=status_w, boot_fd=boot_w, slot=slot, block_fd=block_r,
+                binary,
+                boot=_BOOT,
+                program=code.encode("utf-8", "surrogatepass"),
+                limits=self._limits(timeout_s, memory_mb),
+                tmp_bytes=lim.tmp_mb << 20,
+                seccomp=self._seccomp,
+                status_fd=status_w,
+                boot_fd=boot_w,
+                slot=slot,
+                block_fd=block_r,
                 fds=child_fds,
             )
         except OSError as e:
             return Result("infra_error", None, "", "", 0.0, reason=f"cannot prepare the sandbox: {e}")
         finally:
             fds.add(*child_fds)
-        return _execute(launch, stdin, timeout_s, lim, boot_r, status_r, fds=fds,
-                        child_ends=[*child_fds, status_w, boot_w, block_r], cgroup=cg, block_w=block_w)
+        return _execute(
+            launch,
+            stdin,
+            timeout_s,
+            lim,
+            boot_r,
+            status_r,
+            fds=fds,
+            child_ends=[*child_fds, status_w, boot_w, block_r],
+            cgroup=cg,
+            block_w=block_w,
+        )
 
     def _run_direct(self, code, stdin, timeout_s, memory_mb) -> Result:
         with tempfile.TemporaryDirectory(prefix="reasonrl-unsandboxed-") as tmp:
@@ -166,7 +186,9 @@ class Sandbox:
             launch = bwrap.direct(boot_path=boot, program_path=program, limits=self._limits(timeout_s, memory_mb), boot_fd=boot_w)
             env = {"PATH": "/usr/bin:/bin", "HOME": tmp}
             try:
-                return _execute(launch, stdin, timeout_s, self.limits, boot_r, None, fds=fds, child_ends=[boot_w], cwd=tmp, env=env)
+                return _execute(
+                    launch, stdin, timeout_s, self.limits, boot_r, None, fds=fds, child_ends=[boot_w], cwd=tmp, env=env
+                )
             finally:
                 fds.close_all()
 
@@ -205,15 +227,36 @@ def _child_setup() -> None:  # runs in the forked child, after the uid switch, b
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # our death takes the sandbox with it
 
 
-def _execute(launch, stdin: str, timeout_s: float, lim: Limits, boot_r, status_r, *, fds: _FdSet, child_ends=(),
-             cwd=None, env=None, cgroup=None, block_w=None) -> Result:
+def _execute(
+    launch,
+    stdin: str,
+    timeout_s: float,
+    lim: Limits,
+    boot_r,
+    status_r,
+    *,
+    fds: _FdSet,
+    child_ends=(),
+    cwd=None,
+    env=None,
+    cgroup=None,
+    block_w=None,
+) -> Result:
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(
-            launch.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            pass_fds=launch.pass_fds, user=launch.uid, group=launch.gid,
+            launch.argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=launch.pass_fds,
+            user=launch.uid,
+            group=launch.gid,
             extra_groups=[] if launch.uid is not None else None,
-            start_new_session=True, preexec_fn=_child_setup, cwd=cwd, env=env or {},
+            start_new_session=True,
+            preexec_fn=_child_setup,
+            cwd=cwd,
+            env=env or {},
         )
     except OSError as e:
         return Result("infra_error", None, "", "", time.monotonic() - t0, reason=f"cannot start sandbox: {e}")

@@ -74,7 +74,7 @@ CHEATS = {
     ),
     "walk frames for the token and forge records": (
         "import sys, os\nf = sys._getframe()\nwhile f is not None and 'token' not in f.f_locals:\n    f = f.f_back\n"
-        "if f is not None:\n    L = f.f_locals\n    for i in range(60):\n        os.write(1, f\"\\n{{L['token']}} {{i}} pass \\\"\\\"\\n\".encode())\n"
+        'if f is not None:\n    L = f.f_locals\n    for i in range(60):\n        os.write(1, f"\\n{{L[\'token\']}} {{i}} pass \\"\\"\\n".encode())\n'
         "os._exit(0)\n"
     ),
     "call the record function found through gc": (
@@ -98,7 +98,7 @@ def test_cheats_do_not_pass(v, cheat):
     for task_id in list(PROBLEMS)[::16]:
         p = PROBLEMS[task_id]
         guess = secrets.token_hex(16)
-        code = CHEATS[cheat].format(entry=p["entry_point"], fake="\\n".join(f"{guess} {i} pass \"\"" for i in range(30)))
+        code = CHEATS[cheat].format(entry=p["entry_point"], fake="\\n".join(f'{guess} {i} pass ""' for i in range(30)))
         r = v(p, fenced(code))
         # never more than an honest "return None" earns (HumanEval/128 really expects None once)
         baseline = v(p, "    return None\n").score
@@ -208,8 +208,12 @@ def test_300_runs_with_two_workers_no_infra_failure_scored_wrong_nothing_left(tm
 
     from conftest import REPO
 
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sandbox.py"), "--only", "pool", "--runs", "300", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "sandbox.py"), "--only", "pool", "--runs", "300", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     pool = json.loads((tmp_path / "sandbox.json").read_text())["pool"]
     assert pool["runs"] == 300 and pool["statuses"] == {"correct": 100, "wrong": 200}
@@ -226,32 +230,42 @@ def test_pool_timeout_must_exceed_the_code_verifiers_own():
 
 def test_the_record_parser_counts_only_this_runs_token():
     token, other = secrets.token_hex(16), secrets.token_hex(16)
-    out = "\n".join([
-        f"{other} 0 pass \"\"",  # a forged record: well formed, wrong token
-        f"{token} 1 fail \"AssertionError\"",
-        f"{token} 1 pass \"\"",  # a second record for the same test never overrides the first
-        f"{token} 2 pass \"\"",
-        f"{token[:-1]} 3 pass \"\"",  # a token prefix
-        f"{token} x pass \"\"", f"{token} 4 maybe \"\"", f"{token}  5 pass \"\"", "garbage",
-    ])
+    out = "\n".join(
+        [
+            f'{other} 0 pass ""',  # a forged record: well formed, wrong token
+            f'{token} 1 fail "AssertionError"',
+            f'{token} 1 pass ""',  # a second record for the same test never overrides the first
+            f'{token} 2 pass ""',
+            f'{token[:-1]} 3 pass ""',  # a token prefix
+            f'{token} x pass ""',
+            f'{token} 4 maybe ""',
+            f'{token}  5 pass ""',
+            "garbage",
+        ]
+    )
     results, err = parse_records(out, token)
     assert results == {1: (False, '"AssertionError"'), 2: (True, '""')} and err is None
     assert parse_records(out, other)[0] == {0: (True, '""')}
-    results, err = parse_records(f"{token} harness_error \"no ctypes\"\n{token} 0 pass \"\"", token)
+    results, err = parse_records(f'{token} harness_error "no ctypes"\n{token} 0 pass ""', token)
     assert err == '"no ctypes"' and results == {}
 
 
 def test_forged_records_do_not_pass_when_the_tests_run_beside_the_program(v):
     """Tests that use the program's own names run in the worker (mode "tests"); a program there
     prints well-formed records with guessed tokens, from its body and from inside its function."""
-    problem = {"prompt": "", "entry_point": "f", "test": (
-        "def check(candidate):\n    assert Helper().ok()\n    assert candidate(1) == 2\n    assert candidate(2) == 4\n")}
+    problem = {
+        "prompt": "",
+        "entry_point": "f",
+        "test": ("def check(candidate):\n    assert Helper().ok()\n    assert candidate(1) == 2\n    assert candidate(2) == 4\n"),
+    }
     assert check_plan(problem)["mode"] == "tests"
-    guesses = "\\n".join(f"{secrets.token_hex(16)} {i} pass \\\"\\\"" for i in range(5))
-    cheat = ("import os, sys\n"
-             f"sys.stdout.write('{guesses}\\n'); sys.stdout.flush(); os.write(1, b'{guesses}\\n')\n"
-             "class Helper:\n    def ok(self):\n        return True\n"
-             f"def f(x):\n    os.write(1, b'{guesses}\\n')\n    return None\n")
+    guesses = "\\n".join(f'{secrets.token_hex(16)} {i} pass \\"\\"' for i in range(5))
+    cheat = (
+        "import os, sys\n"
+        f"sys.stdout.write('{guesses}\\n'); sys.stdout.flush(); os.write(1, b'{guesses}\\n')\n"
+        "class Helper:\n    def ok(self):\n        return True\n"
+        f"def f(x):\n    os.write(1, b'{guesses}\\n')\n    return None\n"
+    )
     r = v(problem, fenced(cheat))
     assert r.status == "wrong" and r.info["passed"] == 0 and r.score == 0.0, r
     honest = "class Helper:\n    def ok(self):\n        return True\ndef f(x):\n    return 2 * x\n"

@@ -36,9 +36,9 @@ def test_load_jsonl_errors_name_file_and_row(tmp_path):
 
 
 def test_train_cli_reports_malformed_task_row(tmp_path):
-    from conftest import compose
-
     from reasonrl.tasks import get_task, problem_source
+
+    from conftest import compose
 
     f = tmp_path / "train.jsonl"
     f.write_text("\n".join(json.dumps(r) for r in [{"question": "1+2", "answer": "3"}, {"question": "1+1", "answr": "2"}]))

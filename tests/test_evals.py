@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from conftest import SHARED_DATA, TINY, compose, needs_data
 from reasonrl.evals.estimators import maj_at_k, pass_at_k
+
+from conftest import SHARED_DATA, TINY, compose, needs_data
 
 
 def test_pass_at_k_by_hand():
@@ -69,8 +70,22 @@ def _tiny_eval(tmp_path, benchmark: str, limit: int, n: int) -> dict:
 
     model_overrides = [o for o in TINY if o.startswith("model.")]
     ks = ",".join(str(k) for k in (1, 2, 4) if k <= n)
-    cfg = compose("eval", ["model=tiny_arith", *model_overrides, f"benchmarks=[{benchmark}]", f"limit={limit}", f"n={n}", f"ks=[{ks}]",
-                           "temperature=1.0", "max_new_tokens=8", "template=r1", "verify_workers=0", f"run_dir={tmp_path}"])
+    cfg = compose(
+        "eval",
+        [
+            "model=tiny_arith",
+            *model_overrides,
+            f"benchmarks=[{benchmark}]",
+            f"limit={limit}",
+            f"n={n}",
+            f"ks=[{ks}]",
+            "temperature=1.0",
+            "max_new_tokens=8",
+            "template=r1",
+            "verify_workers=0",
+            f"run_dir={tmp_path}",
+        ],
+    )
     return main(cfg)[benchmark]
 
 
@@ -109,8 +124,18 @@ def test_benchmarks_are_evaluated_during_training(tmp_path):
     from reasonrl.train import main
 
     gsm = SHARED_DATA / "gsm8k" / "test.jsonl"
-    cfg = compose("train", [*TINY, "max_steps=2", "eval.every=1", f"+eval.benchmarks.gsm8k={gsm}", "eval.benchmark_limit=2",
-                            "eval.benchmark_template=r1", f"run_dir={tmp_path}"])
+    cfg = compose(
+        "train",
+        [
+            *TINY,
+            "max_steps=2",
+            "eval.every=1",
+            f"+eval.benchmarks.gsm8k={gsm}",
+            "eval.benchmark_limit=2",
+            "eval.benchmark_template=r1",
+            f"run_dir={tmp_path}",
+        ],
+    )
     main(cfg)
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "eval/gsm8k/accuracy" in r] == [0, 1, 2]

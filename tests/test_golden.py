@@ -34,17 +34,51 @@ _QUIET = ["logging.tensorboard=false", "logging.plot=false", "logging.progress=f
 CASES = {
     "grpo": ("train", [*TINY, *_QUIET, "max_steps=3", "eval.every=3"]),
     # B != G, so that grouping the advantages by the wrong one of the two cannot pass
-    "grpo_6x4": ("train", [*TINY, *_QUIET, "rollout.prompts_per_step=6", "rollout.samples_per_prompt=4", "max_steps=2",
-                           "eval.every=0"]),
+    "grpo_6x4": (
+        "train",
+        [*TINY, *_QUIET, "rollout.prompts_per_step=6", "rollout.samples_per_prompt=4", "max_steps=2", "eval.every=0"],
+    ),
     "dapo": ("train", [*TINY, *_QUIET, "algorithm=dapo", "max_steps=3", "eval.every=0"]),
     "dr_grpo": ("train", [*TINY, *_QUIET, "algorithm=dr_grpo", "max_steps=2", "eval.every=0"]),
-    "deepseekmath_mu2_entropy": ("train", [*TINY, *_QUIET, "algorithm=grpo_deepseekmath", "algorithm.updates_per_batch=2",
-                                           "algorithm.entropy_coef=0.01", "max_steps=2", "eval.every=0"]),
-    "cold_start": ("train", [*TINY, *_QUIET, "experiment=sft_cold_start_arith", "cold_start.steps=4", "cold_start.demos=32",
-                             "cold_start.batch_size=8", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4",
-                             "rollout.max_new_tokens=24", "max_steps=2", "eval.every=0"]),
-    "sft": ("sft", [*[o for o in TINY if o.startswith(("model.", "task.", "eval.", "logging."))], "logging.tensorboard=false",
-                    "max_steps=6", "sft.eval_every=3", "sft.batch_size=8", "sft.demos=32"]),
+    "deepseekmath_mu2_entropy": (
+        "train",
+        [
+            *TINY,
+            *_QUIET,
+            "algorithm=grpo_deepseekmath",
+            "algorithm.updates_per_batch=2",
+            "algorithm.entropy_coef=0.01",
+            "max_steps=2",
+            "eval.every=0",
+        ],
+    ),
+    "cold_start": (
+        "train",
+        [
+            *TINY,
+            *_QUIET,
+            "experiment=sft_cold_start_arith",
+            "cold_start.steps=4",
+            "cold_start.demos=32",
+            "cold_start.batch_size=8",
+            "rollout.prompts_per_step=4",
+            "rollout.samples_per_prompt=4",
+            "rollout.max_new_tokens=24",
+            "max_steps=2",
+            "eval.every=0",
+        ],
+    ),
+    "sft": (
+        "sft",
+        [
+            *[o for o in TINY if o.startswith(("model.", "task.", "eval.", "logging."))],
+            "logging.tensorboard=false",
+            "max_steps=6",
+            "sft.eval_every=3",
+            "sft.batch_size=8",
+            "sft.demos=32",
+        ],
+    ),
 }
 
 

@@ -8,8 +8,13 @@ from conftest import REPO
 
 
 def test_gpu_check_dry_run(tmp_path):
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--quiet", "--out", str(tmp_path)],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--quiet", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     (res,) = report["results"]

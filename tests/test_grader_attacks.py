@@ -21,7 +21,7 @@ MARKER_PREFIX = "ZQX"
 # Searches, as an attacker would, everything the worker can reach: its frames (the
 # `job` the runner handed it), every object the garbage collector tracks, and its
 # whole readable memory through /proc/self/mem. Returns the first planted marker.
-SEARCH_MEMORY = r'''
+SEARCH_MEMORY = r"""
 import gc, re, sys
 _PAT = re.compile(rb"ZQX[0-9a-f]{32}")
 
@@ -75,7 +75,7 @@ def _search():
 
 def f(x):
     return _search()
-'''
+"""
 
 
 def _marker() -> str:
@@ -87,11 +87,13 @@ def _hidden_problem(marker: str) -> dict:
     return {
         "prompt": "",
         "entry_point": "f",
-        "test": (f"SECRET = {marker!r}\n"
-                 "def check(candidate):\n"
-                 f"    assert candidate(1) == {marker!r}\n"
-                 "    assert candidate(2) == SECRET\n"
-                 f"    assert candidate(3) == {marker!r}\n"),
+        "test": (
+            f"SECRET = {marker!r}\n"
+            "def check(candidate):\n"
+            f"    assert candidate(1) == {marker!r}\n"
+            "    assert candidate(2) == SECRET\n"
+            f"    assert candidate(3) == {marker!r}\n"
+        ),
     }
 
 
@@ -107,8 +109,10 @@ def test_the_worker_never_holds_the_tests_setup_or_expected_values(v, monkeypatc
     r = v(problem, SEARCH_MEMORY)
     assert r.status == "wrong" and r.score == 0.0 and r.info["passed"] == 0, r
     # control: a runner that hands the worker the whole plan (as it once did) is beaten by this program
-    leaky = code_mod._HARNESS.replace('_WORKER_KEYS = {"calls": ("program", "entry_point", "mode"),',
-                                      '_WORKER_KEYS = {"calls": ("program", "entry_point", "mode", "setup", "steps"),')
+    leaky = code_mod._HARNESS.replace(
+        '_WORKER_KEYS = {"calls": ("program", "entry_point", "mode"),',
+        '_WORKER_KEYS = {"calls": ("program", "entry_point", "mode", "setup", "steps"),',
+    )
     assert leaky != code_mod._HARNESS
     monkeypatch.setattr(code_mod, "_HARNESS", leaky)
     assert v(problem, SEARCH_MEMORY).score == 1.0
@@ -124,10 +128,12 @@ def test_exceptions_from_the_program_cannot_steer_the_tests(v):
     problem = {
         "prompt": "",
         "entry_point": "f",
-        "test": ("def check(candidate):\n"
-                 "    assert candidate(1) == 2\n"
-                 "    assert all(map(lambda x: candidate(x) == 2 * x, [1, 2, 3]))\n"
-                 "    assert candidate(5) == 10\n"),
+        "test": (
+            "def check(candidate):\n"
+            "    assert candidate(1) == 2\n"
+            "    assert all(map(lambda x: candidate(x) == 2 * x, [1, 2, 3]))\n"
+            "    assert candidate(5) == 10\n"
+        ),
     }
     r = v(problem, STOP_ITERATION)
     assert r.status == "wrong" and r.info["passed"] == 0 and r.score == 0.0, r
@@ -140,9 +146,11 @@ def test_exceptions_are_neutral_in_the_tests_beside_the_program_mode_too(v):
     problem = {
         "prompt": "",
         "entry_point": "f",
-        "test": ("def check(candidate):\n"
-                 "    assert Helper() is not None\n"
-                 "    assert all(map(lambda x: candidate(x) == 2 * x, [1, 2, 3]))\n"),
+        "test": (
+            "def check(candidate):\n"
+            "    assert Helper() is not None\n"
+            "    assert all(map(lambda x: candidate(x) == 2 * x, [1, 2, 3]))\n"
+        ),
     }
     assert code_mod.check_plan(problem)["mode"] == "tests"
     r = v(problem, "class Helper:\n    pass\n" + STOP_ITERATION)

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import copy
 import re
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO, compose
-from reasonrl.grpo import group_advantages
 from reasonrl.config import OptimConfig
+from reasonrl.grpo import group_advantages
 from reasonrl.policy import make_optimizer
 from reasonrl.rollout import Rollout
 from reasonrl.update import update_policy
+
+from conftest import REPO, compose
 
 B, G, V = 3, 4, 40
 PAD = 0
@@ -35,9 +35,20 @@ def tiny_model(seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=1,
-                      num_key_value_heads=1, head_dim=64, max_position_embeddings=32, tie_word_embeddings=False,
-                      pad_token_id=PAD, bos_token_id=None, eos_token_id=None)
+    cfg = LlamaConfig(
+        vocab_size=V,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        head_dim=64,
+        max_position_embeddings=32,
+        tie_word_embeddings=False,
+        pad_token_id=PAD,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
     return LlamaForCausalLM(cfg)
 
 
@@ -46,8 +57,16 @@ def rollouts(completion_of=lambda k: 10 + k, logprobs=None) -> list[Rollout]:
     out = []
     for k in range(B * G):
         b = k // G
-        out.append(Rollout(prompt_index=b, prompt_ids=[1, 2 + b], completion_ids=[completion_of(k)], text="",
-                           finish_reason="stop", logprobs=[] if logprobs is None else [float(logprobs[k])]))
+        out.append(
+            Rollout(
+                prompt_index=b,
+                prompt_ids=[1, 2 + b],
+                completion_ids=[completion_of(k)],
+                text="",
+                finish_reason="stop",
+                logprobs=[] if logprobs is None else [float(logprobs[k])],
+            )
+        )
     return out
 
 
@@ -78,8 +97,24 @@ def run_update(model, ros, rewards, alg, masked=None, lr=1e-2, sgd=False, grad_c
         opt = torch.optim.SGD(model.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     ref = copy.deepcopy(model).eval().requires_grad_(False) if alg.kl_coef > 0 else None
-    return update_policy(model, opt, sched, ros, rewards, masked or [False] * len(ros), group_size=G, alg=alg, pad_id=PAD,
-                         ref_model=ref, use_tis=False, temperature=1.0, micro_batch_size=5, max_len=4, grad_clip=grad_clip, step=1)
+    return update_policy(
+        model,
+        opt,
+        sched,
+        ros,
+        rewards,
+        masked or [False] * len(ros),
+        group_size=G,
+        alg=alg,
+        pad_id=PAD,
+        ref_model=ref,
+        use_tis=False,
+        temperature=1.0,
+        micro_batch_size=5,
+        max_len=4,
+        grad_clip=grad_clip,
+        step=1,
+    )
 
 
 def test_the_rewards_tell_the_groupings_apart():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import json
-import signal
 import sys
 import time
 from pathlib import Path
@@ -13,10 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import SHARED_DATA, needs_data
 from reasonrl.verifiers import STATUSES, GoldAnswerError
 from reasonrl.verifiers.format import FormatVerifier
 from reasonrl.verifiers.math import MathVerifier, _gold_strings
+
+from conftest import SHARED_DATA, needs_data
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
 from math_pairs import PAIRS  # noqa: E402
@@ -153,10 +153,45 @@ FUZZ_TIMEOUT_S = 5.0
 
 HOSTILE = st.one_of(
     st.text(max_size=300),
-    st.lists(st.sampled_from(["\\boxed{", "}", "{", "\\frac", "^", "10", "9", "\\sqrt", "(", ")", "\\left(", "\\right)",
-                              "<answer>", "</answer>", "x", "=", ",", "\\\\", "\\begin{pmatrix}", "\\end{pmatrix}", "&",
-                              "\\infty", "i", "\\pi", "e", "!", "\\cdot", "-", "+", "\\text{", "%", "$"]),
-             max_size=80).map("".join),
+    st.lists(
+        st.sampled_from(
+            [
+                "\\boxed{",
+                "}",
+                "{",
+                "\\frac",
+                "^",
+                "10",
+                "9",
+                "\\sqrt",
+                "(",
+                ")",
+                "\\left(",
+                "\\right)",
+                "<answer>",
+                "</answer>",
+                "x",
+                "=",
+                ",",
+                "\\\\",
+                "\\begin{pmatrix}",
+                "\\end{pmatrix}",
+                "&",
+                "\\infty",
+                "i",
+                "\\pi",
+                "e",
+                "!",
+                "\\cdot",
+                "-",
+                "+",
+                "\\text{",
+                "%",
+                "$",
+            ]
+        ),
+        max_size=80,
+    ).map("".join),
     st.integers(1, 60).map(lambda d: "\\boxed{" + "{" * d + "1" + "}" * d + "}"),
     st.integers(2, 8).map(lambda d: "\\boxed{" + "^".join(["10"] * d) + "}"),
     st.integers(2, 6).map(lambda d: "\\boxed{" + "10^{" * d + "99" + "}" * d + "}"),

@@ -41,7 +41,7 @@ class HangVerifier:
         return Verdict(1.0, "correct", {})
 '''
 
-PYPROJECT = '''
+PYPROJECT = """
 [build-system]
 requires = ["setuptools"]
 build-backend = "setuptools.build_meta"
@@ -56,7 +56,7 @@ toy_hang = "toyplug:HangVerifier"
 
 [tool.setuptools]
 packages = ["toyplug"]
-'''
+"""
 
 
 def test_third_party_verifier_by_name_from_the_cli(tmp_path):
@@ -67,17 +67,33 @@ def test_third_party_verifier_by_name_from_the_cli(tmp_path):
     (pkg / "toyplug" / "__init__.py").write_text(textwrap.dedent(PLUGIN))
     (pkg / "pyproject.toml").write_text(textwrap.dedent(PYPROJECT))
     site = tmp_path / "site"
-    inst = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                           "--target", str(site), str(pkg)], capture_output=True, text=True)
+    inst = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site), str(pkg)],
+        capture_output=True,
+        text=True,
+    )
     assert inst.returncode == 0, inst.stderr[-2000:]
     assert list(site.glob("reasonrl_toyplug-0.1.dist-info/entry_points.txt"))
 
     env = {**os.environ, "PYTHONPATH": str(site), "TOY_HANG_QUESTION": next(arith.ArithStream(0))["question"]}
     exe = os.path.join(os.path.dirname(sys.executable), "reasonrl-train")
     run_dir = tmp_path / "run"
-    out = subprocess.run([exe, *TINY, "max_steps=2", "verifier=[integer,toy_len,toy_hang]", "verifier.toy_len.max_chars=30",
-                          "verify.timeout_s=1", f"hydra.run.dir={run_dir}"], capture_output=True, text=True,
-                         cwd=tmp_path, env=env, timeout=600)
+    out = subprocess.run(
+        [
+            exe,
+            *TINY,
+            "max_steps=2",
+            "verifier=[integer,toy_len,toy_hang]",
+            "verifier.toy_len.max_chars=30",
+            "verify.timeout_s=1",
+            f"hydra.run.dir={run_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     step1 = rows[1]
@@ -89,6 +105,11 @@ def test_third_party_verifier_by_name_from_the_cli(tmp_path):
     assert rows[2]["verify/timeout_frac"] == 0.0 and rows[2]["step"] == 2
 
     # without the package on the path the name is unknown, and Hydra says which
-    bad = subprocess.run([exe, "verifier=[toy_len]", f"hydra.run.dir={tmp_path / 'bad'}"], capture_output=True, text=True,
-                         cwd=tmp_path, env={k: v for k, v in env.items() if k != "PYTHONPATH"})
+    bad = subprocess.run(
+        [exe, "verifier=[toy_len]", f"hydra.run.dir={tmp_path / 'bad'}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={k: v for k, v in env.items() if k != "PYTHONPATH"},
+    )
     assert bad.returncode != 0 and "toy_len" in bad.stderr

@@ -26,8 +26,11 @@ class Moody:
             os._exit(3)
         if "raise" in completion:
             raise RuntimeError("bug in a verifier")
-        return Verdict(1.0 if completion.strip() == problem["answer"] else 0.0,
-                       "correct" if completion.strip() == problem["answer"] else "wrong", {})
+        return Verdict(
+            1.0 if completion.strip() == problem["answer"] else 0.0,
+            "correct" if completion.strip() == problem["answer"] else "wrong",
+            {},
+        )
 
 
 @pytest.fixture(scope="module")

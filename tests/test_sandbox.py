@@ -61,7 +61,9 @@ def test_a_fork_bomb_does_not_starve_a_concurrent_run():
     bomb_result = {}
 
     def bomb():
-        bomb_result["r"] = run("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass", timeout_s=3)
+        bomb_result["r"] = run(
+            "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass", timeout_s=3
+        )
 
     t = threading.Thread(target=bomb)
     t.start()
@@ -117,8 +119,10 @@ def test_seccomp_filter_assembles_for_each_supported_arch():
 
 def test_seccomp_is_what_denies_sockets_and_namespaces():
     """The same calls succeed without the filter, so the filter (not luck) is what blocks them."""
-    code = ("import ctypes, socket\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-            "socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nprint('socket ok')\n")
+    code = (
+        "import ctypes, socket\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nprint('socket ok')\n"
+    )
     assert Sandbox(use_seccomp=True).run(code).status == "error"
     assert Sandbox(use_seccomp=False).run(code).stdout == "socket ok\n"
 
@@ -152,8 +156,12 @@ def test_an_unprivileged_caller_gets_the_same_containment():
         pytest.skip("needs root (to become an unprivileged user), setpriv and /usr/bin/python3")
     site_dir = sysconfig.get_paths()["purelib"]
     as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3"]
-    probe = subprocess.run([*as_nobody, "-c", f"import site; site.addsitedir({site_dir!r}); import reasonrl.sandbox"],
-                           capture_output=True, text=True, cwd="/")
+    probe = subprocess.run(
+        [*as_nobody, "-c", f"import site; site.addsitedir({site_dir!r}); import reasonrl.sandbox"],
+        capture_output=True,
+        text=True,
+        cwd="/",
+    )
     if probe.returncode != 0:
         pytest.skip(f"the project is not importable by an unprivileged user here: {probe.stderr.strip()[-200:]}")
     out = subprocess.run([*as_nobody, "-c", _UNPRIVILEGED, site_dir], capture_output=True, text=True, cwd="/", timeout=300)
@@ -167,8 +175,10 @@ def test_per_run_cgroup_caps_the_whole_run_and_is_removed():
     if bases is None:
         pytest.skip(why)
     before = {d: set(os.listdir(d)) for d in bases.values()}
-    code = ("import os, time\nfor _ in range(6):\n    if os.fork() == 0:\n        b = bytearray(150 << 20)\n        time.sleep(30)\n"
-            "        os._exit(0)\nfor _ in range(6):\n    os.wait()")
+    code = (
+        "import os, time\nfor _ in range(6):\n    if os.fork() == 0:\n        b = bytearray(150 << 20)\n        time.sleep(30)\n"
+        "        os._exit(0)\nfor _ in range(6):\n    os.wait()"
+    )
     r = run(code, timeout_s=3, memory_mb=256)  # each process is under its own limit; together they are not
     assert r.status == "memory" and "cgroup" in r.reason
     assert Sandbox(use_cgroup=False).run(code, timeout_s=2, memory_mb=256).status == "timeout"
@@ -202,28 +212,35 @@ def test_bad_limits_are_setup_failures_not_the_programs_error():
 def test_the_filter_is_what_denies_xattrs_aio_locks_and_inotify():
     """Each of these worked inside the sandbox before the filter denied it (an unprivileged caller's run
     stored over 1 GiB as extended attributes with memory_mb=128; io_setup took the host's AIO pool)."""
-    code = ("import ctypes, fcntl, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-            "open('/tmp/x', 'w').close()\nos.setxattr('/tmp/x', 'user.a', b'x' * 1000)\nprint('xattr')\n"
-            "ctx = ctypes.c_ulong(0)\nassert libc.syscall({io_setup}, 16, ctypes.byref(ctx)) == 0\nprint('aio')\n"
-            "f = open('/usr/bin/env', 'rb')\nfcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)\nprint('flock')\n"
-            "fcntl.lockf(f, fcntl.LOCK_SH | fcntl.LOCK_NB)\nprint('lockf')\n"
-            "assert libc.inotify_add_watch(libc.inotify_init1(0), b'/usr', 0x20) >= 0\nprint('inotify')\n")
+    code = (
+        "import ctypes, fcntl, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "open('/tmp/x', 'w').close()\nos.setxattr('/tmp/x', 'user.a', b'x' * 1000)\nprint('xattr')\n"
+        "ctx = ctypes.c_ulong(0)\nassert libc.syscall({io_setup}, 16, ctypes.byref(ctx)) == 0\nprint('aio')\n"
+        "f = open('/usr/bin/env', 'rb')\nfcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)\nprint('flock')\n"
+        "fcntl.lockf(f, fcntl.LOCK_SH | fcntl.LOCK_NB)\nprint('lockf')\n"
+        "assert libc.inotify_add_watch(libc.inotify_init1(0), b'/usr', 0x20) >= 0\nprint('inotify')\n"
+    )
     code = code.format(io_setup={"x86_64": 206, "aarch64": 0}[os.uname().machine])
     assert Sandbox(use_seccomp=False, use_cgroup=False).run(code).stdout.split() == ["xattr", "aio", "flock", "lockf", "inotify"]
     for step in ("xattr", "aio", "flock", "lockf", "inotify"):  # each one denied on its own
         lines = code.splitlines()
         start = next(i for i, line in enumerate(lines) if line == f"print({step!r})")
         prev = [i for i, line in enumerate(lines) if line.startswith("print(") and i < start]
-        body = "\n".join(lines[:2] + ["open('/tmp/x', 'w').close()", "ctx = ctypes.c_ulong(0)", "f = open('/usr/bin/env', 'rb')"]
-                         + lines[(prev[-1] + 1 if prev else 3):start + 1])
+        body = "\n".join(
+            lines[:2]
+            + ["open('/tmp/x', 'w').close()", "ctx = ctypes.c_ulong(0)", "f = open('/usr/bin/env', 'rb')"]
+            + lines[(prev[-1] + 1 if prev else 3) : start + 1]
+        )
         r = Sandbox(use_cgroup=False).run(body)
         assert r.status == "error" and step not in r.stdout.split(), (step, r)
 
 
 def test_fcntl_keeps_every_command_but_locks_and_notifications():
-    code = ("import fcntl, os\nfd = os.open('/tmp/x', os.O_CREAT | os.O_RDWR)\n"
-            "fl = fcntl.fcntl(fd, fcntl.F_GETFL)\nfcntl.fcntl(fd, fcntl.F_SETFL, fl | os.O_NONBLOCK)\n"
-            "fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)\nos.dup2(fd, 9)\nprint('fcntl ok')")
+    code = (
+        "import fcntl, os\nfd = os.open('/tmp/x', os.O_CREAT | os.O_RDWR)\n"
+        "fl = fcntl.fcntl(fd, fcntl.F_GETFL)\nfcntl.fcntl(fd, fcntl.F_SETFL, fl | os.O_NONBLOCK)\n"
+        "fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)\nos.dup2(fd, 9)\nprint('fcntl ok')"
+    )
     assert run(code).stdout == "fcntl ok\n"
 
 
@@ -235,8 +252,10 @@ def test_slots_are_exclusive_across_network_namespaces():
 
     if os.geteuid() != 0:
         pytest.skip("needs root to make a network namespace")
-    holder = ("import ctypes, sys\nassert ctypes.CDLL(None, use_errno=True).unshare(0x40000000) == 0  # CLONE_NEWNET\n"
-              "from reasonrl.sandbox.bwrap import Slot\ns = Slot()\nprint(s.acquire(), flush=True)\nsys.stdin.read()\n")
+    holder = (
+        "import ctypes, sys\nassert ctypes.CDLL(None, use_errno=True).unshare(0x40000000) == 0  # CLONE_NEWNET\n"
+        "from reasonrl.sandbox.bwrap import Slot\ns = Slot()\nprint(s.acquire(), flush=True)\nsys.stdin.read()\n"
+    )
     with bw.Slot() as mine:
         p = subprocess.Popen([sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
@@ -322,8 +341,12 @@ def test_an_unprivileged_user_runs_the_battery_from_their_own_private_directory(
         pytest.skip("needs root (to become an unprivileged user), setpriv and /usr/bin/python3")
     site_dir = sysconfig.get_paths()["purelib"]
     as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3"]
-    probe = subprocess.run([*as_nobody, "-c", f"import site; site.addsitedir({site_dir!r}); import reasonrl.sandbox"],
-                           capture_output=True, text=True, cwd="/")
+    probe = subprocess.run(
+        [*as_nobody, "-c", f"import site; site.addsitedir({site_dir!r}); import reasonrl.sandbox"],
+        capture_output=True,
+        text=True,
+        cwd="/",
+    )
     if probe.returncode != 0:
         pytest.skip(f"the project is not importable by an unprivileged user here: {probe.stderr.strip()[-200:]}")
     from pathlib import Path
@@ -336,8 +359,9 @@ def test_an_unprivileged_user_runs_the_battery_from_their_own_private_directory(
             for f in files:
                 os.chown(os.path.join(dirpath, f), 65534, 65534)
         assert os.stat(home).st_mode & 0o777 == 0o700
-        out = subprocess.run([*as_nobody, "-c", _PRIVATE_UNPRIVILEGED, site_dir, binary], capture_output=True, text=True,
-                             cwd="/", timeout=300)
+        out = subprocess.run(
+            [*as_nobody, "-c", _PRIVATE_UNPRIVILEGED, site_dir, binary], capture_output=True, text=True, cwd="/", timeout=300
+        )
         assert "PRIVATE UNPRIVILEGED OK" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
     finally:
         shutil.rmtree(home, ignore_errors=True)
@@ -356,8 +380,10 @@ def test_two_batteries_at_once_neither_counts_nor_kills_the_others_runs():
     import subprocess
     import sys
 
-    procs = [subprocess.Popen([sys.executable, "-c", _BATTERY], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _BATTERY], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     for out in outs:
         last = [line for line in out.splitlines() if line.startswith("CONTAINED")]
@@ -370,7 +396,7 @@ def test_leftover_checks_see_only_this_callers_sandboxes():
     import sys
 
     code = "from reasonrl.sandbox import run; run('import time\\ntime.sleep(60)', timeout_s=60)"
-    sh = subprocess.run(["sh", "-c", f"{sys.executable} -c \"{code}\" >/dev/null 2>&1 & echo $!"], capture_output=True, text=True)
+    sh = subprocess.run(["sh", "-c", f'{sys.executable} -c "{code}" >/dev/null 2>&1 & echo $!'], capture_output=True, text=True)
     other = int(sh.stdout.strip())  # its parent shell has exited: it is nobody's child here
     try:
         deadline = time.time() + 30

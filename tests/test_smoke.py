@@ -13,16 +13,37 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, TINY, compose
+from conftest import TINY, compose
 
 CORE_KEYS = [
-    "step", "time/step_s", "time/generate_s", "time/verify_s", "time/train_s", "time/sync_s",
-    "reward/mean", "reward/std", "reward/integer/mean", "reward/format/mean",
+    "step",
+    "time/step_s",
+    "time/generate_s",
+    "time/verify_s",
+    "time/train_s",
+    "time/sync_s",
+    "reward/mean",
+    "reward/std",
+    "reward/integer/mean",
+    "reward/format/mean",
     *[f"verify/{s}_frac" for s in ("correct", "wrong", "no_answer", "format_error", "timeout", "error")],
-    "rollout/len_mean", "rollout/len_max", "rollout/clipped_frac", "rollout/tokens_per_s",
-    "rollout/think_len_mean", "rollout/answer_len_mean", "rollout/len_correct_mean", "rollout/len_wrong_mean",
-    "train/loss", "train/kl", "train/entropy", "train/clip_frac", "train/grad_norm", "train/lr",
-    "sampling/logprob_diff_mean", "sampling/logprob_diff_max", "group/zero_std_frac",
+    "rollout/len_mean",
+    "rollout/len_max",
+    "rollout/clipped_frac",
+    "rollout/tokens_per_s",
+    "rollout/think_len_mean",
+    "rollout/answer_len_mean",
+    "rollout/len_correct_mean",
+    "rollout/len_wrong_mean",
+    "train/loss",
+    "train/kl",
+    "train/entropy",
+    "train/clip_frac",
+    "train/grad_norm",
+    "train/lr",
+    "sampling/logprob_diff_mean",
+    "sampling/logprob_diff_max",
+    "group/zero_std_frac",
 ]
 
 
@@ -36,8 +57,10 @@ def two_step_run(tmp_path_factory):
     from reasonrl.train import main
 
     run_dir = tmp_path_factory.mktemp("run")
-    cfg = compose("train", [*TINY, "max_steps=2", "eval.every=1", "checkpoint.every=1", "logging.plot=true",
-                            f"run_dir={run_dir}", "optim.lr=1e-3"])
+    cfg = compose(
+        "train",
+        [*TINY, "max_steps=2", "eval.every=1", "checkpoint.every=1", "logging.plot=true", f"run_dir={run_dir}", "optim.lr=1e-3"],
+    )
     before, _, _ = load_policy(cfg.model, progress=False)
     summary = main(cfg)
     return cfg, run_dir, summary, {k: v.clone() for k, v in before.state_dict().items()}
@@ -75,8 +98,9 @@ def test_same_seed_same_step0(two_step_run, tmp_path):
     from reasonrl.train import main
 
     cfg, run_dir, summary, _ = two_step_run
-    again = main(compose("train", [*TINY, "max_steps=1", "eval.every=1", "optim.lr=1e-3", f"run_dir={tmp_path}",
-                                   "checkpoint.final=false"]))
+    again = main(
+        compose("train", [*TINY, "max_steps=1", "eval.every=1", "optim.lr=1e-3", f"run_dir={tmp_path}", "checkpoint.final=false"])
+    )
     assert again["start"] == summary["start"]
     first_step = lambda d: {k: v for k, v in _rows(d)[1].items() if not k.startswith("time/") and "per_s" not in k}  # noqa: E731
     assert first_step(tmp_path) == first_step(run_dir)
@@ -85,8 +109,17 @@ def test_same_seed_same_step0(two_step_run, tmp_path):
 def test_cold_start_then_rl(tmp_path):
     from reasonrl.train import main
 
-    cfg = compose("train", [*TINY, "experiment=sft_cold_start_arith", "max_steps=1", "cold_start.steps=3",
-                            "cold_start.demos=16", f"run_dir={tmp_path}"])
+    cfg = compose(
+        "train",
+        [
+            *TINY,
+            "experiment=sft_cold_start_arith",
+            "max_steps=1",
+            "cold_start.steps=3",
+            "cold_start.demos=16",
+            f"run_dir={tmp_path}",
+        ],
+    )
     summary = main(cfg)
     assert (tmp_path / "checkpoints" / "sft" / "config.json").is_file()
     assert summary["experiment"] == "sft_cold_start_arith"
@@ -109,9 +142,14 @@ def test_sft_entry_point(tmp_path):
 def test_console_script(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "reasonrl-train")
     run_dir = tmp_path / "cli"
-    out = subprocess.run([exe, *TINY, "max_steps=1", "generator=hf", "experiment=r1_zero_arith",
-                          f"hydra.run.dir={run_dir}"], capture_output=True, text=True, cwd=tmp_path, timeout=600,
-                         env={**os.environ, "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]})
+    out = subprocess.run(
+        [exe, *TINY, "max_steps=1", "generator=hf", "experiment=r1_zero_arith", f"hydra.run.dir={run_dir}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+        env={**os.environ, "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count(f"run directory: {run_dir}") == 2  # at start and at end
     assert "held-out accuracy (greedy)" in out.stdout
@@ -120,19 +158,27 @@ def test_console_script(tmp_path):
     assert bad.returncode != 0 and "max_stpes" in bad.stderr
 
 
-@pytest.mark.parametrize("overrides", [
-    ["algorithm=grpo_deepseekmath"],
-    ["algorithm=dr_grpo"],
-    ["algorithm=dapo", "algorithm.overlong_buffer=4"],
-    ["algorithm.updates_per_batch=2", "algorithm.dual_clip=3.0", "algorithm.entropy_coef=0.01",
-     "algorithm.mask_truncated=true"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["algorithm=grpo_deepseekmath"],
+        ["algorithm=dr_grpo"],
+        ["algorithm=dapo", "algorithm.overlong_buffer=4"],
+        [
+            "algorithm.updates_per_batch=2",
+            "algorithm.dual_clip=3.0",
+            "algorithm.entropy_coef=0.01",
+            "algorithm.mask_truncated=true",
+        ],
+    ],
+)
 def test_algorithm_variants_train(tmp_path, overrides):
     from reasonrl.models import load_policy
     from reasonrl.train import main
 
-    cfg = compose("train", [*TINY, *overrides, "max_steps=2", "optim.lr=1e-3", f"run_dir={tmp_path}",
-                            "rollout.max_new_tokens=16"])
+    cfg = compose(
+        "train", [*TINY, *overrides, "max_steps=2", "optim.lr=1e-3", f"run_dir={tmp_path}", "rollout.max_new_tokens=16"]
+    )
     before, _, _ = load_policy(cfg.model, progress=False)
     main(cfg)
     rows = _rows(tmp_path)[1:]
@@ -153,8 +199,8 @@ def test_algorithm_variants_train(tmp_path, overrides):
 def test_dynamic_sampling_redraws_until_groups_carry_signal():
     import torch as t
 
-    from reasonrl.rollout import Rollout, Sampling
     from reasonrl.collect import collect_groups
+    from reasonrl.rollout import Rollout, Sampling
     from reasonrl.verifiers.integer import IntegerVerifier
 
     class Scripted:
@@ -171,11 +217,21 @@ def test_dynamic_sampling_redraws_until_groups_carry_signal():
             return out
 
     stream = iter({"question": str(i), "answer": "7"} for i in range(100))
-    kw = dict(B=3, G=2, sampling=Sampling(max_new_tokens=8), seed=0, policy_version=0, mask_statuses=("error",),
-              max_redraws=5, overlong_buffer=0, overlong_coef=1.0)
+    kw = dict(
+        B=3,
+        G=2,
+        sampling=Sampling(max_new_tokens=8),
+        seed=0,
+        policy_version=0,
+        mask_statuses=("error",),
+        max_redraws=5,
+        overlong_buffer=0,
+        overlong_coef=1.0,
+    )
     tok = lambda text, add_special_tokens=False: {"input_ids": [int(text)]}  # noqa: E731
-    batch = collect_groups(Scripted(), tok, stream, lambda p: p["question"], {"integer": (IntegerVerifier(), 1.0)}, None,
-                           dynamic=True, **kw)
+    batch = collect_groups(
+        Scripted(), tok, stream, lambda p: p["question"], {"integer": (IntegerVerifier(), 1.0)}, None, dynamic=True, **kw
+    )
     problems, rollouts, rewards, stats = batch.problems, batch.rollouts, batch.rewards, batch.stats
     # questions 0..2: only "1" (k=1 of G=2) has signal; 3..5: "4"; 6..8: "7" -> 3 draws fill B=3
     assert [p["question"] for p in problems] == ["1", "4", "7"]
@@ -183,8 +239,9 @@ def test_dynamic_sampling_redraws_until_groups_carry_signal():
     assert [r.prompt_index for r in rollouts] == [0, 0, 1, 1, 2, 2]
     assert rewards.tolist() == [1.0, 0.0] * 3 and all("integer" in r.verdicts for r in rollouts)
     stream2 = iter({"question": str(i), "answer": "7"} for i in range(100))
-    b2 = collect_groups(Scripted(), tok, stream2, lambda p: p["question"], {"integer": (IntegerVerifier(), 1.0)}, None,
-                        dynamic=False, **kw)
+    b2 = collect_groups(
+        Scripted(), tok, stream2, lambda p: p["question"], {"integer": (IntegerVerifier(), 1.0)}, None, dynamic=False, **kw
+    )
     assert [p["question"] for p in b2.problems] == ["0", "1", "2"] and b2.stats["redraws"] == 0
     assert t.equal(b2.rewards[:2], t.zeros(2))
 
@@ -195,8 +252,9 @@ def test_trainer_state_round_trip_repeats_the_next_step(tmp_path):
 
     from reasonrl.train import GRPOTrainer
 
-    cfg = compose("train", [*TINY, "max_steps=3", "optim.lr=1e-3", "verify.workers=0", "logging.tensorboard=false",
-                            f"run_dir={tmp_path}"])
+    cfg = compose(
+        "train", [*TINY, "max_steps=3", "optim.lr=1e-3", "verify.workers=0", "logging.tensorboard=false", f"run_dir={tmp_path}"]
+    )
     trainer = GRPOTrainer(cfg).setup()
     try:
         trainer.step()
@@ -208,8 +266,10 @@ def test_trainer_state_round_trip_repeats_the_next_step(tmp_path):
         again = trainer.step()
     finally:
         trainer.close()
-    drop = lambda r: json.dumps({k: v for k, v in r.items() if not k.startswith(("time/", "rollout/tokens_per_s"))},  # noqa: E731
-                                sort_keys=True)  # NaN-safe comparison
+    drop = lambda r: json.dumps(
+        {k: v for k, v in r.items() if not k.startswith(("time/", "rollout/tokens_per_s"))},  # noqa: E731
+        sort_keys=True,
+    )  # NaN-safe comparison
     assert drop(again) == drop(first)
     assert all(torch.equal(a, b) for a, b in zip(params, trainer.model.parameters()))
 

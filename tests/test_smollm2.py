@@ -36,10 +36,11 @@ def test_conversion_gives_a_working_hf_folder():
     model = AutoModelForCausalLM.from_pretrained(path)
     tok = AutoTokenizer.from_pretrained(path)
     assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is 2+3?"}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 2+3?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     out = model.generate(**ids, max_new_tokens=12, do_sample=False)
-    assert "5" in tok.decode(out[0][ids["input_ids"].shape[1]:])  # real weights, not noise
+    assert "5" in tok.decode(out[0][ids["input_ids"].shape[1] :])  # real weights, not noise
 
 
 @needs_data
@@ -72,9 +73,19 @@ def test_short_rl_run_on_gsm8k_with_vllm(tmp_path):
     ok, reason = vllm_available()
     if not ok:
         pytest.skip(reason)
-    cfg = compose("train", ["experiment=smollm2_gsm8k", "max_steps=2", "task.heldout_size=8", "rollout.prompts_per_step=2",
-                            "rollout.max_new_tokens=96", "eval.max_new_tokens=96", "logging.progress=false",
-                            f"run_dir={tmp_path}"])
+    cfg = compose(
+        "train",
+        [
+            "experiment=smollm2_gsm8k",
+            "max_steps=2",
+            "task.heldout_size=8",
+            "rollout.prompts_per_step=2",
+            "rollout.max_new_tokens=96",
+            "eval.max_new_tokens=96",
+            "logging.progress=false",
+            f"run_dir={tmp_path}",
+        ],
+    )
     main(cfg)
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2]

@@ -14,8 +14,12 @@ import inspect
 
 from conftest import REPO
 
-ROOTS = {"reasonrl": REPO / "reasonrl", "reasonrl.verifiers": REPO / "verifiers", "reasonrl.sandbox": REPO / "sandbox",
-         "reasonrl.evals": REPO / "evals"}
+ROOTS = {
+    "reasonrl": REPO / "reasonrl",
+    "reasonrl.verifiers": REPO / "verifiers",
+    "reasonrl.sandbox": REPO / "sandbox",
+    "reasonrl.evals": REPO / "evals",
+}
 ENTRY_POINTS = {"reasonrl.train", "reasonrl.finetune", "reasonrl.benchmark"}
 TRAINERS = {"reasonrl.sft", "reasonrl.tiny", "reasonrl.models", "reasonrl.update", "reasonrl.collect"}
 

@@ -26,8 +26,16 @@ def test_base_model_is_built_once_cached_and_loads(tmp_path):
     from reasonrl.models import load_policy
     from reasonrl.tiny import base_path
 
-    cfg = compose("train", ["model.pretrain.max_steps=3", "model.pretrain.eval_every=3",
-                            "model.pretrain.eval_problems=4", "model.pretrain.batch_size=8", "logging.progress=false"])
+    cfg = compose(
+        "train",
+        [
+            "model.pretrain.max_steps=3",
+            "model.pretrain.eval_every=3",
+            "model.pretrain.eval_problems=4",
+            "model.pretrain.batch_size=8",
+            "logging.progress=false",
+        ],
+    )
     model, tok, path = load_policy(cfg.model, progress=False)
     assert path == base_path(cfg.model.arch, cfg.model.pretrain) and (path / "build.json").is_file()
     assert model.config.head_dim == 64 and sum(p.numel() for p in model.parameters()) > 400_000

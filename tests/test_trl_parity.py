@@ -37,8 +37,11 @@ def _trl_grpo():
 
     target = Path(sys.prefix) / f"trl-parity-{TRL_VERSION}"
     if not (target / "trl").is_dir():
-        out = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
-                              f"trl=={TRL_VERSION}"], capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), f"trl=={TRL_VERSION}"],
+            capture_output=True,
+            text=True,
+        )
         if out.returncode != 0:
             pytest.fail(f"could not install trl=={TRL_VERSION} for the parity check: {out.stderr[-1000:]}")
     if str(target) not in sys.path:
@@ -68,19 +71,34 @@ class _Acc:
 def _trl_loss(loss_type, logp, old, ref, adv, mask, beta, eps_low, eps_high, max_len):
     entropies = torch.zeros_like(logp)
     fake = types.SimpleNamespace(
-        aux_loss_enabled=False, top_entropy_quantile=1.0, off_policy_mask_threshold=None,
-        importance_sampling_level="token", beta=beta, loss_type=loss_type, epsilon_low=eps_low, epsilon_high=eps_high,
-        use_vllm=False, vllm_importance_sampling_correction=False, model=types.SimpleNamespace(training=True),
-        current_gradient_accumulation_steps=1, max_completion_length=max_len, accelerator=_Acc(),
-        _entropy_bonus_enabled=False, _metrics=collections.defaultdict(lambda: collections.defaultdict(list)),
+        aux_loss_enabled=False,
+        top_entropy_quantile=1.0,
+        off_policy_mask_threshold=None,
+        importance_sampling_level="token",
+        beta=beta,
+        loss_type=loss_type,
+        epsilon_low=eps_low,
+        epsilon_high=eps_high,
+        use_vllm=False,
+        vllm_importance_sampling_correction=False,
+        model=types.SimpleNamespace(training=True),
+        current_gradient_accumulation_steps=1,
+        max_completion_length=max_len,
+        accelerator=_Acc(),
+        _entropy_bonus_enabled=False,
+        _metrics=collections.defaultdict(lambda: collections.defaultdict(list)),
         args=types.SimpleNamespace(use_bias_correction_kl=False, delta=None, steps_per_generation=1),
         _get_per_token_logps_and_entropies=lambda *a, **k: (logp, entropies, None),
     )
     n, t = logp.shape
     inputs = {
-        "prompt_ids": torch.zeros(n, 2, dtype=torch.long), "prompt_mask": torch.ones(n, 2, dtype=torch.long),
-        "completion_ids": torch.zeros(n, t, dtype=torch.long), "completion_mask": mask.long(),
-        "advantages": adv, "old_per_token_logps": old, "num_items_in_batch": mask.sum(),
+        "prompt_ids": torch.zeros(n, 2, dtype=torch.long),
+        "prompt_mask": torch.ones(n, 2, dtype=torch.long),
+        "completion_ids": torch.zeros(n, t, dtype=torch.long),
+        "completion_mask": mask.long(),
+        "advantages": adv,
+        "old_per_token_logps": old,
+        "num_items_in_batch": mask.sum(),
     }
     if beta:
         inputs["ref_per_token_logps"] = ref

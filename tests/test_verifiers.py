@@ -73,7 +73,12 @@ def test_extraction():
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(list("0123456789+-,{}\\ <>/") + ["<answer>", "</answer>", "<think>", "</think>", "\\boxed{"]), max_size=120).map("".join))
+@given(
+    st.lists(
+        st.sampled_from(list("0123456789+-,{}\\ <>/") + ["<answer>", "</answer>", "<think>", "</think>", "\\boxed{"]),
+        max_size=120,
+    ).map("".join)
+)
 def test_verifiers_never_raise_on_model_output(text):
     for v in (IntegerVerifier(), FormatVerifier()):
         verdict = v(P, text)
@@ -95,8 +100,9 @@ def test_a_raising_verifier_costs_an_error_verdict_and_is_masked():
             raise RuntimeError("boom")
 
     assert safe_call(Broken(), P, "x").status == "error"
-    scored = score([P, P], ["<answer>161</answer>", "<answer>1</answer>"],
-                   {"integer": (IntegerVerifier(), 1.0), "broken": (Broken(), 0.5)})
+    scored = score(
+        [P, P], ["<answer>161</answer>", "<answer>1</answer>"], {"integer": (IntegerVerifier(), 1.0), "broken": (Broken(), 0.5)}
+    )
     assert scored.rewards == [1.0, 0.0]
     assert scored.masked == [True, True]  # error verdicts leave the loss; they are not "wrong"
     m = summarize(scored, ["integer", "broken"])
@@ -105,7 +111,9 @@ def test_a_raising_verifier_costs_an_error_verdict_and_is_masked():
 
 def test_weighted_rewards_and_status_fractions():
     vs = {"integer": (IntegerVerifier(), 1.0), "format": (FormatVerifier(), 0.1)}
-    scored = score([P] * 3, ["<think></think><answer>161</answer>", "<answer>161</answer>", "<think></think><answer>7</answer>"], vs)
+    scored = score(
+        [P] * 3, ["<think></think><answer>161</answer>", "<answer>161</answer>", "<think></think><answer>7</answer>"], vs
+    )
     assert scored.rewards == pytest.approx([1.1, 1.0, 0.1])
     assert scored.masked == [False, False, False]
     m = summarize(scored, list(vs))

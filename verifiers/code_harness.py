@@ -47,8 +47,7 @@ _MAX_MSG = 64 << 20
 _MAX_DEPTH = 100
 _STDLIB_DICTS = (collections.Counter, collections.OrderedDict, collections.defaultdict)
 # What the worker receives per mode: only "tests" needs the tests, for it runs them beside the program.
-_WORKER_KEYS = {"calls": ("program", "entry_point", "mode"),
-                "tests": ("program", "entry_point", "mode", "setup", "steps")}
+_WORKER_KEYS = {"calls": ("program", "entry_point", "mode"), "tests": ("program", "entry_point", "mode", "setup", "steps")}
 
 
 class ProgramRaised(Exception):
@@ -59,7 +58,7 @@ class ProgramRaised(Exception):
 def _send(fd, data):
     view = memoryview(struct.pack("<Q", len(data)) + data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _read_exact(fd, n):
@@ -118,7 +117,7 @@ def _decode(v, depth=0):
         return v
     if type(v) is not dict or len(v) != 1 or depth > _MAX_DEPTH:
         raise ValueError("malformed value")
-    (tag, x), = v.items()
+    ((tag, x),) = v.items()
     if tag == "i":
         return int(x)
     if tag == "f":
@@ -166,6 +165,7 @@ def _worker(rfd, wfd):
 
 def _run_tests_here(job, ns, fn, wfd):
     """mode="tests": the tests need the program's own names, so they run beside it."""
+
     def candidate(*args, **kwargs):
         try:
             value = fn(*args, **kwargs)

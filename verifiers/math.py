@@ -391,8 +391,11 @@ class MathVerifier:
         if len(unique) > 1 and self._distinct_values(unique[-4:]):
             return Verdict(0.0, "wrong", {"hedge": 1})
         alternatives = [a for a in _HEDGE_SPLIT.split(answer) if a and a.strip()]
-        if (len(alternatives) > 1 and forms.inequality_parts(answer) is None  # "x<-1 or x>1" is one set, not a hedge
-                and self._distinct_values(alternatives)):
+        if (
+            len(alternatives) > 1
+            and forms.inequality_parts(answer) is None  # "x<-1 or x>1" is one set, not a hedge
+            and self._distinct_values(alternatives)
+        ):
             return Verdict(0.0, "wrong", {"hedge": 1})
         return Verdict(1.0, "correct", {}) if self._equal(gold[0], answer) else Verdict(0.0, "wrong", {})
 

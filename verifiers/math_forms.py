@@ -34,7 +34,8 @@ from typing import Any
 _WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox|textrm)\s*\{([^{}]*)\}")
 _CHOICE = re.compile(r"^\(([A-Ja-j])\)(?:\s.*)?$|^([A-J])$")
 _DEGREE_MARK = re.compile(
-    r"^(?P<value>.*?)\s*(?:\^\s*\{?\s*\\circ\s*\}?|°|\\degree|\\text\{\s*degrees?\s*\}|\s+degrees?)\s*$", re.IGNORECASE)
+    r"^(?P<value>.*?)\s*(?:\^\s*\{?\s*\\circ\s*\}?|°|\\degree|\\text\{\s*degrees?\s*\}|\s+degrees?)\s*$", re.IGNORECASE
+)
 _RADIAN_MARK = re.compile(r"\s*(?:\\text\{\s*(?:rad|radians?)\s*\}|\s+(?:rad|radians?))\s*$", re.IGNORECASE)
 _PERCENT = re.compile(r"(?:\\?%|\s*(?:\\text\{\s*)?per\s?cent\s*\}?)\s*$", re.IGNORECASE)
 _INEQUALITY = re.compile(r"<|>|\\le|\\ge|\\lt|\\gt|≤|≥|\\leq|\\geq|\\leqslant|\\geqslant")
@@ -107,6 +108,7 @@ def inequality_parts(text: str) -> list[str] | None:
 
 def normalize_imaginary(text: str) -> str:
     """``\\sqrt{-1}`` -> ``i``; ``\\sqrt{-9}`` -> ``i\\sqrt{9}``."""
+
     def sub(m: re.Match) -> str:
         inner = m.group(1).strip()
         return "i" if inner == "1" else f"i\\sqrt{{{inner}}}"

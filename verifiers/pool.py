@@ -81,8 +81,10 @@ class ScoringPool:
         for name, v in self.verifiers.items():  # a check that may legitimately run longer would be killed every time
             own = getattr(v, "timeout_s", None)
             if isinstance(own, (int, float)) and own >= self.timeout_s:
-                raise ValueError(f"verifier {name!r} lets a program run for {own:g} s (its timeout_s), but the scoring pool "
-                                 f"kills a check after {self.timeout_s:g} s (verify.timeout_s): raise verify.timeout_s above it")
+                raise ValueError(
+                    f"verifier {name!r} lets a program run for {own:g} s (its timeout_s), but the scoring pool "
+                    f"kills a check after {self.timeout_s:g} s (verify.timeout_s): raise verify.timeout_s above it"
+                )
         self._ctx = mp.get_context("spawn")
         self._workers = [_Worker(self._ctx, self.verifiers) for _ in range(workers)]
         self.replaced = 0  # workers killed or found dead and replaced, over the pool's life

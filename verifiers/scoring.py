@@ -53,7 +53,9 @@ def _call(verifier: Verifier, problem: Mapping[str, Any], text: str) -> Verdict 
         return Verdict(0.0, "error", {"gold_error": str(e)[:200]})
 
 
-def check_golds(problems: Sequence[Mapping[str, Any]], verifiers: Mapping[str, tuple[Verifier, float]], source: str) -> list[Mapping[str, Any]]:
+def check_golds(
+    problems: Sequence[Mapping[str, Any]], verifiers: Mapping[str, tuple[Verifier, float]], source: str
+) -> list[Mapping[str, Any]]:
     """Drop problems whose gold answer a verifier cannot parse, reporting each once with its row."""
     kept = []
     for i, p in enumerate(problems):

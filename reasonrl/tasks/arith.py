@@ -102,7 +102,6 @@ class ArithStream(ProblemStream):
         self.rng.setstate(_tuplify(state["rng"]))
 
 
-
 def column_steps(numbers: tuple[int, ...] | list[int]) -> tuple[list[str], int]:
     """Column-wise steps ``['7+5+9=21', '4+8+2+2=16']`` and the final sum."""
     width = max(len(str(x)) for x in numbers)

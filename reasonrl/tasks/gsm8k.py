@@ -44,7 +44,9 @@ def from_row(row: Mapping[str, Any]) -> dict:
     return {"question": row["question"], "answer": final_answer(row["answer"]), "solution": row["answer"]}
 
 
-def render_prompt(problem: Mapping[str, Any], template: str = "chat_boxed", tokenizer=None, instruction: str = BOXED_INSTRUCTION) -> str:
+def render_prompt(
+    problem: Mapping[str, Any], template: str = "chat_boxed", tokenizer=None, instruction: str = BOXED_INSTRUCTION
+) -> str:
     """``instruction`` wraps the question for chat templates and R1 alike (code benchmarks ask for a code block)."""
     if template == "r1":
         question = problem["question"] if instruction is BOXED_INSTRUCTION else instruction.format(question=problem["question"])
