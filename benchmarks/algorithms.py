@@ -82,7 +82,8 @@ def main() -> None:
         results.append(res)
     print(f"\nseed {args.seed}, {args.steps} steps, 32 prompts x 8 samples, eval every 10 steps on 500 held-out problems")
     print(
-        "| preset | final greedy acc. | final sampled acc. | completion length (last 10 steps) | steps to 80% of final acc. (eval every 10) | steps to 80% of final train reward | groups dropped | wall s |"
+        "| preset | final greedy acc. | final sampled acc. | completion length (last 10 steps) "
+        "| steps to 80% of final acc. (eval every 10) | steps to 80% of final train reward | groups dropped | wall s |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for r in results:

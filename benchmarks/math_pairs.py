@@ -18,20 +18,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "data"))
 
 
-def score(pairs):
-    from reasonrl.verifiers.math import MathVerifier
-
-    v = MathVerifier()
-    counts = collections.defaultdict(collections.Counter)
-    wrong = []
-    for cat, gold, pred, same in pairs:
-        said = v({"answer": gold}, f"... so \\boxed{{{pred}}}").status == "correct"
-        counts[cat]["tp" if said and same else "fp" if said else "fn" if same else "tn"] += 1
-        if said != same:
-            wrong.append((cat, gold, pred, same))
-    return counts, wrong
-
-
 def table(counts) -> str:
     lines = ["| category | pairs | precision | recall |", "|---|---:|---:|---:|"]
     for cat, k in list(counts.items()) + [("all", sum(counts.values(), collections.Counter()))]:
@@ -55,6 +41,8 @@ def main() -> None:
         pairs = getattr(mod, "PAIRS", None) or mod.HELDOUT
     else:
         from math_pairs import PAIRS as pairs
+
+    from math_pairs import score
 
     counts, wrong = score(pairs)
     print(table(counts))

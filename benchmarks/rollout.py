@@ -153,7 +153,8 @@ def main() -> None:
             json.dump({"meta": meta, "results": results}, fh, indent=2)
     print(f"\nmachine: {meta['machine']}")
     print(
-        "| model | seqs x max tokens | ours tok/s | LLM.generate tok/s (logprobs / none) | overhead | HF tok/s | ours / HF | sync s | engine start s |"
+        "| model | seqs x max tokens | ours tok/s | LLM.generate tok/s (logprobs / none) | overhead "
+        "| HF tok/s | ours / HF | sync s | engine start s |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:

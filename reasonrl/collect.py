@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
@@ -27,26 +28,40 @@ from reasonrl.verifiers.scoring import score
 REDRAW_SEED_STRIDE = 7919  # redraw r of a step samples with seed + r * stride: fresh, reproducible seeds
 
 
-def collect_groups(
-    generator: Generator,
-    tokenizer,
-    stream,
-    render: Callable[[Mapping[str, Any]], str],
-    verifiers,
-    pool,
-    *,
-    B: int,
-    G: int,
-    sampling: Sampling,
-    seed: int,
-    policy_version: int,
-    mask_statuses,
-    dynamic: bool,
-    max_redraws: int,
-    overlong_buffer: int,
-    overlong_coef: float,
-) -> RolloutBatch:
+@dataclass(frozen=True)
+class GroupPlan:
+    """What a step samples: B prompts x G completions, how, and what dynamic sampling may redraw."""
+
+    B: int
+    G: int
+    sampling: Sampling
+    mask_statuses: tuple[str, ...] = ("timeout", "error")
+    dynamic: bool = False
+    max_redraws: int = 0
+    overlong_buffer: int = 0
+    overlong_coef: float = 1.0
+
+    @classmethod
+    def from_config(cls, cfg) -> "GroupPlan":
+        ro, alg = cfg.rollout, cfg.algorithm
+        sampling = Sampling(temperature=ro.temperature, top_p=ro.top_p, max_new_tokens=ro.max_new_tokens)
+        return cls(
+            B=ro.prompts_per_step,
+            G=ro.samples_per_prompt,
+            sampling=sampling,
+            mask_statuses=tuple(alg.mask_statuses),
+            dynamic=alg.dynamic_sampling,
+            max_redraws=alg.max_redraws,
+            overlong_buffer=alg.overlong_buffer,
+            overlong_coef=alg.overlong_coef,
+        )
+
+
+def collect_groups(generator: Generator, tokenizer, stream, render: Callable[[Mapping[str, Any]], str], verifiers, pool,
+                   plan: GroupPlan, *, seed: int, policy_version: int = 0) -> RolloutBatch:  # fmt: skip
     """B scored groups of G rollouts (prompt-major), with the sampling statistics in ``stats``."""
+    B, G, sampling, dynamic, max_redraws = plan.B, plan.G, plan.sampling, plan.dynamic, plan.max_redraws
+    mask_statuses, overlong_buffer, overlong_coef = plan.mask_statuses, plan.overlong_buffer, plan.overlong_coef
     kept: list[tuple[dict, list[Rollout]]] = []
     spare: list[tuple[dict, list[Rollout]]] = []
     stats = {"generate_s": 0.0, "verify_s": 0.0, "dropped": 0, "redraws": 0, "zero_std_frac": 0.0, "overlong_penalty_mean": 0.0}

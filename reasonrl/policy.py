@@ -65,7 +65,7 @@ def make_optimizer(model: torch.nn.Module, optim: Any, total_steps: int):
     """AdamW (no decay on biases and norms) and its LambdaLR schedule, from an ``optim`` config node
     (lr, betas, weight_decay, warmup_steps, schedule, min_lr_ratio; see reasonrl.config.OptimConfig)."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)
     opt = torch.optim.AdamW(

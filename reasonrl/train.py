@@ -32,17 +32,17 @@ from typing import Any
 import torch
 
 from reasonrl.build import build_generator, build_verifiers
-from reasonrl.collect import collect_groups
+from reasonrl.collect import GroupPlan, collect_groups
 from reasonrl.config import check_train_config
 from reasonrl.evals.harness import load_benchmark_subsets, training_eval
 from reasonrl.metrics import RunLogger, rollout_metrics
 from reasonrl.models import load_policy
 from reasonrl.policy import make_optimizer, save_checkpoint
-from reasonrl.rollout import HFGenerator, Sampling
+from reasonrl.rollout import HFGenerator
 from reasonrl.runs import announce, open_run_dir, write_summary
 from reasonrl.runtime import Runtime, init_runtime
 from reasonrl.tasks import get_task, problem_source
-from reasonrl.update import update_policy
+from reasonrl.update import UpdateSettings, update_policy
 from reasonrl.verifiers.scoring import Scored, summarize
 
 log = logging.getLogger("reasonrl.train")
@@ -97,7 +97,9 @@ class GRPOTrainer:
         if cfg.cold_start.enabled:
             self._cold_start()
         self.generator = build_generator(cfg.generator, self.model, self.tokenizer, self.model_path)
-        self.use_tis = alg.tis == "on" or (alg.tis == "auto" and not getattr(self.generator, "exact_logprobs", False))
+        use_tis = alg.tis == "on" or (alg.tis == "auto" and not getattr(self.generator, "exact_logprobs", False))
+        self.plan = GroupPlan.from_config(cfg)
+        self.update_settings = UpdateSettings.from_config(cfg, self.tokenizer.pad_token_id, use_tis)
         self.opt, self.sched = make_optimizer(self.model, cfg.optim, total_steps=cfg.max_steps * alg.updates_per_batch)
         # the frozen initial policy, only when a KL penalty asks for it
         self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False) if alg.kl_coef > 0 else None
@@ -143,9 +145,10 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ one step
     def step(self) -> dict[str, Any]:
         """One GRPO step: sample and score B groups, update the policy, sync the generator; the metrics row."""
-        cfg, alg, ro = self.cfg, self.cfg.algorithm, self.cfg.rollout
+        cfg = self.cfg
         t0 = time.perf_counter()
         # 1-4. B problems, G completions each, scored; dynamic sampling redraws signal-free groups
+        seed = cfg.seed * STEP_SEED_STRIDE + self.steps_done + 1
         batch = collect_groups(
             self.generator,
             self.tokenizer,
@@ -153,16 +156,9 @@ class GRPOTrainer:
             self.render,
             self.verifiers,
             self.pool,
-            B=ro.prompts_per_step,
-            G=ro.samples_per_prompt,
-            sampling=Sampling(temperature=ro.temperature, top_p=ro.top_p, max_new_tokens=ro.max_new_tokens),
-            seed=cfg.seed * STEP_SEED_STRIDE + self.steps_done + 1,
+            self.plan,
+            seed=seed,
             policy_version=self.steps_done,
-            mask_statuses=alg.mask_statuses,
-            dynamic=alg.dynamic_sampling,
-            max_redraws=alg.max_redraws,
-            overlong_buffer=alg.overlong_buffer,
-            overlong_coef=alg.overlong_coef,
         )
         self.last_batch = batch
         self.generator.sleep()  # GPU engines release memory while the policy trains
@@ -175,15 +171,9 @@ class GRPOTrainer:
             batch.rollouts,
             batch.rewards,
             batch.masked,
-            group_size=batch.group_size,
-            alg=alg,
-            pad_id=self.tokenizer.pad_token_id,
+            batch.group_size,
+            self.update_settings,
             ref_model=self.ref_model,
-            use_tis=self.use_tis,
-            temperature=ro.temperature if ro.temperature > 0 else 1.0,
-            micro_batch_size=ro.micro_batch_size,
-            max_len=ro.max_new_tokens,
-            grad_clip=cfg.optim.grad_clip,
             step=self.steps_done + 1,
             runtime=self.runtime,
         )
@@ -195,14 +185,8 @@ class GRPOTrainer:
         self.generator.sync_weights(self.model)
         sync_s = time.perf_counter() - t
         # 9. one metrics row
-        times = {
-            "step_s": time.perf_counter() - t0,
-            "generate_s": batch.stats["generate_s"],
-            "verify_s": batch.stats["verify_s"],
-            "train_s": train_s,
-            "sync_s": sync_s,
-        }
-        return self._metrics_row(batch, update, times)
+        times = {"step_s": time.perf_counter() - t0, "train_s": train_s, "sync_s": sync_s}
+        return self._metrics_row(batch, update, {**times, **{k: batch.stats[k] for k in ("generate_s", "verify_s")}})
 
     def _metrics_row(self, batch, update: dict[str, float], times: dict[str, float]) -> dict[str, Any]:
         scored = Scored([r.reward for r in batch.rollouts], [r.verdicts for r in batch.rollouts], batch.masked)
@@ -229,7 +213,7 @@ class GRPOTrainer:
         if self.runtime.device.type == "cuda":
             row["gpu/peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
             torch.cuda.reset_peak_memory_stats()
-        if self.use_tis:
+        if self.update_settings.use_tis:
             row["sampling/tis_weight_mean"] = update["tis_weight_mean"]
             row["sampling/tis_capped_frac"] = update["tis_capped_frac"]
         return row

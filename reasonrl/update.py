@@ -14,6 +14,8 @@ It does not sample, score or log.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -22,26 +24,34 @@ from reasonrl.data import pack
 from reasonrl.runtime import Runtime
 
 
-def update_policy(
-    model,
-    opt,
-    sched,
-    rollouts,
-    rewards,
-    masked,
-    *,
-    group_size: int,
-    alg,
-    pad_id: int,
-    ref_model,
-    use_tis: bool,
-    temperature: float,
-    micro_batch_size: int,
-    max_len: int,
-    grad_clip: float,
-    step: int,
-    runtime: Runtime | None = None,
-) -> dict[str, float]:
+@dataclass(frozen=True)
+class UpdateSettings:
+    """How a step updates the policy: the algorithm config node and the few numbers around it."""
+
+    alg: Any  # the algorithm config (reasonrl.config.AlgorithmConfig)
+    pad_id: int
+    temperature: float = 1.0  # the sampling temperature (logprobs are taken under it)
+    micro_batch_size: int = 256
+    max_len: int = 64  # the generation limit (Dr. GRPO's normaliser)
+    grad_clip: float = 1.0
+    use_tis: bool = False  # truncated importance sampling toward the sampler's logprobs
+
+    @classmethod
+    def from_config(cls, cfg, pad_id: int, use_tis: bool) -> "UpdateSettings":
+        ro = cfg.rollout
+        return cls(
+            alg=cfg.algorithm,
+            pad_id=pad_id,
+            temperature=ro.temperature if ro.temperature > 0 else 1.0,
+            micro_batch_size=ro.micro_batch_size,
+            max_len=ro.max_new_tokens,
+            grad_clip=cfg.optim.grad_clip,
+            use_tis=use_tis,
+        )
+
+
+def update_policy(model, opt, sched, rollouts, rewards, masked, group_size: int, settings: UpdateSettings, *, ref_model=None,
+                  step: int = 0, runtime: Runtime | None = None) -> dict[str, float]:  # fmt: skip
     """Steps 5-8 of a GRPO step on one sampled batch, in place on ``model`` and ``opt``.
 
     rollouts: N = B*G rollouts, prompt-major; rewards: (N,); masked: N flags (timeout/error verdicts),
@@ -51,6 +61,8 @@ def update_policy(
     step's training statistics (means over completion tokens; loss, entropy, KL and logprob gaps from
     the first update, the sampled batch under the policy that sampled it; clip fraction over all updates).
     """
+    alg, pad_id, use_tis, temperature = settings.alg, settings.pad_id, settings.use_tis, settings.temperature
+    micro_batch_size, max_len, grad_clip = settings.micro_batch_size, settings.max_len, settings.grad_clip
     runtime = runtime or Runtime()
     device = next(model.parameters()).device
     keep_flags = [not (m or (alg.mask_truncated and r.finish_reason == "length")) for m, r in zip(masked, rollouts)]

@@ -6,7 +6,8 @@ Trusted; standard library only, because it runs on the bare interpreter with
     python -I -S -B boot.py STARTED_FD NPROC NOFILE FSIZE CPU_S AS_BYTES PROGRAM
 
 It tells the parent through STARTED_FD that the sandbox came up (so a setup
-failure is never mistaken for the program's own failure), sets the resource limits here, inside the sandbox's own user namespace, so
+failure is never mistaken for the program's own failure), sets the resource
+limits here, inside the sandbox's own user namespace, so
 that the process count is charged to this sandbox alone and not to every run
 of the same user; closes every inherited descriptor above stderr; then runs
 PROGRAM as ``__main__``.

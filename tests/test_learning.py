@@ -19,7 +19,7 @@ from reasonrl.config import OptimConfig
 from reasonrl.grpo import group_advantages
 from reasonrl.policy import make_optimizer
 from reasonrl.rollout import Rollout
-from reasonrl.update import update_policy
+from reasonrl.update import UpdateSettings, update_policy
 
 from conftest import REPO, compose
 
@@ -97,24 +97,8 @@ def run_update(model, ros, rewards, alg, masked=None, lr=1e-2, sgd=False, grad_c
         opt = torch.optim.SGD(model.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     ref = copy.deepcopy(model).eval().requires_grad_(False) if alg.kl_coef > 0 else None
-    return update_policy(
-        model,
-        opt,
-        sched,
-        ros,
-        rewards,
-        masked or [False] * len(ros),
-        group_size=G,
-        alg=alg,
-        pad_id=PAD,
-        ref_model=ref,
-        use_tis=False,
-        temperature=1.0,
-        micro_batch_size=5,
-        max_len=4,
-        grad_clip=grad_clip,
-        step=1,
-    )
+    settings = UpdateSettings(alg=alg, pad_id=PAD, micro_batch_size=5, max_len=4, grad_clip=grad_clip)
+    return update_policy(model, opt, sched, ros, rewards, masked or [False] * len(ros), G, settings, ref_model=ref, step=1)
 
 
 def test_the_rewards_tell_the_groupings_apart():

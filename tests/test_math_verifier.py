@@ -19,7 +19,7 @@ from reasonrl.verifiers.math import MathVerifier, _gold_strings
 from conftest import SHARED_DATA, needs_data
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
-from math_pairs import PAIRS  # noqa: E402
+from math_pairs import PAIRS, score  # noqa: E402
 
 DATA_FILES = [  # file, field holding the gold, gold format
     ("gsm8k/train.jsonl", "answer", "gsm8k"),
@@ -33,14 +33,7 @@ DATA_FILES = [  # file, field holding the gold, gold format
 
 
 def test_labelled_pairs_precision_and_recall_per_category():
-    v = MathVerifier()
-    counts = collections.defaultdict(collections.Counter)
-    wrong = []
-    for cat, gold, pred, same in PAIRS:
-        said = v({"answer": gold}, f"... so \\boxed{{{pred}}}").status == "correct"
-        counts[cat]["tp" if said and same else "fp" if said else "fn" if same else "tn"] += 1
-        if said != same:
-            wrong.append((cat, gold, pred, same))
+    counts, wrong = score(PAIRS)
     assert len(PAIRS) >= 300
     report = {c: (k["tp"] / max(1, k["tp"] + k["fp"]), k["tp"] / max(1, k["tp"] + k["fn"])) for c, k in counts.items()}
     total = sum(counts.values(), collections.Counter())

@@ -146,8 +146,9 @@ print("UNPRIVILEGED OK", len(rows))
 """
 
 
-def test_an_unprivileged_caller_gets_the_same_containment():
-    """Most users are not root: no per-slot uid, the kernel's per-namespace process count does the work."""
+def _as_nobody() -> tuple[list[str], str]:
+    """(argv prefix running /usr/bin/python3 as uid 65534, the site dir that makes reasonrl importable there),
+    or a skip saying what this machine lacks for that."""
     import shutil
     import subprocess
     import sysconfig
@@ -164,6 +165,14 @@ def test_an_unprivileged_caller_gets_the_same_containment():
     )
     if probe.returncode != 0:
         pytest.skip(f"the project is not importable by an unprivileged user here: {probe.stderr.strip()[-200:]}")
+    return as_nobody, site_dir
+
+
+def test_an_unprivileged_caller_gets_the_same_containment():
+    """Most users are not root: no per-slot uid, the kernel's per-namespace process count does the work."""
+    import subprocess
+
+    as_nobody, site_dir = _as_nobody()
     out = subprocess.run([*as_nobody, "-c", _UNPRIVILEGED, site_dir], capture_output=True, text=True, cwd="/", timeout=300)
     assert "UNPRIVILEGED OK" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
 
@@ -335,20 +344,8 @@ print("PRIVATE UNPRIVILEGED OK", len(rows))
 def test_an_unprivileged_user_runs_the_battery_from_their_own_private_directory():
     import shutil
     import subprocess
-    import sysconfig
 
-    if os.geteuid() != 0 or not shutil.which("setpriv") or not os.access("/usr/bin/python3", os.X_OK):
-        pytest.skip("needs root (to become an unprivileged user), setpriv and /usr/bin/python3")
-    site_dir = sysconfig.get_paths()["purelib"]
-    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3"]
-    probe = subprocess.run(
-        [*as_nobody, "-c", f"import site; site.addsitedir({site_dir!r}); import reasonrl.sandbox"],
-        capture_output=True,
-        text=True,
-        cwd="/",
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"the project is not importable by an unprivileged user here: {probe.stderr.strip()[-200:]}")
+    as_nobody, site_dir = _as_nobody()
     from pathlib import Path
 
     home = Path(tempfile.mkdtemp(prefix="reasonrl-private-"))  # 0700, in the system temp dir (not pytest's private one)

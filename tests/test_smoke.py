@@ -199,7 +199,7 @@ def test_algorithm_variants_train(tmp_path, overrides):
 def test_dynamic_sampling_redraws_until_groups_carry_signal():
     import torch as t
 
-    from reasonrl.collect import collect_groups
+    from reasonrl.collect import GroupPlan, collect_groups
     from reasonrl.rollout import Rollout, Sampling
     from reasonrl.verifiers.integer import IntegerVerifier
 
@@ -217,20 +217,11 @@ def test_dynamic_sampling_redraws_until_groups_carry_signal():
             return out
 
     stream = iter({"question": str(i), "answer": "7"} for i in range(100))
-    kw = dict(
-        B=3,
-        G=2,
-        sampling=Sampling(max_new_tokens=8),
-        seed=0,
-        policy_version=0,
-        mask_statuses=("error",),
-        max_redraws=5,
-        overlong_buffer=0,
-        overlong_coef=1.0,
-    )
+    plan = dict(B=3, G=2, sampling=Sampling(max_new_tokens=8), mask_statuses=("error",), max_redraws=5)
     tok = lambda text, add_special_tokens=False: {"input_ids": [int(text)]}  # noqa: E731
+    verifiers = {"integer": (IntegerVerifier(), 1.0)}
     batch = collect_groups(
-        Scripted(), tok, stream, lambda p: p["question"], {"integer": (IntegerVerifier(), 1.0)}, None, dynamic=True, **kw
+        Scripted(), tok, stream, lambda p: p["question"], verifiers, None, GroupPlan(**plan, dynamic=True), seed=0
     )
     problems, rollouts, rewards, stats = batch.problems, batch.rollouts, batch.rewards, batch.stats
     # questions 0..2: only "1" (k=1 of G=2) has signal; 3..5: "4"; 6..8: "7" -> 3 draws fill B=3
@@ -240,7 +231,7 @@ def test_dynamic_sampling_redraws_until_groups_carry_signal():
     assert rewards.tolist() == [1.0, 0.0] * 3 and all("integer" in r.verdicts for r in rollouts)
     stream2 = iter({"question": str(i), "answer": "7"} for i in range(100))
     b2 = collect_groups(
-        Scripted(), tok, stream2, lambda p: p["question"], {"integer": (IntegerVerifier(), 1.0)}, None, dynamic=False, **kw
+        Scripted(), tok, stream2, lambda p: p["question"], verifiers, None, GroupPlan(**plan, dynamic=False), seed=0
     )
     assert [p["question"] for p in b2.problems] == ["0", "1", "2"] and b2.stats["redraws"] == 0
     assert t.equal(b2.rewards[:2], t.zeros(2))

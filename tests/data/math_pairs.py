@@ -7,6 +7,24 @@ misses (False). Written by hand; the test reports precision and recall per
 category.
 """
 
+
+def score(pairs, verifier=None):
+    """({category: Counter of tp/fp/fn/tn}, misjudged pairs): each prediction scored as the final \\boxed{}."""
+    import collections
+
+    from reasonrl.verifiers.math import MathVerifier
+
+    v = verifier or MathVerifier()
+    counts = collections.defaultdict(collections.Counter)
+    wrong = []
+    for cat, gold, pred, same in pairs:
+        said = v({"answer": gold}, f"... so \\boxed{{{pred}}}").status == "correct"
+        counts[cat]["tp" if said and same else "fp" if said else "fn" if same else "tn"] += 1
+        if said != same:
+            wrong.append((cat, gold, pred, same))
+    return counts, wrong
+
+
 PAIRS = [
     # ---------------- integers
     ("integer", "18", "18", True),
