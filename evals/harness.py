@@ -93,14 +93,27 @@ def training_eval(generator, tokenizer, problems, render, verifier, cfg, seed: i
 
 
 def load_benchmark_subsets(cfg, tokenizer) -> dict:
-    """{name: (problems, render, verifier)} for ``eval.benchmarks``, loaded once."""
-    from reasonrl.evals.loaders import load_benchmark
-    from reasonrl.tasks import gsm8k
-    from reasonrl.verifiers.math import MathVerifier
+    """{name: (problems, render, verifier)} for ``eval.benchmarks`` (name -> path), loaded once: the first
+    ``eval.benchmark_limit`` problems (after ``eval.benchmark_filters[name]``), prompts in
+    ``eval.benchmark_template``; math benchmarks scored by the math verifier, code ones by the code verifier."""
+    from reasonrl.evals.loaders import CODE_BENCHMARKS, load_benchmark
+    from reasonrl.tasks.dataset import benchmark_instruction, render
 
     out = {}
     for name, path in cfg.eval.benchmarks.items():
-        problems = load_benchmark(name, path, limit=cfg.eval.benchmark_limit)
-        render = lambda p, t=cfg.eval.benchmark_template: gsm8k.render_prompt(p, t, tokenizer)  # noqa: E731
-        out[name] = (problems, render, MathVerifier())
+        problems = load_benchmark(name, path, limit=cfg.eval.benchmark_limit, filter=cfg.eval.benchmark_filters.get(name))
+        code = name in CODE_BENCHMARKS
+        template = cfg.eval.benchmark_template
+        instruction = benchmark_instruction(code, template)
+        out[name] = (problems, lambda p, i=instruction, t=template: render(p, t, tokenizer, i), _benchmark_verifier(code))
     return out
+
+
+def _benchmark_verifier(code: bool):
+    if code:
+        from reasonrl.verifiers.code import CodeVerifier
+
+        return CodeVerifier()
+    from reasonrl.verifiers.math import MathVerifier
+
+    return MathVerifier()

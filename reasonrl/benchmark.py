@@ -63,9 +63,9 @@ def summarize(n: int, ks, verdicts, answers, lengths, clipped) -> dict[str, floa
 
 
 def main(cfg) -> dict[str, Any]:
-    from reasonrl.evals.loaders import CODE_BENCHMARKS, CODE_INSTRUCTION, load_benchmark, reference_extract
+    from reasonrl.evals.loaders import CODE_BENCHMARKS, load_benchmark, reference_extract
     from reasonrl.runs import announce, open_run_dir
-    from reasonrl.tasks.gsm8k import BOXED_INSTRUCTION
+    from reasonrl.tasks.dataset import benchmark_instruction, render
 
     run_dir = open_run_dir(cfg)
     results: dict[str, Any] = {}
@@ -87,12 +87,11 @@ def main(cfg) -> dict[str, Any]:
             extract = reference_extract(name)
         else:
             from reasonrl.rollout import Sampling
-            from reasonrl.tasks import gsm8k
 
             n = cfg.n
-            instruction = CODE_INSTRUCTION if code else BOXED_INSTRUCTION
+            instruction = benchmark_instruction(code, cfg.template)
             prompts = [
-                tokenizer(gsm8k.render_prompt(p, cfg.template, tokenizer, instruction), add_special_tokens=False)["input_ids"]
+                tokenizer(render(p, cfg.template, tokenizer, instruction), add_special_tokens=False)["input_ids"]
                 for p in problems
             ]
             from tqdm import tqdm
@@ -110,7 +109,7 @@ def main(cfg) -> dict[str, Any]:
             clipped = [r.finish_reason == "length" for r in rollouts]
             extract = list(cfg.extract)
         expanded = [p for p in problems for _ in range(n)]
-        graded = expanded if code else [{"answer": p["answer"]} for p in expanded]
+        graded = expanded
         verdicts, answers = _score(graded, completions, code, extract, cfg.verify_workers)
         res = summarize(n, cfg.ks, verdicts, None if code else answers, lengths, clipped)
         res["wall_s"] = time.time() - t

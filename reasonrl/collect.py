@@ -57,8 +57,18 @@ class GroupPlan:
         )
 
 
-def collect_groups(generator: Generator, tokenizer, stream, render: Callable[[Mapping[str, Any]], str], verifiers, pool,
-                   plan: GroupPlan, *, seed: int, policy_version: int = 0) -> RolloutBatch:  # fmt: skip
+def collect_groups(
+    generator: Generator,
+    tokenizer,
+    stream,
+    render: Callable[[Mapping[str, Any]], str],
+    verifiers,
+    pool,
+    plan: GroupPlan,
+    *,
+    seed: int,
+    policy_version: int = 0,
+) -> RolloutBatch:
     """B scored groups of G rollouts (prompt-major), with the sampling statistics in ``stats``."""
     B, G, sampling, dynamic, max_redraws = plan.B, plan.G, plan.sampling, plan.dynamic, plan.max_redraws
     mask_statuses, overlong_buffer, overlong_coef = plan.mask_statuses, plan.overlong_buffer, plan.overlong_coef

@@ -79,15 +79,29 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "arith"
-    template: str = "r1"  # whether the prompt opens <think> is read from the rendered template itself
-    n_terms: int = 3
-    digits: int = 2
+    name: str = "arith"  # arith (the generated world) or any label for a task read from data (eval/<name>/... metrics)
+    template: str = "r1"  # arith: r1 | r1_think; data: chat | r1 | text (whether it opens <think> is read from the prompt)
+    n_terms: int = 3  # arith only
+    digits: int = 2  # arith only
     heldout_size: int = 500
     answer_verifier: str = "integer"  # whose "correct" counts as accuracy
-    train_file: Optional[str] = None  # JSONL rows with question/answer instead of generated problems
-    eval_file: Optional[str] = None
-    skip_bad_rows: bool = False
+    # problems from data (reasonrl.tasks.sources): a JSONL/JSON/Parquet/CSV file, a saved dataset folder or a hub name
+    path: Optional[str] = None  # training problems
+    split: str = "train"
+    format: Optional[str] = None  # a built-in layout: gsm8k, math500, aime24, amc23, minerva_math, olympiadbench, mbpp, humaneval
+    fields: Dict[str, str] = field(default_factory=dict)  # problem key -> column (e.g. question: statement, answer: final)
+    row_fn: Optional[str] = None  # "package.module:function": row dict -> problem dict (None skips the row)
+    filter: Optional[str] = None  # a condition on the problem's fields, e.g. "601 <= id <= 974"
+    limit: Optional[int] = None
+    eval_path: Optional[str] = None  # held-out problems; default: heldout_size problems set aside from path
+    eval_split: str = "test"
+    eval_filter: Optional[str] = None
+    instruction: str = "{question}"  # the prompt's text, filled from the problem's fields
+    system: Optional[str] = None  # template=chat: a system message
+    target: Optional[str] = None  # SFT demonstrations from data: the completion, filled from the fields (e.g. "{solution}")
+    template_engine: str = "format"  # format (Python str.format) | jinja
+    skip_bad_rows: bool = False  # False: a malformed row stops the run, naming it; True: logged, counted, skipped
+    allow_overlap: bool = False  # train on problems that also appear in an evaluation set
 
 
 @dataclass
@@ -140,8 +154,9 @@ class EvalConfig:
     # real benchmarks evaluated at the same steps: name -> local JSONL (see reasonrl.evals.loaders),
     # the first ``benchmark_limit`` problems, greedy, prompts in ``benchmark_template``
     benchmarks: Dict[str, str] = field(default_factory=dict)
+    benchmark_filters: Dict[str, str] = field(default_factory=dict)  # name -> a condition, e.g. mbpp: "11 <= id <= 510"
     benchmark_limit: int = 64
-    benchmark_template: str = "chat_boxed"
+    benchmark_template: str = "chat"  # chat (instruct models) | r1 | text
     max_new_tokens: int = 48
 
 
@@ -222,7 +237,7 @@ class EvalRunConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     max_new_tokens: int = 512
-    template: str = "chat_boxed"  # chat_boxed (instruct models) | r1 (base models)
+    template: str = "chat"  # chat (instruct models) | r1 (base models) | text; math asks for \\boxed{}, code for a code block
     extract: List[str] = field(default_factory=lambda: ["answer_tag", "boxed"])
     verify_workers: int = 2
 

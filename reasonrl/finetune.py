@@ -28,24 +28,26 @@ def main(cfg) -> dict[str, Any]:
     from reasonrl.policy import save_checkpoint
     from reasonrl.rollout import HFGenerator
     from reasonrl.runs import announce, open_run_dir, write_summary
-    from reasonrl.sft import demonstration_accuracy, demonstration_pairs, train_sft
-    from reasonrl.tasks import get_task
-    from reasonrl.verifiers.integer import IntegerVerifier
+    from reasonrl.sft import demonstration_accuracy, demonstrations, train_sft
+    from reasonrl.tasks import get_task, problem_source
+    from reasonrl.verifiers import load
 
     t_start = time.time()
     run_dir = open_run_dir(cfg)
     torch.manual_seed(cfg.seed)
     model, tokenizer, model_path = load_policy(cfg.model, progress=cfg.logging.progress)
-    task = get_task(cfg.task.name)
-    pairs = demonstration_pairs(cfg.sft, task, cfg.seed)
-    heldout = task.need("heldout", "reasonrl-sft evaluates on the task's generated held-out set")(
-        cfg.task.heldout_size, cfg.task.n_terms, cfg.task.digits
+    task = get_task(cfg.task)
+    verifier = load(cfg.task.answer_verifier)
+    stream, heldout = problem_source(task, cfg.task, cfg.seed, {cfg.task.answer_verifier: (verifier, 1.0)})
+    rows = demonstrations(
+        cfg.sft, task, cfg.seed, problems=getattr(stream, "rows", None), tokenizer=tokenizer, template=cfg.task.template
     )
+    pairs = [(r["prompt"], r["completion"]) for r in rows]
     render = lambda p: task.render_prompt(p, cfg.task.template, tokenizer)  # noqa: E731
     logger = RunLogger(run_dir, tensorboard=cfg.logging.tensorboard, wandb_project=cfg.logging.wandb_project)
 
     def eval_fn(m):
-        return training_eval(HFGenerator(m, tokenizer), tokenizer, heldout, render, IntegerVerifier(), cfg, cfg.seed)
+        return training_eval(HFGenerator(m, tokenizer), tokenizer, heldout, render, verifier, cfg, cfg.seed)
 
     start = eval_fn(model)
     logger.log({"step": 0, **start})
@@ -72,7 +74,7 @@ def main(cfg) -> dict[str, Any]:
         "base_model": str(model_path),
         "wall_s": round(time.time() - t_start, 1),
         "demonstrations": len(pairs),
-        "demonstration_accuracy": demonstration_accuracy(cfg.sft, task, cfg.seed),
+        "demonstration_accuracy": demonstration_accuracy(rows, verifier),
         "start": start,
         "end": hist["evals"][-1] if hist["evals"] else {},
         "final_checkpoint": str(run_dir / "checkpoints" / "final"),

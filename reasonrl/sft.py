@@ -121,26 +121,35 @@ def train_sft(
     return {"steps": step, "evals": evals, "loss": loss_ema}
 
 
-def demonstration_pairs(sft_cfg: Any, task, seed: int) -> list[tuple[str, str]]:
-    """(prompt, completion) pairs from ``sft.data_file`` (JSONL) or the task's own demonstrations."""
+def demonstrations(
+    sft_cfg: Any, task, seed: int, *, problems: Sequence[dict] | None = None, tokenizer=None, template: str | None = None
+) -> list[dict]:
+    """Rows {prompt, completion, answer?} to fine-tune on: ``sft.data_file`` (JSONL with prompt and completion),
+    else the task's own: generated (the arithmetic world), or made from its training ``problems`` with
+    ``task.target`` (the first ``sft.demos`` of a seeded shuffle)."""
     from reasonrl.data import load_jsonl, validate_rows
 
     if sft_cfg.data_file:
-        rows = validate_rows(load_jsonl(sft_cfg.data_file), {"prompt": str, "completion": str}, sft_cfg.data_file)
-    else:
-        make = task.need(
-            "demonstrations", "set sft.data_file (or cold_start.data_file) to a JSONL file of prompt/completion rows"
-        )
-        rows = make(sft_cfg.demos, seed, flaw_frac=sft_cfg.flaw_frac)
-    return [(r["prompt"], r["completion"]) for r in rows]
+        return validate_rows(load_jsonl(sft_cfg.data_file), {"prompt": str, "completion": str}, sft_cfg.data_file)
+    hint = (
+        "set task.target (the completion, from the problem's fields, e.g. '{solution}') "
+        "or sft.data_file (JSONL with prompt/completion)"
+    )
+    if task.demonstrations is not None:
+        return task.demonstrations(sft_cfg.demos, seed, flaw_frac=sft_cfg.flaw_frac)
+    task.need("demonstrations", hint)
+    if not problems:
+        raise ValueError(f"task {task.name!r} makes demonstrations from its training data: set task.path")
+    order = list(range(len(problems)))
+    random.Random(seed).shuffle(order)
+    return task.file_demonstrations([problems[i] for i in order[: sft_cfg.demos]], tokenizer, template)
 
 
-def demonstration_accuracy(sft_cfg: Any, task, seed: int) -> float | None:
-    """Share of the task's demonstrations whose final answer is right (None for a data file without answers)."""
-    from reasonrl.verifiers.integer import IntegerVerifier
+def demonstration_accuracy(rows: Sequence[dict], verifier) -> float | None:
+    """Share of demonstrations whose completion the answer verifier calls correct (None when none has an answer)."""
+    from reasonrl.verifiers.base import safe_call
 
-    if sft_cfg.data_file or not task.provides("demonstrations"):
+    graded = [r for r in rows if r.get("answer") is not None]
+    if not graded:
         return None
-    rows = task.demonstrations(sft_cfg.demos, seed, flaw_frac=sft_cfg.flaw_frac)
-    v = IntegerVerifier()
-    return sum(v(r, r["completion"]).status == "correct" for r in rows) / len(rows)
+    return sum(getattr(safe_call(verifier, r, r["completion"]), "status", None) == "correct" for r in graded) / len(graded)

@@ -41,7 +41,7 @@ from reasonrl.policy import make_optimizer, save_checkpoint
 from reasonrl.rollout import HFGenerator
 from reasonrl.runs import announce, open_run_dir, write_summary
 from reasonrl.runtime import Runtime, init_runtime
-from reasonrl.tasks import get_task, problem_source
+from reasonrl.tasks import check_overlap, get_task, problem_source
 from reasonrl.update import UpdateSettings, update_policy
 from reasonrl.verifiers.scoring import Scored, summarize
 
@@ -73,7 +73,7 @@ class GRPOTrainer:
         self.model, self.tokenizer, self.model_path = load_policy(
             cfg.model, progress=cfg.logging.progress, device=self.runtime.device
         )
-        self.task = get_task(cfg.task.name)
+        self.task = get_task(cfg.task)
         self.verifiers = build_verifiers(cfg.verifier)
         if cfg.task.answer_verifier not in self.verifiers:
             raise ValueError(
@@ -86,6 +86,10 @@ class GRPOTrainer:
 
             self.pool = ScoringPool({k: v for k, (v, _) in self.verifiers.items()}, cfg.verify.workers, cfg.verify.timeout_s)
         self.stream, self.heldout = problem_source(self.task, cfg.task, cfg.seed, self.verifiers)
+        self.benchmarks = load_benchmark_subsets(cfg, self.tokenizer)
+        if hasattr(self.stream, "rows"):  # problems from data: none of them may be an evaluation problem
+            evaluations = {"held-out set": self.heldout, **{k: v[0] for k, v in self.benchmarks.items()}}
+            check_overlap(self.stream.rows, evaluations, cfg.task.allow_overlap)
         from omegaconf import OmegaConf
 
         self.logger = RunLogger(
@@ -103,14 +107,21 @@ class GRPOTrainer:
         self.opt, self.sched = make_optimizer(self.model, cfg.optim, total_steps=cfg.max_steps * alg.updates_per_batch)
         # the frozen initial policy, only when a KL penalty asks for it
         self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False) if alg.kl_coef > 0 else None
-        self.benchmarks = load_benchmark_subsets(cfg, self.tokenizer)
         return self
 
     def _cold_start(self) -> None:
         """SFT on demonstrations before RL; the held-out numbers before it go into the summary."""
-        from reasonrl.sft import demonstration_accuracy, demonstration_pairs, train_sft
+        from reasonrl.sft import demonstration_accuracy, demonstrations, train_sft
 
         cfg = self.cfg
+        rows = demonstrations(
+            cfg.cold_start,
+            self.task,
+            cfg.seed,
+            problems=getattr(self.stream, "rows", None),
+            tokenizer=self.tokenizer,
+            template=cfg.task.template,
+        )
         self.before_sft = training_eval(
             HFGenerator(self.model, self.tokenizer),
             self.tokenizer,
@@ -120,12 +131,12 @@ class GRPOTrainer:
             cfg,
             cfg.seed,
         )
-        self.before_sft["demonstration_accuracy"] = demonstration_accuracy(cfg.cold_start, self.task, cfg.seed)
+        self.before_sft["demonstration_accuracy"] = demonstration_accuracy(rows, self.answer_verifier)
         self.runtime.print(
             "[reasonrl] before SFT: "
             + ", ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in self.before_sft.items() if v is not None)
         )
-        pairs = demonstration_pairs(cfg.cold_start, self.task, cfg.seed)
+        pairs = [(r["prompt"], r["completion"]) for r in rows]
         train_sft(
             self.model,
             self.tokenizer,
@@ -356,9 +367,9 @@ class GRPOTrainer:
 
 
 def main(cfg) -> dict[str, Any]:
-    trainer = GRPOTrainer(cfg).setup()
+    trainer = GRPOTrainer(cfg)
     try:
-        summary = trainer.fit()
+        summary = trainer.setup().fit()
     finally:
         trainer.close()
     trainer.runtime.print(result_table(summary["start"], summary["end"], summary["steps"], cfg.task.name))

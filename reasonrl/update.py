@@ -50,8 +50,20 @@ class UpdateSettings:
         )
 
 
-def update_policy(model, opt, sched, rollouts, rewards, masked, group_size: int, settings: UpdateSettings, *, ref_model=None,
-                  step: int = 0, runtime: Runtime | None = None) -> dict[str, float]:  # fmt: skip
+def update_policy(
+    model,
+    opt,
+    sched,
+    rollouts,
+    rewards,
+    masked,
+    group_size: int,
+    settings: UpdateSettings,
+    *,
+    ref_model=None,
+    step: int = 0,
+    runtime: Runtime | None = None,
+) -> dict[str, float]:
     """Steps 5-8 of a GRPO step on one sampled batch, in place on ``model`` and ``opt``.
 
     rollouts: N = B*G rollouts, prompt-major; rewards: (N,); masked: N flags (timeout/error verdicts),

@@ -115,7 +115,7 @@ def test_loader_errors_name_the_culprit(tmp_path):
         load_benchmark("gsm8k", str(f))
     with pytest.raises(ValueError, match="unknown benchmark"):
         load_benchmark("gsm9k", str(f))
-    with pytest.raises(FileNotFoundError, match="not a local file"):
+    with pytest.raises(FileNotFoundError, match="is not a file or folder here"):
         load_benchmark("gsm8k", str(tmp_path / "missing.jsonl"))
 
 

@@ -268,6 +268,19 @@ def test_trainer_state_round_trip_repeats_the_next_step(tmp_path):
 def test_sft_on_a_task_without_demonstrations_says_what_is_missing(tmp_path):
     from reasonrl.finetune import main
 
-    cfg = compose("sft", ["task=gsm8k", "model.pretrain.max_steps=0", f"run_dir={tmp_path}", "logging.progress=false"])
-    with pytest.raises(ValueError, match="task 'gsm8k' provides no demonstrations.*sft.data_file"):
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps({"question": f"{i}+1", "answer": str(i + 1)}) for i in range(20)))
+    cfg = compose(
+        "sft",
+        [
+            "task.name=mine",
+            f"task.path={data}",
+            "task.template=text",
+            "task.heldout_size=4",
+            "model.pretrain.max_steps=0",
+            f"run_dir={tmp_path / 'run'}",
+            "logging.progress=false",
+        ],
+    )
+    with pytest.raises(ValueError, match="task 'mine' provides no demonstrations.*task.target"):
         main(cfg)

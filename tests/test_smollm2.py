@@ -47,21 +47,23 @@ def test_conversion_gives_a_working_hf_folder():
 def test_gsm8k_task_reads_the_real_file_and_renders_chat_prompts():
     from reasonrl.gguf import get_or_convert
     from reasonrl.policy import load_hf
-    from reasonrl.tasks import arith, get_task, gsm8k, problem_source
+    from reasonrl.tasks import arith, get_task, problem_source
+    from reasonrl.tasks.sources import gsm8k_final
 
     cfg = compose("train", ["task=gsm8k", "model=smollm2_135m", "verifier=[integer]"])
     from reasonrl.build import build_verifiers
 
-    stream, heldout = problem_source(get_task("gsm8k"), cfg.task, 0, build_verifiers(cfg.verifier))
+    task = get_task(cfg.task)
+    stream, heldout = problem_source(task, cfg.task, 0, build_verifiers(cfg.verifier))
     assert len(heldout) == cfg.task.heldout_size and heldout[0]["answer"] == "18"  # Janet's ducks
     assert next(stream)["answer"].lstrip("-").isdigit()
     _, tok = load_hf(get_or_convert(SPEC))
-    prompt = gsm8k.render_prompt(heldout[0], "chat_boxed", tok)
+    prompt = task.render_prompt(heldout[0], "chat", tok)
     assert prompt.startswith("<|im_start|>") and "\\boxed{}" in prompt and prompt.endswith("assistant\n")
     with pytest.raises(ValueError, match="chat template"):
-        gsm8k.render_prompt(heldout[0], "chat_boxed", None)
-    assert gsm8k.final_answer("so 1,234 ducks\n#### 1,234") == "1234"
-    assert gsm8k.final_answer("no marker") == ""
+        task.render_prompt(heldout[0], "chat", None)
+    assert gsm8k_final("so 1,234 ducks\n#### 1,234") == "1234"
+    assert gsm8k_final("no marker") == ""
     assert arith.from_row({"question": "1+2", "answer": 3})["answer"] == "3"
 
 

@@ -38,3 +38,31 @@ class FormatVerifier:
         partial = min(0.75, 0.25 * sum(c == 1 for c in counts.values())) if self.partial_credit else 0.0
         reason = "bad_tag_count" if any(c != 1 for c in counts.values()) else "bad_order"
         return Verdict(partial, "format_error", {reason: 1})
+
+
+_FENCE = re.compile(r"```[ \t]*(python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+
+
+class CodeBlockVerifier:
+    """A format reward for code answers: exactly one closed fenced Python block holding something.
+
+    Score 1 for the structure (the code verifier judges the program itself), else 0 with status
+    ``format_error`` and the reason (``no_block``, ``several_blocks``, ``unclosed``, ``empty``).
+    Applies to every problem; it never runs the code.
+    """
+
+    name = "code_format"
+
+    def __call__(self, problem: Mapping[str, Any], completion: str) -> Verdict:
+        if len(completion) > 400_000:
+            return Verdict(0.0, "format_error", {"too_long": 1})
+        blocks = _FENCE.findall(completion)
+        if not blocks:
+            reason = "unclosed" if completion.count("```") % 2 else "no_block"
+        elif len(blocks) > 1:
+            reason = "several_blocks"
+        elif not blocks[0][1].strip():
+            reason = "empty"
+        else:
+            return Verdict(1.0, "correct", {})
+        return Verdict(0.0, "format_error", {reason: 1})

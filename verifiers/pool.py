@@ -37,7 +37,10 @@ STARTUP_TIMEOUT_S = 120.0  # a worker that has not started by then is replaced (
 def _worker_main(conn: Connection, verifiers: dict[str, Verifier]) -> None:
     from reasonrl.verifiers.base import safe_call
 
-    conn.send(_READY)  # start-up (a fresh interpreter, imports) does not count against any check's deadline
+    try:
+        conn.send(_READY)  # start-up (a fresh interpreter, imports) does not count against any check's deadline
+    except (BrokenPipeError, OSError):  # the pool was closed while this worker started
+        return
     while True:
         try:
             jobs = conn.recv()

@@ -2,9 +2,11 @@
 
 A :class:`Task` declares what it provides: a generated held-out set and an
 endless generated training stream (the arithmetic world), demonstrations for
-SFT, and whether it reads problems from files (``task.train_file`` /
-``task.eval_file``). Callers ask with :meth:`Task.need`, which names what is
-missing and how to supply it, instead of probing modules for attributes.
+SFT (generated, or made from data with ``task.target``), and how it renders a
+prompt. ``task.name=arith`` is the built-in world; any other name is a task
+read from data (``task.path``, :mod:`reasonrl.tasks.dataset`), and the
+arithmetic world can read its problems from data too. Callers ask with
+:meth:`Task.need`, which names what is missing and how to supply it.
 
 Training problems come as a :class:`ProblemStream` whose position can be saved
 and restored (``state_dict`` / ``load_state_dict``), so a resumed run draws
@@ -15,47 +17,108 @@ It does not tokenize or score anything.
 
 from __future__ import annotations
 
+import logging
+import random
 from typing import Any
 
-from reasonrl.tasks import arith, gsm8k
+from reasonrl.tasks import arith
 from reasonrl.tasks.base import ProblemStream, ShuffledRows, Task
+from reasonrl.tasks.dataset import dataset_task
+from reasonrl.tasks.sources import load_problems, normalized_text
 
-__all__ = ["Task", "ProblemStream", "get_task", "problem_source", "opens_think", "with_prompt_info"]
-TASKS = {"arith": arith.TASK, "gsm8k": gsm8k.TASK}
+log = logging.getLogger(__name__)
+
+__all__ = ["Task", "ProblemStream", "get_task", "problem_source", "opens_think", "with_prompt_info", "check_overlap"]
+HELDOUT_SPLIT_SEED = 4_242  # which data rows a run sets aside as held-out when no eval_path is given: fixed, not per run
 
 
-def get_task(name: str) -> Task:
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}")
-    return TASKS[name]
+def get_task(task_cfg: Any) -> Task:
+    """The Task a ``task`` config node describes (``arith``, or a task read from data)."""
+    name = task_cfg if isinstance(task_cfg, str) else task_cfg.name
+    if name == "arith":
+        return arith.TASK
+    if isinstance(task_cfg, str):
+        raise ValueError(f"task {name!r} reads its problems from data: give its whole config (task.path, ...)")
+    return dataset_task(task_cfg)
+
+
+def _load(task_cfg: Any, task: Task, path: str, split: str, filter: str | None, limit: int | None) -> list[dict]:
+    problems = load_problems(
+        path,
+        format=task_cfg.format,
+        split=split,
+        fields=task_cfg.fields,
+        row_fn=task_cfg.row_fn,
+        filter=filter,
+        limit=limit,
+        skip_bad=task_cfg.skip_bad_rows,
+        required=list(task.required_fields),
+    )
+    for i, p in enumerate(problems):
+        for key, typ in task.required_fields.items():
+            if not isinstance(p[key], typ):
+                raise ValueError(
+                    f"{path}: row {i} field {key!r} is {type(p[key]).__name__} {p[key]!r}, "
+                    f"expected {getattr(typ, '__name__', typ)}"
+                )
+    return [task.from_row(p) for p in problems]
 
 
 def problem_source(task: Task, task_cfg: Any, seed: int, verifiers) -> tuple[ProblemStream, list[dict]]:
-    """(training stream, held-out list) for the task: generated, or from ``task.train_file`` / ``eval_file``.
+    """(training stream, held-out list): generated, or read from ``task.path`` / ``task.eval_path``.
 
-    File rows are validated (a malformed row names its file and index) and rows
-    whose gold answer a verifier cannot parse are reported once and skipped.
+    Rows are read as :mod:`reasonrl.tasks.sources` says (a malformed row names its source, row and
+    field); problems whose gold answer a verifier cannot parse are reported once and skipped. Without
+    an ``eval_path`` a data task sets ``heldout_size`` of its problems aside (a fixed choice) and never
+    trains on them.
     """
-    from reasonrl.data import load_jsonl, validate_rows
     from reasonrl.verifiers.scoring import check_golds
 
-    def load(path):
-        rows = validate_rows(load_jsonl(path), task.required_fields, path, task_cfg.skip_bad_rows)
-        rows = check_golds([task.from_row(r) for r in rows], verifiers, path)
-        if not rows:
-            raise ValueError(f"{path}: no usable rows")
-        return rows
-
-    for key, what in (("eval_file", "heldout"), ("train_file", "train_stream")):
-        if not task_cfg[key] and not task.provides(what):
-            task.need(what, f"it reads its problems from files: set task.{key}")
-    if task_cfg.eval_file:
-        heldout = load(task_cfg.eval_file)[: task_cfg.heldout_size]
-    else:
+    train = None
+    if task_cfg.path:
+        train = check_golds(
+            _load(task_cfg, task, task_cfg.path, task_cfg.split, task_cfg.filter, task_cfg.limit), verifiers, task_cfg.path
+        )
+        if not train:
+            raise ValueError(f"{task_cfg.path}: no usable problems (every gold answer failed its check)")
+    if task_cfg.eval_path:
+        heldout = _load(task_cfg, task, task_cfg.eval_path, task_cfg.eval_split, task_cfg.eval_filter, None)
+        heldout = check_golds(heldout, verifiers, task_cfg.eval_path)[: task_cfg.heldout_size]
+    elif task.provides("heldout"):
         heldout = check_golds(task.heldout(task_cfg.heldout_size, task_cfg.n_terms, task_cfg.digits), verifiers, "held-out set")
-    if task_cfg.train_file:
-        return ShuffledRows(load(task_cfg.train_file), seed), heldout
-    return task.train_stream(seed, task_cfg.n_terms, task_cfg.digits, task_cfg.heldout_size), heldout
+    else:
+        if len(train) < 2 * task_cfg.heldout_size:
+            raise ValueError(
+                f"{task_cfg.path}: {len(train)} problems are too few to set {task_cfg.heldout_size} aside as "
+                "held-out; lower task.heldout_size or give task.eval_path"
+            )
+        order = list(range(len(train)))
+        random.Random(HELDOUT_SPLIT_SEED).shuffle(order)
+        aside = set(order[: task_cfg.heldout_size])
+        heldout = [train[i] for i in sorted(aside)]
+        train = [p for i, p in enumerate(train) if i not in aside]
+    if train is not None:
+        return ShuffledRows(train, seed), heldout
+    return task.need("train_stream", "set task.path to the training data")(
+        seed, task_cfg.n_terms, task_cfg.digits, task_cfg.heldout_size
+    ), heldout
+
+
+def check_overlap(train: list[dict], evaluations: dict[str, list[dict]], allow: bool, key: str = "question") -> dict[str, int]:
+    """How many training problems also appear (same ``key`` text, whitespace-normalised) in each evaluation set;
+    a ValueError naming the counts unless ``allow`` (task.allow_overlap)."""
+    seen = {normalized_text(p[key]) for p in train if key in p}
+    counts = {name: sum(normalized_text(p[key]) in seen for p in probs if key in p) for name, probs in evaluations.items()}
+    shared = {name: n for name, n in counts.items() if n}
+    if shared:
+        msg = ", ".join(f"{n} of {len(evaluations[name])} problems of {name}" for name, n in shared.items())
+        if not allow:
+            raise ValueError(
+                f"the training data shares problems with evaluation sets ({msg}); remove them, or set "
+                "task.allow_overlap=true to train on them anyway"
+            )
+        log.warning("training on problems that are also evaluated (task.allow_overlap=true): %s", msg)
+    return counts
 
 
 def opens_think(prompt: str) -> bool:

@@ -17,14 +17,18 @@ class Task:
     heldout: Callable[..., list[dict]] | None = None  # (n, n_terms, digits) -> the fixed held-out set
     train_stream: Callable[..., "ProblemStream"] | None = None  # (seed, n_terms, digits, heldout_n) -> stream
     demonstrations: Callable[..., list[dict]] | None = None  # (n, seed, flaw_frac=...) -> {prompt, completion, answer}
+    # demonstrations made from data problems: (problems, tokenizer, template) -> {prompt, completion, answer}
+    file_demonstrations: Callable[..., list[dict]] | None = None
 
     def provides(self, what: str) -> bool:
+        if what == "demonstrations":
+            return self.demonstrations is not None or self.file_demonstrations is not None
         return getattr(self, what) is not None
 
     def need(self, what: str, hint: str) -> Callable:
         """The provided function ``what``, or a ValueError that names the task, what it lacks and ``hint``."""
         fn = getattr(self, what)
-        if fn is None:
+        if not self.provides(what):
             offered = [k for k in ("heldout", "train_stream", "demonstrations") if self.provides(k)]
             raise ValueError(f"task {self.name!r} provides no {what} (it provides: {offered or 'files only'}); {hint}")
         return fn

@@ -1,0 +1,278 @@
+"""Training on data: file formats, field mapping, row functions, filters, overlap, bad input, and
+short GRPO runs with code, math and SFT-then-RL on data files (the tiny model; 2 steps each)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from reasonrl.data import DataError
+from reasonrl.tasks.sources import compile_filter, load_problems, read_rows
+
+from conftest import SHARED_DATA, TINY, compose, needs_data
+
+ROWS = [
+    {"statement": f"{a}+{b}", "final": str(a + b), "level": a % 3, "worked": f"<think></think><answer>{a + b}</answer>"}
+    for a, b in [(12, 34), (50, 7), (33, 33), (9, 91), (70, 12), (41, 8)]
+]
+QUIET = ["logging.tensorboard=false", "logging.plot=false", "logging.progress=false", "checkpoint.final=false"]
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_every_file_format_gives_the_same_problems(tmp_path):
+    import datasets
+
+    ds = datasets.Dataset.from_list(ROWS)
+    files = {
+        "jsonl": write_jsonl(tmp_path / "d.jsonl", ROWS),
+        "json": tmp_path / "d.json",
+        "parquet": tmp_path / "d.parquet",
+        "csv": tmp_path / "d.csv",
+        "saved": tmp_path / "saved",
+    }
+    ds.to_json(str(files["json"]), lines=False)
+    ds.to_parquet(str(files["parquet"]))
+    ds.to_csv(str(files["csv"]), index=False)
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(files["saved"]))
+    fields = {"question": "statement", "answer": "final"}
+    got = {k: load_problems(str(p), fields=fields) for k, p in files.items()}
+    want = got["jsonl"]
+    assert [p["question"] for p in want] == [r["statement"] for r in ROWS] and want[0]["answer"] == "46"
+    for kind, problems in got.items():
+        # every column survives (CSV reads numbers back as numbers, the same here)
+        assert [(p["question"], str(p["answer"]), p["level"], p["worked"]) for p in problems] == [
+            (p["question"], str(p["answer"]), p["level"], p["worked"]) for p in want
+        ], kind
+
+
+def test_field_mapping_filter_limit_and_row_function(tmp_path):
+    path = str(write_jsonl(tmp_path / "d.jsonl", ROWS))
+    problems = load_problems(
+        path, fields={"question": "statement", "answer": "final"}, filter="level == 0 and len(statement) == 5"
+    )
+    assert [p["question"] for p in problems] == [r["statement"] for r in ROWS if r["level"] == 0 and len(r["statement"]) == 5]
+    assert problems and all(p["answer"] == p["final"] for p in problems)  # mapped keys beside every column
+    assert len(load_problems(path, limit=2)) == 2
+    (tmp_path / "myrows.py").write_text(
+        "def make(row):\n"
+        "    if row['level'] == 1:\n        return None  # skipped\n"
+        "    a, b = row['statement'].split('+')\n"
+        "    return {'question': f'{b}+{a}', 'answer': row['final'], 'kind': 'swapped'}\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        swapped = load_problems(path, row_fn="myrows:make")
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert [p["question"] for p in swapped] == [
+        f"{r['statement'].split('+')[1]}+{r['statement'].split('+')[0]}" for r in ROWS if r["level"] != 1
+    ]
+    assert all(p["kind"] == "swapped" for p in swapped)
+
+
+def test_filters_evaluate_only_what_they_allow():
+    keep = compile_filter("601 <= id <= 974 and not (difficulty in ['hard', 'x'])")
+    assert keep({"id": 700, "difficulty": "easy"}) and not keep({"id": 10, "difficulty": "easy"})
+    assert not keep({"id": 700, "difficulty": "hard"})
+    for bad in ("__import__('os').system('true')", "id.__class__", "open('x')", "lambda: 1", "[x for x in y]"):
+        with pytest.raises(ValueError, match="not allowed|only len"):
+            compile_filter(bad)
+
+
+def test_bad_input_names_the_file_and_the_field(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", ROWS[:2] + [{"statement": "1+1"}])
+    with pytest.raises(DataError, match=r"d\.jsonl: row 2 has no field 'final'"):
+        load_problems(str(path), fields={"question": "statement", "answer": "final"})
+    assert len(load_problems(str(path), fields={"question": "statement", "answer": "final"}, skip_bad=True)) == 2
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(DataError, match=r"empty\.jsonl: the file holds no rows"):
+        read_rows(str(empty))
+    sheet = tmp_path / "d.xlsx"
+    sheet.write_text("x")
+    with pytest.raises(DataError, match=r"d\.xlsx: unknown data format '\.xlsx'"):
+        read_rows(str(sheet))
+    with pytest.raises(FileNotFoundError, match="not a file or folder"):
+        read_rows(str(tmp_path / "missing.parquet"))
+    with pytest.raises(DataError, match="no usable rows"):
+        load_problems(str(path), fields={"question": "statement"}, filter="statement == 'nothing'", skip_bad=True)
+
+
+def test_a_template_naming_a_missing_field_says_which(tmp_path):
+    from reasonrl.tasks import get_task
+
+    cfg = compose(
+        "train",
+        [
+            "task.name=mine",
+            f"task.path={write_jsonl(tmp_path / 'd.jsonl', ROWS)}",
+            "task.template=text",
+            "task.instruction='Q:{statment}=?'",
+        ],
+    )
+    with pytest.raises(ValueError, match="uses the field 'statment'.*statement"):
+        get_task(cfg.task).render_prompt(ROWS[0], "text")
+
+
+def test_overlap_between_training_data_and_evaluation_is_refused(tmp_path):
+    from reasonrl.tasks import check_overlap
+
+    train = [{"question": "12+34"}, {"question": " 50+7\n"}]
+    heldout = [{"question": "50+7"}, {"question": "1+1"}]
+    with pytest.raises(ValueError, match="1 of 2 problems of held-out set.*task.allow_overlap=true"):
+        check_overlap(train, {"held-out set": heldout}, allow=False)
+    assert check_overlap(train, {"held-out set": heldout, "other": [{"question": "2+2"}]}, allow=True) == {
+        "held-out set": 1,
+        "other": 0,
+    }
+
+
+MANY = [
+    {"statement": f"{a}+{a + 7}", "final": str(2 * a + 7), "worked": f"<think></think><answer>{2 * a + 7}</answer>"}
+    for a in range(10, 34)
+]
+
+
+def _data_run(tmp_path, overrides, rows=MANY):
+    from reasonrl.train import main
+
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    cfg = compose(
+        "train",
+        [
+            *TINY,
+            *QUIET,
+            "task.name=mine",
+            f"task.path={path}",
+            "task.template=text",
+            "task.instruction='Q:{question}=?'",
+            "+task.fields.question=statement",  # new keys of a mapping take Hydra's "+"
+            "+task.fields.answer=final",
+            "task.heldout_size=4",
+            "max_steps=2",
+            "eval.every=2",
+            f"run_dir={tmp_path / 'run'}",
+            *overrides,
+        ],
+    )
+    summary = main(cfg)
+    rows_out = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    return summary, rows_out
+
+
+def test_overlapping_eval_file_stops_the_run(tmp_path):
+    evalf = write_jsonl(tmp_path / "eval.jsonl", MANY[:2])
+    with pytest.raises(ValueError, match="shares problems with evaluation sets"):
+        _data_run(tmp_path, [f"task.eval_path={evalf}"])
+
+
+def test_math_reward_grpo_on_a_data_file(tmp_path):
+    summary, rows = _data_run(tmp_path, ["verifier=[math]", "task.answer_verifier=math"])
+    assert [r["step"] for r in rows] == [0, 1, 2] and "eval/mine/accuracy" in rows[-1]
+    assert "reward/math/mean" in rows[1] and rows[1]["verify/correct_frac"] + rows[1]["verify/wrong_frac"] + rows[1][
+        "verify/no_answer_frac"
+    ] + rows[1]["verify/format_error_frac"] == pytest.approx(1.0)
+
+
+def test_sft_cold_start_then_grpo_on_a_data_file(tmp_path):
+    summary, rows = _data_run(
+        tmp_path,
+        [
+            "cold_start.enabled=true",
+            "task.target='{worked}'",
+            "cold_start.steps=3",
+            "cold_start.demos=8",
+            "cold_start.batch_size=4",
+        ],
+    )
+    assert summary["before_sft"]["demonstration_accuracy"] == 1.0  # the targets are the right answers
+    assert (tmp_path / "run" / "checkpoints" / "sft" / "config.json").is_file()
+    assert len(rows) == 3
+
+
+MBPP_ROWS = [
+    {
+        "task_id": 700 + i,
+        "text": f"Write a function to add {i} to a number.",
+        "code": f"def add_{i}(x):\n    return x + {i}",
+        "test_list": [f"assert add_{i}(1) == {1 + i}", f"assert add_{i}(5) == {5 + i}"],
+        "test_setup_code": "",
+    }
+    for i in range(12)
+]
+
+
+def test_code_reward_grpo_runs_the_programs_in_the_sandbox(tmp_path):
+    from reasonrl.train import main
+
+    path = write_jsonl(tmp_path / "mbpp.jsonl", MBPP_ROWS)
+    cfg = compose(
+        "train",
+        [
+            *TINY,
+            *QUIET,
+            "task.name=code",
+            f"task.path={path}",
+            "task.format=mbpp",
+            "task.template=text",
+            "task.instruction='Q:{id}+1=?'",
+            "task.heldout_size=4",
+            "verifier=[code]",
+            "task.answer_verifier=code",
+            "max_steps=2",
+            "eval.every=0",
+            "logging.samples_per_step=16",
+            f"run_dir={tmp_path / 'run'}",
+        ],
+    )
+    main(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "reward/code/mean" in rows[1] and rows[1]["verify/error_frac"] == 0.0  # no infrastructure failure
+    samples = [json.loads(x) for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    statuses = {s["verdicts"]["code"]["status"] for s in samples}
+    ran = [s for s in samples if "total" in s["verdicts"]["code"]["info"]]  # graded from the sandbox's records
+    assert statuses <= {"correct", "wrong", "no_answer", "format_error"} and ran, statuses
+    assert all(s["verdicts"]["code"]["info"]["total"] == 2 for s in ran)
+
+
+@needs_data
+def test_the_mbpp_training_split_and_the_benchmark_loader_agree():
+    from reasonrl.evals.loaders import load_benchmark
+
+    path = str(SHARED_DATA / "mbpp" / "mbpp.jsonl")
+    train = load_problems(path, format="mbpp", filter="601 <= id <= 974")
+    assert len(train) == 374 and {p["id"] for p in train} == set(range(601, 975))
+    test = load_benchmark("mbpp", path, filter="11 <= id <= 510")
+    assert len(test) == 500 and train[0].keys() >= {"prompt", "test", "entry_point", "question", "reference"}
+
+
+@needs_data
+def test_reasonrl_sft_on_gsm8k_reads_its_worked_solutions(tmp_path):
+    from reasonrl.finetune import main
+
+    cfg = compose(
+        "sft",
+        [
+            "task=gsm8k",
+            "task.template=text",
+            "task.heldout_size=4",
+            "model.pretrain.max_steps=0",
+            "max_steps=2",
+            "sft.demos=8",
+            "sft.batch_size=4",
+            "sft.eval_every=2",
+            "eval.max_new_tokens=8",
+            "eval.sampled=false",
+            f"run_dir={tmp_path}",
+            "logging.progress=false",
+            "logging.tensorboard=false",
+        ],
+    )
+    summary = main(cfg)
+    assert summary["demonstrations"] == 8 and summary["demonstration_accuracy"] == 1.0
