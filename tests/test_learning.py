@@ -246,3 +246,45 @@ def test_a_new_estimator_and_loss_are_one_decorated_function_each():
         grpo.POLICY_LOSSES.pop("test_reinforce")
     with pytest.raises(ValueError, match="unknown policy loss 'test_reinforce'"):
         run_update(tiny_model(), rollouts(), REWARDS, algorithm("grpo", "policy_loss=test_reinforce"))
+
+
+def _flat(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_truncated_importance_sampling_weights_the_loss_and_caps():
+    """With the sampler's logprobs log(3) below the trainer's, every weight is min(3, cap 2) = 2: the
+    gradient doubles (SGD, no clipping) and every token counts as capped; with equal logprobs it is 1."""
+    alg = algorithm("grpo", "tis_cap=2.0")
+    changes, stats = [], []
+    for gap in (0.0, float(torch.log(torch.tensor(3.0)))):
+        model = tiny_model()
+        start = _flat(model)
+        sampler = completion_logprobs(model, rollouts()) - gap
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        settings = UpdateSettings(alg=alg, pad_id=PAD, micro_batch_size=5, max_len=4, grad_clip=1e9, use_tis=True)
+        stats.append(update_policy(model, opt, sched, rollouts(logprobs=sampler), REWARDS, [False] * 12, G, settings))
+        changes.append(_flat(model) - start)
+    assert torch.allclose(changes[1], 2 * changes[0], atol=1e-6) and changes[0].abs().max() > 0
+    assert stats[0]["tis_weight_mean"] == pytest.approx(1.0) and stats[0]["tis_capped_frac"] == 0.0
+    assert stats[1]["tis_weight_mean"] == pytest.approx(2.0) and stats[1]["tis_capped_frac"] == 1.0
+
+
+def test_micro_batch_size_does_not_change_the_update():
+    finals = []
+    for mb in (1, 5, 12):
+        model = tiny_model()
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        settings = UpdateSettings(alg=algorithm("grpo_deepseekmath"), pad_id=PAD, micro_batch_size=mb, max_len=4, grad_clip=1e9)
+        update_policy(model, opt, sched, rollouts(), REWARDS, [False] * 12, G, settings, ref_model=copy.deepcopy(model))
+        finals.append(_flat(model))
+    assert torch.allclose(finals[0], finals[1], atol=1e-6) and torch.allclose(finals[1], finals[2], atol=1e-6)
+
+
+def test_a_non_finite_loss_stops_the_update_with_the_step():
+    rewards = REWARDS.clone()
+    rewards[0] = float("nan")
+    with pytest.raises(FloatingPointError, match="non-finite loss .* at step 1"):
+        run_update(tiny_model(), rollouts(), rewards, algorithm("grpo"))

@@ -135,3 +135,21 @@ def test_builtins_are_registered_as_entry_points():
     assert load("integer").name == "integer"
     with pytest.raises(KeyError, match="nope"):
         load("nope")
+
+
+def test_a_gold_error_in_scoring_is_an_error_verdict_never_wrong():
+    from reasonrl.verifiers.base import GoldAnswerError, Verdict
+    from reasonrl.verifiers.scoring import score
+
+    class Picky:
+        name = "picky"
+
+        def __call__(self, problem, completion):
+            if problem["answer"] == "??":
+                raise GoldAnswerError("gold '??' does not parse")
+            return Verdict(1.0, "correct", {})
+
+    scored = score([{"answer": "??"}, {"answer": "1"}], ["a", "b"], {"picky": (Picky(), 1.0)})
+    bad, good = scored.verdicts[0]["picky"], scored.verdicts[1]["picky"]
+    assert (bad.status, bad.score, "gold '??'" in bad.info["gold_error"]) == ("error", 0.0, True)
+    assert scored.masked == [True, False] and scored.rewards == [0.0, 1.0] and good.status == "correct"
