@@ -93,9 +93,11 @@ def run_shape(name: str, args, cache: Path, peak_tflops: float) -> dict:
         "experiment=r1_zero_arith",
         "model.arch.type=qwen2",
         *[f"model.arch.{k}={v}" for k, v in shape.items()],
-        "model.arch.max_position_embeddings=4096",
+        f"model.arch.max_position_embeddings={max(4096, args.new_tokens + 64)}",
         "model.pretrain.max_steps=0",
-        f"model.dtype={args.dtype}",
+        "model.dtype=float32",  # master weights and AdamW state
+        f"model.compute_dtype={args.dtype}",  # the forward passes (autocast)
+        f"model.gradient_checkpointing={str(args.checkpointing).lower()}",
         f"max_steps={args.steps}",
         f"rollout.prompts_per_step={args.prompts}",
         f"rollout.samples_per_prompt={args.samples}",
@@ -103,6 +105,9 @@ def run_shape(name: str, args, cache: Path, peak_tflops: float) -> dict:
         f"rollout.micro_batch_size={args.micro_batch}",
         "generator=hf",
         f"generator.batch_size={args.prompts * args.samples}",
+        # long-tailed lengths: with S stop ids out of V, a random model stops with probability about S/V per token
+        f"generator.stop_token_ids=[{','.join(str(t) for t in range(1000, 1000 + args.stop_ids))}]",
+        f"rollout.max_tokens_per_micro_batch={args.max_tokens_mb}",
         "task.heldout_size=8",
         "eval.every=0",
         "eval.sampled=false",
@@ -144,6 +149,8 @@ def run_shape(name: str, args, cache: Path, peak_tflops: float) -> dict:
                 "mfu": 6 * params * train_tps / (peak_tflops * 1e12),
                 "peak_mem_gb": r.get("gpu/peak_mem_gb"),
                 "completion_len": r["rollout/len_mean"],
+                "completion_len_max": r["rollout/len_max"],
+                "clipped_frac": r["rollout/clipped_frac"],
             }
         )
     timed = steps[1:] or steps
@@ -155,7 +162,10 @@ def run_shape(name: str, args, cache: Path, peak_tflops: float) -> dict:
         "wall_s": wall,
         "steps": steps,
         "mean_after_first": mean,
-        "config": {k: getattr(args, k) for k in ("prompts", "samples", "new_tokens", "micro_batch", "dtype")},
+        "config": {
+            k: getattr(args, k)
+            for k in ("prompts", "samples", "new_tokens", "micro_batch", "max_tokens_mb", "dtype", "checkpointing", "stop_ids")
+        },
     }
 
 
@@ -165,14 +175,18 @@ def table(results: list[dict], device_name: str, peak: float) -> str:
         if peak >= 1
         else f"device: {device_name}; measured matmul peak {peak * 1000:.1f} GFLOP/s",
         "",
-        "| shape | params | gen tok/s | train tok/s | MFU (train) | peak mem GiB | step s | generate | verify | train | sync |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| shape | params | config | len mean / max | gen tok/s | train tok/s | MFU (train) | peak mem GiB | step s "
+        "| generate | verify | train | sync |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         m = r["mean_after_first"]
         split = {k: m[f"{k}_s"] / m["step_s"] for k in ("generate", "verify", "train", "sync")}
+        c = r["config"]
+        conf = f"{c['prompts']}x{c['samples']}x{c['new_tokens']}" + (" ckpt" if c["checkpointing"] else "")
         lines.append(
-            f"| {r['shape']} | {r['params'] / 1e6:.0f}M | {m['gen_tokens_per_s']:.0f} | {m['train_tokens_per_s']:.0f} | "
+            f"| {r['shape']} | {r['params'] / 1e6:.0f}M | {conf} | {m['completion_len']:.0f} / {m['completion_len_max']:.0f} "
+            f"| {m['gen_tokens_per_s']:.0f} | {m['train_tokens_per_s']:.0f} | "
             f"{m['mfu']:.1%} | {m['peak_mem_gb']:.1f} | {m['step_s']:.2f} | {split['generate']:.0%} | {split['verify']:.0%} | "
             f"{split['train']:.0%} | {split['sync']:.0%} |"
         )
@@ -188,10 +202,22 @@ def main_cli() -> None:
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--micro-batch", type=int, default=16)
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--max-tokens-mb", type=int, default=16384, help="token budget per micro-batch")
+    ap.add_argument("--dtype", default="bfloat16", help="compute dtype (autocast); weights stay float32")
+    ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing")
+    ap.add_argument("--stop-ids", type=int, default=0, help="extra stop token ids (long-tailed lengths)")
+    ap.add_argument(
+        "--long",
+        action="store_true",
+        help="long completions: 4096 new tokens, lengths long-tailed (mean about 1000: 150 of 151,936 ids stop), "
+        "8 prompts x 4 samples, gradient checkpointing",
+    )
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
+    if args.long:
+        args.new_tokens, args.prompts, args.samples, args.stop_ids, args.checkpointing = 4096, 8, 4, 150, True
+        args.micro_batch, args.steps = 32, max(2, min(args.steps, 3))
     if args.dry_run:
         args.shapes, args.steps, args.prompts, args.samples, args.new_tokens, args.micro_batch = "tiny", 2, 2, 2, 8, 4
         args.dtype = "float32"

@@ -67,7 +67,9 @@ def build_verifiers(nodes: Mapping[str, Any]) -> dict[str, tuple[Any, float]]:
     return out
 
 
-def build_generator(node: Mapping[str, Any], model, tokenizer, model_path: str | None = None) -> Any:
-    return instantiate(
-        node, "generator", model=model, tokenizer=tokenizer, model_path=None if model_path is None else str(model_path)
-    )
+def build_generator(node: Mapping[str, Any], model, tokenizer, model_path: str | None = None, compute_dtype=None) -> Any:
+    """The generator a ``generator`` node names, given the policy (and the dtype the trainer computes in)."""
+    extra = {"model": model, "tokenizer": tokenizer, "model_path": None if model_path is None else str(model_path)}
+    if compute_dtype is not None:
+        extra["compute_dtype"] = str(compute_dtype).replace("torch.", "")
+    return instantiate(node, "generator", **extra)

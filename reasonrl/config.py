@@ -72,7 +72,11 @@ class ModelConfig:
     device: str = "auto"  # auto: cuda when available, else cpu
     gguf: Optional[str] = None  # else a GGUF file ("path" or "package:file"), converted once into the cache
     # else (neither): the tiny base model built from arch + pretrain
-    dtype: str = "float32"
+    dtype: str = "float32"  # the weights the optimizer updates (master weights): float32
+    compute_dtype: str = "auto"  # autocast for forward passes: auto = bfloat16 where the hardware has it, else float32
+    ref_dtype: str = "auto"  # the frozen reference model (KL): auto = the compute dtype
+    gradient_checkpointing: bool = False  # recompute activations in backward (non-reentrant); never in no-grad passes
+    allow_low_precision_weights: bool = False  # train bfloat16/float16 weights with AdamW (small updates vanish)
     arch: Optional[ArchConfig] = None
     pretrain: Optional[PretrainConfig] = None
 
@@ -111,7 +115,8 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 48
-    micro_batch_size: int = 256
+    micro_batch_size: int = 256  # sequences per micro-batch at most
+    max_tokens_per_micro_batch: int = 16384  # and padded tokens per micro-batch at most (0: no token budget)
 
 
 @dataclass
@@ -168,6 +173,8 @@ class SFTConfig:
     flaw_frac: float = 0.15
     steps: int = 150
     batch_size: int = 32
+    micro_batch_size: int = 0  # sequences per micro-batch at most (0: the whole batch); gradients accumulate
+    max_tokens_per_micro_batch: int = 16384  # and padded tokens per micro-batch at most
     eval_every: int = 50
     optim: OptimConfig = field(default_factory=_sft_optim(1e-3, 10))
 

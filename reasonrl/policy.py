@@ -84,3 +84,40 @@ def save_checkpoint(model, tokenizer, path: str | Path) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return path
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively (a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def compute_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype for ``model.compute_dtype``: auto = bfloat16 where the hardware has it, else float32."""
+    if name == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    return torch_dtype(name)
+
+
+def check_master_weights(model_cfg: Any) -> None:
+    """Refuse to train low-precision weights with AdamW unless asked for by name."""
+    dtype = model_cfg.get("dtype", "float32")
+    if dtype != "float32" and not model_cfg.get("allow_low_precision_weights", False):
+        raise ValueError(
+            f"model.dtype={dtype} would make the weights AdamW updates (and its moments) {dtype}: "
+            "small updates vanish (at lr 1e-6 about 2% of a bfloat16 weight's elements change in a step). Keep "
+            "model.dtype=float32 (master weights) and compute in bfloat16 with model.compute_dtype=bfloat16 (auto does "
+            "where the hardware has it), or set model.allow_low_precision_weights=true to train them anyway"
+        )
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each layer's activations in backward (non-reentrant; transformers skips it in no-grad passes)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "config"):
+        model.config.use_cache = False

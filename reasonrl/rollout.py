@@ -15,6 +15,7 @@ It does not score, pack or train: see :mod:`reasonrl.verifiers`,
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
@@ -84,7 +85,7 @@ class Generator(Protocol):
     def generate(self, prompt_ids: Sequence[Sequence[int]], n: int, sampling: Sampling) -> list[Rollout]: ...
 
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """Make the next generation use ``model``'s current weights."""
+        """Make the next generation use ``model``'s current weights (waking a sleeping engine first)."""
 
     def sleep(self) -> None:
         """Release generation memory while the policy trains (may be a no-op)."""
@@ -96,15 +97,26 @@ class HFGenerator:
     """``transformers.generate`` on the policy module itself (colocated, no copy).
 
     Because it samples from the very module the trainer updates, weight sync is
-    a no-op. ``batch_size`` bounds how many sequences are generated at once.
+    a no-op. ``batch_size`` bounds how many sequences are generated at once;
+    ``stop_token_ids`` end a completion as the tokenizer's eos does.
     """
 
     exact_logprobs = True
 
-    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 256, model_path: str | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        batch_size: int = 256,
+        model_path: str | None = None,
+        compute_dtype: str = "float32",
+        stop_token_ids: Sequence[int] = (),
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = int(batch_size)
+        self.compute_dtype = getattr(torch, compute_dtype)  # generation runs under autocast to it
+        self.stop_ids = [tokenizer.eos_token_id, *[int(t) for t in stop_token_ids if int(t) != tokenizer.eos_token_id]]
         if tokenizer.pad_token_id is None:
             raise ValueError("HFGenerator needs a tokenizer with a pad token")
 
@@ -132,26 +144,32 @@ class HFGenerator:
             top_k=None,
             max_new_tokens=sampling.max_new_tokens,
             pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
+            eos_token_id=self.stop_ids if len(self.stop_ids) > 1 else self.stop_ids[0],
             begin_suppress_tokens=list(sampling.banned_first_tokens) or None,
             num_return_sequences=n,
             return_dict_in_generate=True,
-            output_logits=True,
         )
         was_training = self.model.training
         self.model.eval()
         per_chunk = max(1, self.batch_size // n)
         out: list[Rollout] = []
+        device = next(self.model.parameters()).device
+        cast = (
+            torch.autocast(device.type, self.compute_dtype) if self.compute_dtype != torch.float32 else contextlib.nullcontext()
+        )
         try:
-            for start in range(0, len(prompt_ids), per_chunk):
-                chunk = prompt_ids[start : start + per_chunk]
-                out.extend(self._generate_chunk(chunk, start, n, gen_cfg, sampling.temperature))
+            with cast:
+                for start in range(0, len(prompt_ids), per_chunk):
+                    chunk = prompt_ids[start : start + per_chunk]
+                    out.extend(self._generate_chunk(chunk, start, n, gen_cfg, sampling.temperature))
         finally:
             self.model.train(was_training)
         return out
 
     def _generate_chunk(self, chunk, offset: int, n: int, gen_cfg, temperature: float) -> list[Rollout]:
-        pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
+        from transformers import LogitsProcessorList
+
+        pad, stops = self.tokenizer.pad_token_id, set(self.stop_ids)
         width = max(len(p) for p in chunk)
         device = next(self.model.parameters()).device
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
@@ -159,18 +177,22 @@ class HFGenerator:
         for i, p in enumerate(chunk):  # left padding
             ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             mask[i, width - len(p) :] = 1
-        res = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg)
-        new = res.sequences[:, width:].cpu()  # (len(chunk)*n, steps)
-        logits = torch.stack(res.logits, dim=1).float().cpu()  # (len(chunk)*n, steps, V)
-        if temperature > 0:
-            logits = logits / temperature
-        lp = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        recorder = SampledLogprobs(temperature)
+        res = self.model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            generation_config=gen_cfg,
+            logits_processor=LogitsProcessorList([recorder]),
+        )
+        new = res.sequences[:, width:]  # (len(chunk)*n, steps)
+        lp = recorder.finish(new).cpu()  # (len(chunk)*n, steps)
+        new = new.cpu()
         rollouts = []
         for row in range(new.shape[0]):
             toks = new[row].tolist()
-            if eos in toks:
-                k = toks.index(eos) + 1
-                toks, reason = toks[:k], "stop"
+            stop = next((k for k, t in enumerate(toks) if t in stops), None)
+            if stop is not None:
+                toks, reason = toks[: stop + 1], "stop"
             else:
                 reason = "length"
             pi = row // n
@@ -185,3 +207,30 @@ class HFGenerator:
                 )
             )
         return rollouts
+
+
+class SampledLogprobs:
+    """A logits processor that records, step by step, the log-probability of each sampled token under the
+    temperature-scaled logits (before top-p), keeping one step's (sequences x V) row at a time: memory
+    O(sequences x steps), never O(sequences x steps x V). It runs before transformers' temperature and top-p
+    warpers, and at step t reads the token sampled at step t-1 from the ids it is given."""
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature if temperature > 0 else 1.0
+        self.last: torch.Tensor | None = None  # (N, V) log-softmax of the previous step
+        self.steps: list[torch.Tensor] = []  # (N,) per generated token
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.last is not None:
+            self.steps.append(self.last.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self.last = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def finish(self, new_tokens: torch.Tensor) -> torch.Tensor:
+        """(N, steps) logprobs of ``new_tokens`` (N, steps), the generated part of the sequences."""
+        if self.last is not None and new_tokens.shape[1] > len(self.steps):
+            self.steps.append(self.last.gather(-1, new_tokens[:, len(self.steps) : len(self.steps) + 1]).squeeze(-1))
+        self.last = None
+        if not self.steps:
+            return torch.zeros(new_tokens.shape, dtype=torch.float32)
+        return torch.stack(self.steps, dim=1)[:, : new_tokens.shape[1]]

@@ -11,7 +11,8 @@ policy's tensors straight into the engine's model (``reload_weights`` on the
 in-process worker; no checkpoint on disk), then resets the prefix cache, whose
 entries were computed with the old weights. On a GPU the engine sleeps while
 the policy trains (its weights and KV cache are released) and wakes for the
-next generation; on CPU sleeping is skipped. On CPU, prefills are never split
+next generation (sleep level 2: a sync wakes the weights, loads the new ones,
+then wakes the KV cache); on CPU sleeping is skipped. On CPU, prefills are never split
 across scheduler steps (see :func:`scheduler_settings`), so seeded sampling
 works for any batch size.
 
@@ -97,6 +98,8 @@ class VLLMGenerator:
         seed: int = 0,
         chunked_prefill: str = "auto",
         max_num_batched_tokens: int | None = None,
+        compute_dtype: str | None = None,
+        stop_token_ids: Sequence[int] = (),
     ):
         if model_path is None:
             raise ValueError("VLLMGenerator needs model_path: a Hugging Face folder with the policy's architecture")
@@ -110,8 +113,8 @@ class VLLMGenerator:
             raise RuntimeError(reason)
         from vllm import LLM
 
-        if dtype == "auto":
-            dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+        if dtype == "auto":  # what the trainer computes in (bfloat16 on GPUs), else the weights' dtype
+            dtype = compute_dtype or str(next(model.parameters()).dtype).replace("torch.", "")
         self.engine_dtype = getattr(torch, dtype)  # the policy's tensors are cast to this when synced
         if sleep_mode not in ("auto", "on", "off"):
             raise ValueError(f"generator.sleep_mode must be auto, on or off, not {sleep_mode!r}")
@@ -119,6 +122,7 @@ class VLLMGenerator:
         if sleep_mode == "on" and not on_gpu:
             log.warning("generator.sleep_mode=on ignored: sleep mode needs a GPU")
         self.tokenizer = tokenizer
+        self.stop_token_ids = [int(t) for t in stop_token_ids]
         self.llm = LLM(
             **scheduler_settings(chunked_prefill, on_gpu, max_num_batched_tokens),
             model=str(model_path),
@@ -149,19 +153,30 @@ class VLLMGenerator:
 
     @torch.no_grad()
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """Copy the policy's current tensors into the engine, in memory, then drop stale prefix-cache entries."""
-        self.wake_up()
+        """Copy the policy's current tensors into the engine, in memory, then drop stale prefix-cache entries.
+
+        A sleeping engine (GPU) first gets its weights' memory back, then the new weights, and only then its KV
+        cache, so the old weights and the cache never sit in memory at once (the trainer has freed its
+        gradients by then)."""
+        asleep = self._asleep
+        if asleep:
+            self.llm.wake_up(tags=["weights"])
         tensors = ((name, t.detach().to(self.engine_dtype)) for name, t in model.state_dict().items())
         self._worker().reload_weights(weights_iterator=tensors, is_checkpoint_format=True)
+        if asleep:
+            self.llm.wake_up(tags=["kv_cache"])
+            self._asleep = False
         self.llm.reset_prefix_cache()
 
     def sleep(self) -> None:
-        """Free the engine's GPU memory while the policy trains (no-op on CPU)."""
+        """Free the engine's GPU memory while the policy trains: level 2 drops the weights too (a sync replaces
+        them anyway) and the KV cache (no-op on CPU)."""
         if self.sleep_enabled and not self._asleep:
-            self.llm.sleep(level=1)
+            self.llm.sleep(level=2)
             self._asleep = True
 
     def wake_up(self) -> None:
+        """Wake fully (weights and cache); only for generating with the weights the engine already had."""
         if self._asleep:
             self.llm.wake_up()
             self._asleep = False
@@ -183,6 +198,7 @@ class VLLMGenerator:
             flat_logprobs=True,  # primitive lists instead of one dict per token: far less Python overhead
             seed=sampling.seed,
             skip_special_tokens=True,
+            stop_token_ids=self.stop_token_ids or None,
         )
         prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)

@@ -46,6 +46,33 @@ def collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int):
     return ids, mask, labels
 
 
+def sft_backward(
+    model,
+    batch: Sequence[tuple[list[int], list[int]]],
+    pad_id: int,
+    max_seqs: int,
+    max_tokens: int,
+    compute_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Backward of the mean next-token loss over the batch's completion tokens, micro-batch by micro-batch
+    (gradients accumulate); returns the loss (detached)."""
+    from reasonrl.logprobs import completion_logprobs
+    from reasonrl.update import autocast, plan_micro_batches
+
+    device = next(model.parameters()).device
+    total = sum(len(c) for _, c in batch)
+    loss_sum = torch.zeros((), device=device)
+    for idx in plan_micro_batches([len(p) + len(c) for p, c in batch], max_seqs, max_tokens):
+        ids, mask, labels = (t.to(device) for t in collate([batch[i] for i in idx], pad_id))
+        targets = (labels[:, 1:] != -100).float()  # (n, L-1): completion tokens (and their eos)
+        with autocast(device, compute_dtype):
+            logp, _ = completion_logprobs(model, ids, mask, targets)
+        loss = -(logp * targets).sum() / total
+        loss.backward()
+        loss_sum += loss.detach()
+    return loss_sum
+
+
 def train_sft(
     model: torch.nn.Module,
     tokenizer,
@@ -61,8 +88,14 @@ def train_sft(
     log_fn: Callable[[dict[str, Any]], None] | None = None,
     desc: str = "sft",
     progress: bool = True,
+    micro_batch_size: int = 0,
+    max_tokens_per_micro_batch: int = 16384,
+    compute_dtype: torch.dtype = torch.float32,
 ) -> dict[str, Any]:
-    """Train ``model`` in place; returns {"steps", "evals", "loss"}."""
+    """Train ``model`` in place; returns {"steps", "evals", "loss"}. Each step's batch is cut into micro-batches
+    (at most ``micro_batch_size`` sequences, 0 for no cap, and ``max_tokens_per_micro_batch`` padded tokens, each
+    padded to its own longest) whose gradients accumulate; the loss is the mean over the batch's completion tokens,
+    computed from the final hidden states in blocks (no (tokens x vocabulary) tensor)."""
     from tqdm import tqdm
 
     from reasonrl.policy import make_optimizer
@@ -85,12 +118,17 @@ def train_sft(
             rng.shuffle(fresh)
             order.extend(fresh)
         idx, order = order[:batch_size], order[batch_size:]
-        ids, mask, labels = collate([data[i] for i in idx], tokenizer.pad_token_id)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss = sft_backward(
+            model,
+            [data[i] for i in idx],
+            tokenizer.pad_token_id,
+            micro_batch_size or len(idx),
+            max_tokens_per_micro_batch,
+            compute_dtype,
+        )
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{desc}: non-finite loss {loss.item()} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
         opt.step()
         sched.step()

@@ -37,7 +37,14 @@ from reasonrl.config import check_train_config
 from reasonrl.evals.harness import load_benchmark_subsets, training_eval
 from reasonrl.metrics import RunLogger, rollout_metrics
 from reasonrl.models import load_policy
-from reasonrl.policy import make_optimizer, save_checkpoint
+from reasonrl.policy import (
+    check_master_weights,
+    compute_dtype,
+    enable_gradient_checkpointing,
+    make_optimizer,
+    save_checkpoint,
+    torch_dtype,
+)
 from reasonrl.rollout import HFGenerator
 from reasonrl.runs import announce, open_run_dir, write_summary
 from reasonrl.runtime import Runtime, init_runtime
@@ -70,9 +77,13 @@ class GRPOTrainer:
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+        check_master_weights(cfg.model)
         self.model, self.tokenizer, self.model_path = load_policy(
             cfg.model, progress=cfg.logging.progress, device=self.runtime.device
         )
+        self.compute_dtype = compute_dtype(cfg.model.compute_dtype, self.runtime.device)
+        if cfg.model.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
         self.task = get_task(cfg.task)
         self.verifiers = build_verifiers(cfg.verifier)
         if cfg.task.answer_verifier not in self.verifiers:
@@ -100,13 +111,16 @@ class GRPOTrainer:
         )
         if cfg.cold_start.enabled:
             self._cold_start()
-        self.generator = build_generator(cfg.generator, self.model, self.tokenizer, self.model_path)
+        self.generator = build_generator(cfg.generator, self.model, self.tokenizer, self.model_path, self.compute_dtype)
         use_tis = alg.tis == "on" or (alg.tis == "auto" and not getattr(self.generator, "exact_logprobs", False))
         self.plan = GroupPlan.from_config(cfg)
-        self.update_settings = UpdateSettings.from_config(cfg, self.tokenizer.pad_token_id, use_tis)
+        self.update_settings = UpdateSettings.from_config(cfg, self.tokenizer.pad_token_id, use_tis, self.compute_dtype)
         self.opt, self.sched = make_optimizer(self.model, cfg.optim, total_steps=cfg.max_steps * alg.updates_per_batch)
         # the frozen initial policy, only when a KL penalty asks for it
-        self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False) if alg.kl_coef > 0 else None
+        self.ref_model = None
+        if alg.kl_coef > 0:
+            ref_dtype = self.compute_dtype if cfg.model.ref_dtype == "auto" else torch_dtype(cfg.model.ref_dtype)
+            self.ref_model = copy.deepcopy(self.model).to(ref_dtype).eval().requires_grad_(False)
         return self
 
     def _cold_start(self) -> None:
@@ -192,8 +206,7 @@ class GRPOTrainer:
         train_s = time.perf_counter() - t
         # the generator samples the next step with the new weights
         t = time.perf_counter()
-        self.generator.wake_up()
-        self.generator.sync_weights(self.model)
+        self.generator.sync_weights(self.model)  # wakes a sleeping engine: weights, then the new weights, then its cache
         sync_s = time.perf_counter() - t
         # 9. one metrics row
         times = {"step_s": time.perf_counter() - t0, "train_s": train_s, "sync_s": sync_s}

@@ -13,14 +13,16 @@ It does not sample, score or log.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from reasonrl import grpo
 from reasonrl.data import pack
+from reasonrl.logprobs import completion_logprobs
 from reasonrl.runtime import Runtime
 
 
@@ -31,23 +33,49 @@ class UpdateSettings:
     alg: Any  # the algorithm config (reasonrl.config.AlgorithmConfig)
     pad_id: int
     temperature: float = 1.0  # the sampling temperature (logprobs are taken under it)
-    micro_batch_size: int = 256
+    micro_batch_size: int = 256  # sequences per micro-batch at most
+    max_tokens_per_micro_batch: int = 0  # and (when > 0) padded tokens per micro-batch at most
     max_len: int = 64  # the generation limit (Dr. GRPO's normaliser)
     grad_clip: float = 1.0
     use_tis: bool = False  # truncated importance sampling toward the sampler's logprobs
+    compute_dtype: torch.dtype = torch.float32  # autocast dtype for the forward (bfloat16 where the hardware has it)
 
     @classmethod
-    def from_config(cls, cfg, pad_id: int, use_tis: bool) -> "UpdateSettings":
+    def from_config(cls, cfg, pad_id: int, use_tis: bool, compute_dtype: torch.dtype = torch.float32) -> "UpdateSettings":
         ro = cfg.rollout
         return cls(
             alg=cfg.algorithm,
             pad_id=pad_id,
             temperature=ro.temperature if ro.temperature > 0 else 1.0,
             micro_batch_size=ro.micro_batch_size,
+            max_tokens_per_micro_batch=ro.max_tokens_per_micro_batch,
             max_len=ro.max_new_tokens,
             grad_clip=cfg.optim.grad_clip,
             use_tis=use_tis,
+            compute_dtype=compute_dtype,
         )
+
+
+def plan_micro_batches(lengths: Sequence[int], max_seqs: int, max_tokens: int = 0) -> list[list[int]]:
+    """Indices of each micro-batch: sequences sorted by length (longest first), cut so that a micro-batch holds
+    at most ``max_seqs`` sequences and, when ``max_tokens`` > 0, at most that many tokens once padded to its
+    own longest sequence (a sequence longer than the budget goes alone)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    out: list[list[int]] = []
+    for i in order:
+        cur = out[-1] if out else None
+        if cur is not None and len(cur) < max_seqs and (max_tokens <= 0 or (len(cur) + 1) * lengths[cur[0]] <= max_tokens):
+            cur.append(i)
+        else:
+            out.append([i])
+    return out
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """bfloat16/float16 autocast for the forward pass (master weights stay float32); a no-op for float32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def update_policy(
@@ -67,77 +95,81 @@ def update_policy(
     """Steps 5-8 of a GRPO step on one sampled batch, in place on ``model`` and ``opt``.
 
     rollouts: N = B*G rollouts, prompt-major; rewards: (N,); masked: N flags (timeout/error verdicts),
-    which leave the loss, the token and sequence counts, and their group's baseline. The loss is
-    normalised by the batch's global token and sequence counts (summed over ranks by ``runtime``),
-    so the update does not depend on how the batch is split. Returns the
-    step's training statistics (means over completion tokens; loss, entropy, KL and logprob gaps from
-    the first update, the sampled batch under the policy that sampled it; clip fraction over all updates).
+    which leave the loss, the token and sequence counts, and their group's baseline. Micro-batches
+    follow :func:`plan_micro_batches`, each packed to its own longest sequence; logprobs come from the
+    final hidden states in blocks (:mod:`reasonrl.logprobs`), the reference model's once per batch. The
+    loss is normalised by the batch's global token and sequence counts (summed over ranks by
+    ``runtime``), so the update does not depend on how the batch is split. Returns the step's training
+    statistics (means over completion tokens; loss, entropy, KL and logprob gaps from the first update,
+    the sampled batch under the policy that sampled it; clip fraction over all updates).
     """
-    alg, pad_id, use_tis, temperature = settings.alg, settings.pad_id, settings.use_tis, settings.temperature
-    micro_batch_size, max_len, grad_clip = settings.micro_batch_size, settings.max_len, settings.grad_clip
+    alg, use_tis, temperature = settings.alg, settings.use_tis, settings.temperature
     runtime = runtime or Runtime()
     device = next(model.parameters()).device
     keep_flags = [not (m or (alg.mask_truncated and r.finish_reason == "length")) for m, r in zip(masked, rollouts)]
     valid = torch.tensor([not m for m in masked])
     adv = grpo.estimate_advantages(alg.advantage, rewards, group_size, valid, alg).to(device)  # (N,)
     surrogate = grpo.get_policy_loss(alg.policy_loss)
-    batch = pack(rollouts, pad_id).to(device)
-    keep = torch.tensor(keep_flags, dtype=torch.float32, device=device).unsqueeze(1)  # (N, 1)
-    loss_mask = batch.completion_mask * keep  # (N, L-1)
-    total_tokens = int(runtime.sum(loss_mask.sum().item()))  # global counts: the same update at any world size
-    total_seqs = int(runtime.sum(keep.sum().item()))
+    lengths = [len(r.prompt_ids) + len(r.completion_ids) for r in rollouts]
+    micro = plan_micro_batches(lengths, settings.micro_batch_size, settings.max_tokens_per_micro_batch)
+    batches = [pack([rollouts[i] for i in idx], settings.pad_id).to(device) for idx in micro]
+    keeps = [torch.tensor([keep_flags[i] for i in idx], dtype=torch.float32, device=device)[:, None] for idx in micro]
+    loss_masks = [b.completion_mask * k for b, k in zip(batches, keeps)]  # (n, L_k - 1) each
+    total_tokens = int(runtime.sum(sum(float(m.sum()) for m in loss_masks)))  # global counts: the same update at any world size
+    total_seqs = int(runtime.sum(sum(keep_flags)))
+    ref_logps = None
+    if ref_model is not None:  # once per batch, not per update or micro-batch
+        with torch.no_grad(), autocast(device, settings.compute_dtype):
+            ref_logps = [
+                completion_logprobs(ref_model, b.input_ids, b.attention_mask, b.completion_mask, temperature)[0] for b in batches
+            ]
 
     model.train()
     sums = dict.fromkeys(("loss", "entropy", "clip", "kl", "ref_kl", "diff", "tis", "tis_capped"), 0.0)
     diff_max = 0.0
-    mb = micro_batch_size
     for update in range(alg.updates_per_batch):
         opt.zero_grad(set_to_none=True)
-        for s in range(0, len(rollouts), mb):
-            sl = slice(s, s + mb)
-            m = batch.completion_mask[sl]
-            logits = model(input_ids=batch.input_ids[sl], attention_mask=batch.attention_mask[sl]).logits[:, :-1]
-            logits = logits / temperature  # (n, L-1, V)
-            logp = grpo.token_logprobs(logits, batch.input_ids[sl, 1:])  # (n, L-1)
+        for k, (idx, b) in enumerate(zip(micro, batches)):
+            m, a = b.completion_mask, adv[idx]
+            with autocast(device, settings.compute_dtype):
+                logp, ent = completion_logprobs(
+                    model, b.input_ids, b.attention_mask, m, temperature, want_entropy=alg.entropy_coef > 0 or update == 0
+                )
             # one update: the policy that sampled is this one; several: the stored sampling-time logprobs
-            old_logp = logp.detach() if alg.updates_per_batch == 1 else batch.sampler_logprobs[sl]
-            per_tok, clipped = surrogate(logp, old_logp, adv[sl], alg)
+            old_logp = logp.detach() if alg.updates_per_batch == 1 else b.sampler_logprobs
+            per_tok, clipped = surrogate(logp, old_logp, a, alg)
             if use_tis and alg.updates_per_batch == 1:
-                w = grpo.truncated_is_weights(old_logp, batch.sampler_logprobs[sl], alg.tis_cap)  # (n, L-1)
+                w = grpo.truncated_is_weights(old_logp, b.sampler_logprobs, alg.tis_cap)  # (n, L-1)
                 per_tok = per_tok * w
                 sums["tis"] += float((w * m).sum())
                 sums["tis_capped"] += float(((w >= alg.tis_cap) * m).sum())
-            if ref_model is not None:
-                with torch.no_grad():
-                    ref_logits = ref_model(input_ids=batch.input_ids[sl], attention_mask=batch.attention_mask[sl]).logits
-                    ref_logp = grpo.token_logprobs(ref_logits[:, :-1] / temperature, batch.input_ids[sl, 1:])
-                ref_kl = grpo.kl_estimate(logp, ref_logp, alg.kl_estimator)  # (n, L-1)
+            if ref_logps is not None:
+                ref_kl = grpo.kl_estimate(logp, ref_logps[k], alg.kl_estimator)  # (n, L-1)
                 per_tok = per_tok + alg.kl_coef * ref_kl
                 if update == 0:
                     sums["ref_kl"] += float((ref_kl.detach() * m).sum())
-            ent = grpo.entropy_from_logits(logits) if alg.entropy_coef > 0 else None
-            if ent is not None:
+            if alg.entropy_coef > 0:
                 per_tok = per_tok - alg.entropy_coef * ent
             loss = grpo.aggregate(
-                alg.loss_agg, per_tok, loss_mask[sl], total_tokens=total_tokens, total_seqs=total_seqs, max_len=max_len
+                alg.loss_agg, per_tok, loss_masks[k], total_tokens=total_tokens, total_seqs=total_seqs, max_len=settings.max_len
             )
             loss.backward()
             sums["clip"] += float((clipped.float() * m).sum())
             if update == 0:  # statistics of the sampled batch under the policy that sampled it
                 with torch.no_grad():
-                    ent = grpo.entropy_from_logits(logits) if ent is None else ent.detach()
-                    diff = (logp.detach() - batch.sampler_logprobs[sl]).abs() * m
+                    diff = (logp.detach() - b.sampler_logprobs).abs() * m
                     sums["loss"] += loss.item()
-                    sums["entropy"] += float((ent * m).sum())
-                    sums["kl"] += float((grpo.kl_estimate(batch.sampler_logprobs[sl], logp.detach(), "k3") * m).sum())
+                    sums["entropy"] += float((ent.detach() * m).sum())
+                    sums["kl"] += float((grpo.kl_estimate(b.sampler_logprobs, logp.detach(), "k3") * m).sum())
                     sums["diff"] += float(diff.sum())
                     diff_max = max(diff_max, float(diff.max()))
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip))
         if not math.isfinite(sums["loss"]) or not math.isfinite(grad_norm):
             raise FloatingPointError(f"non-finite loss {sums['loss']} or grad norm {grad_norm} at step {step}")
         opt.step()
         sched.step()
-    n_comp = max(float(batch.completion_mask.sum()), 1.0)
+    opt.zero_grad(set_to_none=True)  # gradients are freed before the generator wakes up
+    n_comp = max(sum(float(b.completion_mask.sum()) for b in batches), 1.0)
     return {
         "loss": sums["loss"],
         "kl": (sums["ref_kl"] if ref_model is not None else sums["kl"]) / n_comp,
@@ -149,5 +181,6 @@ def update_policy(
         "tis_weight_mean": sums["tis"] / n_comp,
         "tis_capped_frac": sums["tis_capped"] / n_comp,
         "masked_frac": 1.0 - total_seqs / runtime.sum(len(rollouts)),
-        "completion_tokens": float(batch.completion_mask.sum()),
+        "completion_tokens": n_comp,
+        "micro_batches": len(micro),
     }

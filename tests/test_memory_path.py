@@ -1,0 +1,292 @@
+"""The memory-lean training path: each change is equal to the plain computation it replaces.
+
+Chunked logprobs and entropies (no tokens x V tensor, checked by watching every
+op's output), per-token logprobs recorded during generation, float32 master
+weights under bfloat16 compute, gradient checkpointing, token-budget
+micro-batches, reference logprobs once per batch, the SFT loss, and the order
+in which a sleeping vLLM engine is woken for a weight sync.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from reasonrl import grpo
+from reasonrl.logprobs import completion_logprobs, token_logprobs_and_entropy
+
+
+def model_of(vocab: int, tie: bool = False, seed: int = 0, layers: int = 2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        head_dim=64,
+        max_position_embeddings=256,
+        tie_word_embeddings=tie,
+        pad_token_id=0,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def batch(vocab: int, n: int = 5, length: int = 20, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (n, length), generator=g)
+    att = torch.ones_like(ids)
+    att[1, length - 5 :], ids[1, length - 5 :] = 0, 0  # a padded row
+    cmask = torch.zeros(n, length - 1)
+    cmask[:, length // 2 :] = 1
+    cmask[1, length - 6 :] = 0
+    return ids, att, cmask
+
+
+@pytest.mark.parametrize("tie,vocab,temperature", [(False, 40, 1.0), (True, 3000, 0.7), (False, 3000, 1.3)])
+def test_chunked_logprobs_entropy_and_gradients_equal_the_full_computation(tie, vocab, temperature):
+    model = model_of(vocab, tie)
+    ids, att, cmask = batch(vocab)
+    logits = model(input_ids=ids, attention_mask=att).logits[:, :-1] / temperature
+    ref_lp, ref_ent = grpo.token_logprobs(logits, ids[:, 1:]) * cmask, grpo.entropy_from_logits(logits) * cmask
+    (ref_lp.sum() + 0.3 * ref_ent.sum()).backward()
+    ref_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    import reasonrl.logprobs as L
+
+    old = (L.TOKEN_CHUNK, L.VOCAB_CHUNK)
+    L.TOKEN_CHUNK, L.VOCAB_CHUNK = 7, 257  # many blocks, ragged edges
+    try:
+        lp, ent = completion_logprobs(model, ids, att, cmask, temperature, want_entropy=True)
+    finally:
+        L.TOKEN_CHUNK, L.VOCAB_CHUNK = old
+    (lp.sum() + 0.3 * ent.sum()).backward()
+    assert torch.allclose(lp, ref_lp, atol=1e-5) and torch.allclose(ent, ref_ent, atol=1e-5)
+    for p, g in zip(model.parameters(), ref_grads):
+        assert torch.allclose(p.grad, g, atol=1e-5)
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest number of elements any op's output has."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest, self.op = 0, None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and t.numel() > self.largest:
+                self.largest, self.op = t.numel(), str(func)
+        return out
+
+
+def test_no_tokens_by_vocabulary_tensor_is_ever_made():
+    V, n, length = 50_000, 4, 80  # 4 x 40 completion tokens x 50k vocab = 8M elements if materialised
+    model = model_of(V, tie=True, layers=1)
+    ids, att, cmask = batch(V, n, length)
+    tokens = int(cmask.sum())
+    watch = LargestTensor()
+    with watch:
+        lp, ent = completion_logprobs(model, ids, att, cmask, want_entropy=True)
+        (lp.sum() + ent.sum()).backward()
+    # the output layer's own weight (V x hidden) is the largest thing allowed; blocks are far smaller
+    assert tokens * V > 2 * V * 64 and watch.largest <= V * 64, (watch.largest, watch.op, tokens * V)
+    plain = LargestTensor()  # the check can fail: the plain path makes a (tokens x V) logits tensor
+    with plain:
+        model(input_ids=ids, attention_mask=att).logits
+    assert plain.largest >= n * length * V
+
+
+def test_generation_records_the_same_logprobs_a_forward_pass_gives():
+    from reasonrl.rollout import HFGenerator, Sampling
+
+    class Tok:
+        pad_token_id, eos_token_id = 0, 1
+
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(map(str, ids))
+
+    model = model_of(300, layers=1)
+    prompts = [[5, 6, 7], [9, 10], [11, 12, 13, 14]]
+    for temperature, top_p in ((1.0, 1.0), (0.7, 0.9)):
+        ros = HFGenerator(model, Tok()).generate(
+            prompts, 2, Sampling(temperature=temperature, top_p=top_p, max_new_tokens=12, seed=3)
+        )
+        for r in ros:
+            ids = torch.tensor([r.prompt_ids + r.completion_ids])
+            with torch.no_grad():
+                logits = model(input_ids=ids).logits[0, len(r.prompt_ids) - 1 : -1].float() / temperature
+            want = torch.log_softmax(logits, -1).gather(-1, torch.tensor(r.completion_ids)[:, None]).squeeze(-1)
+            assert torch.allclose(torch.tensor(r.logprobs), want, atol=1e-5), (temperature, r.logprobs, want.tolist())
+
+
+def test_float32_master_weights_under_bfloat16_compute_change_every_element():
+    """One AdamW step at lr 1e-6 moves >= 99% of every matrix when the weights are float32, even though the
+    forward runs in bfloat16; bfloat16 weights (refused unless asked for by name) keep most elements as they were."""
+    from reasonrl.config import OptimConfig
+    from reasonrl.policy import check_master_weights, make_optimizer
+    from reasonrl.update import autocast
+
+    ids, att, cmask = batch(300)
+    for weights_dtype in (torch.float32, torch.bfloat16):
+        model = model_of(300).to(weights_dtype)
+        before = {k: v.detach().clone() for k, v in model.named_parameters()}
+        opt, sched = make_optimizer(model, OptimConfig(lr=1e-6), total_steps=1)
+        with autocast(torch.device("cpu"), torch.bfloat16):
+            lp, _ = completion_logprobs(model, ids, att, cmask)
+        (-lp.sum()).backward()
+        opt.step()
+        # of every matrix, the elements the step has a gradient for (embedding rows of tokens not in the batch have none)
+        changed = {
+            k: float(((p.detach() != before[k]) & (p.grad != 0)).sum() / (p.grad != 0).sum())
+            for k, p in model.named_parameters()
+            if p.ndim == 2
+        }
+        if weights_dtype == torch.float32:
+            assert min(changed.values()) >= 0.99, changed
+        else:
+            assert max(changed.values()) < 0.5, changed  # what the refusal protects against
+    with pytest.raises(ValueError, match="model.dtype=bfloat16.*master weights.*allow_low_precision_weights"):
+        check_master_weights({"dtype": "bfloat16"})
+    check_master_weights({"dtype": "bfloat16", "allow_low_precision_weights": True})
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    from reasonrl.policy import enable_gradient_checkpointing
+
+    grads = []
+    for checkpointing in (False, True):
+        model = model_of(300)
+        if checkpointing:
+            enable_gradient_checkpointing(model)
+        model.train()
+        ids, att, cmask = batch(300)
+        lp, ent = completion_logprobs(model, ids, att, cmask, want_entropy=True)
+        (lp.sum() + ent.sum()).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+def test_micro_batches_by_token_budget():
+    from reasonrl.update import plan_micro_batches
+
+    lengths = [10, 50, 20, 50, 5, 30]
+    plan = plan_micro_batches(lengths, max_seqs=8, max_tokens=100)
+    assert plan == [[1, 3], [5, 2, 0], [4]]  # longest first; each padded to its own longest: 100, 90, 5 tokens
+    assert plan_micro_batches(lengths, max_seqs=2) == [[1, 3], [5, 2], [0, 4]]
+    assert plan_micro_batches([500, 10], max_seqs=8, max_tokens=100) == [[0], [1]]  # too long for the budget: alone
+
+
+def test_the_reference_model_runs_once_per_batch_and_token_budgets_change_nothing():
+    from test_learning import REWARDS, G, algorithm, rollouts, tiny_model
+
+    from reasonrl.update import UpdateSettings, update_policy
+
+    finals, calls = [], []
+    for budget in (0, 6):  # 6 tokens: two 3-token sequences per micro-batch
+        model = tiny_model()
+        ref = copy.deepcopy(model)
+        count = [0]
+        ref.model.register_forward_hook(lambda *a, c=count: c.__setitem__(0, c[0] + 1))
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        old = [0.0] * 12
+        settings = UpdateSettings(
+            alg=algorithm("grpo_deepseekmath", "updates_per_batch=2"),
+            pad_id=0,
+            max_tokens_per_micro_batch=budget,
+            max_len=4,
+            grad_clip=1e9,
+        )
+        stats = update_policy(model, opt, sched, rollouts(logprobs=old), REWARDS, [False] * 12, G, settings, ref_model=ref)
+        finals.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        calls.append((count[0], stats["micro_batches"]))
+    assert calls == [(1, 1), (6, 6)]  # one reference pass per micro-batch, whatever the number of updates
+    assert torch.allclose(finals[0], finals[1], atol=1e-6)
+
+
+def test_the_sft_loss_is_the_mean_token_cross_entropy_in_any_micro_batching():
+    from reasonrl.sft import collate, sft_backward
+
+    model = model_of(300)
+    g = torch.Generator().manual_seed(0)
+    data = [
+        ([int(x) for x in torch.randint(2, 300, (p,), generator=g)], [int(x) for x in torch.randint(2, 300, (c,), generator=g)])
+        for p, c in [(3, 5), (6, 2), (2, 9), (4, 4)]
+    ]
+    ids, mask, labels = collate(data, 0)
+    want = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    want.backward()
+    ref = [p.grad.clone() for p in model.parameters()]
+    for seqs, tokens in ((4, 0), (1, 0), (4, 12)):
+        model.zero_grad()
+        got = sft_backward(model, data, 0, seqs, tokens)
+        assert torch.allclose(got, want.detach(), atol=1e-6)
+        assert all(torch.allclose(p.grad, r, atol=1e-6) for p, r in zip(model.parameters(), ref))
+
+
+def test_a_sleeping_vllm_engine_wakes_weights_first_then_its_cache():
+    """On a GPU the engine sleeps at level 2 while the policy trains (weights and cache freed); a sync wakes
+    the weights alone, loads the new ones, then wakes the KV cache. Checked with an engine that records."""
+    from reasonrl.rollout_vllm import VLLMGenerator
+
+    calls = []
+
+    class Worker:
+        def reload_weights(self, weights_iterator, is_checkpoint_format):
+            calls.append(("reload_weights", len(list(weights_iterator))))
+
+    class LLM:
+        llm_engine = type(
+            "E", (), {"model_executor": type("X", (), {"driver_worker": type("D", (), {"worker": Worker()})()})()}
+        )()
+
+        def sleep(self, level):
+            calls.append(("sleep", level))
+
+        def wake_up(self, tags=None):
+            calls.append(("wake_up", tags))
+
+        def reset_prefix_cache(self):
+            calls.append(("reset_prefix_cache",))
+
+    gen = VLLMGenerator.__new__(VLLMGenerator)
+    gen.llm, gen.sleep_enabled, gen._asleep, gen.engine_dtype = LLM(), True, False, torch.float32
+    model = model_of(40, layers=1)
+    gen.sleep()
+    gen.sync_weights(model)
+    n = len(model.state_dict())
+    assert calls == [
+        ("sleep", 2),
+        ("wake_up", ["weights"]),
+        ("reload_weights", n),
+        ("wake_up", ["kv_cache"]),
+        ("reset_prefix_cache",),
+    ]
+    calls.clear()
+    gen.sync_weights(model)  # awake: no wake-up calls
+    assert calls == [("reload_weights", n), ("reset_prefix_cache",)]
+
+
+def test_token_logprobs_take_bias_and_no_entropy_gradient_when_unused():
+    torch.manual_seed(0)
+    h = torch.randn(9, 16, requires_grad=True)
+    w = torch.randn(50, 16, requires_grad=True)
+    b = torch.randn(50, requires_grad=True)
+    t = torch.randint(0, 50, (9,))
+    lp, _ = token_logprobs_and_entropy(h, w, b, t, 0.8, want_entropy=False, token_chunk=4, vocab_chunk=13)
+    lp.sum().backward()
+    grads = [x.grad.clone() for x in (h, w, b)]
+    for x in (h, w, b):
+        x.grad = None
+    ref = torch.log_softmax((h @ w.t() + b) / 0.8, -1).gather(-1, t[:, None]).squeeze(-1)
+    ref.sum().backward()
+    assert torch.allclose(lp, ref, atol=1e-5)
+    assert all(torch.allclose(g, x.grad, atol=1e-5) for g, x in zip(grads, (h, w, b)))
