@@ -5,7 +5,9 @@ positions that matter (completion tokens only), the output layer's weight (and
 bias), the targets and the sampling temperature, and computes log p(target)
 and, when asked, the entropy of each position's next-token distribution, in
 blocks of ``token_chunk`` positions by ``vocab_chunk`` vocabulary entries with
-an online log-sum-exp, in float32 whatever the model's dtype. Backward
+an online log-sum-exp: each block's matmul in the dtype the model computed its
+hidden states in (bfloat16 under autocast, with float32 accumulation), the
+softmax arithmetic in float32. Backward
 recomputes each block's logits instead of saving them, so memory is
 O(tokens x hidden + block), never O(tokens x V). :func:`completion_logprobs`
 runs a Hugging Face causal LM up to its final hidden states and applies it at
@@ -31,7 +33,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
         target_logit = torch.empty(M, device=hidden.device, dtype=torch.float32)
         mean_logit = torch.empty(M, device=hidden.device, dtype=torch.float32) if want_entropy else None
         for t0 in range(0, M, token_chunk):
-            h = hidden[t0 : t0 + token_chunk].float()  # (m, H)
+            h = hidden[t0 : t0 + token_chunk]  # (m, H), in the dtype the model computed in
             tgt = targets[t0 : t0 + token_chunk]
             run_max = torch.full((h.shape[0],), float("-inf"), device=h.device)
             run_sum = torch.zeros(h.shape[0], device=h.device)  # sum exp(z - run_max)
@@ -75,7 +77,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
         use_entropy = ctx.want_entropy and grad_entropy is not None
         for t0 in range(0, hidden.shape[0], ctx.token_chunk):
             sl = slice(t0, t0 + ctx.token_chunk)
-            h, tgt, lz = hidden[sl].float(), targets[sl], logz[sl]
+            h, tgt, lz = hidden[sl], targets[sl], logz[sl]
             gl = grad_logp[sl].float() if grad_logp is not None else torch.zeros_like(lz)
             ge = grad_entropy[sl].float() if use_entropy else None
             for v0 in range(0, V, ctx.vocab_chunk):
@@ -89,11 +91,12 @@ class _ChunkedLogprobs(torch.autograd.Function):
                 if use_entropy:
                     gz -= ge[:, None] * p * (z - mean_logit[sl][:, None])
                 gz = gz / T
-                w = weight[v0 : v0 + z.shape[1]].float()
+                w = weight[v0 : v0 + z.shape[1]].to(h.dtype)
+                g = gz.to(h.dtype)  # the matmuls in the compute dtype (fp32 accumulation), the rest in float32
                 if need_h:
-                    grad_h[sl] += gz @ w
+                    grad_h[sl] += (g @ w).float()
                 if need_w:
-                    grad_w[v0 : v0 + z.shape[1]] += gz.t() @ h
+                    grad_w[v0 : v0 + z.shape[1]] += (g.t() @ h).float()
                 if need_b:
                     grad_b[v0 : v0 + z.shape[1]] += gz.sum(dim=0)
         return (grad_h.to(hidden.dtype) if need_h else None, grad_w.to(weight.dtype) if need_w else None,
@@ -102,8 +105,8 @@ class _ChunkedLogprobs(torch.autograd.Function):
 
 def _block_logits(h: Tensor, weight: Tensor, bias: Tensor | None, v0: int, vocab_chunk: int, temperature: float) -> Tensor:
     """(m, v) float32 logits of the vocabulary slice [v0, v0 + vocab_chunk), divided by the temperature."""
-    w = weight[v0 : v0 + vocab_chunk].float()
-    z = h @ w.t()
+    w = weight[v0 : v0 + vocab_chunk].to(h.dtype)
+    z = (h @ w.t()).float()  # the matmul in the compute dtype (bfloat16 under autocast), everything after in float32
     if bias is not None:
         z = z + bias[v0 : v0 + vocab_chunk].float()
     return z / temperature if temperature != 1.0 else z
