@@ -190,8 +190,11 @@ class LoggingConfig:
 
 @dataclass
 class CheckpointConfig:
-    every: int = 0  # 0: only the final checkpoint
-    final: bool = True
+    # training checkpoints (model, optimizer, schedule, RNGs, stream position, log offsets; reasonrl.checkpoint)
+    every: int = 50  # every N steps (and after the last step); 0: by time only, or none
+    every_minutes: float = 0.0  # also when this much wall time passed since the last one; 0: off
+    keep: int = 2  # the newest N complete ones are kept (0: all)
+    final: bool = True  # the final policy as a Hugging Face folder, checkpoints/final
 
 
 @dataclass
@@ -200,6 +203,7 @@ class TrainConfig:
     seed: int = 0
     max_steps: int = 100
     run_dir: Optional[str] = None  # default: Hydra's output directory
+    resume: Optional[str] = None  # auto: the latest complete checkpoint in the run directory (none: fresh); or a path
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     generator: Dict[str, Any] = field(default_factory=dict)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -65,17 +66,32 @@ class RunLogger:
     """metrics.jsonl + samples.jsonl + TensorBoard (+ optional W&B) in one run directory."""
 
     def __init__(
-        self, run_dir: str | Path, *, tensorboard: bool = True, wandb_project: str | None = None, config: dict | None = None
+        self,
+        run_dir: str | Path,
+        *,
+        tensorboard: bool = True,
+        wandb_project: str | None = None,
+        config: dict | None = None,
+        resume: dict[str, int] | None = None,
     ):
+        """``resume``: a :meth:`position` from a checkpoint; what was logged after it (by a run that died
+        later) is cut off, so the resumed run continues without duplicate or missing steps."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume is not None:
+            for name in ("metrics", "samples"):
+                f = self.run_dir / f"{name}.jsonl"
+                if f.exists():
+                    os.truncate(f, min(int(resume[name]), f.stat().st_size))
         self._metrics = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
         self._samples = open(self.run_dir / "samples.jsonl", "a", buffering=1)
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+            # purge_step: TensorBoard drops events at or after it that an earlier (killed) writer left behind
+            purge = None if resume is None else int(resume["step"]) + 1
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=purge)
         self._wandb = None
         if wandb_project:
             try:
@@ -94,6 +110,14 @@ class RunLogger:
                 self._tb.add_scalar(k, v, step)
         if self._wandb is not None:
             self._wandb.log(row, step=step)
+
+    def position(self, step: int) -> dict[str, int]:
+        """Where the logs stand after ``step`` (byte offsets), for a checkpoint."""
+        self._metrics.flush()
+        self._samples.flush()
+        if self._tb is not None:
+            self._tb.flush()
+        return {"step": step, "metrics": self._metrics.tell(), "samples": self._samples.tell()}
 
     def log_samples(self, rows: list[dict[str, Any]]) -> None:
         for r in rows:

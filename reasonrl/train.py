@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from reasonrl import checkpoint as ckpt
 from reasonrl.build import build_generator, build_verifiers
 from reasonrl.collect import GroupPlan, collect_groups
 from reasonrl.config import check_train_config
@@ -67,6 +68,8 @@ class GRPOTrainer:
         self.evals: dict[int, dict[str, float]] = {}
         self.before_sft: dict[str, Any] | None = None
         self.pool = self.logger = self.last_batch = None
+        self.resumed_from: Path | None = None
+        self.last_checkpoint_time = time.time()
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> "GRPOTrainer":
@@ -74,6 +77,8 @@ class GRPOTrainer:
         check_train_config(cfg)
         self.t_start = time.time()
         self.run_dir = open_run_dir(cfg, self.runtime.is_main)
+        self.checkpoint_root = self.run_dir / "checkpoints"
+        resume = self._resume_state()
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
@@ -108,8 +113,9 @@ class GRPOTrainer:
             tensorboard=cfg.logging.tensorboard,
             wandb_project=cfg.logging.wandb_project,
             config=OmegaConf.to_container(cfg, resolve=True),
+            resume=None if resume is None else resume["log"],
         )
-        if cfg.cold_start.enabled:
+        if cfg.cold_start.enabled and resume is None:  # a resumed run's weights are past the cold start already
             self._cold_start()
         self.generator = build_generator(cfg.generator, self.model, self.tokenizer, self.model_path, self.compute_dtype)
         use_tis = alg.tis == "on" or (alg.tis == "auto" and not getattr(self.generator, "exact_logprobs", False))
@@ -121,7 +127,31 @@ class GRPOTrainer:
         if alg.kl_coef > 0:
             ref_dtype = self.compute_dtype if cfg.model.ref_dtype == "auto" else torch_dtype(cfg.model.ref_dtype)
             self.ref_model = copy.deepcopy(self.model).to(ref_dtype).eval().requires_grad_(False)
+        if resume is not None:
+            self.load_state_dict(resume)
+            self.runtime.print(f"[reasonrl] resumed from {self.resumed_from} (step {self.steps_done})")
         return self
+
+    def _resume_state(self) -> dict[str, Any] | None:
+        """The checkpoint ``resume`` names, read and checked against this run's config (None: a fresh start)."""
+        from omegaconf import OmegaConf
+
+        path = ckpt.resolve(self.cfg.resume, self.checkpoint_root)
+        if path is None:
+            if self.cfg.resume:
+                self.runtime.print(
+                    f"[reasonrl] resume={self.cfg.resume}: no checkpoint in {self.checkpoint_root}; starting fresh"
+                )
+            return None
+        saved = OmegaConf.to_container(OmegaConf.load(path / "config.yaml"))
+        changes = ckpt.config_changes(saved, OmegaConf.to_container(self.cfg, resolve=True))
+        if changes:
+            raise ValueError(
+                f"resume from {path}: the config differs from the checkpoint's in keys a resumed run may not change "
+                f"(allowed: {', '.join(ckpt.RESUME_MAY_CHANGE)}):\n  " + "\n  ".join(changes)
+            )
+        self.resumed_from = path
+        return {**ckpt.read_trainer_state(path), "path": path}
 
     def _cold_start(self) -> None:
         """SFT on demonstrations before RL; the held-out numbers before it go into the summary."""
@@ -174,6 +204,7 @@ class GRPOTrainer:
         t0 = time.perf_counter()
         # 1-4. B problems, G completions each, scored; dynamic sampling redraws signal-free groups
         seed = cfg.seed * STEP_SEED_STRIDE + self.steps_done + 1
+        ckpt.pause_point(self.steps_done + 1, "generate")
         batch = collect_groups(
             self.generator,
             self.tokenizer,
@@ -264,15 +295,17 @@ class GRPOTrainer:
             save_checkpoint(self.model, self.tokenizer, path)
         return path
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything the next step depends on: weights, optimizer, schedule, step, RNGs, problem stream."""
+    def trainer_state(self) -> dict[str, Any]:
+        """What the next step depends on besides the tensors of the model and optimizer: step, schedule,
+        RNGs, the problem stream's position, evaluations, and where the logs stand."""
         return {
             "steps_done": self.steps_done,
-            "model": self.model.state_dict(),
-            "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
             "stream": self.stream.state_dict(),
             "evals": dict(self.evals),
+            "before_sft": self.before_sft,
+            "log": self.logger.position(self.steps_done) if self.logger is not None else None,
+            "counters": {"workers_replaced": self.pool.replaced if self.pool is not None else 0},
             "rng": {
                 "python": random.getstate(),
                 "torch": torch.get_rng_state(),
@@ -280,18 +313,62 @@ class GRPOTrainer:
             },
         }
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next step depends on, in memory (a checkpoint writes the same, see save_state)."""
+        extra = {"ref_model": self.ref_model.state_dict()} if self.ref_model is not None else {}
+        return {**self.trainer_state(), "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), **extra}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output, or a checkpoint's (``path`` set: tensors from its folder)."""
+        if "path" in state:
+            ckpt.load_model_and_optimizer(state["path"], self.model, self.opt, self._extra_models())
+        else:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            if self.ref_model is not None:
+                self.ref_model.load_state_dict(state["ref_model"])
         self.steps_done = int(state["steps_done"])
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.stream.load_state_dict(state["stream"])
         self.evals = {int(k): v for k, v in state["evals"].items()}
+        self.before_sft = state.get("before_sft")
+        if self.pool is not None:  # verify/workers_replaced counts over the run, not the process
+            self.pool.replaced = int(state.get("counters", {}).get("workers_replaced", 0))
         random.setstate(state["rng"]["python"])
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self.generator.sync_weights(self.model)
+        self.generator.sync_weights(self.model)  # the engine samples with the restored weights
+
+    def _extra_models(self) -> dict[str, torch.nn.Module]:
+        """Frozen models a checkpoint carries: the KL reference (the policy after any cold start)."""
+        return {"ref_model": self.ref_model} if self.ref_model is not None else {}
+
+    def save_state(self) -> Path:
+        """A training checkpoint of this step (atomic; older ones beyond checkpoint.keep removed)."""
+        from omegaconf import OmegaConf
+
+        path = ckpt.save(
+            self.checkpoint_root,
+            self.steps_done,
+            self.model,
+            self.opt,
+            self.trainer_state(),
+            OmegaConf.to_yaml(self.cfg, resolve=True),
+            keep=self.cfg.checkpoint.keep,
+            is_main=self.runtime.is_main,
+            extra_models=self._extra_models(),
+        )
+        self.last_checkpoint_time = time.time()
+        return path
+
+    def _checkpoint_due(self, step: int) -> bool:
+        c = self.cfg.checkpoint
+        if c.every > 0 and (step % c.every == 0 or step == self.cfg.max_steps):
+            return True
+        return c.every_minutes > 0 and (
+            time.time() - self.last_checkpoint_time >= 60 * c.every_minutes or step == self.cfg.max_steps
+        )
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
@@ -317,8 +394,8 @@ class GRPOTrainer:
                 row.update(self.evaluate())
             self.logger.log(row)
             self.logger.log_samples(self._samples(step))
-            if cfg.checkpoint.every > 0 and step % cfg.checkpoint.every == 0:
-                self.save(self.run_dir / "checkpoints" / f"step_{step:06d}")
+            if self._checkpoint_due(step):
+                self.save_state()
             bar.set_postfix(
                 reward=f"{row['reward/mean']:.2f}",
                 think=f"{row['rollout/think_len_mean']:.1f}",

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import torch
 
 from reasonrl import grpo
+from reasonrl.checkpoint import pause_point
 from reasonrl.data import pack
 from reasonrl.logprobs import completion_logprobs
 from reasonrl.runtime import Runtime
@@ -166,6 +167,7 @@ def update_policy(
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip))
         if not math.isfinite(sums["loss"]) or not math.isfinite(grad_norm):
             raise FloatingPointError(f"non-finite loss {sums['loss']} or grad norm {grad_norm} at step {step}")
+        pause_point(step, "optimizer")  # fault injection for the resume tests (a no-op otherwise)
         opt.step()
         sched.step()
     opt.zero_grad(set_to_none=True)  # gradients are freed before the generator wakes up

@@ -20,7 +20,7 @@ ROOTS = {
     "reasonrl.sandbox": REPO / "sandbox",
     "reasonrl.evals": REPO / "evals",
 }
-ENTRY_POINTS = {"reasonrl.train", "reasonrl.finetune", "reasonrl.benchmark"}
+ENTRY_POINTS = {"reasonrl.train", "reasonrl.finetune", "reasonrl.benchmark", "reasonrl.export"}
 TRAINERS = {"reasonrl.sft", "reasonrl.tiny", "reasonrl.models", "reasonrl.update", "reasonrl.collect"}
 
 
