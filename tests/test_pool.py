@@ -75,3 +75,24 @@ def test_no_worker_processes_are_left_behind():
     assert all(x.is_alive() for x in procs)
     p.close()
     assert not any(x.is_alive() for x in procs)
+
+
+def test_checks_within_the_programs_limits_are_never_killed_and_loops_are_wrong():
+    """A 10-case stdin/stdout problem: a slow program within its per-case limit takes several times
+    verify.timeout_s and is still scored (the code verifier declares cases x limit as the deadline);
+    a program looping forever on every case is `wrong` with the reason, not a masked `timeout`."""
+    from reasonrl.verifiers.code import CodeVerifier
+
+    problem = {"tests": [{"input": str(i), "output": str(2 * i)} for i in range(10)]}
+    slow = "```python\nimport time\ntime.sleep(0.35)\nprint(2 * int(input()))\n```"
+    loop = "```python\nwhile True:\n    pass\n```"
+    code = CodeVerifier(timeout_s=1.0, memory_mb=256)
+    assert code.deadline_s(problem) == 10 * 2.0
+    with ScoringPool({"code": code}, workers=2, timeout_s=1.5) as pool:
+        t = time.monotonic()
+        rows = pool.run([problem, problem], [slow, loop])
+        took = time.monotonic() - t
+    assert took > 1.5 * 2, "the slow program's check ran longer than verify.timeout_s"
+    assert rows[0]["code"].status == "correct", rows[0]["code"]
+    assert rows[1]["code"].status == "wrong" and "case 0: timeout" in rows[1]["code"].info["reason"]
+    assert pool.replaced == 0

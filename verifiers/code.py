@@ -58,6 +58,7 @@ _HARNESS = (Path(__file__).parent / "code_harness.py").read_text()
 MAX_PROGRAM_CHARS = 100_000
 MAX_COMPLETION_CHARS = 4 * MAX_PROGRAM_CHARS  # longer completions are refused before any parsing
 MIN_MEMORY_MB = 64  # below this the test runner's own start-up could fail part-way
+RUN_MARGIN_S = 1.0  # sandbox start-up and teardown around one run's own time limit
 OVER_LIMIT = ("timeout", "memory", "output_limit")  # sandbox statuses of a program over its own limits
 
 
@@ -188,6 +189,22 @@ class CodeVerifier:
         limits = Limits(max_procs=int(max_procs), max_output_bytes=int(max_output_kb) << 10)
         self.sandbox = Sandbox(isolation=isolation, limits=limits, use_cgroup=bool(cgroup))
         self.sandbox.check()  # refuse at start, with the reason, rather than on every sample
+
+    def deadline_s(self, problem: Mapping[str, Any]) -> float:
+        """The longest a check of ``problem`` may take with the program inside its limits: one sandbox run
+        for HumanEval-style tests, one per case for stdin/stdout tests (plus start-up margin each). The
+        scoring pool gives the check at least this long, so only a hanging check is a ``timeout``."""
+        per_run = self.timeout_s + RUN_MARGIN_S
+        cases = problem.get("tests") if "tests" in problem and "entry_point" not in problem else None
+        if isinstance(cases, str):
+            try:
+                cases = json.loads(cases)
+            except ValueError:
+                cases = None
+        n = len(cases) if isinstance(cases, list) else 1
+        if self.max_cases:
+            n = min(n, self.max_cases)
+        return max(1, n) * per_run
 
     def check_gold(self, problem: Mapping[str, Any]) -> None:
         if "test" in problem and "entry_point" in problem:

@@ -2,7 +2,10 @@
 
 Each job is one (completion, verifier) pair. Jobs go to ``workers`` processes
 in chunks; every result comes back on its own, so each job has its own
-deadline, counted from when its worker could start it (a replacement
+deadline: ``timeout_s``, or longer where the verifier declares the problem's
+check needs it (``deadline_s(problem)``: the code verifier counts cases x its
+per-run limit), so a check is never killed while the program is within its
+own limits. The deadline counts from when its worker could start the job (a replacement
 worker's start-up is not charged to the job it inherits). A worker that passes the deadline is killed and replaced: its current
 job costs one ``timeout`` verdict and its queued jobs go to the replacement. A
 worker that dies (segfault, ``os._exit``, out of memory) costs one ``error``
@@ -83,6 +86,8 @@ class ScoringPool:
         self.timeout_s = float(timeout_s)
         for name, v in self.verifiers.items():  # a check that may legitimately run longer would be killed every time
             own = getattr(v, "timeout_s", None)
+            if callable(getattr(v, "deadline_s", None)):
+                continue  # it declares each problem's deadline (deadline_s), which the pool honours
             if isinstance(own, (int, float)) and own >= self.timeout_s:
                 raise ValueError(
                     f"verifier {name!r} lets a program run for {own:g} s (its timeout_s), but the scoring pool "
@@ -91,13 +96,16 @@ class ScoringPool:
         self._ctx = mp.get_context("spawn")
         self._workers = [_Worker(self._ctx, self.verifiers) for _ in range(workers)]
         self.replaced = 0  # workers killed or found dead and replaced, over the pool's life
+        self._deadlines: dict[int, float] = {}
 
     def run(self, problems: Sequence[Mapping[str, Any]], completions: Sequence[str]) -> list[dict[str, Verdict | None]]:
         """One dict of verdicts per completion (None where a verifier does not apply)."""
         names = list(self.verifiers)
         jobs = {}
+        self._deadlines: dict[int, float] = {}
         for i, (p, c) in enumerate(zip(problems, completions, strict=True)):
             for name in names:
+                self._deadlines[len(jobs)] = self._job_deadline(name, p)
                 jobs[len(jobs)] = (i, name, p, c)
         results: dict[int, Verdict | None] = {}
         todo = deque(jobs)
@@ -116,11 +124,11 @@ class ScoringPool:
                         job_id, verdict = conn.recv()
                         if (job_id, verdict) == _READY:
                             w.ready = True
-                            w.deadline = time.monotonic() + self.timeout_s
+                            w.deadline = time.monotonic() + self._head_deadline(w)
                             continue
                         results[job_id] = verdict
                         w.queue.remove(job_id)
-                        w.deadline = time.monotonic() + self.timeout_s
+                        w.deadline = time.monotonic() + self._head_deadline(w)
                 except (EOFError, OSError):
                     self._replace(w, results, todo, Verdict(0.0, "error", {"worker_died": 1}))
             now = time.monotonic()
@@ -128,7 +136,7 @@ class ScoringPool:
                 if w.queue and not w.ready and now > w.deadline:
                     self._replace(w, results, todo, Verdict(0.0, "error", {"worker_start_timeout_s": STARTUP_TIMEOUT_S}))
                 elif w.queue and now > w.deadline:
-                    self._replace(w, results, todo, Verdict(0.0, "timeout", {"timeout_s": self.timeout_s}))
+                    self._replace(w, results, todo, Verdict(0.0, "timeout", {"timeout_s": self._head_deadline(w)}))
                 elif w.queue and not w.proc.is_alive() and not w.conn.poll():
                     self._replace(w, results, todo, Verdict(0.0, "error", {"worker_died": 1}))
         out: list[dict[str, Verdict | None]] = [{} for _ in completions]
@@ -136,9 +144,23 @@ class ScoringPool:
             out[i][name] = results[j]
         return out
 
+    def _job_deadline(self, name: str, problem: Mapping[str, Any]) -> float:
+        """verify.timeout_s, or longer where the verifier declares that this problem's check needs it."""
+        declare = getattr(self.verifiers[name], "deadline_s", None)
+        if not callable(declare):
+            return self.timeout_s
+        try:
+            own = float(declare(problem))
+        except Exception:  # a malformed problem: its check will say so; the pool's own deadline applies
+            return self.timeout_s
+        return max(self.timeout_s, own + 1.0)  # + the worker's own overhead around the check
+
+    def _head_deadline(self, w: _Worker) -> float:
+        return self._deadlines.get(w.queue[0], self.timeout_s) if w.queue else self.timeout_s
+
     def _send(self, w: _Worker, batch, now: float) -> None:
         if not w.queue and w.ready:
-            w.deadline = now + self.timeout_s
+            w.deadline = now + self._deadlines.get(batch[0][0], self.timeout_s)
         w.queue.extend(j for j, *_ in batch)
         w.conn.send(batch)
 
