@@ -34,7 +34,11 @@ def sample_and_score(
     max_new_tokens: int = 64,
     seed: int = 0,
     banned_first_tokens: tuple[int, ...] = (),
+    pool=None,
+    pool_name: str | None = None,
 ) -> dict[str, Any]:
+    """``pool``: score in that :class:`ScoringPool`'s killable workers with the verifier it holds under
+    ``pool_name`` (a hanging check then costs one ``timeout`` verdict); else in this process."""
     from reasonrl.verifiers.base import safe_call
     from reasonrl.verifiers.integer import IntegerVerifier
 
@@ -45,7 +49,12 @@ def sample_and_score(
         temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, banned_first_tokens=banned_first_tokens
     )
     rollouts = generator.generate(prompts, n, sampling)
-    verdicts = [safe_call(verifier, with_prompt_info(problems[r.prompt_index], texts[r.prompt_index]), r.text) for r in rollouts]
+    as_seen = {i: with_prompt_info(p, texts[i]) for i, p in enumerate(problems)}  # one object per problem:
+    seen = [as_seen[r.prompt_index] for r in rollouts]  # a scoring pool sends it to a worker once
+    if pool is not None:
+        verdicts = [row[pool_name] for row in pool.run(seen, [r.text for r in rollouts], only=[pool_name])]
+    else:
+        verdicts = [safe_call(verifier, p, r.text) for p, r in zip(seen, rollouts)]
     think, answer = cot_lengths([r.text for r in rollouts], tokenizer, [opens_think(texts[r.prompt_index]) for r in rollouts])
     correct = [v is not None and v.status == "correct" for v in verdicts]
     return {
@@ -56,16 +65,22 @@ def sample_and_score(
         "clipped_frac": mean(r.finish_reason == "length" for r in rollouts),
         "n_samples": len(rollouts),
         "rollouts": rollouts,
+        "verdicts": verdicts,
         "correct": correct,
     }
 
 
-def training_eval(generator, tokenizer, problems, render, verifier, cfg, seed: int, benchmarks=None) -> dict[str, float]:
+def training_eval(
+    generator, tokenizer, problems, render, verifier, cfg, seed: int, benchmarks=None, pool=None
+) -> dict[str, float]:
     """Greedy (and optionally sampled) accuracy and lengths on the held-out set: eval/<task>/... keys;
-    plus greedy accuracy and length on each configured benchmark subset: eval/<benchmark>/... keys."""
+    plus greedy accuracy and length on each configured benchmark subset: eval/<benchmark>/... keys.
+    With ``pool`` every check runs in its killable workers: the task's verifier under
+    ``cfg.task.answer_verifier``, a benchmark's under ``eval/<benchmark>`` (see :func:`eval_pool_verifiers`)."""
 
     name = cfg.task.name
-    kw = dict(render=render, verifier=verifier, max_new_tokens=cfg.eval.max_new_tokens)
+    kw = dict(render=render, verifier=verifier, max_new_tokens=cfg.eval.max_new_tokens, pool=pool)
+    kw["pool_name"] = cfg.task.answer_verifier if pool is not None else None
     g = sample_and_score(generator, tokenizer, problems, temperature=0.0, seed=seed, **kw)
     out = {
         f"eval/{name}/accuracy": g["accuracy"],
@@ -86,10 +101,17 @@ def training_eval(generator, tokenizer, problems, render, verifier, cfg, seed: i
             temperature=0.0,
             seed=seed,
             max_new_tokens=cfg.eval.max_new_tokens,
+            pool=pool,
+            pool_name=f"eval/{bench}" if pool is not None else None,
         )
         out[f"eval/{bench}/accuracy"] = b["accuracy"]
         out[f"eval/{bench}/len_mean"] = b["len_mean"]
     return out
+
+
+def eval_pool_verifiers(benchmarks: Mapping[str, tuple]) -> dict[str, Any]:
+    """The benchmark subsets' verifiers as a scoring pool holds them for :func:`training_eval`."""
+    return {f"eval/{name}": v for name, (_, _, v) in benchmarks.items()}
 
 
 def load_benchmark_subsets(cfg, tokenizer) -> dict:

@@ -35,7 +35,7 @@ from reasonrl import checkpoint as ckpt
 from reasonrl.build import build_generator, build_verifiers
 from reasonrl.collect import GroupPlan, collect_groups
 from reasonrl.config import check_train_config
-from reasonrl.evals.harness import load_benchmark_subsets, training_eval
+from reasonrl.evals.harness import eval_pool_verifiers, load_benchmark_subsets, training_eval
 from reasonrl.metrics import RunLogger, rollout_metrics
 from reasonrl.models import load_policy
 from reasonrl.policy import (
@@ -97,12 +97,13 @@ class GRPOTrainer:
                 f"{sorted(self.verifiers)}"
             )
         self.answer_verifier = self.verifiers[cfg.task.answer_verifier][0]
-        if cfg.verify.workers > 0:
-            from reasonrl.verifiers.pool import ScoringPool
-
-            self.pool = ScoringPool({k: v for k, (v, _) in self.verifiers.items()}, cfg.verify.workers, cfg.verify.timeout_s)
         self.stream, self.heldout = problem_source(self.task, cfg.task, cfg.seed, self.verifiers)
         self.benchmarks = load_benchmark_subsets(cfg, self.tokenizer)
+        if cfg.verify.workers > 0:  # training and evaluation checks in killable workers, each under a deadline
+            from reasonrl.verifiers.pool import ScoringPool
+
+            held = {**{k: v for k, (v, _) in self.verifiers.items()}, **eval_pool_verifiers(self.benchmarks)}
+            self.pool = ScoringPool(held, cfg.verify.workers, cfg.verify.timeout_s)
         if hasattr(self.stream, "rows"):  # problems from data: none of them may be an evaluation problem
             evaluations = {"held-out set": self.heldout, **{k: v[0] for k, v in self.benchmarks.items()}}
             check_overlap(self.stream.rows, evaluations, cfg.task.allow_overlap)
@@ -174,6 +175,7 @@ class GRPOTrainer:
             self.answer_verifier,
             cfg,
             cfg.seed,
+            pool=self.pool,
         )
         self.before_sft["demonstration_accuracy"] = demonstration_accuracy(rows, self.answer_verifier)
         self.runtime.print(
@@ -285,6 +287,7 @@ class GRPOTrainer:
             self.cfg,
             self.cfg.seed,
             self.benchmarks,
+            pool=self.pool,
         )
         self.evals[self.steps_done] = out
         return out

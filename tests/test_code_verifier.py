@@ -221,11 +221,24 @@ def test_300_runs_with_two_workers_no_infra_failure_scored_wrong_nothing_left(tm
     assert pool["leftover_processes"] == 0
 
 
-def test_pool_timeout_must_exceed_the_code_verifiers_own():
+def test_pool_deadline_covers_the_code_verifiers_own_limits():
+    """A verifier that declares no per-problem deadline must fit in verify.timeout_s (refused otherwise);
+    the code verifier declares one, and the pool gives each check at least cases x (limit + margin)."""
     from reasonrl.verifiers.pool import ScoringPool
 
+    class Slow:
+        name, timeout_s = "slow", 10.0
+
+        def __call__(self, problem, completion):
+            return None
+
     with pytest.raises(ValueError, match="verify.timeout_s"):
-        ScoringPool({"code": CodeVerifier(timeout_s=10)}, workers=1, timeout_s=10)
+        ScoringPool({"slow": Slow()}, workers=1, timeout_s=10)
+    with ScoringPool({"code": CodeVerifier(timeout_s=10)}, workers=1, timeout_s=10) as pool:
+        stdio = {"tests": [{"input": "1", "output": "1"}] * 3}
+        assert pool._job_deadline("code", stdio) == 3 * 11.0 + 1.0
+        humaneval_like = {"prompt": "", "test": "def check(candidate):\n    assert candidate(1) == 1\n", "entry_point": "f"}
+        assert pool._job_deadline("code", humaneval_like) == 11.0 + 1.0
 
 
 def test_the_record_parser_counts_only_this_runs_token():

@@ -96,3 +96,59 @@ def test_checks_within_the_programs_limits_are_never_killed_and_loops_are_wrong(
     assert rows[0]["code"].status == "correct", rows[0]["code"]
     assert rows[1]["code"].status == "wrong" and "case 0: timeout" in rows[1]["code"].info["reason"]
     assert pool.replaced == 0
+
+
+class HangsOnMarked:
+    """Hangs forever on a problem marked ``hang``; otherwise exact match of the integer answer."""
+
+    name = "integer"
+
+    def __call__(self, problem, completion):
+        if problem.get("hang"):
+            while True:
+                time.sleep(1)
+        return IntegerVerifier()(problem, completion)
+
+
+def test_a_hanging_check_at_an_eval_step_costs_one_timeout():
+    """Evaluation scores through the same killable pool: the held-out set with one problem whose check
+    hangs gives that problem a `timeout` verdict and the other problems their verdicts."""
+    from omegaconf import OmegaConf
+
+    from reasonrl.evals.harness import training_eval
+    from reasonrl.models import load_policy
+    from reasonrl.rollout import HFGenerator
+    from reasonrl.tasks import arith
+
+    from conftest import TINY, compose
+
+    cfg = compose("train", TINY)
+    model, tok, _ = load_policy(cfg.model, progress=False)
+    problems = [dict(p) for p in arith.heldout(6)]
+    problems[2]["hang"] = True
+    cfg = OmegaConf.merge(cfg, {"eval": {"sampled": False}})
+    with ScoringPool({"integer": HangsOnMarked()}, workers=1, timeout_s=1.0) as pool:
+        t = time.monotonic()
+        out = training_eval(HFGenerator(model, tok), tok, problems, arith.render_prompt, None, cfg, 0, pool=pool)
+        assert time.monotonic() - t < 60 and pool.replaced == 1
+    assert 0.0 <= out["eval/arith/accuracy"] <= 5 / 6
+    from reasonrl.evals.harness import sample_and_score
+
+    with ScoringPool({"integer": HangsOnMarked()}, workers=1, timeout_s=1.0) as pool:
+        s = sample_and_score(HFGenerator(model, tok), tok, problems, render=arith.render_prompt, pool=pool, pool_name="integer")
+    statuses = [v.status for v in s["verdicts"]]
+    assert statuses[2] == "timeout" and statuses.count("timeout") == 1
+
+
+def test_a_problem_crosses_to_a_worker_once_per_group(pool):
+    """G completions of one problem share its object: the pool pickles the problem once per worker it
+    goes to, not once per completion, and the verdicts are those of in-process scoring."""
+    problems = [{"answer": str(i), "padding": "x" * 10_000} for i in range(4)]
+    per_completion = [problems[i // 8] for i in range(32)]  # 4 groups of 8, prompt-major as a step makes them
+    completions = [f"<answer>{i // 8 if i % 2 else -1}</answer>" for i in range(32)]
+    before = pool.problems_sent
+    rows = pool.run(per_completion, completions)
+    assert pool.problems_sent - before <= 4 * len(pool._workers)
+    verifiers = {"moody": (Moody(), 1.0), "integer": (IntegerVerifier(), 1.0)}
+    assert score(per_completion, completions, verifiers).verdicts == rows
+    assert [r["integer"].status for r in rows[:4]] == ["wrong", "correct", "wrong", "correct"]

@@ -82,7 +82,8 @@ def test_run_directory_and_core_metric_keys(two_step_run):
     for name in ("config.yaml", "metrics.jsonl", "samples.jsonl", "summary.json", "curves.png"):
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
-    assert (run_dir / "checkpoints" / "step_000001" / "config.json").is_file()
+    assert (run_dir / "checkpoints" / "step_000001" / "meta.json").is_file()  # a training checkpoint
+    assert (run_dir / "checkpoints" / "final" / "config.json").is_file()  # the policy as a Hugging Face folder
     rows = _rows(run_dir)
     assert [r["step"] for r in rows] == [0, 1, 2]
     for key in CORE_KEYS:

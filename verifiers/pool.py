@@ -44,14 +44,21 @@ def _worker_main(conn: Connection, verifiers: dict[str, Verifier]) -> None:
         conn.send(_READY)  # start-up (a fresh interpreter, imports) does not count against any check's deadline
     except (BrokenPipeError, OSError):  # the pool was closed while this worker started
         return
+    known: dict[int, Any] = {}  # this run's problems, each sent once (a group's G completions share one)
+    run = None
     while True:
         try:
-            jobs = conn.recv()
+            msg = conn.recv()
         except (EOFError, KeyboardInterrupt):
             return
-        if jobs is None:
+        if msg is None:
             return
-        for job_id, name, problem, completion in jobs:
+        run_id, new_problems, jobs = msg
+        if run_id != run:
+            known, run = {}, run_id
+        known.update(new_problems)
+        for job_id, name, key, completion in jobs:
+            problem = known[key]
             try:
                 v = safe_call(verifiers[name], problem, completion)
             except GoldAnswerError as e:
@@ -66,6 +73,7 @@ class _Worker:
         self.proc.start()
         child.close()
         self.queue: deque[int] = deque()  # job ids sent, in order; the head is running
+        self.has: set[int] = set()  # keys of this run's problems it holds
         self.ready = False
         self.deadline = time.monotonic() + STARTUP_TIMEOUT_S  # until it says it is ready
 
@@ -96,17 +104,33 @@ class ScoringPool:
         self._ctx = mp.get_context("spawn")
         self._workers = [_Worker(self._ctx, self.verifiers) for _ in range(workers)]
         self.replaced = 0  # workers killed or found dead and replaced, over the pool's life
+        self._problems: dict[int, Any] = {}
+        self.problems_sent = 0  # problems pickled to workers, over the pool's life (once per group and worker)
+        self._run_id = 0
         self._deadlines: dict[int, float] = {}
 
-    def run(self, problems: Sequence[Mapping[str, Any]], completions: Sequence[str]) -> list[dict[str, Verdict | None]]:
-        """One dict of verdicts per completion (None where a verifier does not apply)."""
-        names = list(self.verifiers)
+    def run(
+        self, problems: Sequence[Mapping[str, Any]], completions: Sequence[str], only: Sequence[str] | None = None
+    ) -> list[dict[str, Verdict | None]]:
+        """One dict of verdicts per completion (None where a verifier does not apply), from every verifier
+        of the pool or the ``only`` ones named."""
+        self._run_id += 1
+        for w in self._workers:
+            w.has = set()
+        keys: dict[int, int] = {}  # id(problem) -> key: completions of one group share their problem object
+        self._problems = {}
+        names = list(self.verifiers) if only is None else list(only)
+        unknown = [n for n in names if n not in self.verifiers]
+        if unknown:
+            raise KeyError(f"verifiers {unknown} are not in this scoring pool ({sorted(self.verifiers)})")
         jobs = {}
         self._deadlines: dict[int, float] = {}
         for i, (p, c) in enumerate(zip(problems, completions, strict=True)):
+            key = keys.setdefault(id(p), len(keys))
+            self._problems[key] = p
             for name in names:
                 self._deadlines[len(jobs)] = self._job_deadline(name, p)
-                jobs[len(jobs)] = (i, name, p, c)
+                jobs[len(jobs)] = (i, name, key, c)
         results: dict[int, Verdict | None] = {}
         todo = deque(jobs)
         while len(results) < len(jobs):
@@ -162,7 +186,10 @@ class ScoringPool:
         if not w.queue and w.ready:
             w.deadline = now + self._deadlines.get(batch[0][0], self.timeout_s)
         w.queue.extend(j for j, *_ in batch)
-        w.conn.send(batch)
+        new = {key: self._problems[key] for _, _, key, _ in batch if key not in w.has}
+        w.has.update(new)
+        self.problems_sent += len(new)
+        w.conn.send((self._run_id, new, batch))
 
     def _replace(self, w: _Worker, results: dict, todo: deque, verdict: Verdict) -> None:
         """Kill ``w``; its running job gets ``verdict``; its queued jobs go back to the front of ``todo``."""

@@ -35,7 +35,7 @@ def score(
 ) -> Scored:
     """Score completion i against problems[i] with every verifier (in ``pool`` when given)."""
     if pool is not None:
-        rows = pool.run(problems, completions)
+        rows = pool.run(problems, completions, only=list(verifiers))
     else:
         rows = [{name: _call(v, p, c) for name, (v, _) in verifiers.items()} for p, c in zip(problems, completions, strict=True)]
     rewards, masked = [], []
