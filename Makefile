@@ -67,7 +67,7 @@ mutate: setup
 	rm -rf $(MUT_STAGE)/reasonrl $(MUT_STAGE)/conf $(MUT_STAGE)/tests $(MUT_STAGE)/benchmarks
 	cp -a reasonrl $(MUT_STAGE)/reasonrl
 	for d in verifiers sandbox evals; do cp -a $$d $(MUT_STAGE)/reasonrl/$$d; done
-	cp -a conf tests benchmarks pyproject.toml $(MUT_STAGE)/
+	cp -a conf tests benchmarks pyproject.toml README.md $(MUT_STAGE)/  # README: the preset table test reads it
 	find $(MUT_STAGE) -path $(MUT_STAGE)/mutants -prune -o -name __pycache__ -prune -exec rm -rf {} +
 	if [ -d "$(SHARED)/data" ]; then ln -sfn "$(SHARED)" $(MUT_STAGE)/shared; fi
 	mkdir -p $(MUT_STAGE)/mutants/tests  # before Python starts: a missing PYTHONPATH entry is cached as absent

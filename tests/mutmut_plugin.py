@@ -9,6 +9,8 @@ test either way. Files not listed go last; order within a file is unchanged.
 ORDER = (
     "test_grpo.py",
     "test_learning.py",
+    "test_mutation_edges.py",
+    "test_memory_path.py",
     "test_verifiers.py",
     "test_math_verifier.py",
     "test_code_verifier.py",
