@@ -16,6 +16,13 @@ needed, model and optimizer state excluded. A process is capped at
 ``OOM (> cap)``. The "before" code is the tree at ``--before`` staged in its
 installed shape under build/memory_before and put first on PYTHONPATH.
 
+Peak RSS also counts heap the allocator keeps after freeing: glibc raises its
+mmap threshold after a large free, so a loop that allocates and frees a
+vocabulary-sized buffer every step (generation's per-step logits) leaves
+RSS growing with steps although nothing stays live. ``--fixed-mmap-threshold``
+runs the workers with ``MALLOC_MMAP_THRESHOLD_=131072`` (big buffers always
+mmapped, returned on free), which measures what stays live.
+
 Also reported: the bytes saved for backward per completion token (saved-tensor
 hooks) of the new path, the basis of the derived table of what fits on one GPU.
 """
@@ -35,6 +42,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 STAGE = REPO / "build" / "memory_before"
 PROMPT = 16
+FIXED_MMAP = False  # --fixed-mmap-threshold
 N = 4  # rollouts: 2 prompts x 2 samples
 
 
@@ -103,37 +111,115 @@ def _alg():
     return OmegaConf.structured(AlgorithmConfig())
 
 
-def saved_bytes_per_token(length: int, vocab: int) -> float:
-    """Bytes the new path saves for backward per completion token (saved-tensor hooks), small Qwen2 shape."""
+def saved_bytes(hidden: int, inter: int, layers: int, length: int, vocab: int, compute: str, ckpt: bool) -> int:
+    """Bytes the training logprob path saves for backward (saved-tensor hooks, each storage once, the
+    parameters and their autocast copies excluded) for N sequences of ``length`` completion tokens."""
+    import contextlib
+
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from reasonrl.logprobs import completion_logprobs
 
-    cfg = Qwen2Config(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1,
-                      num_key_value_heads=1, head_dim=64, max_position_embeddings=length + PROMPT + 8,
-                      tie_word_embeddings=True)  # fmt: skip
+    heads = max(1, hidden // 64)
+    cfg = Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=max(1, heads // 4), head_dim=64,
+                      max_position_embeddings=length + PROMPT + 8, tie_word_embeddings=True)  # fmt: skip
     model = Qwen2ForCausalLM(cfg)
+    if ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     ids = torch.randint(2, vocab, (N, PROMPT + length))
     cmask = torch.zeros(N, PROMPT + length - 1)
     cmask[:, PROMPT - 1 :] = 1
-    total = [0]
-    seen = set()
+    seen, total = set(), [0]
 
     def pack(t):
-        if t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            total[0] += t.numel() * t.element_size()
+        key = t.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total[0] += t.untyped_storage().nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    amp = torch.autocast("cpu", torch.bfloat16) if compute == "bfloat16" else contextlib.nullcontext()
+    with amp, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         completion_logprobs(model, ids, torch.ones_like(ids), cmask)
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
-    return (total[0] - params) / (N * length)  # parameters are saved too; they are not per-token memory
+    return total[0]  # with checkpointing: what the layers keep; their insides are recomputed in backward
+
+
+def bytes_per_token(hidden: int, inter: int, layers: int, vocab: int, compute: str, ckpt: bool) -> float:
+    """Saved-for-backward bytes per completion token: the slope between 256 and 512 tokens per sequence
+    (whatever does not grow with tokens, weights and their casts included, cancels)."""
+    lo = saved_bytes(hidden, inter, layers, 256, vocab, compute, ckpt)
+    hi = saved_bytes(hidden, inter, layers, 512, vocab, compute, ckpt)
+    return (hi - lo) / (N * 256)
+
+
+# shapes measured to fit bytes/token = a + L * (b*H + c*I): (hidden, intermediate, layers)
+FIT_SHAPES = [(64, 128, 2), (128, 128, 2), (64, 512, 2), (64, 128, 4), (128, 512, 3)]
+# published shapes (config.json of each model): hidden, intermediate, layers, parameters
+REAL = {
+    "Qwen2.5-0.5B": (896, 4864, 24, 0.494e9),
+    "Qwen2.5-1.5B": (1536, 8960, 28, 1.54e9),
+    "Qwen2.5-7B": (3584, 18944, 28, 7.62e9),
+}
+
+
+def fit(compute: str, ckpt: bool, vocab: int = 32768) -> tuple[list[float], list[tuple]]:
+    """Least-squares a, b, c of bytes/token = a + L * (b*H + c*I) over FIT_SHAPES (measured)."""
+    import torch
+
+    rows = [(h, i, n, bytes_per_token(h, i, n, vocab, compute, ckpt)) for h, i, n in FIT_SHAPES]
+    X = torch.tensor([[1.0, n * h, n * i] for h, i, n, _ in rows], dtype=torch.float64)
+    y = torch.tensor([b for *_, b in rows], dtype=torch.float64)
+    coef = torch.linalg.lstsq(X, y[:, None]).solution[:, 0].tolist()
+    return coef, rows
+
+
+def derived_table(full: list[float], kept: list[float]) -> str:
+    """What fits on one GPU (derived, not measured): float32 master weights + gradients + AdamW moments
+    (16 B/parameter) and the activations saved for backward of one micro-batch (``full``: no gradient
+    checkpointing; ``kept``: what checkpointed layers keep, plus one layer's ``full`` activations during
+    its recompute), with 10% of the card left free (CUDA context, fragmentation). The vLLM engine sleeps
+    (level 2) while the policy trains; no KL reference model (add 2 B/parameter for a bfloat16 one)."""
+
+    def per_token(coef, h, i, n, layers=None):
+        a, b, c = coef
+        return a + (n if layers is None else layers) * (b * h + c * i)
+
+    lines = ["| model | static (16 B/param) | saved per token | same, checkpointed | tokens per micro-batch, 80 GB / 141 GB "
+             "| checkpointed, 80 GB / 141 GB | 8k-token sequences per micro-batch, 80 / 141 GB (checkpointed) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for name, (h, i, n, params) in REAL.items():
+        static = 16 * params
+        full_tok = per_token(full, h, i, n)
+        ck_tok = per_token(kept, h, i, n) + (full[1] * h + full[2] * i)  # + the layer being recomputed
+        free = [max(0.0, 0.9 * gb * 1e9 - static) for gb in (80, 141)]
+        toks = [f / full_tok for f in free]
+        cks = [f / ck_tok for f in free]
+        k = lambda x: f"{x / 1e3:,.0f}k" if x >= 1e3 else ("none" if x < 1 else f"{x:.0f}")  # noqa: E731
+        seqs = " / ".join(str(int(t // 8192)) if t >= 8192 else "none" for t in cks)
+        lines.append(f"| {name} | {static / 1e9:.0f} GB | {full_tok / 1e3:.1f} kB | {ck_tok / 1e3:.1f} kB | "
+                     f"{k(toks[0])} / {k(toks[1])} | {k(cks[0])} / {k(cks[1])} | {seqs} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def derive(compute: str) -> None:
+    full, rows = fit(compute, False)
+    kept, krows = fit(compute, True)
+    print(f"saved for backward per completion token, {compute} compute (measured; hidden H, intermediate I, layers L):")
+    print("| H | I | L | no checkpointing | checkpointed |\n|---:|---:|---:|---:|---:|")
+    for (h, i, n, b), (*_, kb) in zip(rows, krows):
+        print(f"| {h} | {i} | {n} | {b:.0f} B | {kb:.0f} B |")
+    print(f"fit: a + L*(b*H + c*I): full a={full[0]:.0f} b={full[1]:.2f} c={full[2]:.2f}; "
+          f"checkpointed a={kept[0]:.0f} b={kept[1]:.2f} c={kept[2]:.2f}")  # fmt: skip
+    print(f"\nderived, not measured ({compute} activations):")
+    print(derived_table(full, kept))
 
 
 def run_case(kind: str, vocab: int, length: int, code: str, cap_gib: float, before: Path | None) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    if FIXED_MMAP:
+        env["MALLOC_MMAP_THRESHOLD_"] = "131072"
     if code == "before":
         env["PYTHONPATH"] = str(before) + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, __file__, "--worker", kind, "--vocab", str(vocab), "--length", str(length), "--code", code,
@@ -141,7 +227,8 @@ def run_case(kind: str, vocab: int, length: int, code: str, cap_gib: float, befo
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(REPO))
     lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
     if out.returncode != 0 or not lines:
-        oom = "MemoryError" in out.stderr or "out of memory" in out.stderr.lower() or out.returncode < 0
+        err = out.stderr.lower()
+        oom = "memoryerror" in err or "out of memory" in err or "cannot allocate memory" in err or out.returncode < 0
         return {"kind": kind, "vocab": vocab, "length": length, "code": code,
                 "peak_mib": None, "error": f"OOM (> {cap_gib:g} GiB)" if oom else out.stderr[-300:]}  # fmt: skip
     return json.loads(lines[-1])
@@ -205,12 +292,19 @@ def main() -> None:
     ap.add_argument("--length", type=int)
     ap.add_argument("--code", default="after")
     ap.add_argument("--compute", default="float32")
+    ap.add_argument("--fixed-mmap-threshold", action="store_true", help="workers without glibc's dynamic mmap threshold")
+    ap.add_argument("--derive", choices=["float32", "bfloat16"], help="only the bytes-per-token fit and the derived GPU table")
     args = ap.parse_args()
     if args.worker:
         cap = int(args.cap_gib * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
         args.kind = args.worker
         print(json.dumps(worker(args)), flush=True)
+        return
+    global FIXED_MMAP
+    FIXED_MMAP = args.fixed_mmap_threshold
+    if args.derive:
+        derive(args.derive)
         return
     if args.smollm2_worker:
         print(json.dumps(smollm2_worker(args.code, args.compute)), flush=True)
@@ -225,7 +319,7 @@ def main() -> None:
                     r = run_case(kind, vocab, length, code, args.cap_gib, before)
                     rows.append(r)
                     print(json.dumps(r), flush=True)
-    per_token = {v: saved_bytes_per_token(1024, v) for v in map(int, args.vocabs.split(","))}
+    per_token = {v: bytes_per_token(64, 128, 2, v, "float32", False) for v in map(int, args.vocabs.split(","))}
     steps = []
     if args.smollm2:
         for code, compute in ([("before", "float32")] if before else []) + [("after", "float32"), ("after", "bfloat16")]:
