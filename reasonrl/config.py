@@ -198,6 +198,11 @@ class CheckpointConfig:
 
 
 @dataclass
+class FinalCheckpointConfig:
+    final: bool = True  # reasonrl-sft: the final model as a Hugging Face folder, checkpoints/final
+
+
+@dataclass
 class TrainConfig:
     experiment_name: str = "default"
     seed: int = 0
@@ -229,7 +234,7 @@ class SFTRunConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    checkpoint: FinalCheckpointConfig = field(default_factory=FinalCheckpointConfig)
 
 
 @dataclass

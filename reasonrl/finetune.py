@@ -65,7 +65,9 @@ def main(cfg) -> dict[str, Any]:
         progress=cfg.logging.progress,
     )
     logger.close()
-    save_checkpoint(model, tokenizer, run_dir / "checkpoints" / "final")
+    final = run_dir / "checkpoints" / "final"
+    if cfg.checkpoint.final:
+        save_checkpoint(model, tokenizer, final)
     summary = {
         "run_dir": str(run_dir),
         "experiment": cfg.experiment_name,
@@ -77,7 +79,7 @@ def main(cfg) -> dict[str, Any]:
         "demonstration_accuracy": demonstration_accuracy(rows, verifier),
         "start": start,
         "end": hist["evals"][-1] if hist["evals"] else {},
-        "final_checkpoint": str(run_dir / "checkpoints" / "final"),
+        "final_checkpoint": str(final) if cfg.checkpoint.final else None,
     }
     write_summary(run_dir, summary)
     print(json.dumps({k: summary[k] for k in ("demonstration_accuracy", "start", "end")}, indent=1))

@@ -90,3 +90,12 @@ def test_build_refuses_targets_outside_the_allowlist():
 
     with pytest.raises(ValueError, match="outside the allowed modules"):
         instantiate({"_target_": "os.system", "command": "true"}, "generator")
+
+
+def test_sft_runs_have_no_training_checkpoint_keys():
+    """reasonrl-sft writes only its final folder: a training-checkpoint knob there is an error, not a no-op."""
+    from hydra.errors import ConfigCompositionException
+
+    assert compose("sft", ["checkpoint.final=false"]).checkpoint.final is False
+    with pytest.raises(ConfigCompositionException, match="every"):
+        compose("sft", ["checkpoint.every=5"])
