@@ -72,7 +72,13 @@ class Run:
 def _runs(*specs) -> list[str]:
     """Start every (run_dir, extra[, pause_at]) at once; their outputs."""
     started = [Run(*spec) for spec in specs]
-    return [r.wait() for r in started]
+    try:
+        return [r.wait() for r in started]
+    finally:  # a failed wait leaves no run behind (a paused one would wait forever)
+        for r in started:
+            if r.proc.poll() is None:
+                r.proc.kill()
+                r.proc.wait(timeout=60)
 
 
 def _rows(run_dir: Path) -> list[dict]:
