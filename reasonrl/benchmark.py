@@ -23,7 +23,7 @@ from typing import Any
 
 def _score(problems, completions, code: bool, extract, pool_workers: int):
     """Verdicts and extracted answers (None for code) for completion i against problem i."""
-    from reasonrl.verifiers.pool import ScoringPool
+    from reasonrl.verifiers.pool import ScoringPool, resolve_workers
     from reasonrl.verifiers.scoring import score
 
     if code:
@@ -34,6 +34,7 @@ def _score(problems, completions, code: bool, extract, pool_workers: int):
         from reasonrl.verifiers.math import MathVerifier
 
         name, verifier, timeout = "math", MathVerifier(extract=extract), 10.0
+    pool_workers = resolve_workers(pool_workers)
     if pool_workers > 0:
         with ScoringPool({name: verifier}, workers=pool_workers, timeout_s=timeout) as pool:
             rows = pool.run(problems, completions)

@@ -147,7 +147,9 @@ class AlgorithmConfig:
 
 @dataclass
 class VerifyConfig:
-    workers: int = 2  # killable scoring processes; 0 scores in the trainer's process (no timeouts)
+    # killable scoring processes: -1 = auto, the machine's cores minus 2 (left to generation and the
+    # trainer), at least 2; 0 scores in the trainer's process (no timeouts)
+    workers: int = -1
     timeout_s: float = 10.0  # per (completion, verifier) check
 
 
@@ -255,7 +257,7 @@ class EvalRunConfig:
     max_new_tokens: int = 512
     template: str = "chat"  # chat (instruct models) | r1 (base models) | text; math asks for \\boxed{}, code for a code block
     extract: List[str] = field(default_factory=lambda: ["answer_tag", "boxed"])
-    verify_workers: int = 2
+    verify_workers: int = -1  # scoring processes: -1 = auto (cores minus 2, at least 2); 0: in this process
 
 
 def check_train_config(cfg) -> None:

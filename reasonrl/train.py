@@ -99,11 +99,12 @@ class GRPOTrainer:
         self.answer_verifier = self.verifiers[cfg.task.answer_verifier][0]
         self.stream, self.heldout = problem_source(self.task, cfg.task, cfg.seed, self.verifiers)
         self.benchmarks = load_benchmark_subsets(cfg, self.tokenizer)
-        if cfg.verify.workers > 0:  # training and evaluation checks in killable workers, each under a deadline
-            from reasonrl.verifiers.pool import ScoringPool
+        from reasonrl.verifiers.pool import ScoringPool, resolve_workers
 
+        workers = resolve_workers(cfg.verify.workers)
+        if workers > 0:  # training and evaluation checks in killable workers, each under a deadline
             held = {**{k: v for k, (v, _) in self.verifiers.items()}, **eval_pool_verifiers(self.benchmarks)}
-            self.pool = ScoringPool(held, cfg.verify.workers, cfg.verify.timeout_s)
+            self.pool = ScoringPool(held, workers, cfg.verify.timeout_s)
         if hasattr(self.stream, "rows"):  # problems from data: none of them may be an evaluation problem
             evaluations = {"held-out set": self.heldout, **{k: v[0] for k, v in self.benchmarks.items()}}
             check_overlap(self.stream.rows, evaluations, cfg.task.allow_overlap)

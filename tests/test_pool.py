@@ -152,3 +152,16 @@ def test_a_problem_crosses_to_a_worker_once_per_group(pool):
     verifiers = {"moody": (Moody(), 1.0), "integer": (IntegerVerifier(), 1.0)}
     assert score(per_completion, completions, verifiers).verdicts == rows
     assert [r["integer"].status for r in rows[:4]] == ["wrong", "correct", "wrong", "correct"]
+
+
+def test_pool_size_by_default_from_the_machine():
+    from reasonrl.verifiers.pool import resolve_workers
+
+    cores = len(os.sched_getaffinity(0))
+    assert resolve_workers(-1) == max(2, cores - 2)  # the schema's default: cores left to generation and the trainer
+    assert resolve_workers(0) == 0 and resolve_workers(5) == 5
+    with pytest.raises(ValueError, match="verify.workers=-3"):
+        resolve_workers(-3)
+    from conftest import compose
+
+    assert compose("train").verify.workers == -1 and compose("eval").verify_workers == -1

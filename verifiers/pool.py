@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import time
 from collections import deque
 from multiprocessing.connection import Connection, wait
@@ -64,6 +65,20 @@ def _worker_main(conn: Connection, verifiers: dict[str, Verifier]) -> None:
             except GoldAnswerError as e:
                 v = Verdict(0.0, "error", {"gold_error": str(e)[:200]})
             conn.send((job_id, v))
+
+
+def resolve_workers(workers: int, reserve: int = 2) -> int:
+    """``verify.workers``: -1 = auto, the cores this process may use minus ``reserve`` (generation and the
+    trainer), at least 2; 0 = no pool; else the number given."""
+    if workers == -1:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 2
+        return max(2, cores - reserve)
+    if workers < 0:
+        raise ValueError(f"verify.workers={workers}: use -1 (auto), 0 (score in-process) or a number of processes")
+    return workers
 
 
 class _Worker:
