@@ -14,6 +14,9 @@ import logging
 
 import pytest
 import torch
+from test_learning import REWARDS as REWARDS_TINY  # B = 3 prompts x G = 4, prompt-major
+from test_learning import G as G_TINY
+from test_learning import tiny_model as _tiny_model  # the same 1-layer Llama the learning tests update
 
 from reasonrl import grpo
 
@@ -201,30 +204,6 @@ def test_check_golds_reports_reason_row_and_count_and_checks_every_verifier(capl
 
 
 # ---------------------------------------------------------------- reasonrl.update
-
-V_TINY, G_TINY = 40, 4
-REWARDS_TINY = torch.tensor([1.0, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0])  # B = 3 prompts x G = 4, prompt-major
-
-
-def _tiny_model(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=V_TINY,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=1,
-        num_attention_heads=1,
-        num_key_value_heads=1,
-        head_dim=64,
-        max_position_embeddings=32,
-        tie_word_embeddings=False,
-        pad_token_id=0,
-        bos_token_id=None,
-        eos_token_id=None,
-    )
-    return LlamaForCausalLM(cfg)
 
 
 def _rollouts(finish=lambda k: "stop"):

@@ -317,3 +317,17 @@ def test_vllm_run_resumes_with_restored_weights_and_seeds(tmp_path):
             logits = model.float()(ids).logits[0, len(r.prompt_ids) - 1 : -1]
             lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(r.completion_ids)[:, None])[:, 0]
             assert (lp - torch.tensor(r.logprobs)).abs().max() < 0.1
+
+
+def test_checkpoint_schedule_every_n_steps_and_after_the_last():
+    from reasonrl.train import GRPOTrainer
+
+    t = GRPOTrainer(compose("train", [*BASE, "max_steps=7", "checkpoint.every=3"]))
+    assert [s for s in range(1, 8) if t._checkpoint_due(s)] == [3, 6, 7]
+    t = GRPOTrainer(compose("train", [*BASE, "max_steps=7", "checkpoint.every=0"]))
+    assert not any(t._checkpoint_due(s) for s in range(1, 8))
+    t = GRPOTrainer(compose("train", [*BASE, "max_steps=7", "checkpoint.every=0", "checkpoint.every_minutes=0.5"]))
+    t.last_checkpoint_time -= 31
+    assert t._checkpoint_due(2)
+    t.last_checkpoint_time += 31
+    assert not t._checkpoint_due(2) and t._checkpoint_due(7)
