@@ -23,6 +23,12 @@ first step (warm-up, allocator growth) is reported but left out of the means.
 Writes ``gpu_check.json`` and ``gpu_check.md`` to ``--out`` and prints the table
 last.
 
+``--fsdp`` runs each shape a second time with the policy sharded by FSDP2 in a
+process group of one (NCCL on the GPU, gloo in the dry run): the path a
+``torchrun`` launch takes (bfloat16 gathered parameters, float32 reductions and
+master weights), with the per-rank memory it needs at one rank, from which the
+memory per GPU at 2, 4 and 8 ranks is derived in BENCHMARKS.md.
+
 It does not use vLLM (not installed on the lent machines) or several GPUs.
 """
 
@@ -80,7 +86,7 @@ def matmul_tflops(device: str, dtype, n: int, reps: int) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
 
 
-def run_shape(name: str, args, cache: Path, peak_tflops: float) -> dict:
+def run_shape(name: str, args, cache: Path, peak_tflops: float, fsdp: bool = False) -> dict:
     from hydra import compose, initialize_config_dir
 
     from reasonrl.config import CONF_DIR, register
@@ -118,6 +124,7 @@ def run_shape(name: str, args, cache: Path, peak_tflops: float) -> dict:
         "logging.plot=false",
         f"logging.progress={str(not args.quiet).lower()}",
         f"run_dir={run_dir}",
+        f"model.fsdp={'on' if fsdp else 'off'}",
     ]
     os.environ["XDG_CACHE_HOME"] = str(cache)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
@@ -157,7 +164,7 @@ def run_shape(name: str, args, cache: Path, peak_tflops: float) -> dict:
     mean = {k: statistics.mean(s[k] for s in timed) for k in steps[0] if k != "step" and steps[0][k] is not None}
     mean["peak_mem_gb"] = max((s["peak_mem_gb"] or 0) for s in steps)
     return {
-        "shape": name,
+        "shape": name + (" fsdp" if fsdp else ""),
         "params": params,
         "wall_s": wall,
         "steps": steps,
@@ -214,6 +221,7 @@ def main_cli() -> None:
     )
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--fsdp", action="store_true", help="also run each shape sharded by FSDP2 (a process group of one)")
     args = ap.parse_args()
     if args.long:
         args.new_tokens, args.prompts, args.samples, args.stop_ids, args.checkpointing = 4096, 8, 4, 150, True
@@ -237,6 +245,11 @@ def main_cli() -> None:
     print(f"[gpu_check] {device_name}: matmul {peak:.3f} TFLOP/s", flush=True)
     cache = Path(tempfile.mkdtemp(prefix="gpu_check_cache_"))
     results = [run_shape(s, args, cache, peak) for s in args.shapes.split(",")]
+    if args.fsdp:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29533"), RANK="0", WORLD_SIZE="1")
+        torch.distributed.init_process_group("nccl" if device == "cuda" else "gloo")
+        results += [run_shape(s, args, cache, peak, fsdp=True) for s in args.shapes.split(",")]
+        torch.distributed.destroy_process_group()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"device": device_name, "matmul_peak_tflops": peak, "torch": torch.__version__, "results": results}

@@ -36,13 +36,20 @@ def sample_and_score(
     banned_first_tokens: tuple[int, ...] = (),
     pool=None,
     pool_name: str | None = None,
+    runtime=None,
 ) -> dict[str, Any]:
     """``pool``: score in that :class:`ScoringPool`'s killable workers with the verifier it holds under
-    ``pool_name`` (a hanging check then costs one ``timeout`` verdict); else in this process."""
+    ``pool_name`` (a hanging check then costs one ``timeout`` verdict); else in this process. ``runtime``
+    (several processes): each rank generates and scores its contiguous part of the problems, and every rank
+    gets the numbers (and rollouts, verdicts) of all of them, in order."""
+    from reasonrl.runtime import Runtime
     from reasonrl.verifiers.base import safe_call
     from reasonrl.verifiers.integer import IntegerVerifier
 
     verifier = verifier or IntegerVerifier()
+    runtime = runtime or Runtime()
+    part = runtime.split(len(problems))
+    problems = list(problems)[part]
     texts = [render(p) for p in problems]
     prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     sampling = Sampling(
@@ -56,6 +63,10 @@ def sample_and_score(
     else:
         verdicts = [safe_call(verifier, p, r.text) for p, r in zip(seen, rollouts)]
     think, answer = cot_lengths([r.text for r in rollouts], tokenizer, [opens_think(texts[r.prompt_index]) for r in rollouts])
+    if runtime.distributed:  # every rank's part, in problem order
+        for r in rollouts:
+            r.prompt_index += part.start
+        rollouts, verdicts, think, answer = (runtime.gather(x) for x in (rollouts, verdicts, think, answer))
     correct = [v is not None and v.status == "correct" for v in verdicts]
     return {
         "accuracy": mean(correct),
@@ -71,15 +82,16 @@ def sample_and_score(
 
 
 def training_eval(
-    generator, tokenizer, problems, render, verifier, cfg, seed: int, benchmarks=None, pool=None
+    generator, tokenizer, problems, render, verifier, cfg, seed: int, benchmarks=None, pool=None, runtime=None
 ) -> dict[str, float]:
     """Greedy (and optionally sampled) accuracy and lengths on the held-out set: eval/<task>/... keys;
     plus greedy accuracy and length on each configured benchmark subset: eval/<benchmark>/... keys.
     With ``pool`` every check runs in its killable workers: the task's verifier under
-    ``cfg.task.answer_verifier``, a benchmark's under ``eval/<benchmark>`` (see :func:`eval_pool_verifiers`)."""
+    ``cfg.task.answer_verifier``, a benchmark's under ``eval/<benchmark>`` (see :func:`eval_pool_verifiers`).
+    With ``runtime`` (several processes) the problems are split across the ranks and the numbers reduced."""
 
     name = cfg.task.name
-    kw = dict(render=render, verifier=verifier, max_new_tokens=cfg.eval.max_new_tokens, pool=pool)
+    kw = dict(render=render, verifier=verifier, max_new_tokens=cfg.eval.max_new_tokens, pool=pool, runtime=runtime)
     kw["pool_name"] = cfg.task.answer_verifier if pool is not None else None
     g = sample_and_score(generator, tokenizer, problems, temperature=0.0, seed=seed, **kw)
     out = {
@@ -103,6 +115,7 @@ def training_eval(
             max_new_tokens=cfg.eval.max_new_tokens,
             pool=pool,
             pool_name=f"eval/{bench}" if pool is not None else None,
+            runtime=runtime,
         )
         out[f"eval/{bench}/accuracy"] = b["accuracy"]
         out[f"eval/{bench}/len_mean"] = b["len_mean"]

@@ -88,9 +88,12 @@ def save(
     keep: int = 0,
     is_main: bool = True,
     extra_models: dict[str, torch.nn.Module] | None = None,
+    barrier=lambda: None,
 ) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically; keep the newest ``keep`` (0: all). Its path.
-    ``extra_models`` (e.g. the frozen KL reference) are saved beside the policy under their names."""
+    ``extra_models`` (e.g. the frozen KL reference) are saved beside the policy under their names. Every
+    rank calls it (each writes its shards); the main process writes the rest and renames; ``barrier``
+    keeps the ranks in step around that."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     dcp, get_state_dict, _ = _dcp()
@@ -101,6 +104,7 @@ def save(
     if is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+    barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
     extra = {name: get_model_state_dict(m) for name, m in (extra_models or {}).items()}
     with _quiet():
@@ -123,6 +127,7 @@ def save(
         if keep > 0:
             for old in complete_checkpoints(root, quiet=True)[:-keep]:
                 shutil.rmtree(old)
+    barrier()
     return final
 
 

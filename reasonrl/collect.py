@@ -8,6 +8,12 @@ prompts are drawn, at most ``max_redraws`` times, and the batch is filled up
 with set-aside groups if the cap is hit. The soft overlong penalty is added to
 rewards here.
 
+Across processes each rank takes whole groups: every rank reads the same B
+problems from its copy of the stream and keeps its contiguous share, samples
+with its own seed, and scores locally; the ranks agree on when every one of
+them is full, so they all call the generator (whose engines may hold
+collectives) the same number of times.
+
 It does not update the policy (:mod:`reasonrl.update`).
 """
 
@@ -22,10 +28,12 @@ import torch
 
 from reasonrl import grpo
 from reasonrl.rollout import Generator, Rollout, RolloutBatch, Sampling
+from reasonrl.runtime import Runtime
 from reasonrl.tasks import with_prompt_info
 from reasonrl.verifiers.scoring import score
 
 REDRAW_SEED_STRIDE = 7919  # redraw r of a step samples with seed + r * stride: fresh, reproducible seeds
+RANK_SEED_STRIDE = 104_729  # rank k samples with seed + k * stride
 
 
 @dataclass(frozen=True)
@@ -68,17 +76,23 @@ def collect_groups(
     *,
     seed: int,
     policy_version: int = 0,
+    runtime: Runtime | None = None,
 ) -> RolloutBatch:
-    """B scored groups of G rollouts (prompt-major), with the sampling statistics in ``stats``."""
-    B, G, sampling, dynamic, max_redraws = plan.B, plan.G, plan.sampling, plan.dynamic, plan.max_redraws
+    """This rank's B / world_size scored groups of G rollouts (prompt-major), with the sampling statistics in
+    ``stats`` (this rank's)."""
+    runtime = runtime or Runtime()
+    G, sampling, dynamic, max_redraws = plan.G, plan.sampling, plan.dynamic, plan.max_redraws
+    share = runtime.share(plan.B, "prompts per step (rollout.prompts_per_step)")
+    B = share.stop - share.start
+    seed += RANK_SEED_STRIDE * runtime.rank
     mask_statuses, overlong_buffer, overlong_coef = plan.mask_statuses, plan.overlong_buffer, plan.overlong_coef
     kept: list[tuple[dict, list[Rollout]]] = []
     spare: list[tuple[dict, list[Rollout]]] = []
     stats = {"generate_s": 0.0, "verify_s": 0.0, "dropped": 0, "redraws": 0, "zero_std_frac": 0.0, "overlong_penalty_mean": 0.0}
     for attempt in range(max_redraws + 1 if dynamic else 1):
         texts, problems = [], []
-        for _ in range(B):  # each problem as verifiers see it: with what its prompt opened
-            problem = next(stream)
+        drawn = [next(stream) for _ in range(plan.B)]  # the same draws on every rank: the streams stay in step
+        for problem in drawn[share]:  # each problem as verifiers see it: with what its prompt opened
             texts.append(render(problem))
             problems.append(with_prompt_info(problem, texts[-1]))
         prompt_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
@@ -103,7 +117,7 @@ def collect_groups(
         for b in range(B):
             group = (problems[b], rollouts[b * G : (b + 1) * G])
             (kept if has_signal[b] or not dynamic else spare).append(group)
-        if len(kept) >= B:
+        if runtime.all(len(kept) >= B):  # a full rank keeps sampling (into its spares) until every rank is full
             break
         stats["redraws"] += 1
     stats["redraws"] = min(stats["redraws"], max_redraws) if dynamic else 0

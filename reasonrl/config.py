@@ -13,6 +13,8 @@ the constructor's signature instead.
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -77,6 +79,7 @@ class ModelConfig:
     ref_dtype: str = "auto"  # the frozen reference model (KL): auto = the compute dtype
     gradient_checkpointing: bool = False  # recompute activations in backward (non-reentrant); never in no-grad passes
     allow_low_precision_weights: bool = False  # train bfloat16/float16 weights with AdamW (small updates vanish)
+    fsdp: str = "auto"  # shard with FSDP2: auto = under torchrun with more than one process; on; off (one process only)
     arch: Optional[ArchConfig] = None
     pretrain: Optional[PretrainConfig] = None
 
@@ -331,4 +334,7 @@ def run_entry_point(main, config_name: str) -> None:
 
     register()
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(levelname)s %(message)s")
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only the main process writes a run directory
+        sys.argv = [a for a in sys.argv if not a.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
+        sys.argv += ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
     hydra.main(version_base=None, config_path=str(CONF_DIR), config_name=config_name)(main)()

@@ -142,8 +142,23 @@ def final_hidden_states(model, input_ids: Tensor, attention_mask: Tensor, positi
     base = getattr(model, model.base_model_prefix, None) if getattr(model, "base_model_prefix", None) else None
     if base is None:
         raise TypeError(f"{type(model).__name__} exposes no base model (base_model_prefix) for the chunked logprob path")
-    out = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    from reasonrl.sharding import is_sharded
+
+    if not is_sharded(model):
+        out = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    # Sharded (FSDP2): the root's forward gathers the embedding and output layer and keeps them gathered for
+    # backward, so the base model runs inside it; the base's output is caught on the way and only one
+    # position per sequence goes through the output layer.
+    caught: list[Tensor] = []
+    hook = base.register_forward_hook(
+        lambda _m, _a, out: caught.append(out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0])
+    )
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, logits_to_keep=1)
+    finally:
+        hook.remove()
+    return caught[0]
 
 
 def completion_logprobs(model, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor, temperature: float = 1.0,

@@ -77,11 +77,12 @@ def make_optimizer(model: torch.nn.Module, optim: Any, total_steps: int):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
 
-def save_checkpoint(model, tokenizer, path: str | Path) -> Path:
-    """Save a Hugging Face folder atomically."""
+def save_checkpoint(model, tokenizer, path: str | Path, state_dict: dict | None = None) -> Path:
+    """Save a Hugging Face folder atomically (``state_dict``: the tensors to write instead of the model's own,
+    e.g. a sharded model's gathered ones)."""
     path = Path(path)
     with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
     return path
 

@@ -21,6 +21,8 @@ from typing import Protocol, Sequence
 
 import torch
 
+from reasonrl.sharding import full_weights, is_sharded
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -98,7 +100,8 @@ class HFGenerator:
 
     Because it samples from the very module the trainer updates, weight sync is
     a no-op. ``batch_size`` bounds how many sequences are generated at once;
-    ``stop_token_ids`` end a completion as the tokenizer's eos does.
+    ``stop_token_ids`` end a completion as the tokenizer's eos does. A sharded
+    (FSDP2) policy is gathered once per call and sampled from locally.
     """
 
     exact_logprobs = True
@@ -130,7 +133,6 @@ class HFGenerator:
     def wake_up(self) -> None:
         pass
 
-    @torch.inference_mode()
     def generate(self, prompt_ids: Sequence[Sequence[int]], n: int, sampling: Sampling) -> list[Rollout]:
         from transformers import GenerationConfig
 
@@ -158,7 +160,9 @@ class HFGenerator:
             torch.autocast(device.type, self.compute_dtype) if self.compute_dtype != torch.float32 else contextlib.nullcontext()
         )
         try:
-            with cast:
+            # a sharded policy's gathered weights must stay usable for training: no_grad, not inference mode
+            grad_off = torch.no_grad() if is_sharded(self.model) else torch.inference_mode()
+            with full_weights(self.model), grad_off, cast:
                 for start in range(0, len(prompt_ids), per_chunk):
                     chunk = prompt_ids[start : start + per_chunk]
                     out.extend(self._generate_chunk(chunk, start, n, gen_cfg, sampling.temperature))

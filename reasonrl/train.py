@@ -15,12 +15,19 @@ and score them (:mod:`reasonrl.collect`), update the policy
 (:mod:`reasonrl.update`), sync the weights into the generator, return one
 metrics row. Algorithm variants are chosen by name (:mod:`reasonrl.grpo`).
 
-It does not shard the model; one process trains on one device.
+Under ``torchrun`` the same code runs on every rank (:mod:`reasonrl.runtime`):
+the policy (and the KL reference) are sharded with FSDP2
+(:mod:`reasonrl.sharding`), each rank samples and scores its share of the
+step's groups, the update normalises by global counts, metrics are computed
+from every rank's rollouts, evaluation is split across the ranks, and only
+the main process writes the run directory. Checkpoints are sharded
+(``torch.distributed.checkpoint``) and load at any number of processes.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import random
@@ -46,9 +53,10 @@ from reasonrl.policy import (
     save_checkpoint,
     torch_dtype,
 )
-from reasonrl.rollout import HFGenerator
+from reasonrl.rollout import HFGenerator, RolloutBatch
 from reasonrl.runs import announce, open_run_dir, write_summary
 from reasonrl.runtime import Runtime, init_runtime
+from reasonrl.sharding import full_state_dict, is_sharded, shard_model
 from reasonrl.tasks import check_overlap, get_task, problem_source
 from reasonrl.update import UpdateSettings, update_policy
 from reasonrl.verifiers.scoring import Scored, summarize
@@ -75,12 +83,19 @@ class GRPOTrainer:
     def setup(self) -> "GRPOTrainer":
         cfg, alg = self.cfg, self.cfg.algorithm
         check_train_config(cfg)
+        rt = self.runtime
+        rt.share(cfg.rollout.prompts_per_step, "prompts per step (rollout.prompts_per_step)")  # checked up front
+        if cfg.cold_start.enabled and rt.distributed:
+            raise ValueError(
+                "cold_start under torchrun is not supported: run reasonrl-sft first and start RL from its output "
+                "(model.path=<its checkpoints/final>)"
+            )
         self.t_start = time.time()
-        self.run_dir = open_run_dir(cfg, self.runtime.is_main)
+        self.run_dir = rt.broadcast(open_run_dir(cfg, rt.is_main))  # the main process's (Hydra's clock may differ)
         self.checkpoint_root = self.run_dir / "checkpoints"
         resume = self._resume_state()
-        random.seed(cfg.seed)
-        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed + rt.rank)
+        torch.manual_seed(cfg.seed + rt.rank)
         torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
         check_master_weights(cfg.model)
         self.model, self.tokenizer, self.model_path = load_policy(
@@ -101,7 +116,7 @@ class GRPOTrainer:
         self.benchmarks = load_benchmark_subsets(cfg, self.tokenizer)
         from reasonrl.verifiers.pool import ScoringPool, resolve_workers
 
-        workers = resolve_workers(cfg.verify.workers)
+        workers = resolve_workers(cfg.verify.workers, local_ranks=rt.local_world_size)
         if workers > 0:  # training and evaluation checks in killable workers, each under a deadline
             held = {**{k: v for k, (v, _) in self.verifiers.items()}, **eval_pool_verifiers(self.benchmarks)}
             self.pool = ScoringPool(held, workers, cfg.verify.timeout_s)
@@ -110,25 +125,28 @@ class GRPOTrainer:
             check_overlap(self.stream.rows, evaluations, cfg.task.allow_overlap)
         from omegaconf import OmegaConf
 
-        self.logger = RunLogger(
-            self.run_dir,
-            tensorboard=cfg.logging.tensorboard,
-            wandb_project=cfg.logging.wandb_project,
-            config=OmegaConf.to_container(cfg, resolve=True),
-            resume=None if resume is None else resume["log"],
-        )
+        if rt.is_main:  # the one writer of the run directory
+            self.logger = RunLogger(
+                self.run_dir,
+                tensorboard=cfg.logging.tensorboard,
+                wandb_project=cfg.logging.wandb_project,
+                config=OmegaConf.to_container(cfg, resolve=True),
+                resume=None if resume is None else resume["log"],
+            )
         if cfg.cold_start.enabled and resume is None:  # a resumed run's weights are past the cold start already
             self._cold_start()
-        self.generator = build_generator(cfg.generator, self.model, self.tokenizer, self.model_path, self.compute_dtype)
-        use_tis = alg.tis == "on" or (alg.tis == "auto" and not getattr(self.generator, "exact_logprobs", False))
-        self.plan = GroupPlan.from_config(cfg)
-        self.update_settings = UpdateSettings.from_config(cfg, self.tokenizer.pad_token_id, use_tis, self.compute_dtype)
-        self.opt, self.sched = make_optimizer(self.model, cfg.optim, total_steps=cfg.max_steps * alg.updates_per_batch)
         # the frozen initial policy, only when a KL penalty asks for it
         self.ref_model = None
         if alg.kl_coef > 0:
             ref_dtype = self.compute_dtype if cfg.model.ref_dtype == "auto" else torch_dtype(cfg.model.ref_dtype)
             self.ref_model = copy.deepcopy(self.model).to(ref_dtype).eval().requires_grad_(False)
+            shard_model(self.ref_model, rt, self.compute_dtype, cfg.model.fsdp)
+        shard_model(self.model, rt, self.compute_dtype, cfg.model.fsdp)  # before the optimizer sees the parameters
+        self.generator = build_generator(cfg.generator, self.model, self.tokenizer, self.model_path, self.compute_dtype)
+        use_tis = alg.tis == "on" or (alg.tis == "auto" and not getattr(self.generator, "exact_logprobs", False))
+        self.plan = GroupPlan.from_config(cfg)
+        self.update_settings = UpdateSettings.from_config(cfg, self.tokenizer.pad_token_id, use_tis, self.compute_dtype)
+        self.opt, self.sched = make_optimizer(self.model, cfg.optim, total_steps=cfg.max_steps * alg.updates_per_batch)
         if resume is not None:
             self.load_state_dict(resume)
             self.runtime.print(f"[reasonrl] resumed from {self.resumed_from} (step {self.steps_done})")
@@ -218,8 +236,8 @@ class GRPOTrainer:
             self.plan,
             seed=seed,
             policy_version=self.steps_done,
+            runtime=self.runtime,
         )
-        self.last_batch = batch
         self.generator.sleep()  # GPU engines release memory while the policy trains
         # 5-8. advantages, pack, forward/backward over micro-batches, optimizer step(s)
         t = time.perf_counter()
@@ -242,9 +260,28 @@ class GRPOTrainer:
         t = time.perf_counter()
         self.generator.sync_weights(self.model)  # wakes a sleeping engine: weights, then the new weights, then its cache
         sync_s = time.perf_counter() - t
-        # 9. one metrics row
+        # 9. one metrics row, from every rank's rollouts
+        self.last_batch = batch = self._whole_batch(batch)
         times = {"step_s": time.perf_counter() - t0, "train_s": train_s, "sync_s": sync_s}
         return self._metrics_row(batch, update, {**times, **{k: batch.stats[k] for k in ("generate_s", "verify_s")}})
+
+    def _whole_batch(self, batch):
+        """The step's batch as one process would have sampled it: every rank's groups (their sampler logprobs
+        left behind), and statistics reduced (times: the slowest rank; counts: summed; fractions: averaged)."""
+        rt = self.runtime
+        if not rt.distributed:
+            return batch
+        light = [dataclasses.replace(r, logprobs=[]) for r in batch.rollouts]
+        rollouts, problems = rt.gather(light), rt.gather(batch.problems)
+        for i, r in enumerate(rollouts):
+            r.prompt_index = i // batch.group_size
+        st = batch.stats
+        stats = {
+            **{k: rt.max(st[k]) for k in ("generate_s", "verify_s")},
+            **{k: rt.sum(st[k]) for k in ("dropped", "redraws")},
+            **{k: rt.sum(st[k]) / rt.world_size for k in ("zero_std_frac", "overlong_penalty_mean")},
+        }
+        return RolloutBatch(problems=problems, rollouts=rollouts, group_size=batch.group_size, stats=stats)
 
     def _metrics_row(self, batch, update: dict[str, float], times: dict[str, float]) -> dict[str, Any]:
         scored = Scored([r.reward for r in batch.rollouts], [r.verdicts for r in batch.rollouts], batch.masked)
@@ -289,14 +326,18 @@ class GRPOTrainer:
             self.cfg.seed,
             self.benchmarks,
             pool=self.pool,
+            runtime=self.runtime,
         )
         self.evals[self.steps_done] = out
         return out
 
     def save(self, path: Path) -> Path:
-        """The policy as a Hugging Face folder (written atomically, by the main process)."""
+        """The policy as a Hugging Face folder (written atomically, by the main process; a sharded policy is
+        gathered tensor by tensor)."""
+        state = full_state_dict(self.model, self.runtime.is_main) if is_sharded(self.model) else None
         if self.runtime.is_main:
-            save_checkpoint(self.model, self.tokenizer, path)
+            save_checkpoint(self.model, self.tokenizer, path, state_dict=state)
+        self.runtime.barrier()
         return path
 
     def trainer_state(self) -> dict[str, Any]:
@@ -309,12 +350,16 @@ class GRPOTrainer:
             "evals": dict(self.evals),
             "before_sft": self.before_sft,
             "log": self.logger.position(self.steps_done) if self.logger is not None else None,
-            "counters": {"workers_replaced": self.pool.replaced if self.pool is not None else 0},
-            "rng": {
-                "python": random.getstate(),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
+            "counters": {"workers_replaced": self.runtime.sum(self.pool.replaced if self.pool is not None else 0)},
+            "rng": self.runtime.gather([self._rng_state()]),  # one per rank
+        }
+
+    @staticmethod
+    def _rng_state() -> dict[str, Any]:
+        return {
+            "python": random.getstate(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -338,10 +383,13 @@ class GRPOTrainer:
         self.before_sft = state.get("before_sft")
         if self.pool is not None:  # verify/workers_replaced counts over the run, not the process
             self.pool.replaced = int(state.get("counters", {}).get("workers_replaced", 0))
-        random.setstate(state["rng"]["python"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        if self.runtime.rank < len(rngs):  # a rank the saving run did not have keeps its fresh seeding
+            rng = rngs[self.runtime.rank]
+            random.setstate(rng["python"])
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
         self.generator.sync_weights(self.model)  # the engine samples with the restored weights
 
     def _extra_models(self) -> dict[str, torch.nn.Module]:
@@ -362,6 +410,7 @@ class GRPOTrainer:
             keep=self.cfg.checkpoint.keep,
             is_main=self.runtime.is_main,
             extra_models=self._extra_models(),
+            barrier=self.runtime.barrier,
         )
         self.last_checkpoint_time = time.time()
         return path
@@ -381,7 +430,7 @@ class GRPOTrainer:
 
         cfg, rt = self.cfg, self.runtime
         if 0 not in self.evals:
-            self.logger.log({"step": 0, **self.evaluate()})
+            self._log({"step": 0, **self.evaluate()})
             rt.print("[reasonrl] step 0: " + ", ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in self.evals[0].items()))
         bar = tqdm(
             total=cfg.max_steps,
@@ -396,8 +445,7 @@ class GRPOTrainer:
             step = self.steps_done
             if cfg.eval.every > 0 and (step % cfg.eval.every == 0 or step == cfg.max_steps):
                 row.update(self.evaluate())
-            self.logger.log(row)
-            self.logger.log_samples(self._samples(step))
+            self._log(row, self._samples(step))
             if self._checkpoint_due(step):
                 self.save_state()
             bar.set_postfix(
@@ -428,7 +476,8 @@ class GRPOTrainer:
 
     def _finish(self) -> dict[str, Any]:
         cfg = self.cfg
-        self.logger.close()
+        if self.logger is not None:
+            self.logger.close()
         final = self.steps_done
         if final not in self.evals:
             self.evaluate()
@@ -454,6 +503,12 @@ class GRPOTrainer:
                 plot_training(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png", cfg.task.name)
         return summary
 
+    def _log(self, row: dict[str, Any], samples: list[dict[str, Any]] | None = None) -> None:
+        if self.logger is not None:  # the main process
+            self.logger.log(row)
+            if samples:
+                self.logger.log_samples(samples)
+
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
@@ -467,7 +522,9 @@ def main(cfg) -> dict[str, Any]:
     finally:
         trainer.close()
     trainer.runtime.print(result_table(summary["start"], summary["end"], summary["steps"], cfg.task.name))
-    announce(trainer.run_dir)
+    if trainer.runtime.is_main:
+        announce(trainer.run_dir)
+    trainer.runtime.close()  # on success only: after an error the process just exits (a peer may be gone)
     return summary
 
 

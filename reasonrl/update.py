@@ -109,7 +109,10 @@ def update_policy(
     device = next(model.parameters()).device
     keep_flags = [not (m or (alg.mask_truncated and r.finish_reason == "length")) for m, r in zip(masked, rollouts)]
     valid = torch.tensor([not m for m in masked])
-    adv = grpo.estimate_advantages(alg.advantage, rewards, group_size, valid, alg).to(device)  # (N,)
+    # advantages from the whole batch (every rank's groups, rank-major): batch-level statistics such as
+    # adv_scale=batch are then those of the global batch, and each rank keeps its own rows
+    everyone = grpo.estimate_advantages(alg.advantage, runtime.cat(rewards.float()), group_size, runtime.cat(valid), alg)
+    adv = everyone[runtime.rank * len(rollouts) : (runtime.rank + 1) * len(rollouts)].to(device)  # (N,)
     surrogate = grpo.get_policy_loss(alg.policy_loss)
     lengths = [len(r.prompt_ids) + len(r.completion_ids) for r in rollouts]
     micro = plan_micro_batches(lengths, settings.micro_batch_size, settings.max_tokens_per_micro_batch)
@@ -118,11 +121,16 @@ def update_policy(
     loss_masks = [b.completion_mask * k for b, k in zip(batches, keeps)]  # (n, L_k - 1) each
     total_tokens = int(runtime.sum(sum(float(m.sum()) for m in loss_masks)))  # global counts: the same update at any world size
     total_seqs = int(runtime.sum(sum(keep_flags)))
+    # every rank runs the same number of forward/backward passes (each one gathers and reduces shards): a rank
+    # with fewer micro-batches repeats its last one with zero weight
+    n_micro = int(runtime.max(len(micro)))
+    plan = list(range(len(micro))) + [len(micro) - 1] * (n_micro - len(micro))
     ref_logps = None
     if ref_model is not None:  # once per batch, not per update or micro-batch
         with torch.no_grad(), autocast(device, settings.compute_dtype):
-            ref_logps = [
-                completion_logprobs(ref_model, b.input_ids, b.attention_mask, b.completion_mask, temperature)[0] for b in batches
+            ref_logps = [  # per pass of the plan: a sharded reference gathers its shards as often on every rank
+                completion_logprobs(ref_model, b.input_ids, b.attention_mask, b.completion_mask, temperature)[0]
+                for b in (batches[k] for k in plan)
             ]
 
     model.train()
@@ -130,11 +138,17 @@ def update_policy(
     diff_max = 0.0
     for update in range(alg.updates_per_batch):
         opt.zero_grad(set_to_none=True)
-        for k, (idx, b) in enumerate(zip(micro, batches)):
-            m, a = b.completion_mask, adv[idx]
+        for j, k in enumerate(plan):
+            idx, b, weight = micro[k], batches[k], float(j < len(micro))
+            m, a = b.completion_mask * weight, adv[idx]
             with autocast(device, settings.compute_dtype):
                 logp, ent = completion_logprobs(
-                    model, b.input_ids, b.attention_mask, m, temperature, want_entropy=alg.entropy_coef > 0 or update == 0
+                    model,
+                    b.input_ids,
+                    b.attention_mask,
+                    b.completion_mask,
+                    temperature,
+                    want_entropy=alg.entropy_coef > 0 or update == 0,
                 )
             # one update: the policy that sampled is this one; several: the stored sampling-time logprobs
             old_logp = logp.detach() if alg.updates_per_batch == 1 else b.sampler_logprobs
@@ -145,14 +159,19 @@ def update_policy(
                 sums["tis"] += float((w * m).sum())
                 sums["tis_capped"] += float(((w >= alg.tis_cap) * m).sum())
             if ref_logps is not None:
-                ref_kl = grpo.kl_estimate(logp, ref_logps[k], alg.kl_estimator)  # (n, L-1)
+                ref_kl = grpo.kl_estimate(logp, ref_logps[j], alg.kl_estimator)  # (n, L-1)
                 per_tok = per_tok + alg.kl_coef * ref_kl
                 if update == 0:
                     sums["ref_kl"] += float((ref_kl.detach() * m).sum())
             if alg.entropy_coef > 0:
                 per_tok = per_tok - alg.entropy_coef * ent
             loss = grpo.aggregate(
-                alg.loss_agg, per_tok, loss_masks[k], total_tokens=total_tokens, total_seqs=total_seqs, max_len=settings.max_len
+                alg.loss_agg,
+                per_tok,
+                loss_masks[k] * weight,
+                total_tokens=total_tokens,
+                total_seqs=total_seqs,
+                max_len=settings.max_len,
             )
             loss.backward()
             sums["clip"] += float((clipped.float() * m).sum())
@@ -164,14 +183,21 @@ def update_policy(
                     sums["kl"] += float((grpo.kl_estimate(b.sampler_logprobs, logp.detach(), "k3") * m).sum())
                     sums["diff"] += float(diff.sum())
                     diff_max = max(diff_max, float(diff.max()))
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip))
-        if not math.isfinite(sums["loss"]) or not math.isfinite(grad_norm):
-            raise FloatingPointError(f"non-finite loss {sums['loss']} or grad norm {grad_norm} at step {step}")
+        grad_norm = _clip_grad_norm(model, settings.grad_clip)  # of the whole model, the same on every rank
+        if update == 0:
+            sums = {k: v if k == "clip" else runtime.sum(v) for k, v in sums.items()}  # every rank's share
+            diff_max = runtime.max(diff_max)
+        if not math.isfinite(sums["loss"]) or not math.isfinite(grad_norm):  # global numbers: every rank stops
+            raise FloatingPointError(
+                f"non-finite loss {sums['loss']} or grad norm {grad_norm} at step {step}"
+                + (f" (seen by all {runtime.world_size} processes)" if runtime.distributed else "")
+            )
         pause_point(step, "optimizer")  # fault injection for the resume tests (a no-op otherwise)
         opt.step()
         sched.step()
     opt.zero_grad(set_to_none=True)  # gradients are freed before the generator wakes up
-    n_comp = max(sum(float(b.completion_mask.sum()) for b in batches), 1.0)
+    sums["clip"] = runtime.sum(sums["clip"])
+    n_comp = max(runtime.sum(sum(float(b.completion_mask.sum()) for b in batches)), 1.0)
     return {
         "loss": sums["loss"],
         "kl": (sums["ref_kl"] if ref_model is not None else sums["kl"]) / n_comp,
@@ -184,5 +210,13 @@ def update_policy(
         "tis_capped_frac": sums["tis_capped"] / n_comp,
         "masked_frac": 1.0 - total_seqs / runtime.sum(len(rollouts)),
         "completion_tokens": n_comp,
-        "micro_batches": len(micro),
+        "micro_batches": n_micro,
     }
+
+
+def _clip_grad_norm(model, max_norm: float) -> float:
+    """Clip the gradients to ``max_norm`` in total; the norm before clipping (over all shards when sharded)."""
+    from torch.distributed.tensor import DTensor
+
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)

@@ -67,15 +67,16 @@ def _worker_main(conn: Connection, verifiers: dict[str, Verifier]) -> None:
             conn.send((job_id, v))
 
 
-def resolve_workers(workers: int, reserve: int = 2) -> int:
-    """``verify.workers``: -1 = auto, the cores this process may use minus ``reserve`` (generation and the
-    trainer), at least 2; 0 = no pool; else the number given."""
+def resolve_workers(workers: int, reserve: int = 2, local_ranks: int = 1) -> int:
+    """``verify.workers``: -1 = auto, this process's part of the machine's cores (shared by ``local_ranks``
+    training processes) minus ``reserve`` (generation and the trainer), at least 2 (1 when the machine is
+    shared); 0 = no pool; else the number given (per process)."""
     if workers == -1:
         try:
             cores = len(os.sched_getaffinity(0))
         except AttributeError:  # not Linux
             cores = os.cpu_count() or 2
-        return max(2, cores - reserve)
+        return max(2 if local_ranks == 1 else 1, cores // max(1, local_ranks) - reserve)
     if workers < 0:
         raise ValueError(f"verify.workers={workers}: use -1 (auto), 0 (score in-process) or a number of processes")
     return workers
