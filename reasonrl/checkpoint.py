@@ -44,7 +44,16 @@ log = logging.getLogger("reasonrl.checkpoint")
 
 NAME = re.compile(r"^step_(\d{6,})$")
 # config keys a resumed run may change (prefixes end with "."): nothing here changes what a step computes
-RESUME_MAY_CHANGE = ("max_steps", "resume", "run_dir", "logging.", "checkpoint.", "eval.every", "verify.workers")
+RESUME_MAY_CHANGE = (
+    "max_steps",
+    "resume",
+    "run_dir",
+    "logging.",
+    "checkpoint.",
+    "eval.every",
+    "verify.workers",
+    "verify.overlap",
+)
 
 
 def step_dir(root: Path, step: int) -> Path:

@@ -32,6 +32,40 @@ from reasonrl.runtime import Runtime
 from reasonrl.tasks import with_prompt_info
 from reasonrl.verifiers.scoring import score
 
+
+def _generate(generator, prompt_ids, G, sampling, problems, verifiers, pool, overlap: bool, stats: dict):
+    """(rollouts, verdict rows or None). With a pool (and ``overlap``) each group goes to the pool's workers the
+    moment the generator has it, so checks run while the rest of the step generates; ``verify_s`` then counts
+    only the wait for the checks still running after the last completion."""
+    t = time.perf_counter()
+    if pool is None or not overlap or not _streams(generator):
+        rollouts = generator.generate(prompt_ids, G, sampling)
+        stats["generate_s"] += time.perf_counter() - t
+        return rollouts, None
+    checks, order = pool.stream(only=list(verifiers)), []
+
+    def on_group(group: list[Rollout]) -> None:
+        order.extend(group)
+        checks.add([problems[r.prompt_index] for r in group], [r.text for r in group])
+
+    rollouts = generator.generate(prompt_ids, G, sampling, on_group=on_group)
+    stats["generate_s"] += time.perf_counter() - t
+    t = time.perf_counter()
+    verdicts = {id(r): row for r, row in zip(order, checks.results())}
+    stats["verify_s"] += time.perf_counter() - t
+    return rollouts, [verdicts[id(r)] for r in rollouts]
+
+
+def _streams(generator) -> bool:
+    """Whether ``generator.generate`` hands over groups as they finish (an ``on_group`` parameter)."""
+    import inspect
+
+    try:
+        return "on_group" in inspect.signature(generator.generate).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 REDRAW_SEED_STRIDE = 7919  # redraw r of a step samples with seed + r * stride: fresh, reproducible seeds
 RANK_SEED_STRIDE = 104_729  # rank k samples with seed + k * stride
 
@@ -48,6 +82,7 @@ class GroupPlan:
     max_redraws: int = 0
     overlong_buffer: int = 0
     overlong_coef: float = 1.0
+    overlap: bool = True  # score groups in the pool while generation goes on
 
     @classmethod
     def from_config(cls, cfg) -> "GroupPlan":
@@ -62,6 +97,7 @@ class GroupPlan:
             max_redraws=alg.max_redraws,
             overlong_buffer=alg.overlong_buffer,
             overlong_coef=alg.overlong_coef,
+            overlap=cfg.verify.overlap,
         )
 
 
@@ -96,11 +132,11 @@ def collect_groups(
             texts.append(render(problem))
             problems.append(with_prompt_info(problem, texts[-1]))
         prompt_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        this_sampling = dataclasses.replace(sampling, seed=seed + REDRAW_SEED_STRIDE * attempt)
+        rollouts, rows = _generate(generator, prompt_ids, G, this_sampling, problems, verifiers, pool, plan.overlap, stats)
         t = time.perf_counter()
-        rollouts = generator.generate(prompt_ids, G, dataclasses.replace(sampling, seed=seed + REDRAW_SEED_STRIDE * attempt))
-        stats["generate_s"] += time.perf_counter() - t
-        t = time.perf_counter()
-        scored = score([problems[r.prompt_index] for r in rollouts], [r.text for r in rollouts], verifiers, mask_statuses, pool)
+        scored = score([problems[r.prompt_index] for r in rollouts], [r.text for r in rollouts], verifiers, mask_statuses,
+                       pool, rows=rows)  # fmt: skip
         stats["verify_s"] += time.perf_counter() - t
         rewards = torch.tensor(scored.rewards, dtype=torch.float32)  # (B*G,)
         if overlong_buffer > 0:

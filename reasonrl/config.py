@@ -154,6 +154,7 @@ class VerifyConfig:
     # trainer), at least 2; 0 scores in the trainer's process (no timeouts)
     workers: int = -1
     timeout_s: float = 10.0  # per (completion, verifier) check
+    overlap: bool = True  # with workers: score each group while the rest of the step is still generating
 
 
 @dataclass

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 
@@ -79,12 +79,19 @@ class RolloutBatch:
         return [r.masked for r in self.rollouts]
 
 
+OnGroup = Callable[[list["Rollout"]], None]
+
+
 class Generator(Protocol):
     # True when the logprobs come from the very module the trainer updates (no
     # sampler/trainer mismatch to correct)
     exact_logprobs: bool
 
-    def generate(self, prompt_ids: Sequence[Sequence[int]], n: int, sampling: Sampling) -> list[Rollout]: ...
+    def generate(
+        self, prompt_ids: Sequence[Sequence[int]], n: int, sampling: Sampling, on_group: OnGroup | None = None
+    ) -> list[Rollout]:
+        """All ``n`` completions of every prompt, prompt-major; ``on_group(rollouts)`` is called with each
+        prompt's ``n`` rollouts as soon as they exist (before the call returns), so scoring can start early."""
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Make the next generation use ``model``'s current weights (waking a sleeping engine first)."""
@@ -133,7 +140,9 @@ class HFGenerator:
     def wake_up(self) -> None:
         pass
 
-    def generate(self, prompt_ids: Sequence[Sequence[int]], n: int, sampling: Sampling) -> list[Rollout]:
+    def generate(
+        self, prompt_ids: Sequence[Sequence[int]], n: int, sampling: Sampling, on_group: OnGroup | None = None
+    ) -> list[Rollout]:
         from transformers import GenerationConfig
 
         if sampling.seed is not None:
@@ -165,7 +174,11 @@ class HFGenerator:
             with full_weights(self.model), grad_off, cast:
                 for start in range(0, len(prompt_ids), per_chunk):
                     chunk = prompt_ids[start : start + per_chunk]
-                    out.extend(self._generate_chunk(chunk, start, n, gen_cfg, sampling.temperature))
+                    done = self._generate_chunk(chunk, start, n, gen_cfg, sampling.temperature)
+                    out.extend(done)
+                    if on_group is not None:  # this chunk's groups, while the next chunk generates
+                        for g in range(0, len(done), n):
+                            on_group(done[g : g + n])
         finally:
             self.model.train(was_training)
         return out

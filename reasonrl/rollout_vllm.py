@@ -34,7 +34,7 @@ from typing import Sequence
 
 import torch
 
-from reasonrl.rollout import Rollout, Sampling
+from reasonrl.rollout import OnGroup, Rollout, Sampling
 from reasonrl.sharding import full_tensors
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,7 @@ class VLLMGenerator:
         # parity tests show the synced model is exact, so that one logger is silenced.
         logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
         self._asleep = False
+        self._requests = 0  # request ids of streamed generation
         self.sync_weights(model)  # the policy may differ from the folder (cold start, resumed run)
 
     # ------------------------------------------------------------ weights
@@ -199,7 +200,12 @@ class VLLMGenerator:
             self._asleep = False
 
     # ------------------------------------------------------------ sampling
-    def generate(self, prompt_ids: Sequence[Sequence[int]], n: int, sampling: Sampling) -> list[Rollout]:
+    def generate(
+        self, prompt_ids: Sequence[Sequence[int]], n: int, sampling: Sampling, on_group: OnGroup | None = None
+    ) -> list[Rollout]:
+        """All ``n`` completions of every prompt; with ``on_group``, the engine is stepped here and each prompt's
+        group is handed over the moment its last completion finishes (the same requests, seeds and samples as
+        one ``LLM.generate`` call)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -218,20 +224,39 @@ class VLLMGenerator:
             stop_token_ids=self.stop_token_ids or None,
         )
         prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        if on_group is None:
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+            return [r for i, out in enumerate(outputs) for r in self._group(i, out, prompt_ids)]
+        from vllm.sampling_params import RequestOutputKind
+
+        params.output_kind = RequestOutputKind.FINAL_ONLY  # one output per prompt, when all n are done
+        engine, index = self.llm.llm_engine, {}
+        for i, p in enumerate(prompts):
+            self._requests += 1
+            index[f"reasonrl-{self._requests}"] = i
+            engine.add_request(f"reasonrl-{self._requests}", p, params)
+        groups: dict[int, list[Rollout]] = {}
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.finished and out.request_id in index:
+                    i = index[out.request_id]
+                    groups[i] = self._group(i, out, prompt_ids)
+                    on_group(groups[i])
+        return [r for i in range(len(prompts)) for r in groups[i]]
+
+    @staticmethod
+    def _group(i: int, out, prompt_ids: Sequence[Sequence[int]]) -> list[Rollout]:
         rollouts = []
-        for i, out in enumerate(outputs):
-            for o in out.outputs:
-                toks = list(o.token_ids)
-                lps = _sampled_logprobs(o.logprobs, toks)
-                rollouts.append(
-                    Rollout(
-                        prompt_index=i,
-                        prompt_ids=list(prompt_ids[i]),
-                        completion_ids=toks,
-                        text=o.text,
-                        finish_reason="stop" if o.finish_reason == "stop" else "length",
-                        logprobs=lps,
-                    )
+        for o in out.outputs:
+            toks = list(o.token_ids)
+            rollouts.append(
+                Rollout(
+                    prompt_index=i,
+                    prompt_ids=list(prompt_ids[i]),
+                    completion_ids=toks,
+                    text=o.text,
+                    finish_reason="stop" if o.finish_reason == "stop" else "length",
+                    logprobs=_sampled_logprobs(o.logprobs, toks),
                 )
+            )
         return rollouts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -165,3 +166,89 @@ def test_pool_size_by_default_from_the_machine():
     from conftest import compose
 
     assert compose("train").verify.workers == -1 and compose("eval").verify_workers == -1
+
+
+class Clocked:
+    """Correct when the completion is the answer; records in its verdict when (wall clock) the check ran."""
+
+    def __call__(self, problem, completion):
+        ok = completion.strip() == problem["answer"]
+        return Verdict(float(ok), "correct" if ok else "wrong", {"at": time.time()})
+
+
+def test_a_stream_scores_while_checks_are_still_being_added():
+    """Checks added in three parts with pauses between them (as groups arrive from a generator) are scored
+    during the pauses, come back in the order added, and match a plain run."""
+    problems = [{"answer": str(i)} for i in range(30)]
+    completions = [str(i if i % 4 else i + 1) for i in range(30)]
+    with ScoringPool({"c": Clocked()}, workers=2, timeout_s=5.0) as pool:
+        pool.run(problems[:2], completions[:2])  # workers started
+        checks = pool.stream()
+        last_added = 0.0
+        for part in range(3):
+            checks.add(problems[part * 10 : (part + 1) * 10], completions[part * 10 : (part + 1) * 10])
+            last_added = time.time()
+            time.sleep(0.5)
+        rows = checks.results()
+        plain = pool.run(problems, completions)
+    assert [r["c"].status for r in rows] == [r["c"].status for r in plain]
+    assert [r["c"].status == "correct" for r in rows] == [bool(i % 4) for i in range(30)]
+    first_parts = [r["c"].info["at"] for r in rows[:20]]
+    assert max(first_parts) < last_added  # scored before the last part was even added
+
+
+def test_a_hanging_check_in_a_stream_costs_one_timeout():
+    with ScoringPool({"moody": Moody()}, workers=2, timeout_s=1.0) as pool:
+        checks = pool.stream()
+        checks.add([{"answer": "1"}] * 3, ["1", "hang", "2"])
+        checks.add([{"answer": "3"}], ["3"])
+        t = time.perf_counter()
+        rows = checks.results()
+    assert [r["moody"].status for r in rows] == ["correct", "timeout", "wrong", "correct"]
+    assert time.perf_counter() - t < 5
+
+
+class Parity:
+    """1 when the completion's character codes sum to an even number (varied rewards from random text)."""
+
+    def __call__(self, problem, completion):
+        even = sum(map(ord, completion)) % 2 == 0
+        return Verdict(float(even), "correct" if even else "wrong", {})
+
+
+def test_overlapped_scoring_gives_the_same_batch():
+    """collect_groups with the transformers generator in 4 chunks: scoring each group as it is generated
+    (overlap), after generation (overlap off) and in-process give the same rollouts, rewards and verdicts;
+    with overlap the checks of the first chunk ran before generation ended."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from reasonrl.collect import GroupPlan, collect_groups
+    from reasonrl.rollout import HFGenerator, Sampling
+    from reasonrl.tiny import build_tokenizer
+
+    tok = build_tokenizer(list("0123456789q "), [], vocab_size=64)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1,
+                      num_key_value_heads=1, head_dim=64, pad_token_id=0, bos_token_id=None, eos_token_id=1)  # fmt: skip
+    gen = HFGenerator(LlamaForCausalLM(cfg), tok, batch_size=8)  # 8 prompts x 4 samples: 4 chunks of 2 groups
+    plan = GroupPlan(B=8, G=4, sampling=Sampling(temperature=1.0, max_new_tokens=12))
+    verifiers = {"p": (Parity(), 1.0), "c": (Clocked(), 0.5)}
+
+    def batch(pool, overlap):
+        stream = iter({"question": f"q{i}", "answer": str(i)} for i in range(100))
+        return collect_groups(gen, tok, stream, lambda p: p["question"], verifiers, pool,
+                              dataclasses.replace(plan, overlap=overlap), seed=3)  # fmt: skip
+
+    with ScoringPool({name: v for name, (v, _) in verifiers.items()}, workers=2, timeout_s=5.0) as pool:
+        pool.run([{"answer": "1"}], ["1"])  # workers started
+        t = time.time()
+        on = batch(pool, True)
+        generated_by = t + on.stats["generate_s"]
+        off = batch(pool, False)
+    local = batch(None, False)
+    key = [(r.completion_ids, r.reward, r.masked, {k: v.status for k, v in r.verdicts.items()}) for r in on.rollouts]
+    assert key == [(r.completion_ids, r.reward, r.masked, {k: v.status for k, v in r.verdicts.items()}) for r in off.rollouts]
+    assert key == [(r.completion_ids, r.reward, r.masked, {k: v.status for k, v in r.verdicts.items()}) for r in local.rollouts]
+    assert len({r.reward for r in on.rollouts}) > 1
+    assert min(r.verdicts["c"].info["at"] for r in on.rollouts) < generated_by

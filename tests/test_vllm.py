@@ -83,6 +83,22 @@ def test_rollouts_follow_the_protocol(engine):
     assert [r.completion_ids for r in again] == [r.completion_ids for r in ro]
 
 
+def test_streamed_groups_are_the_one_call_samples(engine):
+    """With on_group the engine is stepped by the generator and each group handed over when its last completion
+    ends: every group once, complete, and the same samples as one LLM.generate call with the same seed."""
+    from reasonrl.rollout import Sampling
+
+    model, tok, gen = engine
+    sampling = Sampling(temperature=1.0, max_new_tokens=24, seed=5)
+    whole = gen.generate(_prompts(tok, 6), 4, sampling)
+    seen = []
+    streamed = gen.generate(_prompts(tok, 6), 4, sampling, on_group=lambda g: seen.append([r.prompt_index for r in g]))
+    assert sorted(seen) == [[i] * 4 for i in range(6)]
+    assert [(r.prompt_index, r.completion_ids, r.logprobs) for r in streamed] == [
+        (r.prompt_index, r.completion_ids, r.logprobs) for r in whole
+    ]
+
+
 def test_logprob_parity_after_optimizer_steps(engine):
     model, tok, gen = engine
     for _ in range(3):

@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import queue
+import threading
 import time
 from collections import deque
 from multiprocessing.connection import Connection, wait
@@ -130,59 +132,14 @@ class ScoringPool:
     ) -> list[dict[str, Verdict | None]]:
         """One dict of verdicts per completion (None where a verifier does not apply), from every verifier
         of the pool or the ``only`` ones named."""
-        self._run_id += 1
-        for w in self._workers:
-            w.has = set()
-        keys: dict[int, int] = {}  # id(problem) -> key: completions of one group share their problem object
-        self._problems = {}
-        names = list(self.verifiers) if only is None else list(only)
-        unknown = [n for n in names if n not in self.verifiers]
-        if unknown:
-            raise KeyError(f"verifiers {unknown} are not in this scoring pool ({sorted(self.verifiers)})")
-        jobs = {}
-        self._deadlines: dict[int, float] = {}
-        for i, (p, c) in enumerate(zip(problems, completions, strict=True)):
-            key = keys.setdefault(id(p), len(keys))
-            self._problems[key] = p
-            for name in names:
-                self._deadlines[len(jobs)] = self._job_deadline(name, p)
-                jobs[len(jobs)] = (i, name, key, c)
-        results: dict[int, Verdict | None] = {}
-        todo = deque(jobs)
-        while len(results) < len(jobs):
-            now = time.monotonic()
-            for w in self._workers:  # top up idle workers
-                while todo and len(w.queue) < CHUNK // 2:
-                    batch = [todo.popleft() for _ in range(min(CHUNK, len(todo)))]
-                    self._send(w, [(j, *jobs[j][1:]) for j in batch], now)
-            live = [w.conn for w in self._workers if w.queue or not w.ready]
-            nearest = min((w.deadline for w in self._workers if w.queue or not w.ready), default=now + self.timeout_s)
-            for conn in wait(live, timeout=max(0.0, nearest - time.monotonic())):
-                w = next(x for x in self._workers if x.conn is conn)
-                try:
-                    while conn.poll():
-                        job_id, verdict = conn.recv()
-                        if (job_id, verdict) == _READY:
-                            w.ready = True
-                            w.deadline = time.monotonic() + self._head_deadline(w)
-                            continue
-                        results[job_id] = verdict
-                        w.queue.remove(job_id)
-                        w.deadline = time.monotonic() + self._head_deadline(w)
-                except (EOFError, OSError):
-                    self._replace(w, results, todo, Verdict(0.0, "error", {"worker_died": 1}))
-            now = time.monotonic()
-            for w in list(self._workers):
-                if w.queue and not w.ready and now > w.deadline:
-                    self._replace(w, results, todo, Verdict(0.0, "error", {"worker_start_timeout_s": STARTUP_TIMEOUT_S}))
-                elif w.queue and now > w.deadline:
-                    self._replace(w, results, todo, Verdict(0.0, "timeout", {"timeout_s": self._head_deadline(w)}))
-                elif w.queue and not w.proc.is_alive() and not w.conn.poll():
-                    self._replace(w, results, todo, Verdict(0.0, "error", {"worker_died": 1}))
-        out: list[dict[str, Verdict | None]] = [{} for _ in completions]
-        for j, (i, name, _, _) in jobs.items():
-            out[i][name] = results[j]
-        return out
+        checks = ScoringRun(self, only)
+        checks.add(problems, completions)
+        return checks.results()
+
+    def stream(self, only: Sequence[str] | None = None) -> "ScoringRun":
+        """A run whose checks are added while it goes (``add`` as each group is generated) and scored in the
+        background meanwhile; ``results()`` waits for the rest. One run at a time per pool."""
+        return ScoringRun(self, only, background=True)
 
     def _job_deadline(self, name: str, problem: Mapping[str, Any]) -> float:
         """verify.timeout_s, or longer where the verifier declares that this problem's check needs it."""
@@ -233,3 +190,128 @@ class ScoringPool:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class ScoringRun:
+    """One batch of checks on a pool, which may grow while it runs.
+
+    ``add(problems, completions)`` queues checks (every named verifier on each completion); ``results()``
+    returns one verdict dict per completion, in the order added. With ``background`` the pool's loop (top up
+    the workers, collect verdicts, enforce deadlines, replace workers) runs in a thread from the start, so
+    checks proceed while the caller generates; otherwise it runs inside ``results()``. All pool state is
+    touched by that one loop only; ``add`` hands its checks over through a queue.
+    """
+
+    POLL_S = 0.05  # how soon a background loop notices newly added checks
+
+    def __init__(self, pool: ScoringPool, only: Sequence[str] | None = None, background: bool = False):
+        self.pool = pool
+        self.names = list(pool.verifiers) if only is None else list(only)
+        unknown = [n for n in self.names if n not in pool.verifiers]
+        if unknown:
+            raise KeyError(f"verifiers {unknown} are not in this scoring pool ({sorted(pool.verifiers)})")
+        pool._run_id += 1
+        for w in pool._workers:
+            w.has = set()
+        pool._problems, pool._deadlines = {}, {}
+        self.keys: dict[int, int] = {}  # id(problem) -> key: completions of one group share their problem object
+        self.held: list[Any] = []  # the problems themselves, so their ids stay theirs while the run lives
+        self.jobs: dict[int, tuple[int, str, int, str]] = {}  # job id -> (completion index, verifier, key, text)
+        self.results_: dict[int, Verdict | None] = {}
+        self.todo: deque = deque()
+        self.n = 0  # completions added so far
+        self.incoming: queue.SimpleQueue = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self.thread = None
+        if background:
+            self.thread = threading.Thread(target=self._drive_safely, name="scoring-pool", daemon=True)
+            self.thread.start()
+
+    def add(self, problems: Sequence[Mapping[str, Any]], completions: Sequence[str]) -> None:
+        if len(problems) != len(completions):
+            raise ValueError(f"{len(problems)} problems for {len(completions)} completions")
+        self.incoming.put((list(problems), list(completions)))
+
+    def results(self) -> list[dict[str, Verdict | None]]:
+        self.incoming.put(None)  # nothing more will be added
+        if self.thread is None:
+            self._drive()
+        else:
+            self.thread.join()
+            if self.error is not None:
+                raise self.error
+        out: list[dict[str, Verdict | None]] = [{} for _ in range(self.n)]
+        for j, (i, name, _, _) in self.jobs.items():
+            out[i][name] = self.results_[j]
+        return out
+
+    def _drive_safely(self) -> None:
+        try:
+            self._drive()
+        except BaseException as e:  # re-raised in the caller's thread by results()
+            self.error = e
+
+    def _take(self, block: bool) -> bool:
+        """Move added checks into the job list; False once the caller said nothing more will come."""
+        pool, more = self.pool, True
+        while True:
+            try:
+                item = self.incoming.get(block=block, timeout=self.POLL_S if block else None)
+            except queue.Empty:
+                return more
+            block = False
+            if item is None:
+                more = False
+                continue
+            for p, c in zip(*item):
+                key = self.keys.setdefault(id(p), len(self.keys))
+                if key == len(self.held):
+                    self.held.append(p)
+                    pool._problems[key] = p
+                for name in self.names:
+                    pool._deadlines[len(self.jobs)] = pool._job_deadline(name, p)
+                    self.todo.append(len(self.jobs))
+                    self.jobs[len(self.jobs)] = (self.n, name, key, c)
+                self.n += 1
+
+    def _drive(self) -> None:
+        pool, jobs, results, todo = self.pool, self.jobs, self.results_, self.todo
+        open_ = True
+        while open_ or len(results) < len(jobs):
+            idle = len(results) == len(jobs)
+            if open_:
+                open_ = self._take(block=idle)  # nothing to watch: wait for checks (or the end)
+                if len(results) == len(jobs):
+                    continue
+            now = time.monotonic()
+            for w in pool._workers:  # top up idle workers
+                while todo and len(w.queue) < CHUNK // 2:
+                    batch = [todo.popleft() for _ in range(min(CHUNK, len(todo)))]
+                    pool._send(w, [(j, *jobs[j][1:]) for j in batch], now)
+            live = [w.conn for w in pool._workers if w.queue or not w.ready]
+            nearest = min((w.deadline for w in pool._workers if w.queue or not w.ready), default=now + pool.timeout_s)
+            wait_s = max(0.0, nearest - time.monotonic())
+            if open_:
+                wait_s = min(wait_s, self.POLL_S)  # new checks may arrive meanwhile
+            for conn in wait(live, timeout=wait_s):
+                w = next(x for x in pool._workers if x.conn is conn)
+                try:
+                    while conn.poll():
+                        job_id, verdict = conn.recv()
+                        if (job_id, verdict) == _READY:
+                            w.ready = True
+                            w.deadline = time.monotonic() + pool._head_deadline(w)
+                            continue
+                        results[job_id] = verdict
+                        w.queue.remove(job_id)
+                        w.deadline = time.monotonic() + pool._head_deadline(w)
+                except (EOFError, OSError):
+                    pool._replace(w, results, todo, Verdict(0.0, "error", {"worker_died": 1}))
+            now = time.monotonic()
+            for w in list(pool._workers):
+                if w.queue and not w.ready and now > w.deadline:
+                    pool._replace(w, results, todo, Verdict(0.0, "error", {"worker_start_timeout_s": STARTUP_TIMEOUT_S}))
+                elif w.queue and now > w.deadline:
+                    pool._replace(w, results, todo, Verdict(0.0, "timeout", {"timeout_s": pool._head_deadline(w)}))
+                elif w.queue and not w.proc.is_alive() and not w.conn.poll():
+                    pool._replace(w, results, todo, Verdict(0.0, "error", {"worker_died": 1}))

@@ -32,9 +32,13 @@ def score(
     verifiers: Mapping[str, tuple[Verifier, float]],
     mask_statuses: Sequence[str] = ("timeout", "error"),
     pool=None,
+    rows: Sequence[dict[str, Verdict | None]] | None = None,
 ) -> Scored:
-    """Score completion i against problems[i] with every verifier (in ``pool`` when given)."""
-    if pool is not None:
+    """Score completion i against problems[i] with every verifier (in ``pool`` when given), or turn verdict
+    ``rows`` already obtained (one dict per completion) into rewards and masks."""
+    if rows is not None:
+        rows = list(rows)
+    elif pool is not None:
         rows = pool.run(problems, completions, only=list(verifiers))
     else:
         rows = [{name: _call(v, p, c) for name, (v, _) in verifiers.items()} for p, c in zip(problems, completions, strict=True)]
