@@ -8,7 +8,7 @@ Configs (as in the issue):
      tokenizer), arithmetic prompts, 16 prompts x 8 samples x 64 new tokens; transformers generation on both sides
   b  SmolLM2-135M-Instruct on GSM8K training prompts, 8 prompts x 4 samples x 256 new tokens; each side's fastest
      generator here (reasonrl: vLLM; TRL: transformers generation, its vLLM modes need a server or a
-     distributed launch of TRL's own)
+     distributed launch of TRL's own); TRL's side is the same work as in c and is measured once for both
   c  as b, both on transformers generation
 Identical on both sides: the model folder, the prompts in the same order (TRL's dataset is the next problems of a
 copy of reasonrl's stream, unshuffled), the reward (reasonrl's answer verifier called on each completion: exact
@@ -42,9 +42,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 TRL_VERSION = "1.16.0"
 CONFIGS = {
-    "a": dict(model="tiny-qwen2", task="arith", B=16, G=8, new_tokens=64, lr=1e-4, ours_generator="hf"),
-    "b": dict(model="smollm2", task="gsm8k", B=8, G=4, new_tokens=256, lr=1e-6, ours_generator="vllm"),
-    "c": dict(model="smollm2", task="gsm8k", B=8, G=4, new_tokens=256, lr=1e-6, ours_generator="hf"),
+    # micro: sequences per forward/backward (SmolLM2 at 32 x ~400 tokens in one float32 pass needs over 20 GB)
+    "a": dict(model="tiny-qwen2", task="arith", B=16, G=8, new_tokens=64, lr=1e-4, micro=128, ours_generator="hf"),
+    "b": dict(model="smollm2", task="gsm8k", B=8, G=4, new_tokens=256, lr=1e-6, micro=4, ours_generator="vllm"),
+    "c": dict(model="smollm2", task="gsm8k", B=8, G=4, new_tokens=256, lr=1e-6, micro=4, ours_generator="hf"),
 }
 
 
@@ -92,6 +93,7 @@ def overrides(c: dict, model_dir: str, generator: str) -> list[str]:
         f"rollout.prompts_per_step={c['B']}",
         f"rollout.samples_per_prompt={c['G']}",
         f"rollout.max_new_tokens={c['new_tokens']}",
+        f"rollout.micro_batch_size={c['micro']}",
         "rollout.temperature=1.0",
         "algorithm.kl_coef=0.0",
         "algorithm.loss_agg=token_mean",
@@ -161,13 +163,15 @@ def run_trl(c: dict, model_dir: str, steps: int, run_dir: Path) -> dict:
 
     tok = AutoTokenizer.from_pretrained(model_path)
     args = GRPOConfig(
-        output_dir=str(run_dir / "trl"), per_device_train_batch_size=c["B"] * c["G"], num_generations=c["G"],
+        output_dir=str(run_dir / "trl"), per_device_train_batch_size=c["micro"], num_generations=c["G"],
         max_completion_length=c["new_tokens"], temperature=1.0, top_p=1.0, beta=0.0, learning_rate=c["lr"],
         lr_scheduler_type="constant", warmup_steps=0, max_steps=steps + 1, num_iterations=1, loss_type="dapo",
         scale_rewards="group", use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False,
-        logging_steps=1, report_to=[], save_strategy="no", shuffle_dataset=False, gradient_accumulation_steps=1,
+        logging_steps=1, report_to=[], save_strategy="no", shuffle_dataset=False,
+        gradient_accumulation_steps=c["B"] * c["G"] // c["micro"],
         dataloader_num_workers=0, seed=0, disable_dropout=True, log_completions=False,
     )  # fmt: skip
+    # micro-batches of c["micro"] completions accumulated over one generation batch: one optimizer step per step
     times: list[float] = []
     gen: list[float] = []
     lengths: list[float] = []
@@ -195,9 +199,10 @@ def run_trl(c: dict, model_dir: str, steps: int, run_dir: Path) -> dict:
     return {"step_s": times[1:], "gen_score_s": gen[1:], "tokens": lengths[1:], "reward": []}
 
 
-def child(which: str, config: str, model_dir: str, steps: int, out: str) -> None:
+def child(which: str, config: str, model_dir: str, steps: str, out: str) -> None:
     import torch
 
+    steps = int(steps)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     c = CONFIGS[config]
     with tempfile.TemporaryDirectory() as tmp:
@@ -227,6 +232,11 @@ def main() -> None:
             got: dict[str, list[dict]] = {"ours": [], "trl": []}
             for r in range(args.rounds):
                 for which in ("ours", "trl") if r % 2 == 0 else ("trl", "ours"):
+                    # b and c give TRL the same work (its transformers generation): measured once, shown for both
+                    twin = f"{'c' if config == 'b' else 'b'}-trl-{r}.json"
+                    if which == "trl" and (Path(tmp) / twin).exists():
+                        got[which].append(json.loads((Path(tmp) / twin).read_text()))
+                        continue
                     out = Path(tmp) / f"{config}-{which}-{r}.json"
                     t = time.time()
                     cmd = [sys.executable, __file__, "--child", which, config, model_dir, str(args.steps), str(out)]

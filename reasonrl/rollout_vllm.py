@@ -186,6 +186,14 @@ class VLLMGenerator:
             self._asleep = False
         self.llm.reset_prefix_cache()
 
+    def close(self) -> None:
+        """Under torchrun: tear down the engine's process groups now (its own finalizer would try after the
+        trainer has destroyed the world group, and fail); in one process nothing is needed."""
+        if launcher_settings():
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+            cleanup_dist_env_and_memory()
+
     def sleep(self) -> None:
         """Free the engine's GPU memory while the policy trains: level 2 drops the weights too (a sync replaces
         them anyway) and the KV cache (no-op on CPU)."""

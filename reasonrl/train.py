@@ -510,6 +510,9 @@ class GRPOTrainer:
                 self.logger.log_samples(samples)
 
     def close(self) -> None:
+        close = getattr(getattr(self, "generator", None), "close", None)
+        if close is not None:  # an engine's teardown, while the process group it built on still exists
+            close()
         if self.pool is not None:
             self.pool.close()
             self.pool = None

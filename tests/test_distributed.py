@@ -150,3 +150,22 @@ def test_prompts_must_divide_among_the_processes(tmp_path):
     res, _ = torchrun([*TRAIN, f"run_dir={tmp_path / 'r'}", "rollout.prompts_per_step=7"], cwd=tmp_path, timeout=300)
     assert res.returncode != 0
     assert "7 prompts per step (rollout.prompts_per_step) do not divide among 2 processes" in res.stderr + res.stdout
+
+
+def test_a_two_process_run_with_one_vllm_engine_per_rank(tmp_path):
+    """generator=vllm under torchrun: one engine per rank (vLLM's external launcher, data-parallel engines), weights
+    gathered tensor by tensor into each after every step; the run ends cleanly (the engines' groups torn down
+    before the trainer's)."""
+    from reasonrl.rollout_vllm import vllm_available
+
+    ok, reason = vllm_available()
+    if not ok:
+        pytest.skip(reason)
+    run = tmp_path / "run"
+    res, _ = torchrun([*TRAIN, f"run_dir={run}", "generator=vllm", "max_steps=2", "eval.every=2", "checkpoint.every=0"],
+                      cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "Traceback" not in res.stderr
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert all(r["sampling/logprob_diff_max"] < 1e-3 for r in rows[1:])  # each engine samples with the synced weights
