@@ -105,7 +105,10 @@ class Runtime:
             print(*args, **{"flush": True, **kwargs})
 
     def close(self) -> None:
+        """Leave the process group, after every rank got here (a rank tearing gloo down while its peer still
+        finishes the last collective aborts the peer)."""
         if self.distributed and torch.distributed.is_initialized():
+            torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
     def _comm_device(self) -> torch.device:

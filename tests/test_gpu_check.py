@@ -25,4 +25,5 @@ def test_gpu_check_dry_run(tmp_path):
             assert step["gen_tokens_per_s"] > 0 and step["train_tokens_per_s"] > 0 and step["mfu"] > 0  # CPU peak is rough
             assert step["completion_len"] > 0
     assert report["matmul_peak_tflops"] > 0
-    assert "| tiny |" in (tmp_path / "gpu_check.md").read_text() and "| tiny |" in out.stdout.splitlines()[-1]
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert "| tiny |" in table and "| tiny fsdp |" in table and "| tiny fsdp |" in out.stdout.splitlines()[-1]
