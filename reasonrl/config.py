@@ -120,6 +120,8 @@ class RolloutConfig:
     max_new_tokens: int = 48
     micro_batch_size: int = 256  # sequences per micro-batch at most
     max_tokens_per_micro_batch: int = 16384  # and padded tokens per micro-batch at most (0: no token budget)
+    # where to cut the length-sorted batch: fewest (padded tokens + pass_cost_tokens x passes); null: fewest passes
+    pass_cost_tokens: Optional[float] = 128
 
 
 @dataclass
@@ -181,6 +183,7 @@ class SFTConfig:
     batch_size: int = 32
     micro_batch_size: int = 0  # sequences per micro-batch at most (0: the whole batch); gradients accumulate
     max_tokens_per_micro_batch: int = 16384  # and padded tokens per micro-batch at most
+    pass_cost_tokens: Optional[float] = 128  # as rollout.pass_cost_tokens
     eval_every: int = 50
     optim: OptimConfig = field(default_factory=_sft_optim(1e-3, 10))
 

@@ -25,10 +25,10 @@ def main(cfg) -> dict[str, Any]:
     from reasonrl.evals.harness import training_eval
     from reasonrl.metrics import RunLogger
     from reasonrl.models import load_policy
-    from reasonrl.policy import save_checkpoint
+    from reasonrl.policy import compute_dtype, save_checkpoint
     from reasonrl.rollout import HFGenerator
     from reasonrl.runs import announce, open_run_dir, write_summary
-    from reasonrl.sft import demonstration_accuracy, demonstrations, train_sft
+    from reasonrl.sft import demonstration_accuracy, demonstrations, micro_batching, train_sft
     from reasonrl.tasks import get_task, problem_source
     from reasonrl.verifiers import load
 
@@ -63,6 +63,8 @@ def main(cfg) -> dict[str, Any]:
         eval_every=cfg.sft.eval_every,
         log_fn=logger.log,
         progress=cfg.logging.progress,
+        compute_dtype=compute_dtype(cfg.model.compute_dtype, next(model.parameters()).device),
+        **micro_batching(cfg.sft),
     )
     logger.close()
     final = run_dir / "checkpoints" / "final"

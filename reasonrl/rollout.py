@@ -186,6 +186,8 @@ class HFGenerator:
     def _generate_chunk(self, chunk, offset: int, n: int, gen_cfg, temperature: float) -> list[Rollout]:
         from transformers import LogitsProcessorList
 
+        from reasonrl.kvcache import preallocated_cache
+
         pad, stops = self.tokenizer.pad_token_id, set(self.stop_ids)
         width = max(len(p) for p in chunk)
         device = next(self.model.parameters()).device
@@ -200,6 +202,7 @@ class HFGenerator:
             attention_mask=mask.to(device),
             generation_config=gen_cfg,
             logits_processor=LogitsProcessorList([recorder]),
+            **preallocated_cache(self.model, width + gen_cfg.max_new_tokens),
         )
         new = res.sequences[:, width:]  # (len(chunk)*n, steps)
         lp = recorder.finish(new).cpu()  # (len(chunk)*n, steps)

@@ -53,6 +53,7 @@ def sft_backward(
     max_seqs: int,
     max_tokens: int,
     compute_dtype: torch.dtype = torch.float32,
+    pass_cost: float | None = None,
 ) -> torch.Tensor:
     """Backward of the mean next-token loss over the batch's completion tokens, micro-batch by micro-batch
     (gradients accumulate); returns the loss (detached)."""
@@ -62,7 +63,7 @@ def sft_backward(
     device = next(model.parameters()).device
     total = sum(len(c) for _, c in batch)
     loss_sum = torch.zeros((), device=device)
-    for idx in plan_micro_batches([len(p) + len(c) for p, c in batch], max_seqs, max_tokens):
+    for idx in plan_micro_batches([len(p) + len(c) for p, c in batch], max_seqs, max_tokens, pass_cost):
         ids, mask, labels = (t.to(device) for t in collate([batch[i] for i in idx], pad_id))
         targets = (labels[:, 1:] != -100).float()  # (n, L-1): completion tokens (and their eos)
         with autocast(device, compute_dtype):
@@ -71,6 +72,15 @@ def sft_backward(
         loss.backward()
         loss_sum += loss.detach()
     return loss_sum
+
+
+def micro_batching(node: Any) -> dict[str, Any]:
+    """:func:`train_sft`'s micro-batch keywords from an SFT config node (``sft`` or ``cold_start``)."""
+    return {
+        "micro_batch_size": node.micro_batch_size,
+        "max_tokens_per_micro_batch": node.max_tokens_per_micro_batch,
+        "pass_cost_tokens": node.pass_cost_tokens,
+    }
 
 
 def train_sft(
@@ -90,11 +100,13 @@ def train_sft(
     progress: bool = True,
     micro_batch_size: int = 0,
     max_tokens_per_micro_batch: int = 16384,
+    pass_cost_tokens: float | None = 128,
     compute_dtype: torch.dtype = torch.float32,
 ) -> dict[str, Any]:
     """Train ``model`` in place; returns {"steps", "evals", "loss"}. Each step's batch is cut into micro-batches
     (at most ``micro_batch_size`` sequences, 0 for no cap, and ``max_tokens_per_micro_batch`` padded tokens, each
-    padded to its own longest) whose gradients accumulate; the loss is the mean over the batch's completion tokens,
+    padded to its own longest, cut where :func:`reasonrl.update.plan_micro_batches` finds the least padding for
+    ``pass_cost_tokens``) whose gradients accumulate; the loss is the mean over the batch's completion tokens,
     computed from the final hidden states in blocks (no (tokens x vocabulary) tensor)."""
     from tqdm import tqdm
 
@@ -126,6 +138,7 @@ def train_sft(
             micro_batch_size or len(idx),
             max_tokens_per_micro_batch,
             compute_dtype,
+            pass_cost_tokens,
         )
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{desc}: non-finite loss {loss.item()} at step {step}")

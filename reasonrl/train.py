@@ -175,7 +175,7 @@ class GRPOTrainer:
 
     def _cold_start(self) -> None:
         """SFT on demonstrations before RL; the held-out numbers before it go into the summary."""
-        from reasonrl.sft import demonstration_accuracy, demonstrations, train_sft
+        from reasonrl.sft import demonstration_accuracy, demonstrations, micro_batching, train_sft
 
         cfg = self.cfg
         rows = demonstrations(
@@ -212,6 +212,8 @@ class GRPOTrainer:
             seed=cfg.seed,
             desc="cold-start sft",
             progress=cfg.logging.progress,
+            compute_dtype=self.compute_dtype,
+            **micro_batching(cfg.cold_start),
         )
         self.save(self.run_dir / "checkpoints" / "sft")
 

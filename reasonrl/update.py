@@ -36,6 +36,7 @@ class UpdateSettings:
     temperature: float = 1.0  # the sampling temperature (logprobs are taken under it)
     micro_batch_size: int = 256  # sequences per micro-batch at most
     max_tokens_per_micro_batch: int = 0  # and (when > 0) padded tokens per micro-batch at most
+    pass_cost_tokens: float | None = None  # a pass's cost beyond its tokens (see plan_micro_batches); None: fewest passes
     max_len: int = 64  # the generation limit (Dr. GRPO's normaliser)
     grad_clip: float = 1.0
     use_tis: bool = False  # truncated importance sampling toward the sampler's logprobs
@@ -50,6 +51,7 @@ class UpdateSettings:
             temperature=ro.temperature if ro.temperature > 0 else 1.0,
             micro_batch_size=ro.micro_batch_size,
             max_tokens_per_micro_batch=ro.max_tokens_per_micro_batch,
+            pass_cost_tokens=ro.pass_cost_tokens,
             max_len=ro.max_new_tokens,
             grad_clip=cfg.optim.grad_clip,
             use_tis=use_tis,
@@ -57,19 +59,37 @@ class UpdateSettings:
         )
 
 
-def plan_micro_batches(lengths: Sequence[int], max_seqs: int, max_tokens: int = 0) -> list[list[int]]:
-    """Indices of each micro-batch: sequences sorted by length (longest first), cut so that a micro-batch holds
-    at most ``max_seqs`` sequences and, when ``max_tokens`` > 0, at most that many tokens once padded to its
-    own longest sequence (a sequence longer than the budget goes alone)."""
+def plan_micro_batches(
+    lengths: Sequence[int], max_seqs: int, max_tokens: int = 0, pass_cost: float | None = None
+) -> list[list[int]]:
+    """Indices of each micro-batch: sequences sorted by length (longest first) and cut into runs, each padded to
+    its own longest sequence, holding at most ``max_seqs`` sequences and, when ``max_tokens`` > 0, at most that
+    many padded tokens (a sequence longer than the budget goes alone).
+
+    Where to cut is chosen to minimise ``padded tokens + pass_cost x passes`` (dynamic programming over the
+    sorted order): ``pass_cost`` is what one forward/backward pass costs beyond its tokens, in tokens. A batch
+    whose lengths spread widely then runs as several short passes instead of one mostly padded one; None means
+    the fewest passes the caps allow (with the least padding among those)."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    sl = [lengths[i] for i in order]
+    n = len(sl)
+    best: list[tuple[float, ...]] = [(0.0, 0.0)] + [(math.inf, math.inf)] * n  # cost of the first i sequences
+    cut = [0] * (n + 1)  # where the last run of the best plan for the first i sequences starts
+    for i in range(1, n + 1):
+        for j in range(i - 1, -1, -1):  # the last run is sorted[j:i], padded to sl[j]; later starts win ties
+            k, padded = i - j, (i - j) * sl[j]
+            if k > max_seqs or (k > 1 and max_tokens > 0 and padded > max_tokens):
+                break  # a longer run only grows (sl[j] rises as j falls)
+            prev = best[j]
+            cost = (prev[0] + 1, prev[1] + padded) if pass_cost is None else (prev[0] + padded + pass_cost, 0.0)
+            if cost < best[i]:
+                best[i], cut[i] = cost, j
     out: list[list[int]] = []
-    for i in order:
-        cur = out[-1] if out else None
-        if cur is not None and len(cur) < max_seqs and (max_tokens <= 0 or (len(cur) + 1) * lengths[cur[0]] <= max_tokens):
-            cur.append(i)
-        else:
-            out.append([i])
-    return out
+    i = n
+    while i > 0:
+        out.append(order[cut[i] : i])
+        i = cut[i]
+    return out[::-1]
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
@@ -115,7 +135,7 @@ def update_policy(
     adv = everyone[runtime.rank * len(rollouts) : (runtime.rank + 1) * len(rollouts)].to(device)  # (N,)
     surrogate = grpo.get_policy_loss(alg.policy_loss)
     lengths = [len(r.prompt_ids) + len(r.completion_ids) for r in rollouts]
-    micro = plan_micro_batches(lengths, settings.micro_batch_size, settings.max_tokens_per_micro_batch)
+    micro = plan_micro_batches(lengths, settings.micro_batch_size, settings.max_tokens_per_micro_batch, settings.pass_cost_tokens)
     batches = [pack([rollouts[i] for i in idx], settings.pad_id).to(device) for idx in micro]
     keeps = [torch.tensor([keep_flags[i] for i in idx], dtype=torch.float32, device=device)[:, None] for idx in micro]
     loss_masks = [b.completion_mask * k for b, k in zip(batches, keeps)]  # (n, L_k - 1) each

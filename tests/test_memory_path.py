@@ -127,6 +127,43 @@ def test_generation_records_the_same_logprobs_a_forward_pass_gives():
             assert torch.allclose(torch.tensor(r.logprobs), want, atol=1e-5), (temperature, r.logprobs, want.tolist())
 
 
+@pytest.mark.parametrize("capacity", [None, 3])  # None: the generator's own (no growth); 3: doubles as it goes
+def test_the_in_place_kv_cache_samples_what_the_concatenating_one_does(capacity):
+    from transformers import GenerationConfig
+
+    from reasonrl.kvcache import BufferedLayer, preallocated_cache
+    from reasonrl.rollout import HFGenerator, Sampling
+
+    class Tok:
+        pad_token_id, eos_token_id = 0, 1
+
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(map(str, ids))
+
+    model = model_of(300, layers=2).eval()
+    prompts = [[5, 6, 7], [9, 10], [11, 12, 13, 14, 15, 16]]  # unequal: left padding in the batch
+    ids = torch.tensor([[0] * (6 - len(p)) + p for p in prompts])
+    cfg = GenerationConfig(do_sample=True, temperature=1.0, top_k=None, max_new_tokens=20, pad_token_id=0, eos_token_id=1,
+                           num_return_sequences=3, return_dict_in_generate=True, output_logits=True)  # fmt: skip
+    runs = []
+    for cache in ({}, preallocated_cache(model, capacity or 26)):
+        torch.manual_seed(7)
+        with torch.no_grad():
+            runs.append(model.generate(input_ids=ids, attention_mask=(ids != 0).long(), generation_config=cfg, **cache))
+        if cache:
+            layers = cache["past_key_values"].layers
+            assert all(isinstance(layer, BufferedLayer) for layer in layers)
+            assert layers[0]._k.shape[2] == (26 if capacity is None else 30)  # 3: 6 (the prefill), 14, 30
+    plain, buffered = runs
+    assert torch.equal(plain.sequences, buffered.sequences)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(plain.logits, buffered.logits))
+    # the generator uses it: the same seed gives the plain generate's samples
+    ros = HFGenerator(model, Tok()).generate(prompts, 3, Sampling(temperature=1.0, max_new_tokens=20, seed=7))
+    for row, r in enumerate(ros):
+        want = plain.sequences[row, 6:].tolist()
+        assert r.completion_ids == want[: len(r.completion_ids)]
+
+
 def test_float32_master_weights_under_bfloat16_compute_change_every_element():
     """One AdamW step at lr 1e-6 moves >= 99% of every matrix when the weights are float32, even though the
     forward runs in bfloat16; bfloat16 weights (refused unless asked for by name) keep most elements as they were."""
@@ -179,9 +216,51 @@ def test_micro_batches_by_token_budget():
 
     lengths = [10, 50, 20, 50, 5, 30]
     plan = plan_micro_batches(lengths, max_seqs=8, max_tokens=100)
-    assert plan == [[1, 3], [5, 2, 0], [4]]  # longest first; each padded to its own longest: 100, 90, 5 tokens
+    # longest first, each padded to its own longest; of the 3-pass plans the least padded: 100 + 60 + 20 tokens
+    # (filling greedily, [[1, 3], [5, 2, 0], [4]], pads to 100 + 90 + 5)
+    assert plan == [[1, 3], [5, 2], [0, 4]]
     assert plan_micro_batches(lengths, max_seqs=2) == [[1, 3], [5, 2], [0, 4]]
     assert plan_micro_batches([500, 10], max_seqs=8, max_tokens=100) == [[0], [1]]  # too long for the budget: alone
+
+
+def test_micro_batch_cuts_are_the_cheapest_contiguous_runs_of_the_sorted_batch():
+    import itertools
+    import random
+
+    from reasonrl.update import plan_micro_batches
+
+    def cost(plan, lengths, pass_cost):
+        return sum(len(mb) * max(lengths[i] for i in mb) for mb in plan) + pass_cost * len(plan)
+
+    # one 60-token sequence among 3-token ones: one pass pads 7 x 57 tokens; two passes cost one pass more
+    lengths = [3, 60, 3, 3, 3, 3, 3, 3]
+    assert plan_micro_batches(lengths, max_seqs=8, pass_cost=None) == [[1, 0, 2, 3, 4, 5, 6, 7]]
+    assert plan_micro_batches(lengths, max_seqs=8, pass_cost=128) == [[1], [0, 2, 3, 4, 5, 6, 7]]
+    assert plan_micro_batches(lengths, max_seqs=8, pass_cost=500) == [[1, 0, 2, 3, 4, 5, 6, 7]]  # padding is cheaper
+    rng = random.Random(0)
+    for _ in range(200):  # against every way of cutting the sorted order (n <= 7: 64 ways at most)
+        n = rng.randint(1, 7)
+        lengths = [rng.randint(1, 40) for _ in range(n)]
+        max_seqs, max_tokens, pass_cost = rng.randint(1, 7), rng.choice([0, 30, 80]), rng.choice([0, 5, 40])
+        order = sorted(range(n), key=lambda i: (-lengths[i], i))
+        feasible = []
+        for cuts in itertools.product([0, 1], repeat=n - 1):
+            plan, cur = [], [order[0]]
+            for c, i in zip(cuts, order[1:]):
+                if c:
+                    plan.append(cur)
+                    cur = []
+                cur.append(i)
+            plan.append(cur)
+            ok = all(len(mb) <= max_seqs and (len(mb) == 1 or not max_tokens or len(mb) * lengths[mb[0]] <= max_tokens)
+                     for mb in plan)  # fmt: skip
+            if ok:
+                feasible.append(plan)
+        got = plan_micro_batches(lengths, max_seqs, max_tokens, pass_cost)
+        assert got in feasible
+        assert cost(got, lengths, pass_cost) == min(cost(p, lengths, pass_cost) for p in feasible)
+        fewest = plan_micro_batches(lengths, max_seqs, max_tokens)
+        assert len(fewest) == min(len(p) for p in feasible)
 
 
 def test_the_reference_model_runs_once_per_batch_and_token_budgets_change_nothing():
