@@ -284,6 +284,9 @@ def check_train_config(cfg) -> None:
     for key in ("prompts_per_step", "samples_per_prompt", "max_new_tokens", "micro_batch_size"):
         if ro[key] < 1:
             problems.append(f"rollout.{key} must be at least 1, not {ro[key]}")
+    for node in ("rollout", "cold_start"):
+        if cfg[node].pass_cost_tokens is not None and cfg[node].pass_cost_tokens < 0:
+            problems.append(f"{node}.pass_cost_tokens must be >= 0 (or null: fewest passes), not {cfg[node].pass_cost_tokens}")
     if problems:
         raise ValueError("invalid configuration: " + "; ".join(problems))
 

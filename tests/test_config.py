@@ -99,3 +99,13 @@ def test_sft_runs_have_no_training_checkpoint_keys():
     assert compose("sft", ["checkpoint.final=false"]).checkpoint.final is False
     with pytest.raises(ConfigCompositionException, match="every"):
         compose("sft", ["checkpoint.every=5"])
+
+
+def test_a_negative_pass_cost_is_refused_by_name():
+    from reasonrl.config import check_train_config
+
+    check_train_config(compose("train", ["rollout.pass_cost_tokens=null", "cold_start.pass_cost_tokens=0"]))
+    with pytest.raises(ValueError, match=r"rollout.pass_cost_tokens must be >= 0 .* not -1"):
+        check_train_config(compose("train", ["rollout.pass_cost_tokens=-1"]))
+    with pytest.raises(ValueError, match=r"cold_start.pass_cost_tokens"):
+        check_train_config(compose("train", ["cold_start.pass_cost_tokens=-5"]))

@@ -369,3 +369,40 @@ def test_token_logprobs_take_bias_and_no_entropy_gradient_when_unused():
     ref.sum().backward()
     assert torch.allclose(lp, ref, atol=1e-5)
     assert all(torch.allclose(g, x.grad, atol=1e-5) for g, x in zip(grads, (h, w, b)))
+
+
+@pytest.mark.parametrize("entry", ["sft", "cold_start"])
+def test_sft_micro_batch_and_compute_dtype_settings_reach_the_training_passes(entry, tmp_path):
+    # they were declared config keys that train_sft never saw: a batch of 8 ran as one float32 pass whatever they said
+    from conftest import TINY, compose
+
+    if entry == "sft":
+        from reasonrl.finetune import main
+
+        node = "sft"
+        overrides = [o for o in TINY if o.startswith(("model.", "task.", "eval.", "logging."))]
+        overrides += ["max_steps=1", "sft.eval_every=0", "sft.demos=16", "logging.tensorboard=false"]
+    else:
+        from reasonrl.train import main
+
+        node = "cold_start"
+        overrides = [*TINY, "experiment=sft_cold_start_arith", "cold_start.steps=1", "cold_start.demos=16", "max_steps=0",
+                     "eval.every=0", "logging.tensorboard=false", "verify.workers=0"]  # fmt: skip
+    cfg = compose("train" if entry == "cold_start" else "sft", [
+        *overrides, f"{node}.batch_size=8", f"{node}.micro_batch_size=2", "model.compute_dtype=bfloat16", f"run_dir={tmp_path}",
+    ])  # fmt: skip
+    from reasonrl.models import load_policy
+
+    load_policy(cfg.model, progress=False)  # the base model's pretraining (built once, cached) is not counted
+    passes = []
+
+    def seen(module, args, out):
+        if isinstance(module, torch.nn.Embedding) and torch.is_grad_enabled():
+            passes.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(seen)
+    try:
+        main(cfg)
+    finally:
+        handle.remove()
+    assert passes == [torch.bfloat16] * 4  # one step: 8 demonstrations in passes of 2, under bfloat16 autocast
