@@ -122,6 +122,9 @@ class RolloutConfig:
     max_tokens_per_micro_batch: int = 16384  # and padded tokens per micro-batch at most (0: no token budget)
     # where to cut the length-sorted batch: fewest (padded tokens + pass_cost_tokens x passes); null: fewest passes
     pass_cost_tokens: Optional[float] = 128
+    # the update runs a group's prompt once per micro-batch and its completions on top of it (llama/qwen2/qwen3
+    # families, unsharded; other models take the packed path); false: every sequence runs whole
+    share_prompt: bool = True
 
 
 @dataclass

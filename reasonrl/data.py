@@ -3,7 +3,9 @@
 * :func:`load_jsonl` and :func:`validate_rows` turn files into problem rows
   and name the file, the row index and the field for any malformed row.
 * :func:`pack` turns rollouts into right-padded ``(N, L)`` tensors with the
-  rollouts' own per-token loss masks, aligned with next-token targets.
+  rollouts' own per-token loss masks, aligned with next-token targets;
+  :func:`pack_shared` keeps each distinct prompt once and the completions
+  apart, for an update that runs a group's prompt through the model once.
 
 It does not tokenize prompts or render templates (tasks do).
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -111,3 +113,57 @@ def pack(rollouts: Sequence[Any], pad_id: int) -> Packed:
         if r.logprobs:
             slp[i, p - 1 : p + c - 1] = torch.tensor(r.logprobs, dtype=torch.float32)
     return Packed(ids, attn, cmask, slp)
+
+
+@dataclass
+class SharedPacked:
+    """Rollouts whose prompts go through the model once per distinct prompt (a GRPO group shares one).
+
+    Row i's completion continues prompt ``row_prompt[i]``; the per-token tensors are (n, C), where position j is
+    completion token j (predicted from the prompt's last position for j = 0, else from completion token j-1)."""
+
+    prompt_ids: torch.Tensor  # (g, P) the distinct prompts, right-padded
+    prompt_mask: torch.Tensor  # (g, P)
+    prompt_len: torch.Tensor  # (g,) long
+    row_prompt: torch.Tensor  # (n,) long: which prompt each completion continues
+    completion_ids: torch.Tensor  # (n, C) right-padded (C >= 1)
+    attention_mask: torch.Tensor  # (n, P + C): the row's prompt mask, then its completion's
+    completion_mask: torch.Tensor  # (n, C) the rollout's own loss mask
+    sampler_logprobs: torch.Tensor  # (n, C) the generator's logprob of each completion token (0 elsewhere)
+
+    def to(self, device) -> "SharedPacked":
+        return SharedPacked(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+
+def pack_shared(rollouts: Sequence[Any], pad_id: int) -> SharedPacked:
+    """Like :func:`pack`, but each distinct prompt (by its token ids) is kept once, in order of first appearance."""
+    index: dict[tuple[int, ...], int] = {}
+    rows = [index.setdefault(tuple(r.prompt_ids), len(index)) for r in rollouts]
+    prompts = list(index)
+    g, n = len(prompts), len(rollouts)
+    p_width = max(len(p) for p in prompts)
+    c_width = max(1, max(len(r.completion_ids) for r in rollouts))
+    pids = torch.full((g, p_width), pad_id, dtype=torch.long)
+    pmask = torch.zeros((g, p_width), dtype=torch.long)
+    for k, p in enumerate(prompts):
+        if not p:
+            raise ValueError("a rollout with an empty prompt has no position to predict its first token from")
+        pids[k, : len(p)] = torch.tensor(p, dtype=torch.long)
+        pmask[k, : len(p)] = 1
+    cids = torch.full((n, c_width), pad_id, dtype=torch.long)
+    cattn = torch.zeros((n, c_width), dtype=torch.long)
+    cmask = torch.zeros((n, c_width), dtype=torch.float32)
+    slp = torch.zeros((n, c_width), dtype=torch.float32)
+    for i, r in enumerate(rollouts):
+        c = len(r.completion_ids)
+        if len(r.token_mask()) != c:
+            raise ValueError(f"rollout {i}: loss mask of {len(r.token_mask())} entries for {c} completion tokens")
+        if c:
+            cids[i, :c] = torch.tensor(list(r.completion_ids), dtype=torch.long)
+            cattn[i, :c] = 1
+            cmask[i, :c] = torch.tensor(r.token_mask(), dtype=torch.float32)
+        if r.logprobs:
+            slp[i, :c] = torch.tensor(r.logprobs, dtype=torch.float32)
+    row = torch.tensor(rows, dtype=torch.long)
+    plen = pmask.sum(dim=1)
+    return SharedPacked(pids, pmask, plen, row, cids, torch.cat([pmask[row], cattn], dim=1), cmask, slp)

@@ -11,7 +11,8 @@ softmax arithmetic in float32. Backward
 recomputes each block's logits instead of saving them, so memory is
 O(tokens x hidden + block), never O(tokens x V). :func:`completion_logprobs`
 runs a Hugging Face causal LM up to its final hidden states and applies it at
-the completion positions of a packed batch.
+the completion positions of a packed batch; :func:`batch_logprobs` does the
+same for a batch whose groups share their prompt, running each prompt once.
 
 It works for any model whose output layer is a linear map (tied to the input
 embedding or not). It does not compute a loss.
@@ -19,8 +20,13 @@ embedding or not). It does not compute a loss.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
+from transformers.cache_utils import Cache, DynamicLayer
+
+from reasonrl.data import Packed, SharedPacked
 
 TOKEN_CHUNK, VOCAB_CHUNK = 1024, 8192
 
@@ -137,15 +143,19 @@ def output_layer(model) -> tuple[Tensor, Tensor | None]:
     return head.weight, head.bias
 
 
-def final_hidden_states(model, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
-    """(n, L, H) hidden states after the final norm, before the output layer (the logits are never made)."""
+def final_hidden_states(model, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None,
+                        past_key_values: Cache | None = None) -> Tensor:  # fmt: skip
+    """(n, L, H) hidden states after the final norm, before the output layer (the logits are never made);
+    ``past_key_values``: keys and values the sequences attend to in front of their own (see below)."""
     base = getattr(model, model.base_model_prefix, None) if getattr(model, "base_model_prefix", None) else None
     if base is None:
         raise TypeError(f"{type(model).__name__} exposes no base model (base_model_prefix) for the chunked logprob path")
     from reasonrl.sharding import is_sharded
 
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                  past_key_values=past_key_values, use_cache=False)  # fmt: skip
     if not is_sharded(model):
-        out = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        out = base(**inputs)
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     # Sharded (FSDP2): the root's forward gathers the embedding and output layer and keeps them gathered for
     # backward, so the base model runs inside it; the base's output is caught on the way and only one
@@ -155,7 +165,7 @@ def final_hidden_states(model, input_ids: Tensor, attention_mask: Tensor, positi
         lambda _m, _a, out: caught.append(out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0])
     )
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, logits_to_keep=1)
+        model(**inputs, logits_to_keep=1)
     finally:
         hook.remove()
     return caught[0]
@@ -166,12 +176,112 @@ def completion_logprobs(model, input_ids: Tensor, attention_mask: Tensor, comple
     """(n, L-1) log p(input_ids[:, 1:]) and entropies, computed only where ``completion_mask`` (n, L-1) is set
     (zeros elsewhere); the output layer sees the final hidden states in blocks (no (tokens x V) tensor)."""
     hidden = final_hidden_states(model, input_ids, attention_mask)[:, :-1]  # (n, L-1, H)
-    where = completion_mask.bool()
+    return _logprobs_where(model, hidden, input_ids[:, 1:], completion_mask, temperature, want_entropy)
+
+
+def _logprobs_where(model, hidden: Tensor, targets: Tensor, mask: Tensor, temperature: float, want_entropy: bool):
+    """(n, T) logprobs (and entropies) of ``targets`` (n, T) from ``hidden`` (n, T, H) where ``mask`` is set, else 0."""
+    where = mask.bool()
     weight, bias = output_layer(model)
-    logp, ent = token_logprobs_and_entropy(hidden[where], weight, bias, input_ids[:, 1:][where], temperature, want_entropy)
-    full_logp = torch.zeros(completion_mask.shape, device=logp.device, dtype=torch.float32)
+    logp, ent = token_logprobs_and_entropy(hidden[where], weight, bias, targets[where], temperature, want_entropy)
+    full_logp = torch.zeros(mask.shape, device=logp.device, dtype=torch.float32)
     full_logp = full_logp.masked_scatter(where, logp)
-    full_ent = torch.zeros(completion_mask.shape, device=logp.device, dtype=torch.float32)
+    full_ent = torch.zeros(mask.shape, device=logp.device, dtype=torch.float32)
     if want_entropy:
         full_ent = full_ent.masked_scatter(where, ent)
     return full_logp, full_ent
+
+
+# ---------------------------------------------------------------- one forward pass per prompt, not per completion
+# A GRPO group's G completions share their prompt. The prompt runs through the model once (with gradients): its
+# keys and values are recorded per layer, repeated for the group's rows (index_select, so the gradients of all G
+# completions sum back into the one prompt pass), and the completions run on top of them with their true
+# positions. The result equals the packed full pass up to float rounding (tests/test_shared_prompt.py).
+
+SHARED_PROMPT_MODEL_TYPES = ("llama", "qwen2", "qwen3")  # full causal attention over a plain KV cache; tested
+
+
+def prompt_sharing_supported(model) -> bool:
+    """Whether :func:`batch_logprobs` may run ``model``'s prompts once per group: a model of a family whose
+    attention reads a plain KV cache, with no sliding-window layers (sharded or not)."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(model, "base_model_prefix", None) is None:
+        return False
+    if getattr(cfg, "model_type", None) not in SHARED_PROMPT_MODEL_TYPES:
+        return False
+    if any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or ()):
+        return False
+    return not (getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", False))
+
+
+class _RecordingLayer(DynamicLayer):
+    """Hands the layer's keys and values back unchanged and keeps the last ones (a recomputation under gradient
+    checkpointing stores the same again); it reports no past, so the prompt pass is an ordinary causal pass."""
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        self.keys, self.values, self.is_initialized = key_states, value_states, True
+        return key_states, value_states
+
+    def get_seq_length(self) -> int:
+        return 0
+
+    def get_mask_sizes(self, query_length: int, *args) -> tuple[int, int]:
+        return query_length, 0
+
+
+class _PrefixLayer(DynamicLayer):
+    """A prompt's keys and values (one row per completion) in front of the completion's own; never grows, so a
+    recomputation under gradient checkpointing sees the same prefix."""
+
+    def __init__(self, keys: Tensor, values: Tensor):
+        super().__init__()
+        self.keys, self.values, self.is_initialized = keys, values, True
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+    def get_seq_length(self) -> int:
+        return self.keys.shape[-2]
+
+    def get_mask_sizes(self, query_length: int, *args) -> tuple[int, int]:
+        return self.keys.shape[-2] + query_length, 0
+
+
+@contextlib.contextmanager
+def _cache_kept_under_checkpointing(model):
+    """Checkpointed decoder layers drop any KV cache they are given unless they declare it safe to keep; these
+    caches are (neither grows, so the backward recomputation reads what the forward read)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+    for m in layers:
+        m._can_checkpoint_with_cache = True
+    try:
+        yield
+    finally:
+        for m in layers:
+            del m._can_checkpoint_with_cache  # the class's own value again
+
+
+def shared_prompt_hidden_states(model, batch: SharedPacked) -> Tensor:
+    """(n, C, H) final hidden states: position j is the one that predicts completion token j (the prompt's last
+    position for j = 0), from one pass over the distinct prompts and one over the completions on top of them."""
+    rows = batch.row_prompt
+    with _cache_kept_under_checkpointing(model):
+        recorded = Cache(layer_class_to_replicate=_RecordingLayer)
+        prompt_hidden = final_hidden_states(model, batch.prompt_ids, batch.prompt_mask, past_key_values=recorded)  # (g, P, H)
+        prefix = Cache(
+            layers=[_PrefixLayer(k.keys.index_select(0, rows), k.values.index_select(0, rows)) for k in recorded.layers]
+        )
+        positions = batch.prompt_len[rows][:, None] + torch.arange(batch.completion_ids.shape[1], device=rows.device)
+        completion_hidden = final_hidden_states(model, batch.completion_ids, batch.attention_mask, positions, prefix)  # (n, C, H)
+    last = prompt_hidden[rows, batch.prompt_len[rows] - 1]  # (n, H): predicts completion token 0
+    return torch.cat([last[:, None], completion_hidden[:, :-1]], dim=1)
+
+
+def batch_logprobs(model, batch: Packed | SharedPacked, temperature: float = 1.0, want_entropy: bool = False):
+    """Logprobs and entropies of a packed batch's completion tokens (shapes as its ``completion_mask``)."""
+    if isinstance(batch, SharedPacked):
+        hidden = shared_prompt_hidden_states(model, batch)
+        return _logprobs_where(model, hidden, batch.completion_ids, batch.completion_mask, temperature, want_entropy)
+    return completion_logprobs(model, batch.input_ids, batch.attention_mask, batch.completion_mask, temperature, want_entropy)

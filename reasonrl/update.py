@@ -22,8 +22,8 @@ import torch
 
 from reasonrl import grpo
 from reasonrl.checkpoint import pause_point
-from reasonrl.data import pack
-from reasonrl.logprobs import completion_logprobs
+from reasonrl.data import pack, pack_shared
+from reasonrl.logprobs import batch_logprobs, prompt_sharing_supported
 from reasonrl.runtime import Runtime
 
 
@@ -41,6 +41,7 @@ class UpdateSettings:
     grad_clip: float = 1.0
     use_tis: bool = False  # truncated importance sampling toward the sampler's logprobs
     compute_dtype: torch.dtype = torch.float32  # autocast dtype for the forward (bfloat16 where the hardware has it)
+    share_prompt: bool = False  # run each group's prompt once per micro-batch (where the model supports it)
 
     @classmethod
     def from_config(cls, cfg, pad_id: int, use_tis: bool, compute_dtype: torch.dtype = torch.float32) -> "UpdateSettings":
@@ -52,6 +53,7 @@ class UpdateSettings:
             micro_batch_size=ro.micro_batch_size,
             max_tokens_per_micro_batch=ro.max_tokens_per_micro_batch,
             pass_cost_tokens=ro.pass_cost_tokens,
+            share_prompt=ro.share_prompt,
             max_len=ro.max_new_tokens,
             grad_clip=cfg.optim.grad_clip,
             use_tis=use_tis,
@@ -60,7 +62,12 @@ class UpdateSettings:
 
 
 def plan_micro_batches(
-    lengths: Sequence[int], max_seqs: int, max_tokens: int = 0, pass_cost: float | None = None
+    lengths: Sequence[int],
+    max_seqs: int,
+    max_tokens: int = 0,
+    pass_cost: float | None = None,
+    *,
+    prompts: Sequence[Sequence[int]] | None = None,
 ) -> list[list[int]]:
     """Indices of each micro-batch: sequences sorted by length (longest first) and cut into runs, each padded to
     its own longest sequence, holding at most ``max_seqs`` sequences and, when ``max_tokens`` > 0, at most that
@@ -69,17 +76,42 @@ def plan_micro_batches(
     Where to cut is chosen to minimise ``padded tokens + pass_cost x passes`` (dynamic programming over the
     sorted order): ``pass_cost`` is what one forward/backward pass costs beyond its tokens, in tokens. A batch
     whose lengths spread widely then runs as several short passes instead of one mostly padded one; None means
-    the fewest passes the caps allow (with the least padding among those)."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    sl = [lengths[i] for i in order]
-    n = len(sl)
+    the fewest passes the caps allow (with the least padding among those).
+
+    With ``prompts`` (each sequence's prompt token ids), ``lengths`` are completion lengths and a micro-batch runs
+    each distinct prompt once (:func:`reasonrl.data.pack_shared`): its tokens are distinct prompts x the longest
+    prompt + sequences x the longest completion. Two orders are planned, longest first and group by group, and
+    the cheaper plan is kept."""
+    n = len(lengths)
+    if prompts is None:
+        order = sorted(range(n), key=lambda i: (-lengths[i], i))
+        return _cut(order, lengths, [0] * n, list(range(n)), max_seqs, max_tokens, pass_cost)[1]
+    keys = [tuple(p) for p in prompts]
+    plens = [len(p) for p in prompts]
+    by_length = sorted(range(n), key=lambda i: (-(plens[i] + lengths[i]), i))
+    group_top: dict[tuple[int, ...], int] = {}
+    for i in range(n):
+        group_top[keys[i]] = max(group_top.get(keys[i], 0), plens[i] + lengths[i])
+    by_group = sorted(range(n), key=lambda i: (-group_top[keys[i]], keys[i], -lengths[i], i))
+    plans = [_cut(o, lengths, plens, keys, max_seqs, max_tokens, pass_cost) for o in (by_length, by_group)]
+    return min(plans, key=lambda p: p[0])[1]
+
+
+def _cut(order, lengths, plens, keys, max_seqs: int, max_tokens: int, pass_cost: float | None):
+    """The least-cost split of ``order`` into contiguous runs (see :func:`plan_micro_batches`): (cost, runs)."""
+    n = len(order)
     best: list[tuple[float, ...]] = [(0.0, 0.0)] + [(math.inf, math.inf)] * n  # cost of the first i sequences
     cut = [0] * (n + 1)  # where the last run of the best plan for the first i sequences starts
     for i in range(1, n + 1):
-        for j in range(i - 1, -1, -1):  # the last run is sorted[j:i], padded to sl[j]; later starts win ties
-            k, padded = i - j, (i - j) * sl[j]
+        seen, longest_prompt, longest = set(), 0, 0
+        for j in range(i - 1, -1, -1):  # the last run is order[j:i]; later starts win ties
+            o = order[j]
+            seen.add(keys[o])
+            longest_prompt, longest = max(longest_prompt, plens[o]), max(longest, lengths[o])
+            k = i - j
+            padded = len(seen) * longest_prompt + k * longest
             if k > max_seqs or (k > 1 and max_tokens > 0 and padded > max_tokens):
-                break  # a longer run only grows (sl[j] rises as j falls)
+                break  # a longer run only grows
             prev = best[j]
             cost = (prev[0] + 1, prev[1] + padded) if pass_cost is None else (prev[0] + padded + pass_cost, 0.0)
             if cost < best[i]:
@@ -89,7 +121,7 @@ def plan_micro_batches(
     while i > 0:
         out.append(order[cut[i] : i])
         i = cut[i]
-    return out[::-1]
+    return best[n], out[::-1]
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
@@ -117,7 +149,8 @@ def update_policy(
 
     rollouts: N = B*G rollouts, prompt-major; rewards: (N,); masked: N flags (timeout/error verdicts),
     which leave the loss, the token and sequence counts, and their group's baseline. Micro-batches
-    follow :func:`plan_micro_batches`, each packed to its own longest sequence; logprobs come from the
+    follow :func:`plan_micro_batches`, each packed to its own longest sequence (with ``share_prompt`` and a
+    model that supports it, each distinct prompt runs once per micro-batch); logprobs come from the
     final hidden states in blocks (:mod:`reasonrl.logprobs`), the reference model's once per batch. The
     loss is normalised by the batch's global token and sequence counts (summed over ranks by
     ``runtime``), so the update does not depend on how the batch is split. Returns the step's training
@@ -134,11 +167,16 @@ def update_policy(
     everyone = grpo.estimate_advantages(alg.advantage, runtime.cat(rewards.float()), group_size, runtime.cat(valid), alg)
     adv = everyone[runtime.rank * len(rollouts) : (runtime.rank + 1) * len(rollouts)].to(device)  # (N,)
     surrogate = grpo.get_policy_loss(alg.policy_loss)
-    lengths = [len(r.prompt_ids) + len(r.completion_ids) for r in rollouts]
-    micro = plan_micro_batches(lengths, settings.micro_batch_size, settings.max_tokens_per_micro_batch, settings.pass_cost_tokens)
-    batches = [pack([rollouts[i] for i in idx], settings.pad_id).to(device) for idx in micro]
+    caps = (settings.micro_batch_size, settings.max_tokens_per_micro_batch, settings.pass_cost_tokens)
+    share = settings.share_prompt and all(prompt_sharing_supported(m) for m in (model, ref_model) if m is not None)
+    if share:  # a group's prompt runs once per micro-batch, its completions on top of it
+        micro = plan_micro_batches([len(r.completion_ids) for r in rollouts], *caps, prompts=[r.prompt_ids for r in rollouts])
+        batches = [pack_shared([rollouts[i] for i in idx], settings.pad_id).to(device) for idx in micro]
+    else:
+        micro = plan_micro_batches([len(r.prompt_ids) + len(r.completion_ids) for r in rollouts], *caps)
+        batches = [pack([rollouts[i] for i in idx], settings.pad_id).to(device) for idx in micro]
     keeps = [torch.tensor([keep_flags[i] for i in idx], dtype=torch.float32, device=device)[:, None] for idx in micro]
-    loss_masks = [b.completion_mask * k for b, k in zip(batches, keeps)]  # (n, L_k - 1) each
+    loss_masks = [b.completion_mask * k for b, k in zip(batches, keeps)]  # (n, T_k) each: per completion-token target
     total_tokens = int(runtime.sum(sum(float(m.sum()) for m in loss_masks)))  # global counts: the same update at any world size
     total_seqs = int(runtime.sum(sum(keep_flags)))
     # every rank runs the same number of forward/backward passes (each one gathers and reduces shards): a rank
@@ -149,8 +187,7 @@ def update_policy(
     if ref_model is not None:  # once per batch, not per update or micro-batch
         with torch.no_grad(), autocast(device, settings.compute_dtype):
             ref_logps = [  # per pass of the plan: a sharded reference gathers its shards as often on every rank
-                completion_logprobs(ref_model, b.input_ids, b.attention_mask, b.completion_mask, temperature)[0]
-                for b in (batches[k] for k in plan)
+                batch_logprobs(ref_model, b, temperature)[0] for b in (batches[k] for k in plan)
             ]
 
     model.train()
@@ -162,24 +199,17 @@ def update_policy(
             idx, b, weight = micro[k], batches[k], float(j < len(micro))
             m, a = b.completion_mask * weight, adv[idx]
             with autocast(device, settings.compute_dtype):
-                logp, ent = completion_logprobs(
-                    model,
-                    b.input_ids,
-                    b.attention_mask,
-                    b.completion_mask,
-                    temperature,
-                    want_entropy=alg.entropy_coef > 0 or update == 0,
-                )
+                logp, ent = batch_logprobs(model, b, temperature, want_entropy=alg.entropy_coef > 0 or update == 0)
             # one update: the policy that sampled is this one; several: the stored sampling-time logprobs
             old_logp = logp.detach() if alg.updates_per_batch == 1 else b.sampler_logprobs
             per_tok, clipped = surrogate(logp, old_logp, a, alg)
             if use_tis and alg.updates_per_batch == 1:
-                w = grpo.truncated_is_weights(old_logp, b.sampler_logprobs, alg.tis_cap)  # (n, L-1)
+                w = grpo.truncated_is_weights(old_logp, b.sampler_logprobs, alg.tis_cap)  # (n, T)
                 per_tok = per_tok * w
                 sums["tis"] += float((w * m).sum())
                 sums["tis_capped"] += float(((w >= alg.tis_cap) * m).sum())
             if ref_logps is not None:
-                ref_kl = grpo.kl_estimate(logp, ref_logps[j], alg.kl_estimator)  # (n, L-1)
+                ref_kl = grpo.kl_estimate(logp, ref_logps[j], alg.kl_estimator)  # (n, T)
                 per_tok = per_tok + alg.kl_coef * ref_kl
                 if update == 0:
                     sums["ref_kl"] += float((ref_kl.detach() * m).sum())

@@ -2,8 +2,9 @@
 
 ``update``: one global batch of fixed rollouts (B = 4 groups of G = 4, completions of 1-7 tokens, so the ranks
 hold unequal token counts and micro-batch counts), updated once by one unsharded process (every rank computes
-this reference itself) and once by all ranks together with FSDP2, for every loss aggregation, both advantage
-scales, with and without KL; each rank writes the largest loss and parameter gaps it saw.
+this reference itself) and once by all ranks together with FSDP2 (every sequence whole, then each group's prompt
+run once), for every loss aggregation, both advantage scales, with and without KL; each rank writes the largest
+loss and parameter gaps it saw.
 ``nan``: rank 1's rewards are NaN; every rank must stop with the same FloatingPointError.
 ``dynamic``: dynamic sampling with the transformers generator on the sharded tiny model, where rank 1's groups never
 carry signal (its verifier gives every completion the same score) and rank 0's always do: the ranks disagree about
@@ -68,15 +69,19 @@ def algorithm(loss_agg: str, adv_scale: str, kl: float):
     ).algorithm
 
 
-def one_update(model, ros, rewards, masked, alg, runtime):
+def one_update(model, ros, rewards, masked, alg, runtime, share: bool = False):
     opt = torch.optim.SGD(model.parameters(), lr=0.5)  # the parameter change is the gradient itself
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     ref = None
     if alg.kl_coef > 0:
         ref = shard_model(tiny_model(seed=1).requires_grad_(False), runtime, torch.float32)  # a policy apart from it
     settings = UpdateSettings(alg=alg, pad_id=PAD, micro_batch_size=4, max_tokens_per_micro_batch=MICRO_TOKENS, max_len=8,
-                              grad_clip=1e9)  # fmt: skip
-    return update_policy(model, opt, sched, ros, rewards, masked, G, settings, ref_model=ref, step=1, runtime=runtime)
+                              grad_clip=1e9, share_prompt=share)  # fmt: skip
+    passes = [0]  # forward passes of the policy's base model: two per micro-batch when prompts are shared
+    hook = model.model.register_forward_pre_hook(lambda *_: passes.__setitem__(0, passes[0] + 1))
+    stats = update_policy(model, opt, sched, ros, rewards, masked, G, settings, ref_model=ref, step=1, runtime=runtime)
+    hook.remove()
+    return {**stats, "passes": passes[0]}
 
 
 def check_update(runtime: Runtime, out: str) -> None:
@@ -84,23 +89,31 @@ def check_update(runtime: Runtime, out: str) -> None:
     mine = runtime.share(B, "groups")
     rows = slice(mine.start * G, mine.stop * G)
     results = []
-    local_micro = plan_micro_batches([len(r.prompt_ids) + len(r.completion_ids) for r in ros[rows]], 4, MICRO_TOKENS)
+    mine_ros = ros[rows]
+    local_micro = {
+        False: plan_micro_batches([len(r.prompt_ids) + len(r.completion_ids) for r in mine_ros], 4, MICRO_TOKENS),
+        True: plan_micro_batches(
+            [len(r.completion_ids) for r in mine_ros], 4, MICRO_TOKENS, prompts=[r.prompt_ids for r in mine_ros]
+        ),
+    }
     for loss_agg in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"):
         for adv_scale in ("group", "batch"):
             for kl in (0.0, 0.1):
                 alg = algorithm(loss_agg, adv_scale, kl)
                 single = tiny_model()
-                ref_stats = one_update(single, ros, rewards, masked, alg, Runtime())
-                sharded = shard_model(tiny_model(), runtime, torch.float32)
-                stats = one_update(sharded, ros[rows], rewards[rows], masked[rows], alg, runtime)
-                want = dict(single.state_dict())
-                gap = max(float((t - want[name]).abs().max()) for name, t in full_tensors(sharded))
-                moved = max(float((t - tiny_model().state_dict()[name]).abs().max()) for name, t in want.items())
-                results.append({
-                    "case": f"{loss_agg}/{adv_scale}/kl={kl}", "loss": stats["loss"], "loss_1": ref_stats["loss"],
-                    "param_gap": gap, "moved": moved, "kl": stats["kl"], "kl_1": ref_stats["kl"],
-                    "micro_batches": stats["micro_batches"], "local_micro_batches": len(local_micro),
-                })  # fmt: skip
+                ref_stats = one_update(single, ros, rewards, masked, alg, Runtime())  # one process, every sequence whole
+                for share in (False, True):  # sharded: every sequence whole, or each group's prompt once
+                    sharded = shard_model(tiny_model(), runtime, torch.float32)
+                    stats = one_update(sharded, mine_ros, rewards[rows], masked[rows], alg, runtime, share)
+                    want = dict(single.state_dict())
+                    gap = max(float((t - want[name]).abs().max()) for name, t in full_tensors(sharded))
+                    moved = max(float((t - tiny_model().state_dict()[name]).abs().max()) for name, t in want.items())
+                    results.append({
+                        "case": f"{loss_agg}/{adv_scale}/kl={kl}/share={share}", "loss": stats["loss"],
+                        "loss_1": ref_stats["loss"], "param_gap": gap, "moved": moved, "kl": stats["kl"],
+                        "kl_1": ref_stats["kl"], "micro_batches": stats["micro_batches"],
+                        "local_micro_batches": len(local_micro[share]), "share": share, "passes": stats["passes"],
+                    })  # fmt: skip
     with open(f"{out}.{runtime.rank}.json", "w") as f:
         json.dump(results, f)
 

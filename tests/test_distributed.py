@@ -37,22 +37,25 @@ def worker(mode: str, tmp_path: Path, nproc: int = 2):
 def test_fixed_rollouts_give_the_one_process_update(tmp_path):
     """The same global batch (unequal tokens and micro-batches per rank) on 1 and 2 processes: loss, KL and
     every parameter after one step agree to 1e-6, for every loss aggregation, both advantage scales, with and
-    without KL."""
+    without KL, and with each group's prompt run once on the sharded side."""
     res, ranks, _ = worker("update", tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert len(ranks) == 2
     for results in ranks:
-        assert len(results) == 12
+        assert len(results) == 24
         for r in results:
             assert abs(r["loss"] - r["loss_1"]) < 1e-6, r
             assert abs(r["kl"] - r["kl_1"]) < 1e-6, r
             assert r["param_gap"] < 1e-6, r
             assert r["moved"] > 1e-2, r  # the step did something to compare
+            assert r["passes"] == r["micro_batches"] * (2 if r["share"] else 1), r  # shared: prompts, then completions
     assert {r["local_micro_batches"] for r in ranks[0]} != {r["local_micro_batches"] for r in ranks[1]}
-    assert all(r["micro_batches"] == max(r["local_micro_batches"] for r in (ranks[0][0], ranks[1][0])) for r in ranks[0])
+    assert all(a["micro_batches"] == max(a["local_micro_batches"], b["local_micro_batches"]) for a, b in zip(*ranks))
     # with KL the reference differs from the policy: the term moves the loss
     by_case = {r["case"]: r for r in ranks[0]}
-    assert by_case["token_mean/group/kl=0.1"]["loss"] != pytest.approx(by_case["token_mean/group/kl=0.0"]["loss"])
+    assert by_case["token_mean/group/kl=0.1/share=True"]["loss"] != pytest.approx(
+        by_case["token_mean/group/kl=0.0/share=True"]["loss"]
+    )
 
 
 def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):

@@ -10,6 +10,7 @@ in which a sleeping vLLM engine is woken for a weight sync.
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -223,8 +224,20 @@ def test_micro_batches_by_token_budget():
     assert plan_micro_batches([500, 10], max_seqs=8, max_tokens=100) == [[0], [1]]  # too long for the budget: alone
 
 
+def contiguous_splits(order: list[int]):
+    """Every way of cutting ``order`` into contiguous runs (2^(n-1) of them)."""
+    for cuts in itertools.product([0, 1], repeat=len(order) - 1):
+        plan, cur = [], [order[0]]
+        for c, i in zip(cuts, order[1:]):
+            if c:
+                plan.append(cur)
+                cur = []
+            cur.append(i)
+        plan.append(cur)
+        yield plan
+
+
 def test_micro_batch_cuts_are_the_cheapest_contiguous_runs_of_the_sorted_batch():
-    import itertools
     import random
 
     from reasonrl.update import plan_micro_batches
@@ -244,14 +257,7 @@ def test_micro_batch_cuts_are_the_cheapest_contiguous_runs_of_the_sorted_batch()
         max_seqs, max_tokens, pass_cost = rng.randint(1, 7), rng.choice([0, 30, 80]), rng.choice([0, 5, 40])
         order = sorted(range(n), key=lambda i: (-lengths[i], i))
         feasible = []
-        for cuts in itertools.product([0, 1], repeat=n - 1):
-            plan, cur = [], [order[0]]
-            for c, i in zip(cuts, order[1:]):
-                if c:
-                    plan.append(cur)
-                    cur = []
-                cur.append(i)
-            plan.append(cur)
+        for plan in contiguous_splits(order):
             ok = all(len(mb) <= max_seqs and (len(mb) == 1 or not max_tokens or len(mb) * lengths[mb[0]] <= max_tokens)
                      for mb in plan)  # fmt: skip
             if ok:

@@ -1,0 +1,190 @@
+"""The update runs a group's prompt once, its completions on top of it, and gets what the packed pass gets.
+
+:func:`reasonrl.data.pack_shared` keeps each distinct prompt once per
+micro-batch; :func:`reasonrl.logprobs.batch_logprobs` runs those prompts, then
+the completions with the prompts' keys and values in front of them. Checked
+here against the packed full pass (every sequence run whole): logprobs,
+entropies and gradients per model family, under gradient checkpointing, and
+whole updates (KL to a reference, entropy bonus, two updates per batch); that
+the prompt really runs once per group; that micro-batches are cut at the least
+cost; and that a model the path does not cover takes the packed one.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+from test_memory_path import contiguous_splits
+
+from reasonrl.data import pack, pack_shared
+from reasonrl.logprobs import batch_logprobs, prompt_sharing_supported
+from reasonrl.rollout import Rollout
+from reasonrl.update import UpdateSettings, plan_micro_batches, update_policy
+
+from conftest import compose
+
+V = 300
+
+
+def model_of(kind: str, **extra):
+    import transformers as T
+
+    classes = {"llama": (T.LlamaConfig, T.LlamaForCausalLM), "qwen2": (T.Qwen2Config, T.Qwen2ForCausalLM),
+               "qwen3": (T.Qwen3Config, T.Qwen3ForCausalLM)}  # fmt: skip
+    config_cls, model_cls = classes[kind]
+    torch.manual_seed(0)
+    cfg = config_cls(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                     num_key_value_heads=1, head_dim=64, max_position_embeddings=256, pad_token_id=0, **extra)  # fmt: skip
+    return model_cls(cfg)
+
+
+def rollouts(seed: int = 0, groups: int = 3, g: int = 4) -> list[Rollout]:
+    """``groups`` prompts of different lengths x ``g`` completions of 0-14 tokens; one with a partial loss mask."""
+    rng = random.Random(seed)
+    out = []
+    for b in range(groups):
+        prompt = [rng.randrange(1, V) for _ in range(3 + 4 * b)]
+        for k in range(g):
+            n = 0 if (b, k) == (1, 0) else rng.randrange(1, 15)  # an empty completion too
+            comp = [rng.randrange(1, V) for _ in range(n)]
+            out.append(
+                Rollout(
+                    prompt_index=b,
+                    prompt_ids=prompt,
+                    completion_ids=comp,
+                    text="",
+                    finish_reason="stop",
+                    logprobs=[-rng.uniform(0.5, 6.0) for _ in comp],
+                    loss_mask=[int(rng.random() > 0.3) for _ in comp] if k == 2 else None,
+                )
+            )
+    return out
+
+
+def _values(lp, mask):
+    return lp[mask.bool()]  # row-major over completion tokens: the same order in both layouts
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
+def test_shared_prompt_logprobs_entropies_and_gradients_equal_the_packed_pass(kind, checkpointing):
+    model = model_of(kind).train()
+    assert prompt_sharing_supported(model)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ros = rollouts()
+    results = []
+    for batch in (pack(ros, 0), pack_shared(ros, 0)):
+        model.zero_grad()
+        lp, ent = batch_logprobs(model, batch, temperature=0.8, want_entropy=True)
+        (lp.sum() + 0.3 * ent.sum()).backward()
+        results.append((_values(lp, batch.completion_mask), _values(ent, batch.completion_mask),
+                        [p.grad.clone() for p in model.parameters()]))  # fmt: skip
+    (lp_a, ent_a, grads_a), (lp_b, ent_b, grads_b) = results
+    assert lp_a.numel() == lp_b.numel() > 40
+    assert torch.allclose(lp_a, lp_b, atol=2e-5) and torch.allclose(ent_a, ent_b, atol=2e-5)
+    for ga, gb in zip(grads_a, grads_b):
+        assert torch.allclose(ga, gb, atol=2e-5)
+
+
+def test_each_prompt_runs_once_per_micro_batch():
+    model = model_of("llama")
+    seen = []
+    model.model.embed_tokens.register_forward_hook(lambda _m, args, _o: seen.append(tuple(args[0].shape)))
+    ros = rollouts()
+    settings = UpdateSettings(alg=compose("train", []).algorithm, pad_id=0, micro_batch_size=4, share_prompt=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    stats = update_policy(model, opt, sched, ros, torch.tensor([1.0, 0] * 6), [False] * 12, 4, settings)
+    # one micro-batch per group (4 sequences each): its prompt once, then its 4 completions
+    assert stats["micro_batches"] == 3
+    prompt_rows = [rows for rows, _ in seen[0::2]]
+    assert prompt_rows == [1, 1, 1] and [rows for rows, _ in seen[1::2]] == [4, 4, 4]
+    assert sorted(width for _, width in seen[0::2]) == [3, 7, 11]
+
+
+@pytest.mark.parametrize(
+    "preset,overrides",
+    [
+        ("grpo", ["algorithm.kl_coef=0.05"]),
+        ("dapo", []),
+        ("grpo_deepseekmath", ["algorithm.updates_per_batch=2", "algorithm.entropy_coef=0.01"]),
+    ],
+)
+def test_an_update_with_shared_prompts_equals_the_packed_update(preset, overrides):
+    alg = compose("train", [f"algorithm={preset}", *overrides]).algorithm
+    ros, rewards = rollouts(seed=3), torch.tensor([1.0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 0, 0])
+    results = []
+    for share in (False, True):
+        model = model_of("qwen2")
+        ref = copy.deepcopy(model).eval().requires_grad_(False) if alg.kl_coef > 0 else None
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        settings = UpdateSettings(alg=alg, pad_id=0, micro_batch_size=5, max_len=14, grad_clip=1e9, share_prompt=share)
+        stats = update_policy(model, opt, sched, ros, rewards, [False] * 11 + [True], 4, settings, ref_model=ref)
+        results.append((stats, torch.cat([p.detach().flatten() for p in model.parameters()])))
+    (plain, params_a), (shared, params_b) = results
+    for key in ("loss", "kl", "entropy", "grad_norm", "clip_frac", "logprob_diff_mean", "completion_tokens"):
+        assert shared[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
+    assert (params_a - params_b).abs().max() < 1e-5
+    before = torch.cat([p.detach().flatten() for p in model_of("qwen2").parameters()])
+    assert (params_a - before).abs().max() > 1e-3  # the update moved the weights: equal is not trivially equal
+
+
+def _shared_cost(plan, clens, plens, keys):
+    return sum(len({keys[i] for i in mb}) * max(plens[i] for i in mb) + len(mb) * max(clens[i] for i in mb) for mb in plan)
+
+
+def test_shared_micro_batches_are_the_cheapest_cuts_of_either_order():
+    # two groups of 4 with 50-token prompts: one micro-batch per group, each prompt once (8 sequences fit in one,
+    # but mixing the groups would pad nothing and cost nothing more, so the cap decides)
+    prompts = [[1] * 50] * 4 + [[2] * 50] * 4
+    assert plan_micro_batches([5, 9, 7, 6, 8, 5, 5, 4], max_seqs=4, pass_cost=0, prompts=prompts) == [[1, 2, 3, 0], [4, 5, 6, 7]]
+    rng = random.Random(0)
+    for _ in range(150):
+        n = rng.randint(1, 7)
+        group_of = [rng.randrange(3) for _ in range(n)]
+        plen = {0: rng.randint(1, 30), 1: rng.randint(1, 30), 2: rng.randint(1, 30)}
+        prompts = [[g + 1] * plen[g] for g in group_of]
+        clens = [rng.randint(0, 40) for _ in range(n)]
+        plens, keys = [len(p) for p in prompts], [tuple(p) for p in prompts]
+        max_seqs, max_tokens, pass_cost = rng.randint(1, 7), rng.choice([0, 60, 150]), rng.choice([0, 5, 40])
+        by_length = sorted(range(n), key=lambda i: (-(plens[i] + clens[i]), i))
+        top = {k: max(plens[i] + clens[i] for i in range(n) if keys[i] == k) for k in keys}
+        by_group = sorted(range(n), key=lambda i: (-top[keys[i]], keys[i], -clens[i], i))
+        feasible = []
+        for order in (by_length, by_group):
+            for plan in contiguous_splits(order):
+                fits = [_shared_cost([mb], clens, plens, keys) <= max_tokens for mb in plan]
+                if all(len(mb) <= max_seqs and (len(mb) == 1 or not max_tokens or f) for mb, f in zip(plan, fits)):
+                    feasible.append(plan)
+        got = plan_micro_batches(clens, max_seqs, max_tokens, pass_cost, prompts=prompts)
+        assert sorted(i for mb in got for i in mb) == list(range(n))
+        best = min(_shared_cost(p, clens, plens, keys) + pass_cost * len(p) for p in feasible)
+        assert _shared_cost(got, clens, plens, keys) + pass_cost * len(got) == best
+
+
+def test_a_model_the_path_does_not_cover_takes_the_packed_pass():
+    sliding = model_of("qwen2", use_sliding_window=True, sliding_window=8, max_window_layers=0)
+    assert not prompt_sharing_supported(sliding)
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=64, n_layer=1, n_head=1, n_positions=64))
+    assert not prompt_sharing_supported(gpt2)
+    seen = []
+    sliding.model.embed_tokens.register_forward_hook(lambda _m, args, _o: seen.append(tuple(args[0].shape)))
+    ros = rollouts()
+    settings = UpdateSettings(alg=compose("train", []).algorithm, pad_id=0, micro_batch_size=12, share_prompt=True)
+    opt = torch.optim.SGD(sliding.parameters(), lr=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    update_policy(sliding, opt, sched, ros, torch.tensor([1.0, 0] * 6), [False] * 12, 4, settings)
+    assert seen == [(12, max(len(r.prompt_ids) + len(r.completion_ids) for r in ros))]  # one packed pass
+
+
+def test_rollout_share_prompt_reaches_the_update_settings():
+    for value in (True, False):
+        cfg = compose("train", [f"rollout.share_prompt={str(value).lower()}"])
+        assert UpdateSettings.from_config(cfg, 0, use_tis=False).share_prompt is value
