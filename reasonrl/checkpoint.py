@@ -53,6 +53,12 @@ RESUME_MAY_CHANGE = (
     "eval.every",
     "verify.workers",
     "verify.overlap",
+    # how the update splits and lays out the batch: the same update in any split (tested), so a resumed run may
+    # trade memory for speed; a checkpoint from before a key existed reads it as absent
+    "rollout.micro_batch_size",
+    "rollout.max_tokens_per_micro_batch",
+    "rollout.pass_cost_tokens",
+    "rollout.share_prompt",
 )
 
 

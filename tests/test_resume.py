@@ -204,6 +204,13 @@ def test_resume_refuses_a_changed_config_and_allows_max_steps(straight, tmp_path
     assert (
         config_changes({"max_steps": 8, "logging": {"progress": True}}, {"max_steps": 20, "logging": {"progress": False}}) == []
     )
+    # the batch's split and layout do not change the update: a resumed run may change them, or find them new
+    before, after = (
+        {"rollout": {"micro_batch_size": 8, "temperature": 1.0}},
+        {"rollout": {"micro_batch_size": 2, "temperature": 1.0}},
+    )
+    after["rollout"].update(share_prompt=False, pass_cost_tokens=None, max_tokens_per_micro_batch=0)
+    assert config_changes(before, after) == []
     with pytest.raises(FileNotFoundError, match="not a complete training checkpoint"):
         GRPOTrainer(compose("train", [*BASE, f"run_dir={run}", f"resume={tmp_path / 'nowhere'}"])).setup()
 
