@@ -90,15 +90,20 @@ def test_shared_prompt_logprobs_entropies_and_gradients_equal_the_packed_pass(ki
         assert torch.allclose(ga, gb, atol=2e-5)
 
 
-def test_each_prompt_runs_once_per_micro_batch():
-    model = model_of("llama")
+def embedded_shapes(model, micro_batch_size: int) -> tuple[list[tuple[int, int]], dict]:
+    """One shared-prompt update of ``model`` on :func:`rollouts` (lr 0): the (rows, width) of every batch its
+    embedding saw, and the update's statistics."""
     seen = []
     model.model.embed_tokens.register_forward_hook(lambda _m, args, _o: seen.append(tuple(args[0].shape)))
-    ros = rollouts()
-    settings = UpdateSettings(alg=compose("train", []).algorithm, pad_id=0, micro_batch_size=4, share_prompt=True)
+    settings = UpdateSettings(alg=compose("train", []).algorithm, pad_id=0, micro_batch_size=micro_batch_size, share_prompt=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    stats = update_policy(model, opt, sched, ros, torch.tensor([1.0, 0] * 6), [False] * 12, 4, settings)
+    stats = update_policy(model, opt, sched, rollouts(), torch.tensor([1.0, 0] * 6), [False] * 12, 4, settings)
+    return seen, stats
+
+
+def test_each_prompt_runs_once_per_micro_batch():
+    seen, stats = embedded_shapes(model_of("llama"), micro_batch_size=4)
     # one micro-batch per group (4 sequences each): its prompt once, then its 4 completions
     assert stats["micro_batches"] == 3
     prompt_rows = [rows for rows, _ in seen[0::2]]
@@ -174,13 +179,8 @@ def test_a_model_the_path_does_not_cover_takes_the_packed_pass():
 
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=64, n_layer=1, n_head=1, n_positions=64))
     assert not prompt_sharing_supported(gpt2)
-    seen = []
-    sliding.model.embed_tokens.register_forward_hook(lambda _m, args, _o: seen.append(tuple(args[0].shape)))
+    seen, _ = embedded_shapes(sliding, micro_batch_size=12)
     ros = rollouts()
-    settings = UpdateSettings(alg=compose("train", []).algorithm, pad_id=0, micro_batch_size=12, share_prompt=True)
-    opt = torch.optim.SGD(sliding.parameters(), lr=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    update_policy(sliding, opt, sched, ros, torch.tensor([1.0, 0] * 6), [False] * 12, 4, settings)
     assert seen == [(12, max(len(r.prompt_ids) + len(r.completion_ids) for r in ros))]  # one packed pass
 
 
