@@ -4,7 +4,10 @@
 
 The pairs (tests/data/math_pairs.py) are (category, gold, prediction, equivalent?)
 written by hand; each prediction is scored as the final ``\\boxed{}`` of a
-completion, as in training. The test suite asserts the thresholds; this script
+completion, as in training (or, for extraction families, a whole completion as
+written). ``--pairs tests/data/math_pairs_heldout.py`` scores the independently
+written held-out set. The ``bad_gold`` row counts golds: a readable gold accepted
+by ``check_gold`` is a true positive, an unreadable one accepted a false positive. The test suite asserts the thresholds; this script
 prints the numbers (e.g. before and after a change to the verifier).
 """
 
@@ -39,12 +42,19 @@ def main() -> None:
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         pairs = getattr(mod, "PAIRS", None) or mod.HELDOUT
+        golds = getattr(mod, "BAD_GOLDS", []), getattr(mod, "GOOD_GOLDS", [])
     else:
+        from math_pairs import BAD_GOLDS, GOOD_GOLDS
         from math_pairs import PAIRS as pairs
 
-    from math_pairs import score
+        golds = BAD_GOLDS, GOOD_GOLDS
+
+    from math_pairs import score, score_golds
 
     counts, wrong = score(pairs)
+    if golds[0] or golds[1]:  # unreadable golds must be refused by check_gold, readable ones accepted
+        counts["bad_gold"], gold_wrong = score_golds(*golds)
+        wrong += gold_wrong
     print(table(counts))
     for cat, gold, pred, same in wrong:
         print(f"  misjudged [{cat}] gold {gold!r} pred {pred!r}: labelled {'equivalent' if same else 'different'}")

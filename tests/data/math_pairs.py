@@ -9,7 +9,10 @@ category.
 
 
 def score(pairs, verifier=None):
-    """({category: Counter of tp/fp/fn/tn}, misjudged pairs): each prediction scored as the final \\boxed{}."""
+    """({category: Counter of tp/fp/fn/tn}, misjudged pairs). A pair is (category, gold, prediction, equivalent?),
+    the prediction scored as the final \\boxed{} of a completion, or (category, gold, completion, equivalent?,
+    "completion"), the completion scored as written. A gold given as a dict is the whole problem (for per-row
+    settings such as ``gold_precision``)."""
     import collections
 
     from reasonrl.verifiers.math import MathVerifier
@@ -17,11 +20,35 @@ def score(pairs, verifier=None):
     v = verifier or MathVerifier()
     counts = collections.defaultdict(collections.Counter)
     wrong = []
-    for cat, gold, pred, same in pairs:
-        said = v({"answer": gold}, f"... so \\boxed{{{pred}}}").status == "correct"
+    for cat, gold, pred, same, *how in pairs:
+        problem = gold if isinstance(gold, dict) else {"answer": gold}
+        completion = pred if how == ["completion"] else f"... so \\boxed{{{pred}}}"
+        said = v(problem, completion).status == "correct"
         counts[cat]["tp" if said and same else "fp" if said else "fn" if same else "tn"] += 1
         if said != same:
             wrong.append((cat, gold, pred, same))
+    return counts, wrong
+
+
+def score_golds(bad, good, verifier=None):
+    """The same counts for gold answers alone: a readable gold (``good``) that ``check_gold`` accepts is a true
+    positive, an unreadable one (``bad``) that it accepts a false positive."""
+    import collections
+
+    from reasonrl.verifiers import GoldAnswerError
+    from reasonrl.verifiers.math import MathVerifier
+
+    v = verifier or MathVerifier()
+    counts, wrong = collections.Counter(), []
+    for gold, readable in [(g, False) for g in bad] + [(g, True) for g in good]:
+        try:
+            v.check_gold({"answer": gold})
+            said = True
+        except GoldAnswerError:
+            said = False
+        counts["tp" if said and readable else "fp" if said else "fn" if readable else "tn"] += 1
+        if said != readable:
+            wrong.append(("bad_gold", gold, None, readable))
     return counts, wrong
 
 
@@ -674,3 +701,5 @@ PAIRS += [
     ("choice", "C", "\\text{(B)}", False),
     ("choice", "B", "\\textbf{(A) }7", False),
 ]
+BAD_GOLDS = ["\\\\frac{1}{", "\\\\sqrt{", "1/0", "x="]
+GOOD_GOLDS = []
