@@ -4,6 +4,13 @@ The folder (weights in the chosen dtype, bfloat16 by default, and the
 tokenizer) loads in transformers and vLLM like ``checkpoints/final``. The
 model's shape comes from the checkpoint's own ``config.yaml``.
 
+Exporting a downloaded checkpoint runs no code from it: the model and
+optimizer state are read as :mod:`reasonrl.checkpoint` reads them on resume
+(DCP metadata through a restricted unpickler, tensors weights-only), and a
+file that would need more is refused by name (exit status 1). What it does
+trust is listed in that module's docstring: the base model that the
+checkpoint's ``config.yaml`` names is loaded (without remote code).
+
 It does not write training checkpoints (:mod:`reasonrl.checkpoint`).
 """
 
@@ -42,6 +49,6 @@ def cli() -> None:
     args = ap.parse_args()
     try:
         out = export_hf(args.checkpoint, args.out_dir, args.dtype)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ckpt.CheckpointRefused) as e:
         raise SystemExit(f"reasonrl-export: {e}") from None
     print(f"[reasonrl] exported {args.checkpoint} ({args.dtype}) to {out}")
