@@ -95,7 +95,7 @@ def _state(checkpoint: Path) -> dict:
 
     out = checkpoint.parent.parent / f"{checkpoint.name}.pt"
     dcp_to_torch_save(str(checkpoint / "state"), str(out))
-    return torch.load(out, weights_only=False)
+    return torch.load(out, weights_only=True)
 
 
 def _flat(x, prefix=""):
