@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import time
 
 import pytest
@@ -68,6 +69,37 @@ def test_a_dying_worker_costs_one_error_and_is_replaced(pool):
     assert rows[1]["moody"].info == {"worker_died": 1}
     assert "RuntimeError" in rows[2]["moody"].info["exception"]
     assert pool.replaced == before + 1
+
+
+def _dead_unreaped(pid: int, within_s: float = 10.0) -> bool:
+    """True once ``pid`` has died and waits, unreaped, for its parent (as after an OOM kill)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_worker_killed_while_idle_is_replaced_before_work_is_sent_to_it():
+    """An idle worker killed from outside (SIGKILL by its pid, as the OOM killer does) once made the next
+    step raise BrokenPipeError and lose all its verdicts: it is now found dead before any work goes to it,
+    replaced, and the step returns every verdict. Then every worker at once."""
+    problems = [{"answer": str(i)} for i in range(200)]
+    completions = [f"<answer>{i if i % 5 else -1}</answer>" for i in range(200)]
+    expect = ["correct" if i % 5 else "wrong" for i in range(200)]
+    with ScoringPool({"integer": IntegerVerifier()}, workers=2, timeout_s=5.0) as pool:
+        assert [r["integer"].status for r in pool.run(problems, completions)] == expect  # both ready, now idle
+        for how_many in (1, len(pool._workers)):
+            before, victims = pool.replaced, pool._workers[:how_many]
+            for w in victims:
+                os.kill(w.proc.pid, signal.SIGKILL)
+                assert _dead_unreaped(w.proc.pid)
+            rows = pool.run(problems, completions)
+            assert [r["integer"].status for r in rows] == expect
+            assert pool.replaced == before + len(victims)
+            assert all(w.proc.is_alive() for w in pool._workers)
 
 
 def test_no_worker_processes_are_left_behind():

@@ -9,7 +9,9 @@ own limits. The deadline counts from when its worker could start the job (a repl
 worker's start-up is not charged to the job it inherits). A worker that passes the deadline is killed and replaced: its current
 job costs one ``timeout`` verdict and its queued jobs go to the replacement. A
 worker that dies (segfault, ``os._exit``, out of memory) costs one ``error``
-verdict for its current job and is replaced the same way. A check that raises
+verdict for its current job and is replaced the same way; one that died while
+idle (killed from outside between steps) is found dead before any work is
+sent to it and replaced at no cost. A check that raises
 inside a worker is an ``error`` verdict. The step always gets one verdict per
 job and goes on.
 
@@ -155,18 +157,43 @@ class ScoringPool:
     def _head_deadline(self, w: _Worker) -> float:
         return self._deadlines.get(w.queue[0], self.timeout_s) if w.queue else self.timeout_s
 
-    def _send(self, w: _Worker, batch, now: float) -> None:
+    def _send(self, w: _Worker, batch, now: float) -> bool:
+        """Hand ``batch`` to ``w``; False (and nothing recorded as sent) when its pipe is broken."""
+        new = {key: self._problems[key] for _, _, key, _ in batch if key not in w.has}
+        try:
+            w.conn.send((self._run_id, new, batch))
+        except OSError:  # BrokenPipeError, ConnectionResetError: it died since it was last seen alive
+            return False
         if not w.queue and w.ready:
             w.deadline = now + self._deadlines.get(batch[0][0], self.timeout_s)
         w.queue.extend(j for j, *_ in batch)
-        new = {key: self._problems[key] for _, _, key, _ in batch if key not in w.has}
         w.has.update(new)
         self.problems_sent += len(new)
-        w.conn.send((self._run_id, new, batch))
+        return True
 
-    def _replace(self, w: _Worker, results: dict, todo: deque, verdict: Verdict) -> None:
-        """Kill ``w``; its running job gets ``verdict``; its queued jobs go back to the front of ``todo``."""
+    def _worker_for(self, i: int, results: dict, todo: deque) -> _Worker | None:
+        """Worker ``i``, replaced first if it has died (an OOM kill while idle, say), so that work is never sent
+        to a dead worker: one that died running a job costs that job an ``error`` verdict, an idle one nothing.
+        None while a dead worker still has verdicts to be read (the caller's loop reads them, then replaces it)."""
+        w = self._workers[i]
+        if not w.proc.is_alive():
+            if w.queue and w.conn.poll():
+                return None
+            self._lost(w, results, todo)
+        return self._workers[i]
+
+    def _lost(self, w: _Worker, results: dict, todo: deque) -> None:
+        """``w`` is dead (or its pipe broke) with nothing left to read from it: replace it."""
         if w.queue:
+            self._replace(w, results, todo, Verdict(0.0, "error", {"worker_died": 1}))
+        else:
+            log.warning("scoring worker pid %s died while idle (exit code %s); replaced", w.proc.pid, w.proc.exitcode)
+            self._replace(w, results, todo, None)
+
+    def _replace(self, w: _Worker, results: dict, todo: deque, verdict: Verdict | None) -> None:
+        """Kill ``w``; its running job gets ``verdict`` (None: it was running none); its queued jobs go back to
+        the front of ``todo``."""
+        if w.queue and verdict is not None:
             head = w.queue.popleft()
             results[head] = verdict
             log.warning("verifier job %d: %s (worker pid %s replaced)", head, verdict.status, w.proc.pid)
@@ -284,10 +311,17 @@ class ScoringRun:
                 if len(results) == len(jobs):
                     continue
             now = time.monotonic()
-            for w in pool._workers:  # top up idle workers
-                while todo and len(w.queue) < CHUNK // 2:
+            for i in range(len(pool._workers)):  # top up idle workers (a dead one is replaced first)
+                while todo and len(pool._workers[i].queue) < CHUNK // 2:
+                    w = pool._worker_for(i, results, todo)
+                    if w is None:
+                        break
                     batch = [todo.popleft() for _ in range(min(CHUNK, len(todo)))]
-                    pool._send(w, [(j, *jobs[j][1:]) for j in batch], now)
+                    if not pool._send(w, [(j, *jobs[j][1:]) for j in batch], now):
+                        todo.extendleft(reversed(batch))  # never sent: back to the front, for the replacement
+                        if w.queue and w.conn.poll():
+                            break  # it died with verdicts to read: the loop below reads them, then replaces it
+                        pool._lost(w, results, todo)
             live = [w.conn for w in pool._workers if w.queue or not w.ready]
             nearest = min((w.deadline for w in pool._workers if w.queue or not w.ready), default=now + pool.timeout_s)
             wait_s = max(0.0, nearest - time.monotonic())
