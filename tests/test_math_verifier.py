@@ -81,7 +81,16 @@ def test_gold_formats():
         ("\\boxed{\\frac12} hmm, or maybe \\boxed{\\frac13}", "wrong", {"hedge": 1}),
         ("<answer>1/2 or 1/3</answer>", "wrong", {"hedge": 1}),
         # hedges where the right answer is last, first, or inside one answer: all score 0 with the hedge flag
-        ("\\boxed{\\frac13} ... on second thought \\boxed{\\frac12}", "wrong", {"hedge": 1}),
+        ("\\boxed{\\frac13} ... then \\boxed{\\frac12}", "wrong", {"hedge": 1}),
+        # a later answer that takes an earlier one back replaces it: only the last is judged, so writing two
+        # answers gains nothing (a retraction cue between them: wait, actually, on second thought, a mistake)
+        ("\\boxed{\\frac13} ... on second thought \\boxed{\\frac12}", "correct", {}),
+        ("\\boxed{\\frac12} ... wait, I made a mistake: \\boxed{\\frac13}", "wrong", {}),
+        ("<think>try \\boxed{\\frac13}</think><answer>\\frac12</answer>", "correct", {}),  # scratch work
+        ("<answer>\\frac12</answer> \\boxed{\\frac13}", "wrong", {"hedge": 1}),  # tag and box disagree
+        ("\\boxed{\\frac13}. Wait, I dropped a factor: the answer is 1/2.", "correct", {"retracted": 1}),
+        ("\\boxed{\\frac12}. Wait, I dropped a factor: the answer is 1/3.", "wrong", {"retracted": 1}),
+        ("\\boxed{\\frac12}. Wait, let me verify: 1/2 = 0.5. Yes.", "correct", {}),
         ("\\boxed{\\frac12} ... or perhaps \\boxed{\\frac13}", "wrong", {"hedge": 1}),
         ("<answer>1/3 or 1/2</answer>", "wrong", {"hedge": 1}),
         ("<answer>\\frac{1}{2} \\text{ or } \\frac{1}{3}</answer>", "wrong", {"hedge": 1}),

@@ -41,9 +41,11 @@ import re
 from fractions import Fraction
 from typing import Any, Mapping, Sequence
 
+from reasonrl.verifiers import math_answers as answers
 from reasonrl.verifiers import math_forms as forms
+from reasonrl.verifiers import math_numbers as nums
 from reasonrl.verifiers.base import GoldAnswerError, Verdict
-from reasonrl.verifiers.extract import _ANSWER, all_boxed, last_boxed
+from reasonrl.verifiers.extract import last_boxed
 
 MAX_NESTING = 10  # real final answers nest a few levels ({\frac{\sqrt{2}}{2}} is 2)
 MAX_ANSWER_CHARS = 2000  # longer "answers" are not answers; never hand them to sympy
@@ -51,6 +53,12 @@ _ANSWER_IS = re.compile(r"(?:final answer|the answer) is[:\s]*\$?(.+?)\$?\s*(?:\
 _LAST_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _NUM = re.compile(r"^[+-]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?$|^[+-]?\.\d+$")
 _HEDGE_SPLIT = re.compile(r"\s+(?:or|and/or)\s+|\\text\{\s*or\s*\}|\\quad\s*\\text\{or\}|\\vee", re.IGNORECASE)
+_AND_SPLIT = re.compile(r"\s+and\s+|\\text\{\s*and\s*\}", re.IGNORECASE)
+_E_LATEX = re.compile(r"(?<![\w\\.])(\d+(?:\.\d+)?|\.\d+)[eE]([+-]?\d{1,4})(?![\w.])")
+_TEXT_NUMBER = re.compile(r"^\\(?:text|textbf|mathrm|mbox|textrm)\s*\{\s*\$?\s*([+-]?[\d.,]+)\s*([A-Za-z][A-Za-z .'/-]*)?\}$")
+_E_SUBSCRIPT = re.compile(r"(?<![\\A-Za-z])E(?=\s*_)")
+_GAMMA_SYMBOL = re.compile(r"\\gamma(?![A-Za-z])(?!\s*(?:\(|\\left\())")
+_LIST_WORDS = re.compile(r"\b(?:or|and)\b", re.IGNORECASE)
 _TEXT_WRAP = re.compile(r"\\(?:text|textbf|mathrm|mbox|mathbf|operatorname)\s*\{([^{}]*)\}")
 _UNIT_WORDS = (
     r"(?:cm|m|km|mm|kg|g|mg|s|sec|seconds?|minutes?|mins?|hours?|hrs?|days?|weeks?|years?|dollars?|cents?|"
@@ -116,7 +124,9 @@ def _gold_strings(value: Any, fmt: str) -> list[str]:
         return [s.rsplit("####", 1)[1].strip().replace(",", "")]
     if fmt == "list":
         try:
-            items = ast.literal_eval(s)
+            # a list written by hand holds LaTeX's single backslashes (\frac would read as a form feed);
+            # one printed by Python doubles them
+            items = ast.literal_eval(s if "\\\\" in s else s.replace("\\", "\\\\"))
         except (ValueError, SyntaxError) as e:
             raise GoldAnswerError(f"gold list {s[:80]!r} does not parse: {e}") from None
         return _gold_strings(list(items), "plain")
@@ -154,11 +164,22 @@ def _clean(s: str) -> str:
 
 
 def _as_number(s: str) -> Fraction | None:
-    """A plain number (with commas, %, $, a trailing unit word) as a Fraction, else None."""
+    """A written number (commas, %, $, a trailing unit word, scientific notation, a repeating decimal, a mixed
+    number, a number and its unit inside one ``\\text{}``) as the exact Fraction it denotes, else None."""
     t = _clean(s)
+    m = _TEXT_NUMBER.match(t)
+    if m and not _LIST_WORDS.search(m.group(2) or ""):  # \text{150 cm}, \textbf{48 apples}
+        t = m.group(1)
     if " " in t:
         t = _UNIT_TRAILING.sub("", t)
-    t = t.replace("$", "").replace(" ", "").rstrip(".").rstrip("%")
+    t = t.replace("$", "").strip()
+    if t.endswith("%"):
+        t = t[:-1].strip()
+    if "\\" in t or "e" in t or "E" in t or "..." in t or "…" in t:
+        special = nums.literal(t)
+        if special is not None:
+            return special
+    t = t.replace(" ", "").rstrip(".").rstrip("%")
     m = _FRAC.fullmatch(t) or _SLASH.fullmatch(t)
     if m:
         num, den = int(m.group(2)), int(m.group(3))
@@ -169,17 +190,23 @@ def _as_number(s: str) -> Fraction | None:
 
 
 @functools.lru_cache(maxsize=65536)
-def _traits(gold_text: str) -> tuple[bool, bool]:
-    """(written as a decimal, written as a percentage) for a gold answer; cached, golds repeat."""
-    return "." in _clean(gold_text), forms.is_percent(gold_text)
+def _traits(gold_text: str) -> tuple[bool, bool, Fraction | None]:
+    """(written as a decimal, written as a percentage, half a unit in its last significant digit) for a gold
+    answer; cached, golds repeat."""
+    t = _clean(gold_text).replace("$", "").rstrip("%").strip()
+    return nums.written_as_decimal(t), forms.is_percent(gold_text), nums.half_unit(t)
 
 
 _WRAPPED_TEXT = re.compile(r"^\\(?:text|textbf|mathrm|mbox)\s*\{[^{}]*\}$")
 _WORDS = re.compile(r"^[A-Za-z][A-Za-z' ]{2,}$|^\([A-Ea-e]\)$")
+_ARTICLE = re.compile(r"^(?:(?:the answer is|it is|it's|this is|the function is|the curve is|the graph is)\s+)?(?:a|an|the)\s+")
+_QUALIFIED = re.compile(r"^(?:(?:the )?function is |it is |it's )?(.+?)(?: functions?| curves?| graphs?)?$")
+_TEXT_SYNONYMS = {"neither even nor odd": "neither", "neither odd nor even": "neither"}
 
 
 def _norm_text(s: str) -> str | None:
-    """A text answer (``\\text{Evelyn}``, ``even``, ``(C)``), normalised; None when it is mathematics."""
+    """A text answer (``\\text{Evelyn}``, ``even``, ``(C)``), normalised; None when it is mathematics. Leading
+    articles and "the function is" go, as do trailing "function"/"curve" (``an odd function`` is ``odd``)."""
     t = _clean(s)
     wrapped = bool(_WRAPPED_TEXT.match(t))
     for _ in range(3):
@@ -187,7 +214,14 @@ def _norm_text(s: str) -> str | None:
     t = re.sub(r"\s+", " ", t).strip().strip(".")
     if not t or not (wrapped or _WORDS.match(t)) or re.search(r"[\\^_{}=+*/<>]|\d", t):
         return None
-    return t.lower()
+    t = _ARTICLE.sub("", t.lower())
+    t = _QUALIFIED.match(t).group(1)
+    t = _ARTICLE.sub("", t)
+    return _TEXT_SYNONYMS.get(t, t)
+
+
+Gold = tuple[str, Fraction | None, Any]  # (text, exact number or None, math-verify parse or None)
+GOLD_PRECISIONS = ("exact", "significant")
 
 
 class MathVerifier:
@@ -201,66 +235,108 @@ class MathVerifier:
         rel_tol: float = 1e-9,
         abs_tol: float = 1e-12,
         float_rounding: int = 6,
+        gold_precision: str = "exact",
     ):
         unknown = set(extract) - {"answer_tag", "boxed", "answer_is", "gsm8k", "last_number"}
         if unknown:
             raise ValueError(f"unknown extract methods {sorted(unknown)}; use answer_tag, boxed, answer_is, gsm8k, last_number")
+        if gold_precision not in GOLD_PRECISIONS:
+            raise ValueError(f"unknown gold_precision {gold_precision!r}; use one of {GOLD_PRECISIONS}")
         self.answer_field = answer_field
         self.gold_format = gold_format
+        self.gold_precision = gold_precision
         self.extract_order = tuple(extract)
         self.rel_tol, self.abs_tol, self.float_rounding = rel_tol, abs_tol, float_rounding
-        self._gold_cache: dict[str, list[tuple[str, Fraction | None, Any]]] = {}
+        self._gold_cache: dict[str, tuple[list[Gold], list[Gold]]] = {}
 
     # ------------------------------------------------------------ gold
-    def check_gold(self, problem: Mapping[str, Any]) -> list[tuple[str, Fraction | None, Any]]:
+    def check_gold(self, problem: Mapping[str, Any]) -> list[Gold]:
         """Parsed gold parts [(text, number or None, math-verify parse)], cached by the raw value."""
+        return self._gold(problem)[0]
+
+    def _gold(self, problem: Mapping[str, Any]) -> tuple[list[Gold], list[Gold]]:
+        """(the gold parts as written, the values they list: ``1,-2`` and ``1\\pm\\sqrt{19}`` are two)."""
         raw = problem.get(self.answer_field)
         key = repr(raw)
         if key not in self._gold_cache:
-            parts = []
-            for text in _gold_strings(raw, self.gold_format):
-                num = _as_number(text)
-                parsed = None if num is not None else self._parse(text)
-                if num is None and not parsed and _norm_text(text) is None:
-                    raise GoldAnswerError(f"gold {self.answer_field}={text!r} does not parse")
-                parts.append((text, num, parsed))
-            self._gold_cache[key] = parts
+            parts = [self._read_gold(answers.normalize(text)) for text in _gold_strings(raw, self.gold_format)]
+            values = parts
+            if len(parts) == 1:
+                listed = answers.items(parts[0][0])
+                if len(listed) > 1:
+                    values = [self._read_gold(t) for t in listed]
+            self._gold_cache[key] = (parts, values)
         return self._gold_cache[key]
+
+    def _read_gold(self, text: str) -> Gold:
+        """One gold value, read now: a gold that cannot be read is a data error, never a string that matches only
+        itself (math-verify returns the input string when it parses nothing)."""
+        num = _as_number(text)
+        if num is not None:
+            return text, num, None
+        if text in ("\\emptyset", "\\infty") or answers.base_number(text) or _norm_text(text) is not None:
+            return text, None, None
+        problem = _unreadable(text)
+        parsed = None if problem else self._parse(text)
+        if not problem and not (parsed and not isinstance(parsed[0], str)):
+            problem = "math-verify reads no expression in it"
+        if not problem and _undefined(parsed[0]):
+            problem = "its value is undefined (a division by zero?)"
+        if problem:
+            raise GoldAnswerError(f"gold {self.answer_field}={text!r} does not parse: {problem}")
+        return text, None, parsed
 
     # ------------------------------------------------------------ prediction
     def extract(self, completion: str) -> tuple[str | None, list[str]]:
         """(the answer, every candidate the chosen method found)."""
+        found = self._candidates(completion)
+        return (found[-1][2], [c[2] for c in found]) if found else (None, [])
+
+    def _candidates(self, completion: str) -> list[tuple[int, int, str]]:
+        """(start, end, text) of the candidates of the first extraction method that finds any; the answer tag and
+        the boxes are one method (their candidates must agree), in the order written."""
         for how in self.extract_order:
-            if how == "answer_tag":
-                found = [x.strip() for x in _ANSWER.findall(completion)]
-            elif how == "boxed":
-                found = [b.strip() for b in all_boxed(completion)]
+            if how in ("answer_tag", "boxed"):
+                found = answers.candidates(completion, self.extract_order)
             elif how == "answer_is":
-                found = [x.strip() for x in _ANSWER_IS.findall(completion)]
+                found = [(m.start(1), m.end(1), m.group(1).strip()) for m in _ANSWER_IS.finditer(completion)]
             elif how == "last_number":  # lenient fallback for models that never box: the last number written
-                found = _LAST_NUMBER.findall(completion)[-1:]
+                found = [(m.start(), m.end(), m.group(0)) for m in _LAST_NUMBER.finditer(completion)][-1:]
             else:
-                found = [completion.rsplit("####", 1)[1].strip()] if "####" in completion else []
-            found = [f for f in found if f]
+                at = completion.rfind("####")
+                found = [(at + 4, len(completion), completion[at + 4 :].strip())] if at >= 0 else []
+            found = [f for f in found if f[2]]
             if found:
-                return found[-1], found
-        return None, []
+                return found
+        return []
 
     @staticmethod
     def _parse(text: str):
         from math_verify import parse
 
         text = forms.normalize_imaginary(_strip_dollars(text))
+        text = _E_LATEX.sub(r"\1\\times10^{\2}", text)  # 4.5e33: e is not Euler's number here
+        if "E" in text:  # E_{1} (an energy level) is a name; math-verify reads E as Euler's number and gives up
+            text = _E_SUBSCRIPT.sub(r"\\mathcal{E}", text)
+        if "\\gamma" in text:  # \gamma alone is a symbol (a Lorentz factor), not sympy's gamma function
+            text = _GAMMA_SYMBOL.sub(r"\\epsilon_{gamma}", text)
         return parse("$" + text + "$", extraction_config=_extraction_config(), parsing_timeout=None)
 
-    def _equal(self, gold: tuple[str, Fraction | None, Any], pred: str) -> bool:
+    def _equal(self, gold: Gold, pred: str, rounded: bool = False) -> bool:
         text, gnum, gparsed = gold
-        pnum = _as_number(pred)
-        if gnum is not None and pnum is not None:  # the fast path: plain numbers on both sides
-            return self._numbers_equal(text, gnum, pred, pnum)
         gletter, pletter = forms.choice_letter(text), forms.choice_letter(pred)
         if gletter is not None and pletter is not None:  # multiple choice: (B), B, \text{(B)}, (B) 12
             return gletter == pletter
+        if pletter is not None:  # a numeric gold (AMC's 27.0) against "\textbf{(C) }27": the value counts
+            pred = forms.after_choice(pred) or pred
+        pnum = _as_number(pred)
+        if gnum is not None and pnum is not None:  # the fast path: plain numbers on both sides
+            return self._numbers_equal(text, gnum, pred, pnum, rounded)
+        if "\\emptyset" in (text, pred) or "\\infty" in (text, pred):
+            return text == pred
+        gbase, pbase = answers.base_number(text), answers.base_number(pred)
+        if gbase is not None or pbase is not None:
+            return _bases_equal(gbase, text, pbase, pred)
         angle = self._angles_equal(text, pred)
         if angle is not None:
             return angle
@@ -276,6 +352,12 @@ class MathVerifier:
         pparsed = self._parse(pred)
         if not gparsed or not pparsed:
             return False
+        if rounded and gnum is not None:  # a rounded gold against an expression: its value, to the gold's digits
+            value = _constant_value(pparsed[0])
+            return value is not None and self._numbers_equal(text, gnum, pred, value, rounded)
+        exact = _rational(gparsed[0]) if pnum is not None else None
+        if exact is not None:  # 2^{100} against a written number: exactly (a 17-digit decimal is not 2^{100})
+            return self._numbers_equal(text, exact, pred, pnum, rounded)
         as_sets = self._inequality_vs_set(text, gparsed, pred, pparsed)
         if as_sets is not None:
             return as_sets
@@ -286,7 +368,7 @@ class MathVerifier:
             return True
         return _sympy_equal(gparsed[0], pparsed[0]) or forms.radicals_equal(gparsed[0], pparsed[0])
 
-    def _numbers_equal(self, gold_text: str, g: Fraction, pred: str, p: Fraction) -> bool:
+    def _numbers_equal(self, gold_text: str, g: Fraction, pred: str, p: Fraction, rounded: bool = False) -> bool:
         """Plain numbers: exact when both are exact; a percentage on one side only may also mean its fraction."""
         pairs = [(g, p)]
         gold_pct, pred_pct = _traits(gold_text)[1], forms.is_percent(pred)
@@ -294,22 +376,26 @@ class MathVerifier:
             pairs.append((g / 100, p))
         elif pred_pct and not gold_pct:
             pairs.append((g, p / 100))
-        return any(self._close(gold_text, a, b) for a, b in pairs)
+        return any(self._close(gold_text, a, b, pred, rounded) for a, b in pairs)
 
-    def _close(self, gold_text: str, g: Fraction, p: Fraction) -> bool:
-        """Relative tolerance; an absolute one only where the gold is a rounded decimal, and never
-        wider than half the gold's own size (so it cannot make 1e-12 equal 2e-12, or anything equal 0)."""
+    def _close(self, gold_text: str, g: Fraction, p: Fraction, pred: str = "", rounded: bool = False) -> bool:
+        """An exact gold (an integer or a fraction) is matched exactly (``1000000008`` is not ``1000000007``, and a
+        17-digit decimal is not a 30-digit integer), except that a written decimal may stand for a fraction with
+        no finite expansion (``0.333333333333`` for ``1/3``) within ``rel_tol``. A gold written as a decimal is
+        approximate: ``rel_tol`` relative, or ``abs_tol`` absolute (never wider than half the gold's own size).
+        A gold declared rounded (``gold_precision=significant``) stands for every value within half a unit of its
+        last significant digit."""
         if g == p:
             return True
-        size = abs(float(g))
-        if not 1e-300 < size < 1e300:  # beyond float range: exact arithmetic
-            size, diff = abs(g), abs(g - p)
-        else:
-            diff = abs(size - abs(float(p))) if (g > 0) == (p > 0) else size + abs(float(p))
-        tol = self.rel_tol * size
-        if _traits(gold_text)[0]:
-            tol = max(tol, min(self.abs_tol, size / 2) if g else self.abs_tol)
-        return diff <= tol
+        gold_decimal, _, half = _traits(gold_text)
+        if rounded and half is not None:
+            return abs(g - p) <= half
+        tol = Fraction(self.rel_tol) * abs(g)
+        if gold_decimal:
+            return abs(g - p) <= max(tol, min(Fraction(self.abs_tol), abs(g) / 2) if g else Fraction(self.abs_tol))
+        if nums.terminates(g) or not nums.written_as_decimal(_clean(pred).rstrip("%")):
+            return False
+        return abs(g - p) <= tol
 
     def _angles_equal(self, gold_text: str, pred: str) -> bool | None:
         """Degrees on one side, radians (written with pi) on the other; None when that is not the case."""
@@ -359,55 +445,167 @@ class MathVerifier:
                 return None
         return sympy.Union(*sets) if len(variables) == 1 else None
 
+    def _same(self, a: str, b: str, rounded: bool = False) -> bool:
+        return self._equal((a, _as_number(a), None), b, rounded)
+
     def _distinct_values(self, candidates: list[str]) -> bool:
         """True when the candidates are not all the same value (a hedge)."""
-        first = candidates[0]
-        ref = (first, _as_number(first), None)
-        return any(not self._equal(ref, c) for c in candidates[1:])
+        return any(not self._same(candidates[0], c) for c in candidates[1:])
+
+    def _final(self, completion: str, found: list[tuple[int, int, str]]) -> tuple[str | None, dict]:
+        """The answer the completion stands by, or (None, why): candidates that disagree with no retraction
+        between them are a hedge; one that a later candidate corrects ("wait, ...") is replaced; a retraction
+        after the last one that states another value voids it."""
+        usable = [c for c in found if len(c[2]) <= MAX_ANSWER_CHARS and not too_complex(c[2])]
+        last = found[-1]
+        answer = answers.normalize(last[2])
+        if usable and usable[-1] is last:
+            tail = usable[-5:]
+            for k in range(len(tail) - 2, -1, -1):
+                if self._same(answer, answers.normalize(tail[k][2])):
+                    continue
+                if answers.corrected(completion[tail[k][1] : tail[k + 1][0]]):
+                    break  # everything before a correction is taken back
+                return None, {"hedge": 1}
+            stated = answers.retracted_value(completion[last[1] :])
+            if stated is not None and not self._same(answer, stated):
+                return stated, {"retracted": 1}  # "\boxed{12}. Wait, I double-counted; the total is 14.": 14
+        return answer, {}
 
     def __call__(self, problem: Mapping[str, Any], completion: str) -> Verdict | None:
         if self.answer_field not in problem:
             return None
-        gold = self.check_gold(problem)
-        answer, candidates = self.extract(completion)
-        if answer is None:
+        parts, values = self._gold(problem)
+        rounded = problem.get("gold_precision", self.gold_precision) == "significant"
+        found = self._candidates(completion)
+        if not found:
             return Verdict(0.0, "no_answer", {})
-        if len(answer) > MAX_ANSWER_CHARS:
+        if len(found[-1][2]) > MAX_ANSWER_CHARS:
             return Verdict(0.0, "format_error", {"too_long": 1})
-        if too_complex(answer):
+        if too_complex(found[-1][2]):
             return Verdict(0.0, "wrong", {"too_complex": 1})
-        if len(gold) > 1:  # several required parts (OlympiadBench multi-answer): all present, any order
-            parts = [p for p in re.split(r",|;|\\text\{\s*and\s*\}|\s+and\s+", _strip_dollars(answer)) if p.strip()]
-            if len(parts) != len(gold):
-                return Verdict(0.0, "wrong", {"parts": 1})
-            left = list(parts)
-            for g in gold:
-                hit = next((i for i, p in enumerate(left) if self._equal(g, p)), None)
+        answer, why = self._final(completion, found)
+        if answer is None:
+            return Verdict(0.0, "wrong", why)
+        verdict = self._judge(parts, values, answer, rounded)
+        return Verdict(verdict.score, verdict.status, {**verdict.info, **why}) if why else verdict
+
+    def _judge(self, parts: list[Gold], values: list[Gold], answer: str, rounded: bool) -> Verdict:
+        """The verdict on the answer the completion stands by."""
+        if len(values) > 1:  # several values (1,-2; an OlympiadBench list; 1\pm\sqrt{19}): all of them, any order
+            listed = answers.items(answer)
+            if any(map(answers.is_assignment, listed)) and not any(answers.is_assignment(g[0]) for g in values):
+                return Verdict(0.0, "wrong", {"parts": 1})  # x=1, y=-2 is a point, not the two values 1, -2
+            if len(listed) != len(values):
+                whole = len(parts) == 1 and self._equal(parts[0], answer, rounded)  # \{1,-2\}: the set as one
+                return Verdict(1.0, "correct", {}) if whole else Verdict(0.0, "wrong", {"parts": 1})
+            left = list(listed)
+            for g in values:
+                hit = next((i for i, p in enumerate(left) if self._equal(g, p, rounded)), None)
                 if hit is None:
                     return Verdict(0.0, "wrong", {})
                 left.pop(hit)
             return Verdict(1.0, "correct", {})
-        unique = list(dict.fromkeys(c for c in candidates if len(c) <= MAX_ANSWER_CHARS and not too_complex(c)))
-        if len(unique) > 1 and self._distinct_values(unique[-4:]):
-            return Verdict(0.0, "wrong", {"hedge": 1})
+        gold = values[0]
+        size = answers.is_tuple(gold[0])
+        if size:  # y=5, x=-3 for the point (-3, 5)
+            answer = answers.named_tuple(answer, size) or answer
         alternatives = [a for a in _HEDGE_SPLIT.split(answer) if a and a.strip()]
+        if not _LIST_WORDS.search(gold[0]):  # "(C) and (D)" offers two answers where the gold names one
+            alternatives = [b for a in alternatives for b in _AND_SPLIT.split(a) if b and b.strip()]
+        alternatives = [v for a in alternatives for v in answers.expand_signs(a)]  # \pm 3 for 3: two answers
         if (
             len(alternatives) > 1
             and forms.inequality_parts(answer) is None  # "x<-1 or x>1" is one set, not a hedge
             and self._distinct_values(alternatives)
         ):
             return Verdict(0.0, "wrong", {"hedge": 1})
-        return Verdict(1.0, "correct", {}) if self._equal(gold[0], answer) else Verdict(0.0, "wrong", {})
+        return Verdict(1.0, "correct", {}) if self._equal(gold, answer, rounded) else Verdict(0.0, "wrong", {})
+
+
+_OPEN_CLOSE = {"{": "}", "(": ")", "[": "]"}
+
+
+def _unreadable(text: str) -> str | None:
+    """Why a gold is not an answer at all (unbalanced brackets, a dangling operator or ``=``), else None."""
+    t = re.sub(r"\\[{}]", "", text)  # \{ \} are set braces, balanced on their own below
+    if text.count("\\{") != text.count("\\}"):
+        return "unbalanced \\{ \\}"
+    if t.count("{") != t.count("}"):
+        return "unbalanced braces"
+    opened = t.count("(") + t.count("[")
+    closed = t.count(")") + t.count("]")
+    if opened != closed:  # half-open intervals pair ( with ] and [ with ): only the totals must agree
+        return "unbalanced brackets"
+    if re.search(r"(?:[+\-*/=^_,]|\\(?:times|cdot|div|pm|mp|left|right|frac|sqrt))\s*$", t):
+        return "it ends in an operator"
+    if re.match(r"^\s*(?:=|[*/^_])", t):
+        return "it starts with an operator"
+    return None
+
+
+def _undefined(value: Any) -> bool:
+    """True for sympy's undefined values (``1/0`` is zoo, ``0/0`` nan)."""
+    import sympy
+
+    return isinstance(value, sympy.Basic) and bool(value.has(sympy.zoo, sympy.nan))
+
+
+def _bases_equal(gbase: tuple[str, int] | None, gold: str, pbase: tuple[str, int] | None, pred: str) -> bool:
+    """``2516_8``: the same digits in the same base; a side without a base shows the digits alone, and base 10
+    written out is a plain number (``2516_{10}`` is not ``2516_8``)."""
+    if gbase is not None and pbase is not None:
+        return gbase == pbase
+    based, plain = (gbase, pred) if gbase is not None else (pbase, gold)
+    return (_clean(plain).replace(" ", "").upper().lstrip("0") or "0") == based[0]
+
+
+def _rational(expr: Any) -> Fraction | None:
+    """The exact value of a rational constant expression (``2^{100}``, ``\\frac{3}{2^{10}}``), else None."""
+    import sympy
+
+    try:
+        if not isinstance(expr, sympy.Expr) or expr.free_symbols or expr.has(sympy.Float):
+            return None
+        value = expr.doit()
+        return Fraction(int(value.p), int(value.q)) if value.is_Rational else None
+    except Exception:  # sympy cannot evaluate it: no exact value
+        return None
+
+
+def _constant_value(expr: Any) -> Fraction | None:
+    """A constant sympy expression's value to 30 significant digits, as a Fraction; None when not a number."""
+    import sympy
+
+    try:
+        if not isinstance(expr, sympy.Expr) or expr.free_symbols:
+            return None
+        value = sympy.N(expr, 30)
+        if not value.is_real or not value.is_finite:
+            return None
+        return Fraction(str(value))
+    except Exception:  # sympy cannot evaluate it: no value
+        return None
 
 
 def _sympy_equal(a: Any, b: Any) -> bool:
-    """Second opinion for plain expressions that math-verify keeps unevaluated (``1*i`` vs ``i``)."""
+    """Second opinion for what math-verify keeps unevaluated (``1*i`` vs ``i``): the symbol ``i`` is the imaginary
+    unit (``z=(1+i)^2`` is ``z=2i``), hyperbolic functions equal their exponential forms; equations with the
+    same left side compare by their right sides."""
     import sympy
 
+    if isinstance(a, sympy.Equality) and isinstance(b, sympy.Equality) and str(a.lhs) == str(b.lhs):
+        a, b = a.rhs, b.rhs
     if not (isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr)) or a.has(sympy.oo, -sympy.oo):
         return False
     try:
-        diff = sympy.simplify(sympy.sympify(str(a)) - sympy.sympify(str(b)))
+        x, y = sympy.sympify(str(a)), sympy.sympify(str(b))
+        unit = sympy.Symbol("i")
+        if unit in x.free_symbols or unit in y.free_symbols:
+            x, y = x.subs(unit, sympy.I), y.subs(unit, sympy.I)
+        diff = sympy.simplify(sympy.expand(x - y))
+        if diff != 0 and diff.has(sympy.sinh, sympy.cosh, sympy.tanh, sympy.exp):
+            diff = sympy.simplify(diff.rewrite(sympy.exp))
     except Exception:  # sympy cannot compare these: not equal, never an exception out of a verifier
         return False
     return diff == 0

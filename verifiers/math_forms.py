@@ -32,7 +32,7 @@ import re
 from typing import Any
 
 _WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox|textrm)\s*\{([^{}]*)\}")
-_CHOICE = re.compile(r"^\(([A-Ja-j])\)(?:\s.*)?$|^([A-J])$")
+_CHOICE = re.compile(r"^\(([A-Ja-j])\)(?:\s*\S.*)?$|^([A-J])$")
 _DEGREE_MARK = re.compile(
     r"^(?P<value>.*?)\s*(?:\^\s*\{?\s*\\circ\s*\}?|°|\\degree|\\text\{\s*degrees?\s*\}|\s+degrees?)\s*$", re.IGNORECASE
 )
@@ -54,12 +54,36 @@ def unwrap(text: str) -> str:
     return t.strip()
 
 
-def choice_letter(text: str) -> str | None:
-    """The choice a multiple-choice answer names ('B'), or None when it is not one."""
-    m = _CHOICE.match(unwrap(text))
+_CHOICE_PREFIX = re.compile(r"^(?:(?:the\s+)?(?:option|choice|answer)(?:\s+is)?\s*:?\s*)", re.IGNORECASE)
+_CHOICE_TAIL_OTHER = re.compile(r"\([A-Ja-j]\)|^\s*(?:and|or|,|&)\s|^\s*,")
+
+
+def _choice_parts(text: str) -> tuple[str, str] | None:
+    t = _CHOICE_PREFIX.sub("", unwrap(text)).strip()
+    t = _CHOICE_PREFIX.sub("", unwrap(t)).strip()  # \text{Option (B)}: the prefix may sit inside the wrapper
+    if t.endswith(".") and not t.endswith(".."):
+        t = t[:-1].rstrip()
+    m = _CHOICE.match(t)
     if not m:
         return None
-    return (m.group(1) or m.group(2)).upper()
+    letter = (m.group(1) or m.group(2)).upper()
+    tail = t[m.end(1) + 1 :].strip() if m.group(1) else ""
+    if _CHOICE_TAIL_OTHER.search(" " + tail if tail[:1] in ",&" else tail):
+        return None  # "(C) and (D)" names two choices, not one
+    return letter, tail
+
+
+def choice_letter(text: str) -> str | None:
+    """The choice a multiple-choice answer names ('B' for ``(B)``, ``B.``, ``Option B``, ``\\textbf{(B) }7``),
+    or None when it is not one (``(C) and (D)`` is two)."""
+    parts = _choice_parts(text)
+    return parts[0] if parts else None
+
+
+def after_choice(text: str) -> str | None:
+    """What follows the choice label (``27`` for ``\\textbf{(C) }27``), or None."""
+    parts = _choice_parts(text)
+    return parts[1] or None if parts else None
 
 
 def degrees(text: str) -> str | None:
