@@ -7,8 +7,9 @@ written by hand; each prediction is scored as the final ``\\boxed{}`` of a
 completion, as in training (or, for extraction families, a whole completion as
 written). ``--pairs tests/data/math_pairs_heldout.py`` scores the independently
 written held-out set. The ``bad_gold`` row counts golds: a readable gold accepted
-by ``check_gold`` is a true positive, an unreadable one accepted a false positive. The test suite asserts the thresholds; this script
-prints the numbers (e.g. before and after a change to the verifier).
+by ``check_gold`` is a true positive, an unreadable one accepted a false positive.
+The test suite asserts the thresholds; this script prints the numbers (e.g.
+before and after a change to the verifier); ``--timing`` also times each check.
 """
 
 from __future__ import annotations
@@ -30,12 +31,50 @@ def table(counts) -> str:
     return "\n".join(lines)
 
 
+HOSTILE = [  # completions whose extraction was quadratic or whose parts cost the most
+    "<answer>" * 20000 + "<answer>5</answer>",
+    "\\boxed{" * 20000 + "\\boxed{5}",
+    "<think>" * 20000 + "\\boxed{5}",
+    "\\boxed{5}" + " wait, is 4 or" * 5000,
+    "\\boxed{5}" * 5000 + "\\boxed{6}",
+]
+
+
+def timing(pairs) -> None:
+    """Each check timed on a fresh verifier (golds parsed on first use, as in training's first step), then a second,
+    warm pass; the hostile completions last. Prints checks/s and the slowest checks."""
+    import time
+
+    from reasonrl.verifiers.math import MathVerifier
+
+    jobs = [
+        (gold if isinstance(gold, dict) else {"answer": gold}, pred if how == ["completion"] else f"so \\boxed{{{pred}}}")
+        for _, gold, pred, _, *how in pairs
+    ]
+    for label in ("cold", "warm"):
+        v = MathVerifier() if label == "cold" else v  # noqa: F821 (bound on the first pass)
+        times = []
+        for problem, completion in jobs:
+            t = time.perf_counter()
+            v(problem, completion)
+            times.append((time.perf_counter() - t, problem.get("answer"), completion[-60:]))
+        total = sum(t for t, _, _ in times)
+        print(f"{label}: {len(jobs)} checks in {total:.2f} s = {len(jobs) / total:.0f} checks/s; slowest:")
+        for t, gold, tail in sorted(times, key=lambda x: x[0], reverse=True)[:3]:
+            print(f"  {t * 1000:.0f} ms  gold {gold!r}  ...{tail!r}")
+    for completion in HOSTILE:
+        t = time.perf_counter()
+        status = v({"answer": "5"}, completion).status
+        print(f"hostile ({len(completion)} chars, {completion[:20]!r}...): {status} in {(time.perf_counter() - t) * 1000:.0f} ms")
+
+
 def main() -> None:
     import argparse
     import importlib.util
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", help="another file defining PAIRS (or HELDOUT) in the same format")
+    ap.add_argument("--timing", action="store_true", help="also time every check: checks/s and the slowest ones")
     args = ap.parse_args()
     if args.pairs:
         spec = importlib.util.spec_from_file_location("extra_pairs", args.pairs)
@@ -52,6 +91,8 @@ def main() -> None:
     from math_pairs import score, score_golds
 
     counts, wrong = score(pairs)
+    if args.timing:
+        timing(pairs)
     if golds[0] or golds[1]:  # unreadable golds must be refused by check_gold, readable ones accepted
         counts["bad_gold"], gold_wrong = score_golds(*golds)
         wrong += gold_wrong

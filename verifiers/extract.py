@@ -1,38 +1,72 @@
-"""Answer extraction from completions: the last ``<answer>`` block, else the last ``\\boxed{}``."""
+"""Answer extraction from completions: the last ``<answer>`` block, else the last ``\\boxed{}``.
+
+Every function here is linear in the completion's length, whatever it holds
+(thousands of unclosed ``\\boxed{`` or ``<answer>`` cost one pass, not one pass
+each): completions are model output, and extraction runs in the trusted process.
+"""
 
 from __future__ import annotations
 
-import re
-
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+import bisect
 
 
-def _closing_brace(text: str, open_at: int) -> int | None:
-    """Index of the ``}`` matching the ``{`` at ``open_at``, or None when it never closes."""
-    depth = 0
-    for k in range(open_at, len(text)):
-        if text[k] == "{":
-            depth += 1
-        elif text[k] == "}":
-            depth -= 1
-            if depth == 0:
-                return k
-    return None
+def tag_spans(text: str, open_tag: str, close_tag: str) -> list[tuple[int, int, int, int]]:
+    """(start, content start, content end, end) of each ``open_tag ... close_tag`` block in order, opened by the
+    last opening tag before its closing one; an opening tag that never closes ends the search (no later one can
+    close either)."""
+    out, i = [], text.find(open_tag)
+    while i >= 0:
+        j = text.find(close_tag, i + len(open_tag))
+        if j < 0:
+            break
+        i = text.rfind(open_tag, i, j)  # <answer><answer>5</answer>: the block is the innermost opening's
+        out.append((i, i + len(open_tag), j, j + len(close_tag)))
+        i = text.find(open_tag, j + len(close_tag))
+    return out
 
 
-def all_boxed(text: str) -> list[str]:
-    """Contents of every ``\\boxed{...}`` (balanced braces) in order; unclosed ones are skipped."""
-    out, i = [], text.find("\\boxed")
+def answer_tags(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of every ``<answer>...</answer>`` block."""
+    return [(s, e, text[a:b]) for s, a, b, e in tag_spans(text, "<answer>", "</answer>")]
+
+
+def brace_pairs(text: str) -> dict[int, int]:
+    """For each ``{`` that closes, the index of its matching ``}`` (one pass with a stack)."""
+    pairs, stack = {}, []
+    for k, ch in enumerate(text):
+        if ch == "{":
+            stack.append(k)
+        elif ch == "}" and stack:
+            pairs[stack.pop()] = k
+    return pairs
+
+
+def boxed_spans(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of every ``\\boxed{...}`` with balanced braces, in order; unclosed ones are skipped."""
+    i = text.find("\\boxed")
+    if i < 0:
+        return []
+    pairs, out = brace_pairs(text), []
     while i >= 0:
         j = i + len("\\boxed")
         while j < len(text) and text[j] == " ":
             j += 1
-        if j < len(text) and text[j] == "{":
-            end = _closing_brace(text, j)
-            if end is not None:
-                out.append(text[j + 1 : end])
+        end = pairs.get(j) if j < len(text) and text[j] == "{" else None
+        if end is not None:
+            out.append((i, end + 1, text[j + 1 : end]))
         i = text.find("\\boxed", i + 1)
     return out
+
+
+def inside(spans: list[tuple[int, int]], at: int) -> bool:
+    """True when ``at`` falls in one of ``spans`` (sorted, non-overlapping (start, end) pairs)."""
+    k = bisect.bisect_right(spans, (at, float("inf"))) - 1
+    return k >= 0 and spans[k][0] <= at < spans[k][1]
+
+
+def all_boxed(text: str) -> list[str]:
+    """Contents of every ``\\boxed{...}`` (balanced braces) in order; unclosed ones are skipped."""
+    return [c for _, _, c in boxed_spans(text)]
 
 
 def last_boxed(text: str) -> str | None:
@@ -43,8 +77,8 @@ def last_boxed(text: str) -> str | None:
 
 def extract_answer(text: str) -> str | None:
     """The content of the last ``<answer>...</answer>``, else of the last ``\\boxed{...}``."""
-    found = _ANSWER.findall(text)
+    found = answer_tags(text)
     if found:
-        return found[-1].strip()
+        return found[-1][2].strip()
     boxed = last_boxed(text)
     return boxed.strip() if boxed is not None else None

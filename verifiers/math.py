@@ -1,35 +1,66 @@
 """Symbolic math answers: extraction, gold parsing in each data set's format, and comparison.
 
 Extraction (``extract``, in order, the first that finds something wins):
-``answer_tag`` (last ``<answer>...</answer>``), ``boxed`` (last ``\\boxed{...}``),
-``answer_is`` (the last "the (final) answer is ..."), ``gsm8k`` (after the last
-``####``), ``last_number`` (the last number written: lenient, for models that
-never box). Default: ``answer_tag`` then ``boxed``.
+``answer_tag`` and ``boxed`` together (every ``<answer>...</answer>`` and
+``\\boxed{...}`` in the order written, boxes inside a closed ``<think>`` block
+left out), ``answer_is`` (the last "the (final) answer is ..."), ``gsm8k``
+(after the last ``####``), ``last_number`` (the last number written: lenient,
+for models that never box). Default: ``answer_tag`` then ``boxed``.
+
+Which candidate counts (:mod:`reasonrl.verifiers.math_answers`): the last. All
+candidates must agree: an answer tag and a box, or two boxes, with different
+values and nothing between them taking the earlier back, are a hedge (score 0,
+``info['hedge']``). A retraction cue between them ("wait", "actually", "I made
+a mistake", "double-counted") makes the later one a correction, and only it is
+judged (so writing two answers gains nothing). A retraction after the last
+candidate that states another value ("\\boxed{12}. Wait, I double-counted; the
+total is 14.") replaces it with that value (``info['retracted']``). The cues
+are a heuristic; tests pin both what they catch and what they leave alone
+("Check: 3 \\times 4 = 12", "Wait, let me verify: ... Yes.").
 
 Gold answers are read in the data's own formats (``gold_format="auto"``): a
 GSM8K solution (text after ``####``), a MATH-style solution (its last
 ``\\boxed{}``, or what follows "The answer is:"), AMC floats such as ``27.0``,
 AIME strings such as ``025``, OlympiadBench ``final_answer`` lists (several
 elements: all are required, in any order), or plain LaTeX with or without
-``$...$``. A gold that does not parse raises :class:`GoldAnswerError` (a data
-error, reported with its row).
+``$...$``. A gold that does not read as mathematics (unbalanced braces, a
+dangling operator, ``1/0``, or a string math-verify returns unparsed) raises
+:class:`GoldAnswerError` (a data error, reported with its row); it never
+becomes a gold that only matches itself.
 
-Comparison: plain numbers (integers, decimals, fractions, thousands commas,
-``%``, ``$``) compare exactly without sympy, within ``rel_tol`` (relative);
-``abs_tol`` applies only where the gold is itself a decimal, and never beyond
-half the gold's size. A percentage on one side only may also mean its
-fraction (``50\\%`` is ``50`` or ``0.5``). Constant expressions compare by
-value, exactly (``2^{-99}`` is not ``2^{-98}``; math-verify's own numeric
-check rounds tiny values to zero). Choice letters, degrees against radians,
-inequalities against intervals, ``\\sqrt{-1}`` and radical forms have their own
-rules (:mod:`reasonrl.verifiers.math_forms`). Everything else goes to
-math-verify (sympy), whose internal signal-based timeouts are off: a slow
-comparison is stopped by the scoring pool and reported as ``timeout``, never
-silently as wrong. Short text answers compare as
-normalised strings. An answer that hedges between different values (several
-boxed answers, or "3 or 4") scores 0 with ``info['hedge']``.
+Comparison: written numbers (integers, decimals, fractions, thousands commas,
+``%``, ``$``, scientific notation ``4.5e33`` / ``4.5\\times10^{33}``, repeating
+decimals ``0.\\overline{12}``, mixed numbers ``33\\frac{1}{3}\\%``, a number with
+its unit inside one ``\\text{}``) are read as exact rationals
+(:mod:`reasonrl.verifiers.math_numbers`) without sympy. An exact gold (an
+integer or a fraction) is matched exactly, at any size; ``rel_tol`` applies
+only where the gold is written as a decimal, or a decimal stands for a
+fraction with no finite expansion (``0.333333333333`` for ``1/3``); ``abs_tol``
+only where the gold is a decimal, never beyond half its size. A gold declared
+rounded (``gold_precision="significant"``, or a row's ``gold_precision`` field,
+which the ``minerva_math`` format sets) stands for every value within half a
+unit of its last significant digit (``4.5e33`` accepts ``4.52\\times10^{33}``).
+A percentage on one side only may also mean its fraction (``50\\%`` is ``50``
+or ``0.5``). Constant expressions compare by value, exactly (``2^{-99}`` is not
+``2^{-98}``; math-verify's own numeric check rounds tiny values to zero).
 
-It does not run model code or call a network.
+A gold that lists several values (``1,-2``, an OlympiadBench list,
+``1\\pm\\sqrt{19}``) needs all of them, in any order, however they are joined
+(commas, "or", "and", ``n = ... \\text{ or } n = ...``); against a single value,
+alternatives are a hedge. ``\\pm`` expands into its sign choices. Choice
+letters, degrees against radians, inequalities against intervals,
+``\\sqrt{-1}``, radical forms, the empty set and infinity, bases (``2516_8``),
+named coordinates (``y=5, x=-3`` for ``(-3, 5)``) have their own rules
+(:mod:`reasonrl.verifiers.math_forms`, :mod:`reasonrl.verifiers.math_answers`).
+Everything else goes to math-verify (sympy), whose internal signal-based
+timeouts are off: a slow comparison is stopped by the scoring pool and
+reported as ``timeout``, never silently as wrong; its second opinion reads the
+symbol ``i`` as the imaginary unit and hyperbolic functions as exponentials.
+Short text answers compare as normalised strings (articles and "function"
+dropped: ``an odd function`` is ``odd``).
+
+It does not run model code or call a network. Extraction is linear in the
+completion's length; answers over ``MAX_ANSWER_CHARS`` never reach sympy.
 """
 
 from __future__ import annotations

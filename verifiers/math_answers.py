@@ -40,7 +40,7 @@ from __future__ import annotations
 import itertools
 import re
 
-from reasonrl.verifiers.extract import _ANSWER, _closing_brace
+from reasonrl.verifiers.extract import answer_tags, boxed_spans, inside, tag_spans
 
 MAX_SIGN_CHOICES = 8
 
@@ -56,7 +56,6 @@ _INFINITY = re.compile(r"^(?:\+\s*)?(?:\\infty|∞|(?:\\text\{\s*)?(?:\+\s*)?(?:
 _CODE_FUNCTION = re.compile(r"\b(?:np|numpy|math)\.(arcsin|arccos|arctan|sinh|cosh|tanh|sin|cos|tan|exp|log|sqrt|pi)\b")
 _VARIABLE_INTERVAL = re.compile(r"^[a-z]\s*(?=\([^()\[\]]*\]$|\[[^()\[\]]*\)$)")
 _SUB_COMMAND = re.compile(r"_\{\s*\\(max|min|[a-zA-Z]+)\s*\}")
-_THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
 _RETRACT = re.compile(
     r"\b(?:wait|actually|oops|correction|mistakes?|miscalculat\w*|miscount\w*|double[- ]?count\w*|"
     r"I was wrong|(?:that|this)(?:'s| is| was) (?:wrong|incorrect|not right)|scratch that|on second thought|"
@@ -102,24 +101,26 @@ def normalize(text: str) -> str:
 
 def candidates(completion: str, extract_order: tuple[str, ...]) -> list[tuple[int, int, str]]:
     """(start, end, text) of every ``<answer>`` block and ``\\boxed{}`` the order asks for, by position;
-    boxes inside a closed ``<think>`` block are skipped (scratch work)."""
+    boxes inside a closed ``<think>`` block are skipped (scratch work), and a box inside an answer block is
+    that block's candidate, not another one. Linear in the completion's length."""
     found: list[tuple[int, int, str]] = []
     if "answer_tag" in extract_order:
-        found += [(m.start(), m.end(), m.group(1).strip()) for m in _ANSWER.finditer(completion)]
+        found += [(s, e, c.strip()) for s, e, c in answer_tags(completion)]
     if "boxed" in extract_order:
-        thinking = [(m.start(), m.end()) for m in _THINK.finditer(completion)]
-        tags = [(s, e) for s, e, _ in found]
-        i = completion.find("\\boxed")
-        while i >= 0:
-            j = i + len("\\boxed")
-            while j < len(completion) and completion[j] == " ":
-                j += 1
-            end = _closing_brace(completion, j) if j < len(completion) and completion[j] == "{" else None
-            inside_tag = any(s <= i < e for s, e in tags)  # <answer>\boxed{x}</answer> is one candidate
-            if end is not None and not inside_tag and not any(s <= i < e for s, e in thinking):
-                found.append((i, end + 1, completion[j + 1 : end].strip()))
-            i = completion.find("\\boxed", i + 1)
+        skip = _merged([(s, e) for s, _, _, e in tag_spans(completion, "<think>", "</think>")] + [c[:2] for c in found])
+        found += [(s, e, c.strip()) for s, e, c in boxed_spans(completion) if not inside(skip, s)]
     return sorted(c for c in found if c[2])
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted spans with overlapping ones joined (an answer block inside a think block)."""
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(spans):
+        if out and s < out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
 
 
 def corrected(between: str) -> bool:

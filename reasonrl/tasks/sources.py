@@ -122,13 +122,26 @@ def _need(row: Mapping[str, Any], *fields: str) -> None:
         raise KeyError(missing[0])
 
 
-def _answer_format(question: str, answer: str, reference: str | None = None, box: bool = False) -> Callable:
+def _answer_format(
+    question: str, answer: str, reference: str | None = None, box: bool = False, gold_precision: str | None = None
+) -> Callable:
+    """A row converter for a benchmark whose final answer is in column ``answer``; ``gold_precision`` is how its
+    golds are written ("significant": decimals rounded to their written figures, as in Minerva's OCW answers)."""
+    extra = {"gold_precision": gold_precision} if gold_precision else {}
+
     def convert(row: Mapping[str, Any], i: int) -> dict:
         _need(row, question, answer)
         ref = row[reference or answer]
         if box:
             ref = "\\boxed{" + (", ".join(str(x).strip("$") for x in ref) if isinstance(ref, list) else str(ref)) + "}"
-        return {**row, "id": row.get("id", i), "question": row[question], "answer": row[answer], "reference": str(ref)}
+        return {
+            **extra,
+            **row,
+            "id": row.get("id", i),
+            "question": row[question],
+            "answer": row[answer],
+            "reference": str(ref),
+        }
 
     return convert
 
@@ -188,7 +201,7 @@ FORMATS: dict[str, Callable[[Mapping[str, Any], int], dict]] = {
     "math500": _answer_format("question", "answer"),
     "aime24": _answer_format("question", "answer", box=True),
     "amc23": _answer_format("question", "answer", box=True),
-    "minerva_math": _answer_format("problem", "solution"),
+    "minerva_math": _answer_format("problem", "solution", gold_precision="significant"),  # golds rounded
     "olympiadbench": _answer_format("question", "final_answer", box=True),
     "humaneval": _humaneval,
     "mbpp": _mbpp,
