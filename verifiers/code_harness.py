@@ -5,38 +5,63 @@ holding the run's random token, then a JSON plan from the code verifier:
 ``program`` (the candidate's module source), ``prompt`` (the problem's own
 source, trusted), ``entry_point``, ``setup`` (the test module without its
 ``check``), ``steps`` (the statements of ``check``'s body, each marked
-whether it is a test) and ``mode``. For every test it writes one record
+whether it is a test), ``names`` (names the tests read that only the program
+defines) and ``mode``. It writes, on stdout, lines starting with the token:
 
-    <token> <index> pass|fail <json reason>
+    <token> <index> pass|fail <json reason>   one per test
+    <token> void <json reason>                a statement that is not a test failed:
+                                              every test fails, recorded or not
+    <token> compile_error <json reason>       the program does not compile
+    <token> harness_error <json reason>       this runner could not do its job
 
-on stdout. The trusted parent counts only records that carry the token, and a
-test without a record has failed.
+The trusted parent counts only lines that carry the token, and a test without
+a record has failed.
 
 Two processes (``mode="calls"``, the default). Before it reads the token, this
 process makes itself undumpable (so no other process of the sandbox may read
 its memory through /proc) and forks a *worker*. The worker receives the
-program, the entry point and the mode (nothing of the tests: no setup, no
-expected values) and answers each ``candidate(*args)`` over a pipe with the
-return value as tagged JSON of exact built-in types; it never holds the token.
-The tests, their namespace (the prompt's helpers, pristine built-ins) and the
-records live only in this process, which executes nothing the program wrote.
-So patching built-ins or modules, walking frames, the garbage collector or its
-own memory for the token or the expected values, exiting early or returning an
-object whose ``__eq__`` always says True all stay inside the worker and change
-nothing here; a worker that dies fails every test still to come. An exception
-the program raises reaches the tests as one neutral type, ``ProgramRaised``
-(its message names the original), so that no exception type can steer the
-tests' own control flow (a ``StopIteration`` ending a ``map`` early, say).
+program, the entry point, the mode and the names the tests need from it
+(nothing of the tests: no setup, no expected values); it compiles and runs the
+program (so the program's compile time is charged to its own time limit) and
+then answers requests over a pipe; it never holds the token. The tests, their
+namespace (the prompt's helpers, pristine built-ins) and the records live only
+in this process, which executes nothing the program wrote. Requests:
 
-``mode="tests"`` (chosen by the verifier only when the tests use names that
-only the program defines, e.g. an MBPP setup building the program's ``Node``
-class): the worker runs the tests too and reports each outcome, which this
-process stamps with the token. That is only as strong as one Python process:
-a program that tampers with the interpreter can fake its results there.
+- ``candidate(*args)``: the return value comes back as tagged JSON of exact
+  built-in types; anything else fails the test.
+- names only the program defines (an MBPP setup building the program's
+  ``Node`` or ``Pair``): each is a *handle* here, a ``_Remote`` standing for an
+  object that lives in the worker. Calling a handle, reading an attribute of
+  one and setting one are forwarded; what comes back is a built-in value (a
+  copy) or another handle. A handle passed to ``candidate`` arrives as the
+  worker's own object. Nothing else is forwarded: a handle compares and
+  hashes by identity, is true, and has no operators, length, items or
+  iteration (a test that needs those fails, for honest programs too), and
+  dunder attributes are never asked for.
+
+So every assertion is evaluated here, on values this process decoded itself.
+Patching built-ins or modules, walking frames, the garbage collector or its
+own memory for the token or the expected values, writing forged outcomes on
+its pipe or any descriptor it holds, exiting early or returning an object
+whose ``__eq__`` always says True all stay inside the worker and change
+nothing here; whatever the worker writes on its pipe is at most an answer to
+a request this process made, which the program could have returned anyway. A
+worker that dies fails every test still to come. An exception the program
+raises reaches the tests as one neutral type, ``ProgramRaised`` (its message
+names the original), so that no exception type can steer the tests' own
+control flow (a ``StopIteration`` ending a ``map`` early, say).
+
+``mode="beside"`` (only where the verifier is built with
+``tests_beside_program=True``, an explicit opt-in for tests that need more of
+the program's objects than handles give): the worker runs the tests next to
+the program and reports each outcome, which this process stamps with the
+token. That protects nothing: a program that walks to the worker's frame or
+writes on its descriptors reports every test passed.
 """
 
 import builtins
 import collections
+import io
 import json
 import os
 import pickle
@@ -46,8 +71,12 @@ import sys
 _MAX_MSG = 64 << 20
 _MAX_DEPTH = 100
 _STDLIB_DICTS = (collections.Counter, collections.OrderedDict, collections.defaultdict)
-# What the worker receives per mode: only "tests" needs the tests, for it runs them beside the program.
-_WORKER_KEYS = {"calls": ("program", "entry_point", "mode"), "tests": ("program", "entry_point", "mode", "setup", "steps")}
+# What the worker receives per mode: only "beside" needs the tests, for it runs them next to the program.
+_WORKER_KEYS = {
+    "calls": ("program", "entry_point", "mode", "names"),
+    "beside": ("program", "entry_point", "mode", "setup", "steps"),
+}
+_COMPILE_ERRORS = (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError)
 
 
 class ProgramRaised(Exception):
@@ -86,7 +115,9 @@ class _Unclean(Exception):
     pass
 
 
-def _encode(v, depth=0):
+def _encode(v, handle=None, depth=0):
+    """A value as tagged JSON. Anything not of an exact built-in type is refused, or, given
+    ``handle`` (a function registering the object, returning its number), sent as a handle."""
     t = type(v)
     if v is None or t is bool or t is str:
         return v
@@ -102,17 +133,20 @@ def _encode(v, depth=0):
         return {"b": v.hex()}
     for tag, kind in (("l", list), ("t", tuple), ("s", set), ("fs", frozenset)):
         if t is kind:
-            return {tag: [_encode(x, depth + 1) for x in kind.__iter__(v)]}
+            return {tag: [_encode(x, handle, depth + 1) for x in kind.__iter__(v)]}
     if t is dict or t in _STDLIB_DICTS:  # the standard library's dicts compare as plain dicts
-        return {"d": [[_encode(k, depth + 1), _encode(x, depth + 1)] for k, x in dict.items(v)]}
+        return {"d": [[_encode(k, handle, depth + 1), _encode(x, handle, depth + 1)] for k, x in dict.items(v)]}
+    if handle is not None:
+        return {"h": handle(v)}
     raise _Unclean(f"returned a {t.__name__}; only built-in values are compared")
 
 
 _BUILD = {"l": list, "t": tuple, "s": set, "fs": frozenset}
 
 
-def _decode(v, depth=0):
-    """The inverse of _encode, accepting nothing else (the worker is not trusted)."""
+def _decode(v, handles=False, depth=0):
+    """The inverse of _encode, accepting nothing else (the worker is not trusted); handles only
+    where ``handles`` allows them (never in what ``candidate`` returns)."""
     if v is None or type(v) in (bool, str):
         return v
     if type(v) is not dict or len(v) != 1 or depth > _MAX_DEPTH:
@@ -127,35 +161,69 @@ def _decode(v, depth=0):
     if tag == "b":
         return bytes.fromhex(x)
     if tag in _BUILD and type(x) is list:
-        return _BUILD[tag](_decode(e, depth + 1) for e in x)
+        return _BUILD[tag](_decode(e, handles, depth + 1) for e in x)
     if tag == "d" and type(x) is list:
-        return {_decode(k, depth + 1): _decode(e, depth + 1) for k, e in x}
+        return {_decode(k, handles, depth + 1): _decode(e, handles, depth + 1) for k, e in x}
+    if tag == "h" and handles and type(x) is int:
+        return _Remote(x)
     raise ValueError(f"unknown tag {tag!r}")
 
 
 # -- the worker: the only process that runs the program -------------------------------------
+class _Objects(pickle.Unpickler):
+    """Requests from the runner, with its handles turned back into this worker's objects."""
+
+    def __init__(self, data, objects):
+        super().__init__(io.BytesIO(data))
+        self.objects = objects
+
+    def persistent_load(self, pid):
+        return self.objects[pid]
+
+
 def _worker(rfd, wfd):
     job = pickle.loads(_recv(rfd))  # only _WORKER_KEYS[mode]
     ns = {"__builtins__": builtins, "__name__": "solution"}
     try:
-        exec(compile(job["program"], "solution.py", "exec"), ns)
+        code = compile(job["program"], "solution.py", "exec")
+    except _COMPILE_ERRORS as e:
+        _send(wfd, json.dumps({"compile_error": f"{type(e).__name__}: {e}"[:300]}).encode())
+        return
+    try:
+        exec(code, ns)
         fn = ns.get(job["entry_point"])
         if not callable(fn):
             raise NameError(f"no function named {job['entry_point']}")
     except BaseException as e:  # SystemExit included: exiting early passes nothing
         _send(wfd, json.dumps({"load_error": f"{type(e).__name__}: {e}"[:300]}).encode())
         return
-    _send(wfd, b'{"ok": true}')
-    if job["mode"] == "tests":
+    if job["mode"] == "beside":
+        _send(wfd, b'{"ok": true}')
         _run_tests_here(job, ns, fn, wfd)
         return
+    objects = []
+
+    def handle(obj):
+        objects.append(obj)
+        return len(objects) - 1
+
+    names = {n: _encode(ns[n], handle) for n in job["names"] if n in ns}
+    _send(wfd, json.dumps({"ok": True, "names": names}).encode())
     while True:
         req = _recv(rfd)
         if req is None:
             return
-        args, kwargs = pickle.loads(req)
+        op, target, *rest = _Objects(req, objects).load()
         try:
-            out = {"v": _encode(fn(*args, **kwargs))}
+            if op == "call":
+                value = (fn if target is None else objects[target])(*rest[0], **rest[1])
+            elif op == "get":
+                value = getattr(objects[target], rest[0])
+            else:
+                setattr(objects[target], rest[0], rest[1])
+                value = None
+            # what the candidate returns must be a built-in value; other objects' answers may be handles
+            out = {"v": _encode(value, None if target is None else handle)}
         except _Unclean as e:
             out = {"exc": ["AssertionError", str(e)]}
         except BaseException as e:
@@ -164,7 +232,7 @@ def _worker(rfd, wfd):
 
 
 def _run_tests_here(job, ns, fn, wfd):
-    """mode="tests": the tests need the program's own names, so they run beside it."""
+    """mode="beside": the tests run next to the program, which can fake their outcomes (opt-in only)."""
 
     def candidate(*args, **kwargs):
         try:
@@ -185,11 +253,47 @@ def _run_tests_here(job, ns, fn, wfd):
         except BaseException as e:
             ok, why = False, f"{type(e).__name__}: {e}"
         _send(wfd, json.dumps({"i": i, "ok": ok, "why": why[:300]}).encode())
-        if i == -1 and not ok:
+        if not ok and (i == -1 or not job["steps"][i]["test"]):
             return
 
 
 # -- the trusted side ---------------------------------------------------------------------
+_ask = None  # set by main(): sends one request to the worker, returns its decoded answer
+
+
+class _Remote:
+    """A handle on an object of the program's, living in the worker (see the module docstring)."""
+
+    __slots__ = ("__h",)
+
+    def __init__(self, h):
+        object.__setattr__(self, "_Remote__h", h)
+
+    def __call__(self, *args, **kwargs):
+        return _ask(("call", self.__h, args, kwargs))
+
+    def __getattr__(self, name):
+        if name.startswith("__") and name.endswith("__"):  # copy, pickle, ... probe these: never forwarded
+            raise AttributeError(name)
+        return _ask(("get", self.__h, name))
+
+    def __setattr__(self, name, value):
+        _ask(("set", self.__h, name, value))
+
+    def __delattr__(self, name):
+        raise AttributeError(f"cannot delete {name} of a program object")
+
+    def __repr__(self):
+        return f"<program object #{self.__h}>"
+
+
+class _Requests(pickle.Pickler):
+    """Pickles a request, each handle in it as the number of the worker's object it stands for."""
+
+    def persistent_id(self, obj):
+        return obj._Remote__h if type(obj) is _Remote else None
+
+
 def _undumpable():
     """Make this process's memory unreadable to the worker (/proc/<pid>/mem), or say why not."""
     try:
@@ -205,6 +309,7 @@ def _undumpable():
 
 
 def main():
+    global _ask
     why = _undumpable()
     if why:  # fail closed: without it the worker could read the token out of this process
         token = sys.stdin.readline().strip()  # no worker exists yet, so reading it is safe
@@ -227,11 +332,14 @@ def main():
     plan = json.loads(sys.stdin.read())
     out, pristine = 1, dict(vars(builtins))
 
-    def record(i, ok, why=""):
+    def write(line):
         try:
-            os.write(out, f"\n{token} {i} {'pass' if ok else 'fail'} {json.dumps(str(why)[:200])}\n".encode())
+            os.write(out, f"\n{token} {line}\n".encode())
         except OSError:
             pass
+
+    def record(i, ok, why=""):
+        write(f"{i} {'pass' if ok else 'fail'} {json.dumps(str(why)[:200])}")
 
     tests = [i for i, step in enumerate(plan["steps"]) if step["test"]]
 
@@ -239,6 +347,10 @@ def main():
         for i in tests:
             if i > after:
                 record(i, False, why)
+
+    def void(why, after=-1):  # a statement that is not a test failed: no test passes, earlier ones neither
+        write(f"void {json.dumps(str(why)[:200])}")
+        fail_all(why, after)
 
     def reply():
         try:
@@ -250,27 +362,33 @@ def main():
     _send(to_w_w, pickle.dumps({k: plan[k] for k in _WORKER_KEYS[plan["mode"]]}))
     hello = reply()
     if not isinstance(hello, dict) or "ok" not in hello:
-        loaded = hello.get("load_error") if isinstance(hello, dict) else None
+        hello = hello if isinstance(hello, dict) else {}
+        if isinstance(hello.get("compile_error"), str):
+            write(f"compile_error {json.dumps(hello['compile_error'][:200])}")
+        loaded = hello.get("load_error") or hello.get("compile_error")
         fail_all(f"program failed to load: {loaded}" if loaded else "the program's process died while loading")
         return
-    if plan["mode"] == "tests":
+    if plan["mode"] == "beside":
         while True:
             r = reply()
             if not isinstance(r, dict) or type(r.get("i")) is not int:
                 break
-            if r["i"] == -1 and not r.get("ok"):
-                fail_all(f"test setup failed: {r.get('why')}")
-            elif r["i"] in tests:
+            if r["i"] in tests:
                 record(r["i"], r.get("ok") is True, r.get("why", ""))
+            elif not r.get("ok"):
+                void(f"check statement {r['i']} failed: {r.get('why')}")
+                break
         return  # tests without a record have failed
 
-    def candidate(*args, **kwargs):
+    def ask(request):
+        """One request to the worker; its answer decoded here. ``candidate``'s (target None) are values only."""
         try:
-            payload = pickle.dumps((args, kwargs))
+            buf = io.BytesIO()
+            _Requests(buf).dump(request)
         except Exception as e:
             raise AssertionError(f"the test's arguments cannot be passed to the program: {e}") from None
         try:
-            _send(to_w_w, payload)
+            _send(to_w_w, buf.getvalue())
         except OSError:
             raise AssertionError("the program's process is gone") from None
         r = reply()
@@ -278,19 +396,32 @@ def main():
             raise AssertionError("the program's process died or answered garbage")
         if "v" in r:
             try:
-                return _decode(r["v"])
+                return _decode(r["v"], handles=request[1] is not None)
             except (ValueError, TypeError, OverflowError) as e:
                 raise AssertionError(f"malformed return value: {e}") from None
         name, msg = (r.get("exc") or ["AssertionError", "no value"])[:2]
         raise ProgramRaised(f"{name}: {msg}")
 
-    # The prompt's helpers, then the candidate, then the test module's own setup. With a
-    # reference solution the entry point's name means the reference (HumanEval/33 compares
-    # candidate(x) with sort_third(x)); without one, tests call the program by that name (MBPP).
+    _ask = ask
+
+    def candidate(*args, **kwargs):
+        return ask(("call", None, args, kwargs))
+
+    # The prompt's helpers, then the candidate and the program's names the tests need, then the
+    # test module's own setup. With a reference solution the entry point's name means the reference
+    # (HumanEval/33 compares candidate(x) with sort_third(x)); without one, tests call the program
+    # by that name (MBPP).
     test_ns = {"__builtins__": dict(pristine), "__name__": "__test__"}
     prompt = plan["prompt"] + "\n" + plan["reference"] if plan.get("reference") else plan["prompt"]
     for code, what in ((prompt, "the problem's prompt code failed"), (None, ""), (plan["setup"], "test setup failed")):
         if code is None:
+            names = hello.get("names") if isinstance(hello.get("names"), dict) else {}
+            for name in plan["names"]:
+                if name in names:
+                    try:
+                        test_ns[name] = _decode(names[name], handles=True)
+                    except (ValueError, TypeError, OverflowError):
+                        pass  # the tests' use of it then fails
             test_ns["candidate"] = candidate
             if not plan.get("reference"):
                 test_ns[plan["entry_point"]] = candidate
@@ -298,7 +429,7 @@ def main():
         try:
             exec(compile(code, "test.py", "exec"), test_ns)
         except BaseException as e:
-            fail_all(f"{what}: {type(e).__name__}: {e}")
+            void(f"{what}: {type(e).__name__}: {e}")
             return
     for i, step in enumerate(plan["steps"]):
         try:
@@ -307,7 +438,7 @@ def main():
             if step["test"]:
                 record(i, False, f"{type(e).__name__}: {e}")
                 continue
-            fail_all(f"check setup statement {i} failed: {type(e).__name__}: {e}", after=i)
+            void(f"check statement {i} failed: {type(e).__name__}: {e}", after=i)
             return
         if step["test"]:
             record(i, True)

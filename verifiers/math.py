@@ -65,9 +65,7 @@ completion's length; answers over ``MAX_ANSWER_CHARS`` never reach sympy.
 
 from __future__ import annotations
 
-import ast
 import functools
-import math
 import re
 from fractions import Fraction
 from typing import Any, Mapping, Sequence
@@ -76,9 +74,12 @@ from reasonrl.verifiers import math_answers as answers
 from reasonrl.verifiers import math_forms as forms
 from reasonrl.verifiers import math_numbers as nums
 from reasonrl.verifiers.base import GoldAnswerError, Verdict
-from reasonrl.verifiers.extract import last_boxed
+from reasonrl.verifiers.math_gold import MAX_NESTING, too_complex  # noqa: F401 (part of this module's interface)
+from reasonrl.verifiers.math_gold import gold_strings as _gold_strings
+from reasonrl.verifiers.math_gold import strip_dollars as _strip_dollars
+from reasonrl.verifiers.math_gold import undefined as _undefined
+from reasonrl.verifiers.math_gold import unreadable as _unreadable
 
-MAX_NESTING = 10  # real final answers nest a few levels ({\frac{\sqrt{2}}{2}} is 2)
 MAX_ANSWER_CHARS = 2000  # longer "answers" are not answers; never hand them to sympy
 _ANSWER_IS = re.compile(r"(?:final answer|the answer) is[:\s]*\$?(.+?)\$?\s*(?:\.\s*)?$", re.IGNORECASE | re.MULTILINE)
 _LAST_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -96,83 +97,6 @@ _UNIT_WORDS = (
     r"degrees?|units?|inches|inch|feet|foot|ft|miles?|meters?|pounds?|lbs?|ounces?|oz|liters?|l|ml|mph|"
     r"square|sq|cubic|points?|people|students?|apples?|marbles?|cookies?|eggs?|pages?|books?|items?|rad|radians?)"
 )
-
-
-_EXP_LITERAL = re.compile(r"\^\s*\{?\s*\(?\s*[+-]?(\d+)")
-_TOWER = re.compile(r"\^\s*[{(]*\s*[+-]?\d+\s*[})]*\s*\^")  # 9^9^9, 10^{10^{10}}
-_BIG_FACTORIAL = re.compile(r"\d{4,}\s*!|\(\s*\d[\d\s^{}+*]*\)\s*!")  # 10000!, (10^5)!
-
-
-def too_complex(text: str) -> bool:
-    """Answers whose evaluation could take unbounded time or memory in sympy (never a real final answer):
-    power towers, exponents over 10^4, factorials of 1000 and more, or brackets nested over 10 deep."""
-    if any(len(d) > 4 for d in _EXP_LITERAL.findall(text)):
-        return True
-    if _TOWER.search(text):
-        return True
-    if _BIG_FACTORIAL.search(text):
-        return True
-    depth = peak = 0
-    for ch in text:  # sympy's set/tuple comparison grows exponentially with nesting
-        depth += (ch in "{([") - (ch in "})]")
-        peak = max(peak, depth)
-    return peak > MAX_NESTING
-
-
-def _strip_dollars(s: str) -> str:
-    s = s.strip()
-    while len(s) >= 2 and s[0] == "$" and s[-1] == "$":
-        s = s[1:-1].strip()
-    return s.strip()
-
-
-def _gold_strings(value: Any, fmt: str) -> list[str]:
-    """The gold answer(s) as strings, read in the data set's own format."""
-    if isinstance(value, bool) or value is None:
-        raise GoldAnswerError(f"gold answer {value!r} is empty")
-    if isinstance(value, (int, float)):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise GoldAnswerError(f"gold answer {value!r} is not finite")
-        return [str(int(value))] if float(value).is_integer() else [repr(float(value))]
-    if isinstance(value, (list, tuple)):
-        out = [s for v in value for s in _gold_strings(v, "plain")]
-        if not out:
-            raise GoldAnswerError("gold answer list is empty")
-        return out
-    s = str(value).strip()
-    if fmt == "auto":
-        if "####" in s:
-            fmt = "gsm8k"
-        elif s.startswith("['") or s.startswith('["'):  # a Python list of strings rendered as text
-            fmt = "list"
-        elif "\\boxed" in s or "The answer is:" in s:
-            fmt = "boxed"
-        else:
-            fmt = "plain"
-    if fmt == "gsm8k":
-        if "####" not in s:
-            raise GoldAnswerError(f"gold {s[:80]!r} has no '####' final answer")
-        return [s.rsplit("####", 1)[1].strip().replace(",", "")]
-    if fmt == "list":
-        try:
-            # a list written by hand holds LaTeX's single backslashes (\frac would read as a form feed);
-            # one printed by Python doubles them
-            items = ast.literal_eval(s if "\\\\" in s else s.replace("\\", "\\\\"))
-        except (ValueError, SyntaxError) as e:
-            raise GoldAnswerError(f"gold list {s[:80]!r} does not parse: {e}") from None
-        return _gold_strings(list(items), "plain")
-    if fmt == "boxed":
-        boxed = last_boxed(s)
-        if boxed is None and "The answer is:" in s:
-            boxed = s.rsplit("The answer is:", 1)[1]
-        if boxed is None:
-            raise GoldAnswerError(f"gold solution has no \\boxed{{}} answer: ...{s[-80:]!r}")
-        return [_strip_dollars(boxed)]
-    if fmt != "plain":
-        raise ValueError(f"unknown gold_format {fmt!r}; use auto, plain, gsm8k, boxed or list")
-    if not s:
-        raise GoldAnswerError("gold answer is empty")
-    return [_strip_dollars(s)]
 
 
 _DEGREE_SIGN = re.compile(r"\^\s*\{?\\circ\}?")
@@ -384,9 +308,9 @@ class MathVerifier:
         if not gparsed or not pparsed:
             return False
         if rounded and gnum is not None:  # a rounded gold against an expression: its value, to the gold's digits
-            value = _constant_value(pparsed[0])
+            value = forms.constant_value(pparsed[0])
             return value is not None and self._numbers_equal(text, gnum, pred, value, rounded)
-        exact = _rational(gparsed[0]) if pnum is not None else None
+        exact = forms.rational(gparsed[0]) if pnum is not None else None
         if exact is not None:  # 2^{100} against a written number: exactly (a 17-digit decimal is not 2^{100})
             return self._numbers_equal(text, exact, pred, pnum, rounded)
         as_sets = self._inequality_vs_set(text, gparsed, pred, pparsed)
@@ -397,7 +321,7 @@ class MathVerifier:
             return same_value
         if verify(gparsed, pparsed, float_rounding=self.float_rounding, timeout_seconds=None):
             return True
-        return _sympy_equal(gparsed[0], pparsed[0]) or forms.radicals_equal(gparsed[0], pparsed[0])
+        return forms.sympy_equal(gparsed[0], pparsed[0]) or forms.radicals_equal(gparsed[0], pparsed[0])
 
     def _numbers_equal(self, gold_text: str, g: Fraction, pred: str, p: Fraction, rounded: bool = False) -> bool:
         """Plain numbers: exact when both are exact; a percentage on one side only may also mean its fraction."""
@@ -554,34 +478,6 @@ class MathVerifier:
         return Verdict(1.0, "correct", {}) if self._equal(gold, answer, rounded) else Verdict(0.0, "wrong", {})
 
 
-_OPEN_CLOSE = {"{": "}", "(": ")", "[": "]"}
-
-
-def _unreadable(text: str) -> str | None:
-    """Why a gold is not an answer at all (unbalanced brackets, a dangling operator or ``=``), else None."""
-    t = re.sub(r"\\[{}]", "", text)  # \{ \} are set braces, balanced on their own below
-    if text.count("\\{") != text.count("\\}"):
-        return "unbalanced \\{ \\}"
-    if t.count("{") != t.count("}"):
-        return "unbalanced braces"
-    opened = t.count("(") + t.count("[")
-    closed = t.count(")") + t.count("]")
-    if opened != closed:  # half-open intervals pair ( with ] and [ with ): only the totals must agree
-        return "unbalanced brackets"
-    if re.search(r"(?:[+\-*/=^_,]|\\(?:times|cdot|div|pm|mp|left|right|frac|sqrt))\s*$", t):
-        return "it ends in an operator"
-    if re.match(r"^\s*(?:=|[*/^_])", t):
-        return "it starts with an operator"
-    return None
-
-
-def _undefined(value: Any) -> bool:
-    """True for sympy's undefined values (``1/0`` is zoo, ``0/0`` nan)."""
-    import sympy
-
-    return isinstance(value, sympy.Basic) and bool(value.has(sympy.zoo, sympy.nan))
-
-
 def _bases_equal(gbase: tuple[str, int] | None, gold: str, pbase: tuple[str, int] | None, pred: str) -> bool:
     """``2516_8``: the same digits in the same base; a side without a base shows the digits alone, and base 10
     written out is a plain number (``2516_{10}`` is not ``2516_8``)."""
@@ -589,57 +485,6 @@ def _bases_equal(gbase: tuple[str, int] | None, gold: str, pbase: tuple[str, int
         return gbase == pbase
     based, plain = (gbase, pred) if gbase is not None else (pbase, gold)
     return (_clean(plain).replace(" ", "").upper().lstrip("0") or "0") == based[0]
-
-
-def _rational(expr: Any) -> Fraction | None:
-    """The exact value of a rational constant expression (``2^{100}``, ``\\frac{3}{2^{10}}``), else None."""
-    import sympy
-
-    try:
-        if not isinstance(expr, sympy.Expr) or expr.free_symbols or expr.has(sympy.Float):
-            return None
-        value = expr.doit()
-        return Fraction(int(value.p), int(value.q)) if value.is_Rational else None
-    except Exception:  # sympy cannot evaluate it: no exact value
-        return None
-
-
-def _constant_value(expr: Any) -> Fraction | None:
-    """A constant sympy expression's value to 30 significant digits, as a Fraction; None when not a number."""
-    import sympy
-
-    try:
-        if not isinstance(expr, sympy.Expr) or expr.free_symbols:
-            return None
-        value = sympy.N(expr, 30)
-        if not value.is_real or not value.is_finite:
-            return None
-        return Fraction(str(value))
-    except Exception:  # sympy cannot evaluate it: no value
-        return None
-
-
-def _sympy_equal(a: Any, b: Any) -> bool:
-    """Second opinion for what math-verify keeps unevaluated (``1*i`` vs ``i``): the symbol ``i`` is the imaginary
-    unit (``z=(1+i)^2`` is ``z=2i``), hyperbolic functions equal their exponential forms; equations with the
-    same left side compare by their right sides."""
-    import sympy
-
-    if isinstance(a, sympy.Equality) and isinstance(b, sympy.Equality) and str(a.lhs) == str(b.lhs):
-        a, b = a.rhs, b.rhs
-    if not (isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr)) or a.has(sympy.oo, -sympy.oo):
-        return False
-    try:
-        x, y = sympy.sympify(str(a)), sympy.sympify(str(b))
-        unit = sympy.Symbol("i")
-        if unit in x.free_symbols or unit in y.free_symbols:
-            x, y = x.subs(unit, sympy.I), y.subs(unit, sympy.I)
-        diff = sympy.simplify(sympy.expand(x - y))
-        if diff != 0 and diff.has(sympy.sinh, sympy.cosh, sympy.tanh, sympy.exp):
-            diff = sympy.simplify(diff.rewrite(sympy.exp))
-    except Exception:  # sympy cannot compare these: not equal, never an exception out of a verifier
-        return False
-    return diff == 0
 
 
 _CONFIG: list = []

@@ -23,12 +23,18 @@
   or a sign function makes that assumption change the meaning
   (:func:`radicals_equal`).
 
+- second opinions on sympy objects: :func:`rational` (the exact value of a
+  rational constant), :func:`constant_value` (a constant to 30 digits),
+  :func:`sympy_equal` (the symbol ``i`` as the imaginary unit, hyperbolic
+  functions as exponentials, equations compared by their right sides).
+
 Pure functions on strings and sympy objects; no model output is evaluated as code.
 """
 
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 from typing import Any
 
 _WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox|textrm)\s*\{([^{}]*)\}")
@@ -198,3 +204,54 @@ def radicals_equal(a: Any, b: Any) -> bool:
         return sympy.simplify(sympy.powsimp(sympy.powdenest(d, force=True), force=True)) == 0
     except Exception:
         return False
+
+
+def rational(expr: Any) -> Fraction | None:
+    """The exact value of a rational constant expression (``2^{100}``, ``\\frac{3}{2^{10}}``), else None."""
+    import sympy
+
+    try:
+        if not isinstance(expr, sympy.Expr) or expr.free_symbols or expr.has(sympy.Float):
+            return None
+        value = expr.doit()
+        return Fraction(int(value.p), int(value.q)) if value.is_Rational else None
+    except Exception:  # sympy cannot evaluate it: no exact value
+        return None
+
+
+def constant_value(expr: Any) -> Fraction | None:
+    """A constant sympy expression's value to 30 significant digits, as a Fraction; None when not a number."""
+    import sympy
+
+    try:
+        if not isinstance(expr, sympy.Expr) or expr.free_symbols:
+            return None
+        value = sympy.N(expr, 30)
+        if not value.is_real or not value.is_finite:
+            return None
+        return Fraction(str(value))
+    except Exception:  # sympy cannot evaluate it: no value
+        return None
+
+
+def sympy_equal(a: Any, b: Any) -> bool:
+    """Second opinion for what math-verify keeps unevaluated (``1*i`` vs ``i``): the symbol ``i`` is the imaginary
+    unit (``z=(1+i)^2`` is ``z=2i``), hyperbolic functions equal their exponential forms; equations with the
+    same left side compare by their right sides."""
+    import sympy
+
+    if isinstance(a, sympy.Equality) and isinstance(b, sympy.Equality) and str(a.lhs) == str(b.lhs):
+        a, b = a.rhs, b.rhs
+    if not (isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr)) or a.has(sympy.oo, -sympy.oo):
+        return False
+    try:
+        x, y = sympy.sympify(str(a)), sympy.sympify(str(b))
+        unit = sympy.Symbol("i")
+        if unit in x.free_symbols or unit in y.free_symbols:
+            x, y = x.subs(unit, sympy.I), y.subs(unit, sympy.I)
+        diff = sympy.simplify(sympy.expand(x - y))
+        if diff != 0 and diff.has(sympy.sinh, sympy.cosh, sympy.tanh, sympy.exp):
+            diff = sympy.simplify(diff.rewrite(sympy.exp))
+    except Exception:  # sympy cannot compare these: not equal, never an exception out of a verifier
+        return False
+    return diff == 0
