@@ -253,14 +253,19 @@ def test_the_record_parser_counts_only_this_runs_token():
             f'{token} x pass ""',
             f'{token} 4 maybe ""',
             f'{token}  5 pass ""',
+            f'{other} void "forged"',
             "garbage",
         ]
     )
-    results, err = parse_records(out, token)
-    assert results == {1: (False, '"AssertionError"'), 2: (True, '""')} and err is None
-    assert parse_records(out, other)[0] == {0: (True, '""')}
-    results, err = parse_records(f'{token} harness_error "no ctypes"\n{token} 0 pass ""', token)
+    results, err, compile_error = parse_records(out, token)
+    assert results == {1: (False, '"AssertionError"'), 2: (True, '""')} and err is None and compile_error is None
+    assert parse_records(out, other).results == {0: (False, '"forged"')}  # its void line fails its one pass
+    results, err, _ = parse_records(f'{token} harness_error "no ctypes"\n{token} 0 pass ""', token)
     assert err == '"no ctypes"' and results == {}
+    # a failed setup statement fails every test, those recorded as passed before it included
+    voided = parse_records(f'{token} 0 pass ""\n{token} void "setup"\n{token} 2 fail "setup"', token)
+    assert voided.results == {0: (False, '"setup"'), 2: (False, '"setup"')}
+    assert parse_records(f'{token} compile_error "SyntaxError: x"', token).compile_error == '"SyntaxError: x"'
 
 
 def test_forged_records_do_not_pass_when_the_tests_run_beside_the_program(v):
@@ -271,7 +276,7 @@ def test_forged_records_do_not_pass_when_the_tests_run_beside_the_program(v):
         "entry_point": "f",
         "test": ("def check(candidate):\n    assert Helper().ok()\n    assert candidate(1) == 2\n    assert candidate(2) == 4\n"),
     }
-    assert check_plan(problem)["mode"] == "tests"
+    assert check_plan(problem)["names"] == ["Helper"]
     guesses = "\\n".join(f'{secrets.token_hex(16)} {i} pass \\"\\"' for i in range(5))
     cheat = (
         "import os, sys\n"
@@ -283,3 +288,78 @@ def test_forged_records_do_not_pass_when_the_tests_run_beside_the_program(v):
     assert r.status == "wrong" and r.info["passed"] == 0 and r.score == 0.0, r
     honest = "class Helper:\n    def ok(self):\n        return True\ndef f(x):\n    return 2 * x\n"
     assert v(problem, fenced(honest)).status == "correct"
+
+
+def test_the_program_compiles_only_in_the_sandbox_and_a_compile_error_is_a_format_error(v):
+    """Both shapes: the compile error comes back from the sandbox (this process never compiles model text)."""
+    for problem, bad in ((PROBLEMS["HumanEval/2"], "def truncate_number(:"), (STDIO, "print(int(input()")):
+        r = v(problem, fenced(bad))
+        assert r.status == "format_error" and r.info["reason"].startswith("does not compile: SyntaxError"), r
+    # a program that prints the stdin/stdout wrapper's line with a guessed token is merely wrong
+    forged = f"import sys\nsys.stderr.write('\\n{secrets.token_hex(16)} does_not_compile SyntaxError: x\\n')\nsys.exit(1)"
+    assert v(STDIO, fenced(forged)).status == "wrong"
+    # the wrapper runs the program as __main__ with nothing of its own left in the namespace
+    probe = "import sys\nprint(__name__, sorted(k for k in globals() if not k.startswith('__')), file=sys.stderr)\nprint(5)"
+    assert v({"tests": [{"input": "", "output": "5"}]}, fenced(probe)).status == "correct"
+    main_only = "if __name__ == '__main__':\n    print(sorted(k for k in dict(globals()) if not k.startswith('__')))"
+    assert v({"tests": [{"input": "", "output": "[]"}]}, fenced(main_only)).status == "correct"
+
+
+# Tests that build on names only the program defines (MBPP 367, 601 and 927 do): the names are handles
+# on the program's objects, which live in the program's process; the tests stay in the trusted runner.
+OBJECTS = {
+    "prompt": "",
+    "entry_point": "total",
+    "test": (
+        "s = Stack()\n"
+        "s.push(3)\n"
+        "s.items = s.items + [4]  # a copy of the list comes back, and goes\n"
+        "assert s.items == [3, 4]\n"
+        "def check(candidate):\n"
+        "    assert candidate(s) == 7\n"
+        "    assert candidate(Stack.of([Node(1), Node(2)])) == 3\n"
+        "    assert candidate(s) == s.size() + 5\n"
+    ),
+}
+OBJECTS_SOLUTION = (
+    "class Node:\n    def __init__(self, v):\n        self.v = v\n"
+    "class Stack:\n    def __init__(self):\n        self.items = []\n"
+    "    def push(self, x):\n        self.items.append(x)\n"
+    "    def size(self):\n        return len(self.items)\n"
+    "    @classmethod\n    def of(cls, nodes):\n        s = cls()\n        s.items = [n.v for n in nodes]\n        return s\n"
+    "def total(s):\n    return sum(s.items)\n"
+)
+
+
+def test_the_programs_own_names_are_handles_on_its_objects(v):
+    plan = check_plan(OBJECTS)
+    assert plan["names"] == ["Node", "Stack"] and [s["test"] for s in plan["steps"]] == [True, True, True]
+    r = v(OBJECTS, fenced(OBJECTS_SOLUTION))
+    assert r.status == "correct" and r.info["total"] == 3, r
+    # the candidate must still return a built-in value: its own objects stay handles only as arguments
+    own = OBJECTS_SOLUTION.replace("def total(s):\n    return sum(s.items)", "def total(s):\n    return s")
+    r = v(OBJECTS, fenced(own))
+    assert r.status == "wrong" and r.info["passed"] == 0 and "only built-in values" in r.info["reason"], r
+    # an always-equal object handed out by the program's own methods stays an opaque handle here
+    eq = "class _A:\n    def __eq__(self, o):\n        return True\n" + OBJECTS_SOLUTION.replace(
+        "        return len(self.items)", "        return _A()"
+    )
+    r = v(OBJECTS, fenced(eq))
+    assert r.status == "wrong" and r.info["passed"] == 2 and r.info["total"] == 3, r
+    # a missing class fails the tests that need it; a failing setup statement fails them all
+    r = v(OBJECTS, fenced("def total(s):\n    return 7\n"))
+    assert r.status == "wrong" and r.score == 0.0 and "Stack" in r.info["reason"], r
+
+
+def test_handles_support_calls_attributes_and_nothing_else(v):
+    problem = {
+        "prompt": "",
+        "entry_point": "f",
+        "test": "def check(candidate):\n    p = Point(1, 2)\n    assert candidate(p) == 3\n    assert candidate(p) == len(p) + 1\n",
+    }
+    solution = (
+        "class Point:\n    def __init__(self, x, y):\n        self.x, self.y = x, y\n"
+        "    def __len__(self):\n        return 2\ndef f(p):\n    return p.x + p.y\n"
+    )
+    r = v(problem, fenced(solution))
+    assert r.info["passed"] == 1 and r.info["total"] == 2 and "TypeError" in r.info["reason"], r
