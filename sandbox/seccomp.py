@@ -8,6 +8,16 @@ loses the ones that only an escape, an attack on the host or a peek at another
 process needs. Denied calls fail with ``EPERM``; ``clone3`` fails with
 ``ENOSYS`` so that the C library falls back to ``clone``, whose flags the
 filter can inspect (``clone3`` passes them in memory, out of BPF's reach).
+System calls newer than this filter (numbers above ``NEWEST``) fail with
+``ENOSYS`` too, as on an older kernel: a deny list cannot know what a new one
+reaches, and the C library falls back when a call is missing.
+
+Two variants: ``filter_bytes(per_run_cgroup=False)`` also bounds the memory
+that only a per-run cgroup would count (the kernel charges socket buffers to
+the cgroup, but to no process limit): no ``listen`` (connections a listener
+never accepts keep what was sent on them, up to the backlog times the buffer
+size), AF_UNIX sockets of type ``SOCK_STREAM`` only (a datagram receiver keeps
+its queue after the senders close) and no growing a socket's buffers.
 
 Supported: x86_64 and aarch64. Elsewhere ``filter_bytes`` returns None and the
 sandbox runs without this layer (it says so in its description).
@@ -21,6 +31,7 @@ import struct
 
 # BPF opcodes (linux/filter.h) and seccomp return values (linux/seccomp.h).
 _LD_W_ABS = 0x20
+_AND_K = 0x54
 _JEQ_K = 0x15
 _JGE_K = 0x35
 _JSET_K = 0x45
@@ -31,7 +42,7 @@ _RET_ALLOW = 0x7FFF0000
 
 # offsets in struct seccomp_data: nr, arch, instruction pointer, args[6] (64-bit each;
 # the low 32 bits come first on these little-endian architectures)
-_OFF_NR, _OFF_ARCH, _OFF_ARG0, _OFF_ARG1 = 0, 4, 16, 24
+_OFF_NR, _OFF_ARCH, _OFF_ARG0, _OFF_ARG1, _OFF_ARG2 = 0, 4, 16, 24, 32
 
 _CLONE_NAMESPACE_FLAGS = (
     0x00020000  # CLONE_NEWNS
@@ -43,6 +54,10 @@ _CLONE_NAMESPACE_FLAGS = (
     | 0x40000000  # CLONE_NEWNET
 )
 _AF_UNIX = 1
+_SOCK_STREAM, _SOCK_TYPE_MASK = 1, 0xF  # the type argument also carries SOCK_NONBLOCK and SOCK_CLOEXEC
+_SOL_SOCKET = 1
+_BUFFER_OPTIONS = (7, 8, 32, 33)  # SO_SNDBUF SO_RCVBUF SO_SNDBUFFORCE SO_RCVBUFFORCE
+_PRIO_PROCESS, _IOPRIO_WHO_PROCESS = 0, 1
 
 # System calls denied outright, by name; numbers per architecture below.
 DENIED = (
@@ -63,6 +78,7 @@ DENIED = (
     "fspick",
     "move_mount",
     "open_tree",
+    "open_tree_attr",
     "mount_setattr",
     "open_by_handle_at",
     "name_to_handle_at",
@@ -94,8 +110,8 @@ DENIED = (
     "adjtimex",
     "clock_adjtime",
     "personality",
-    # memory that no per-process limit counts: memfds, SysV shared memory and message queues,
-    # extended attributes (kernel memory on the private tmpfs, outside its size cap)
+    # memory that no per-process limit counts: memfds, SysV shared memory, message queues and semaphore
+    # sets, extended attributes (kernel memory on the private tmpfs, outside its size cap)
     "memfd_create",
     "memfd_secret",
     "shmget",
@@ -103,6 +119,7 @@ DENIED = (
     "shmctl",
     "msgget",
     "msgsnd",
+    "semget",
     "setxattr",
     "lsetxattr",
     "fsetxattr",
@@ -119,10 +136,21 @@ DENIED = (
     "inotify_init",
     "inotify_init1",
     "inotify_add_watch",
+    # writeback of every dirty page of the host (sync), or of the host's file system behind /usr (syncfs)
+    "sync",
+    "syncfs",
 )
-# fcntl commands denied: POSIX and open-file-description locks, leases, directory notification
-# (the same host-visible effects as flock and inotify); every other fcntl command is allowed.
-_FCNTL_DENIED = (6, 7, 37, 38, 1024, 1026)  # F_SETLK F_SETLKW F_OFD_SETLK F_OFD_SETLKW F_SETLEASE F_NOTIFY
+# Denied only where no per-run cgroup counts socket buffers (see the module docstring).
+DENIED_WITHOUT_CGROUP = ("listen",)
+# Allowed only on the caller itself (argument 0, or the calling process): the program may change its own
+# limits, priority and CPUs, not those of another process of its uid (a trusted runner beside it in the sandbox).
+SELF_ONLY = ("prlimit64", "sched_setparam", "sched_setscheduler", "sched_setattr", "sched_setaffinity")
+# fcntl commands denied: POSIX and open-file-description locks and the queries that show other processes'
+# locks, leases, directory notification (the same host-visible effects as flock and inotify); every other
+# fcntl command is allowed.
+_FCNTL_DENIED = (5, 6, 7, 36, 37, 38, 1024, 1026)  # F_GETLK F_SETLK F_SETLKW F_OFD_GETLK F_OFD_SETLK F_OFD_SETLKW
+# F_SETLEASE F_NOTIFY
+NEWEST = 469  # file_setattr: the newest system call this filter knows (the same number on both architectures)
 
 _X86_64 = {
     "ptrace": 101,
@@ -142,6 +170,7 @@ _X86_64 = {
     "fspick": 433,
     "move_mount": 429,
     "open_tree": 428,
+    "open_tree_attr": 467,
     "mount_setattr": 442,
     "open_by_handle_at": 304,
     "name_to_handle_at": 303,
@@ -180,6 +209,7 @@ _X86_64 = {
     "shmctl": 31,
     "msgget": 68,
     "msgsnd": 69,
+    "semget": 64,
     "setxattr": 188,
     "lsetxattr": 189,
     "fsetxattr": 190,
@@ -194,10 +224,21 @@ _X86_64 = {
     "inotify_init": 253,
     "inotify_init1": 294,
     "inotify_add_watch": 254,
+    "sync": 162,
+    "syncfs": 306,
+    "listen": 50,
+    "prlimit64": 302,
+    "sched_setparam": 142,
+    "sched_setscheduler": 144,
+    "sched_setattr": 314,
+    "sched_setaffinity": 203,
+    "setpriority": 141,
+    "ioprio_set": 251,
     "clone": 56,
     "clone3": 435,
     "socket": 41,
     "socketpair": 53,
+    "setsockopt": 54,
     "fcntl": 72,
     # the x32 ABI (numbers with bit 30 set) reaches the same kernel entry points
     "_x32_bit": 0x40000000,
@@ -220,6 +261,7 @@ _AARCH64 = {
     "fspick": 433,
     "move_mount": 429,
     "open_tree": 428,
+    "open_tree_attr": 467,
     "mount_setattr": 442,
     "open_by_handle_at": 265,
     "name_to_handle_at": 264,
@@ -258,6 +300,7 @@ _AARCH64 = {
     "shmctl": 195,
     "msgget": 186,
     "msgsnd": 189,
+    "semget": 190,
     "setxattr": 5,
     "lsetxattr": 6,
     "fsetxattr": 7,
@@ -271,10 +314,21 @@ _AARCH64 = {
     "flock": 32,
     "inotify_init1": 26,
     "inotify_add_watch": 27,  # no inotify_init on aarch64
+    "sync": 81,
+    "syncfs": 267,
+    "listen": 201,
+    "prlimit64": 261,
+    "sched_setparam": 118,
+    "sched_setscheduler": 119,
+    "sched_setattr": 274,
+    "sched_setaffinity": 122,
+    "setpriority": 140,
+    "ioprio_set": 30,
     "clone": 220,
     "clone3": 435,
     "socket": 198,
     "socketpair": 199,
+    "setsockopt": 208,
     "fcntl": 25,
 }
 _ARCHES = {  # machine name -> (AUDIT_ARCH_* value, syscall table)
@@ -306,8 +360,9 @@ class _Program:
         return b"".join(out)
 
 
-def filter_bytes(machine: str | None = None) -> bytes | None:
-    """The filter for ``machine`` (default: this one) as raw ``struct sock_filter`` records."""
+def filter_bytes(machine: str | None = None, *, per_run_cgroup: bool = True) -> bytes | None:
+    """The filter for ``machine`` (default: this one) as raw ``struct sock_filter`` records; with
+    ``per_run_cgroup=False``, the variant for runs whose socket buffers no cgroup counts."""
     arch = _ARCHES.get(machine or platform.machine())
     if arch is None:
         return None
@@ -319,7 +374,8 @@ def filter_bytes(machine: str | None = None) -> bytes | None:
     p.op(_LD_W_ABS, _OFF_NR)
     if "_x32_bit" in nr:
         p.op(_JGE_K, nr["_x32_bit"], "eperm", 0)
-    for name in DENIED:
+    p.op(_JGE_K, NEWEST + 1, "enosys", 0)
+    for name in DENIED + (() if per_run_cgroup else DENIED_WITHOUT_CGROUP):
         if name in nr:
             p.op(_JEQ_K, nr[name], "eperm", 0)
     p.op(_JEQ_K, nr["clone3"], "enosys", 0)
@@ -327,19 +383,51 @@ def filter_bytes(machine: str | None = None) -> bytes | None:
     p.op(_JEQ_K, nr["socket"], "socket", 0)
     p.op(_JEQ_K, nr["socketpair"], "socket", 0)
     p.op(_JEQ_K, nr["fcntl"], "fcntl", 0)
+    for name in SELF_ONLY:
+        p.op(_JEQ_K, nr[name], "self", 0)
+    p.op(_JEQ_K, nr["setpriority"], "setpriority", 0)
+    p.op(_JEQ_K, nr["ioprio_set"], "ioprio_set", 0)
+    if not per_run_cgroup:
+        p.op(_JEQ_K, nr["setsockopt"], "setsockopt", 0)
     p.op(_RET_K, _RET_ALLOW)
     p.label("clone")  # a new namespace is an escape hatch; plain fork and threads are fine
     p.op(_LD_W_ABS, _OFF_ARG0)
-    p.op(_JSET_K, _CLONE_NAMESPACE_FLAGS, "eperm", 0)
-    p.op(_RET_K, _RET_ALLOW)
+    p.op(_JSET_K, _CLONE_NAMESPACE_FLAGS, "eperm", "allow")
     p.label("socket")  # AF_UNIX only, for socket() and socketpair(): no IP, raw, netlink, TIPC or packet sockets
     p.op(_LD_W_ABS, _OFF_ARG0)
     p.op(_JEQ_K, _AF_UNIX, 0, "eperm")
+    if not per_run_cgroup:  # and stream sockets only
+        p.op(_LD_W_ABS, _OFF_ARG1)
+        p.op(_AND_K, _SOCK_TYPE_MASK)
+        p.op(_JEQ_K, _SOCK_STREAM, "allow", "eperm")
     p.op(_RET_K, _RET_ALLOW)
     p.label("fcntl")
     p.op(_LD_W_ABS, _OFF_ARG1)
     for cmd in _FCNTL_DENIED:
         p.op(_JEQ_K, cmd, "eperm", 0)
+    p.op(_RET_K, _RET_ALLOW)
+    p.label("self")  # pid 0 is the caller (the pid arguments are C ints: their low 32 bits are the whole value)
+    p.op(_LD_W_ABS, _OFF_ARG0)
+    p.op(_JEQ_K, 0, "allow", "eperm")
+    p.label("setpriority")  # (PRIO_PROCESS, 0) only: not another process, nor the process group or user
+    p.op(_LD_W_ABS, _OFF_ARG0)
+    p.op(_JEQ_K, _PRIO_PROCESS, 0, "eperm")
+    p.op(_LD_W_ABS, _OFF_ARG1)
+    p.op(_JEQ_K, 0, "allow", "eperm")
+    p.label("ioprio_set")  # (IOPRIO_WHO_PROCESS, 0) only, likewise
+    p.op(_LD_W_ABS, _OFF_ARG0)
+    p.op(_JEQ_K, _IOPRIO_WHO_PROCESS, 0, "eperm")
+    p.op(_LD_W_ABS, _OFF_ARG1)
+    p.op(_JEQ_K, 0, "allow", "eperm")
+    if not per_run_cgroup:
+        p.label("setsockopt")  # no SO_SNDBUF, SO_RCVBUF (or their FORCE forms): buffers stay at the default size
+        p.op(_LD_W_ABS, _OFF_ARG1)
+        p.op(_JEQ_K, _SOL_SOCKET, 0, "allow")
+        p.op(_LD_W_ABS, _OFF_ARG2)
+        for opt in _BUFFER_OPTIONS:
+            p.op(_JEQ_K, opt, "eperm", 0)
+        p.op(_RET_K, _RET_ALLOW)
+    p.label("allow")  # (BPF jumps only forward: every shared ending comes last)
     p.op(_RET_K, _RET_ALLOW)
     p.label("eperm")
     p.op(_RET_K, _RET_ERRNO | errno.EPERM)
