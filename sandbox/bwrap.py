@@ -23,6 +23,7 @@ SANDBOX_DIR = "/sbx"  # read-only: the boot script and the program
 WORK_DIR = "/tmp"  # the private, writable, size-capped tmpfs (also HOME and cwd)
 SANDBOX_UID = 1000  # the program's uid and gid as it sees them
 SHM_MB = 16  # size of the private /dev/shm
+DEVICES = ("null", "zero", "full", "random", "urandom")  # the device nodes the sandbox's /dev shows
 MAX_SLOTS = 256
 UID_BASE = 1_950_000_000  # root hands each concurrent slot its own uid: UID_BASE + slot
 
@@ -86,20 +87,25 @@ class Slot:
 
     def acquire(self) -> int:
         """Take the lowest free slot (raises RuntimeError when all are busy or no lock directory is usable)."""
-        d = self.directory or runtime_dir()
         for n in range(MAX_SLOTS):
-            fd = os.open(os.path.join(d, f"slot-{n}.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            except BaseException:
-                os.close(fd)
-                raise
-            self.number, self._fd = n, fd
-            return n
+            if self.try_take(n):
+                return n
         raise RuntimeError(f"all {MAX_SLOTS} sandbox slots are busy")
+
+    def try_take(self, n: int) -> bool:
+        """Take slot ``n`` if it is free; False if another holder has it."""
+        path = os.path.join(self.directory or runtime_dir(), f"slot-{n}.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self.number, self._fd = n, fd
+        return True
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
@@ -109,7 +115,7 @@ class Slot:
 
 @functools.cache
 def runtime_dir() -> str:
-    """This uid's directory for slot locks (and, for root, the launcher): made on first use, owned
+    """This uid's directory for slot locks and launcher copies: made on first use, owned
     by the uid and writable by it alone (refused otherwise, so that no other user can hold or fake
     its slots or swap its launcher). Root's is searchable by everyone, since the per-slot uids
     execute the launcher from it: ``/run/reasonrl-sandbox``, else ``/tmp/reasonrl-sandbox-0``.
@@ -157,26 +163,48 @@ def _bundled_libs(binary: str) -> str | None:
     return libs if os.path.isdir(libs) else None
 
 
-@functools.cache
-def launcher_for_slot_uids(binary: str) -> str:
-    """A path to ``binary`` that the per-slot uids can execute, libraries included.
+def _replaceable(path: str) -> str:
+    """'' when no uid but root and this process's own can change what ``path`` names: the file and every
+    directory above it are owned by one of them and writable by nobody else (in a sticky directory such as
+    /tmp, others may add entries but not replace ours); else why not."""
+    trusted = {0, os.geteuid()}
+    p, below = os.path.realpath(path), None  # the owner of the entry below p, already checked
+    while True:
+        st = os.stat(p)
+        if st.st_uid not in trusted:
+            return f"{p} belongs to uid {st.st_uid}"
+        if st.st_mode & 0o022 and not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX and below in trusted):
+            return f"{p} is writable by other users"
+        if p == "/":
+            return ""
+        p, below = os.path.dirname(p), st.st_uid
 
-    As root, each slot runs bubblewrap under its own unprivileged uid. When the binary or its
-    bundled libraries sit where other users cannot reach them (a virtual environment under a
-    private directory such as root's home or a ``mktemp -d`` folder), a copy is installed once
-    in :func:`runtime_dir` (root-owned, writable by root alone), keeping the layout its RPATH
-    expects; the folder is named by the content hash and written under a temporary name, then
-    renamed, so no process ever sees a half-written launcher.
+
+@functools.cache
+def trusted_launcher(binary: str) -> str:
+    """A path to ``binary`` that no other user can replace and, for root, that the per-slot uids can execute,
+    libraries included: the binary itself when it qualifies, else a copy.
+
+    What the launcher runs as is this caller's own uid (or, for root, a per-slot uid), so whoever can replace
+    the binary or its bundled libraries (a directory writable by others, files owned by another user) could
+    run anything in its place, outside every layer. As root, each slot runs bubblewrap under its own
+    unprivileged uid, which must also be able to reach it (a virtual environment under root's home or a
+    ``mktemp -d`` folder is out of its reach). Where either fails, a copy is installed once in
+    :func:`runtime_dir` (owned by this uid, writable by it alone), keeping the layout its RPATH expects; the
+    folder is named by the content hash and written under a temporary name, then renamed, so no process ever
+    sees a half-written launcher. The copy is of the files as found on first use.
     """
     binary = os.path.realpath(binary)
     libs = _bundled_libs(binary)
-    if _searchable_by_all(binary) and os.stat(binary).st_mode & 0o001 and (libs is None or _searchable_by_all(libs)):
+    files = [binary, *([os.path.join(libs, n) for n in sorted(os.listdir(libs))] if libs else [])]
+    unsafe = next((why for why in map(_replaceable, files) if why), "")
+    if not unsafe and os.geteuid() == 0:
+        if not (_searchable_by_all(binary) and os.stat(binary).st_mode & 0o001 and (libs is None or _searchable_by_all(libs))):
+            unsafe = "the per-slot uids cannot reach it"
+    if not unsafe:
         return binary
-    files = {os.path.relpath(binary, os.path.dirname(os.path.dirname(os.path.dirname(binary)))): binary}
-    if libs is not None:
-        for name in sorted(os.listdir(libs)):
-            files[os.path.join(os.path.basename(libs), name)] = os.path.join(libs, name)
-    contents = {rel: Path(src).read_bytes() for rel, src in files.items()}
+    top = os.path.dirname(os.path.dirname(os.path.dirname(binary)))
+    contents = {os.path.relpath(f, top): Path(f).read_bytes() for f in files}
     digest = hashlib.sha256(b"".join(rel.encode() + b"\0" + data for rel, data in sorted(contents.items()))).hexdigest()[:16]
     base = runtime_dir()
     final = os.path.join(base, f"launcher-{digest}")
@@ -195,12 +223,14 @@ def launcher_for_slot_uids(binary: str) -> str:
             shutil.rmtree(tmp, ignore_errors=True)
             if not os.path.isdir(final):  # not another process winning the same race
                 raise
-    for rel, data in contents.items():  # what runs is what was meant to, owned by root and writable by root alone
+    for rel, data in contents.items():  # what runs is what was meant to, owned by this uid and writable by it alone
         path = os.path.join(final, rel)
         st = os.lstat(path)
-        if st.st_uid != 0 or st.st_mode & 0o022 or not stat.S_ISREG(st.st_mode) or Path(path).read_bytes() != data:
-            raise OSError(f"the shared launcher copy {path} is not what it should be")
-    return os.path.join(final, os.path.relpath(binary, os.path.dirname(os.path.dirname(os.path.dirname(binary)))))
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022 or not stat.S_ISREG(st.st_mode) or Path(path).read_bytes() != data:
+            raise OSError(f"the launcher copy {path} is not what it should be")
+        if _replaceable(path):
+            raise OSError(f"the launcher copy {path} could be replaced: {_replaceable(path)}")
+    return os.path.join(final, os.path.relpath(binary, top))
 
 
 @dataclass
@@ -236,6 +266,32 @@ def _system_dirs() -> tuple[str, ...]:
     return tuple(args)
 
 
+def _dev(tmp_bytes: int, ptys: bool) -> list[str]:
+    """The sandbox's /dev: a small read-only tmpfs with the harmless device nodes, the /proc/self/fd links
+    and a size-capped /dev/shm. No devpts and no /dev/ptmx or /dev/tty: every devpts instance draws on the
+    host-wide pool of pseudo-terminals (``kernel.pty.max``), and a program that needs no terminal should not
+    be able to empty it for every container of the host. ``ptys=True`` gives bubblewrap's own /dev instead
+    (with a devpts instance)."""
+    if ptys:
+        args = ["--dev", "/dev"]
+    else:
+        args = ["--size", str(1 << 20), "--tmpfs", "/dev"]
+        for name in DEVICES:
+            args += ["--dev-bind", f"/dev/{name}", f"/dev/{name}"]
+        args += ["--symlink", "/proc/self/fd", "/dev/fd"]
+        for i, name in enumerate(("stdin", "stdout", "stderr")):
+            args += ["--symlink", f"/proc/self/fd/{i}", f"/dev/{name}"]
+    return [
+        *args,
+        "--size",
+        str(min(tmp_bytes, SHM_MB << 20)),
+        "--tmpfs",
+        "/dev/shm",  # POSIX semaphores need it; capped
+        "--remount-ro",
+        "/dev",  # else /dev is an uncapped writable tmpfs: a way around the /tmp size cap
+    ]
+
+
 def build(
     bwrap: str,
     *,
@@ -248,6 +304,7 @@ def build(
     boot_fd: int,
     slot: int,
     block_fd: int | None = None,
+    ptys: bool = False,
     fds: list[int],
 ) -> Launch:
     """The bwrap command for one run. Every descriptor it opens is appended to ``fds``
@@ -289,17 +346,8 @@ def build(
     args += _system_dirs()
     if prefix is not None:
         args += ["--ro-bind", prefix, SANDBOX_PYTHON, "--setenv", "LD_LIBRARY_PATH", f"{SANDBOX_PYTHON}/lib"]
+    args += ["--proc", "/proc", *_dev(tmp_bytes, ptys)]
     args += [
-        "--proc",
-        "/proc",
-        "--dev",
-        "/dev",
-        "--size",
-        str(min(tmp_bytes, SHM_MB << 20)),
-        "--tmpfs",
-        "/dev/shm",  # POSIX semaphores need it; capped
-        "--remount-ro",
-        "/dev",  # else /dev is an uncapped tmpfs: a way around the /tmp size cap
         "--size",
         str(tmp_bytes),
         "--tmpfs",
@@ -323,15 +371,13 @@ def build(
         args += ["--block-fd", str(block_fd)]
     inner = [inner_exe, "-I", "-S", "-B", f"{SANDBOX_DIR}/boot.py", str(boot_fd), *map(str, limits), f"{SANDBOX_DIR}/main.py"]
 
-    launch = Launch(argv=[], pass_fds=[*fds, status_fd, boot_fd, *([block_fd] if block_fd is not None else [])])
+    launch = Launch(argv=[trusted_launcher(bwrap), *args, "--", *inner])
+    launch.pass_fds = [*fds, status_fd, boot_fd, *([block_fd] if block_fd is not None else [])]
     if os.geteuid() == 0:
         # Root is exempt from RLIMIT_NPROC, so a root-owned sandbox could fork without
         # bound. Each slot runs under its own unprivileged uid instead, which must be able to
         # execute the launcher and load its libraries: a root-owned copy where it cannot.
         launch.uid = launch.gid = UID_BASE + slot
-        launch.argv = [launcher_for_slot_uids(bwrap), *args, "--", *inner]
-    else:
-        launch.argv = [bwrap, *args, "--", *inner]
     return launch
 
 

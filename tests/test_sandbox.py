@@ -321,7 +321,7 @@ def test_root_runs_the_battery_from_a_private_directory(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "_probe_cache", {})
     sb = Sandbox()
     sb.check()
-    launcher = bw.launcher_for_slot_uids(binary)
+    launcher = bw.trusted_launcher(binary)
     assert not launcher.startswith(str(private)) and os.stat(launcher).st_uid == 0
     assert not os.stat(launcher).st_mode & 0o022 and not os.stat(os.path.dirname(launcher)).st_mode & 0o022
     rows = run_battery(sb, timeout_s=1.5)
