@@ -10,12 +10,22 @@ delegated), moves the run's first process into it before that process
 executes anything, and removes it after the run. Where no such cgroup
 can be created (no permission, no delegation), :func:`available` says why and
 the sandbox relies on resource limits alone.
+
+A run whose caller was killed (a scoring worker's OOM kill) leaves its cgroup
+behind: nobody is left to remove it. The next run in that slot removes it
+before making its own (an old cgroup's limits and charges are not the new
+run's: on v1 a larger limit than the old memory+swap limit cannot even be
+written), and :func:`remove_stale` clears those of slots nobody holds.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import signal
+import time
 from pathlib import Path
+from typing import Callable, ContextManager
 
 ROOT = Path("/sys/fs/cgroup")
 _PREFIX = "reasonrl-sandbox"
@@ -53,7 +63,11 @@ class RunCgroup:
         made = []
         try:
             for d in self.dirs.values():
-                d.mkdir(exist_ok=True)
+                try:
+                    d.mkdir()
+                except FileExistsError:  # a killed run's: its limits and charges are not this run's
+                    clear(d)
+                    d.mkdir()
                 made.append(d)
             if self.v2:
                 d = self.dirs["v2"]
@@ -107,6 +121,72 @@ def _rmdir(d: Path) -> None:
         pass
 
 
+def clear(d: Path, wait_s: float = 2.0) -> None:
+    """Remove the cgroup ``d`` that a dead run left, killing whatever is still in it (through a pidfd, after
+    checking that the process is a member, so a recycled pid is never hit); OSError if it will not go."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            os.rmdir(d)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        for pid in _members(d):
+            try:
+                fd = os.pidfd_open(pid)  # pins the process: a signal through fd reaches it or nobody
+            except OSError:
+                continue
+            try:
+                if pid in _members(d):  # still listed after the pin: fd's process is a member (not a recycled pid)
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        time.sleep(0.02)
+
+
+def _members(d: Path) -> list[int]:
+    try:
+        return [int(x) for x in (d / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def remove_stale(held: Callable[[int], ContextManager[bool]]) -> int:
+    """Remove the run cgroups of this uid that dead runs left, for each slot that ``held(slot)`` (a context
+    manager yielding True when it could take the slot) shows nobody holds; how many were removed."""
+    bases, _ = available()
+    if bases is None:
+        return 0
+    pattern = re.compile(rf"{re.escape(_PREFIX)}-{os.getuid()}-(\d+)")
+    stale: dict[int, list[Path]] = {}
+    for base in bases.values():
+        try:
+            names = os.listdir(base)
+        except OSError:
+            continue
+        for name in names:
+            m = pattern.fullmatch(name)
+            if m:
+                stale.setdefault(int(m.group(1)), []).append(base / name)
+    removed = 0
+    for slot, dirs in sorted(stale.items()):
+        with held(slot) as free:
+            if not free:
+                continue  # a live run's
+            for d in dirs:
+                try:
+                    clear(d)
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
+
+
 _cache: dict[str, object] = {}
 
 
@@ -125,10 +205,9 @@ def available() -> tuple[dict[str, Path] | None, str]:
 
 
 def for_slot(slot: int, memory_bytes: int, max_tasks: int) -> RunCgroup | None:
+    """The run cgroup of ``slot`` (whose lock the caller holds); None where run cgroups cannot be made here at
+    all (:func:`available` says why); OSError where they can but this one could not be."""
     bases, _ = available()
     if bases is None:
         return None
-    try:
-        return RunCgroup(bases, f"{_PREFIX}-{os.getuid()}-{slot}", memory_bytes, max_tasks)
-    except OSError:
-        return None
+    return RunCgroup(bases, f"{_PREFIX}-{os.getuid()}-{slot}", memory_bytes, max_tasks)

