@@ -147,6 +147,7 @@ class _Host:
 
 _LIBC = "import ctypes; libc = ctypes.CDLL(None, use_errno=True)\n"
 _IO_SETUP = {"x86_64": 206, "aarch64": 0}.get(os.uname().machine, 206)
+_SYNC = {"x86_64": 162, "aarch64": 81}.get(os.uname().machine, 162)
 
 
 def battery(h: _Host, per_run_memory: bool = True) -> list[Case]:
@@ -193,9 +194,21 @@ def battery(h: _Host, per_run_memory: bool = True) -> list[Case]:
         Case(
             "memory outside the address-space limit",
             _LIBC
-            + "import os\ngot = []\nfd = libc.memfd_create(b'x', 0)\ngot.append(('memfd', fd))\nshm = libc.shmget(0, 1 << 26, 0o1600)\ngot.append(('shm', shm))\nmsq = libc.msgget(0, 0o1600)\ngot.append(('msg', msq))\nprint(got)\nassert all(v < 0 for _, v in got)",
+            + "import os\ngot = []\nfd = libc.memfd_create(b'x', 0)\ngot.append(('memfd', fd))\nshm = libc.shmget(0, 1 << 26, 0o1600)\ngot.append(('shm', shm))\nmsq = libc.msgget(0, 0o1600)\ngot.append(('msg', msq))\nsem = libc.semget(0, 32000, 0o600)\ngot.append(('sem', sem))\nprint(got)\nassert all(v < 0 for _, v in got)",
             ("ok",),
-            lambda r: "" if "[('memfd', -1), ('shm', -1), ('msg', -1)]" in r.stdout else f"got {r.stdout.strip()!r}",
+            lambda r: "" if "[('memfd', -1), ('shm', -1), ('msg', -1), ('sem', -1)]" in r.stdout else f"got {r.stdout.strip()!r}",
+        ),
+        Case(
+            "unaccepted AF_UNIX connections",
+            "import socket\nsrv = socket.socket(socket.AF_UNIX)\nsrv.bind('/tmp/l')\ntry:\n    srv.listen(4096)\nexcept OSError:\n    print('NO LISTEN')\n    raise SystemExit\nwhile True:\n    c = socket.socket(socket.AF_UNIX)\n    c.connect('/tmp/l')\n    c.setblocking(False)\n    try:\n        while True:\n            c.send(b'x' * 65536)\n    except BlockingIOError:\n        c.close()",
+            ("memory",) if per_run_memory else ("ok",),
+            None if per_run_memory else h.printed("NO LISTEN"),
+        ),
+        Case(
+            "pseudo-terminals (host-wide pool)",
+            "import os\ntry:\n    os.openpty()\n    print('PTY')\nexcept OSError:\n    print('NO PTY')",
+            ("ok",),
+            h.printed("NO PTY"),
         ),
         Case(
             "memory in extended attributes",
@@ -217,6 +230,24 @@ def battery(h: _Host, per_run_memory: bool = True) -> list[Case]:
             f"import fcntl\nf = open({h.usr_file!r}, 'rb')\nfor how in ('flock', 'lockf'):\n    try:\n        getattr(fcntl, how)(f, fcntl.LOCK_SH | fcntl.LOCK_NB); print('LOCKED', how)\n    except OSError as e:\n        print('DENIED', how, e.errno)",
             ("ok",),
             lambda r: "" if r.stdout.count("DENIED") == 2 else f"got {r.stdout.strip()!r}",
+        ),
+        Case(
+            "query locks on a shared /usr file",
+            f"import fcntl, struct\nf = open({h.usr_file!r}, 'rb')\ntry:\n    fcntl.fcntl(f, fcntl.F_GETLK, struct.pack('hhqqi', fcntl.F_WRLCK, 0, 0, 0, 0)); print('QUERIED')\nexcept OSError as e:\n    print('DENIED', e.errno)",
+            ("ok",),
+            h.printed("DENIED 1"),
+        ),
+        Case(
+            "host-wide sync",
+            _LIBC + f"print('SYNC', libc.syscall({_SYNC}), libc.syncfs(open('/usr/bin/env', 'rb').fileno()))",
+            ("ok",),
+            h.printed("SYNC -1 -1"),
+        ),
+        Case(
+            "lower a trusted process's limits and priority",
+            "import os, resource\nif os.fork() == 0:\n    for f in (lambda: resource.prlimit(1, resource.RLIMIT_NOFILE, (8, 8)), lambda: os.setpriority(os.PRIO_PROCESS, 1, 19), lambda: os.setpriority(os.PRIO_PGRP, 0, 19)):\n        try:\n            f()\n        except OSError:\n            pass\n    os._exit(0)\nos.wait()\nprint('PID1', resource.getrlimit(resource.RLIMIT_NOFILE)[0], os.getpriority(os.PRIO_PROCESS, 0))",
+            ("ok",),
+            lambda r: "" if "PID1 64 0" in r.stdout else f"got {r.stdout.strip()!r}",
         ),
         Case(
             "watch /usr with inotify",
@@ -290,6 +321,7 @@ def battery(h: _Host, per_run_memory: bool = True) -> list[Case]:
             "import sys\nsys.setrecursionlimit(10**7)\ndef f(n):\n    return f(n + 1) + 1\nf(0)",
             ("error", "memory", "timeout"),
         ),
+        Case("forge the CPU limit's exit status", "import sys\nsys.exit(128 + 24)", ("error",)),
         Case(
             "segfault",
             "import ctypes\nctypes.string_at(0)",
