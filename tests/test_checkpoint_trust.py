@@ -126,13 +126,14 @@ def test_a_hostile_older_format_trainer_state_is_refused_by_resume(saved, tmp_pa
     assert marker.read_text() == "ran"
 
 
-def test_export_never_reads_the_trainer_state(saved, tmp_path):
+def test_export_never_runs_a_hostile_trainer_state(saved, tmp_path):
     path, marker = _copy(saved, tmp_path), tmp_path / "pwned"
     (path / "trainer.json").unlink()
     torch.save({"evil": Payload(marker)}, path / "trainer.pt")
     out = _export(path, tmp_path / "hf")
-    assert out.returncode == 0, out.stderr[-3000:]
     assert not marker.exists()
+    if out.returncode != 0:  # export may read the trainer state (e.g. for the run's directory): then it refuses it
+        assert str(path / "trainer.pt") in out.stderr and "refused" in out.stderr, out.stderr[-3000:]
 
 
 def test_a_malformed_trainer_json_is_refused_by_name(tmp_path):
