@@ -31,16 +31,18 @@ def table(counts) -> str:
     return "\n".join(lines)
 
 
-HOSTILE = [  # completions whose extraction was quadratic or whose parts cost the most
-    "<answer>" * 20000 + "<answer>5</answer>",
-    "\\boxed{" * 20000 + "\\boxed{5}",
-    "<think>" * 20000 + "\\boxed{5}",
-    "\\boxed{5}" + " wait, is 4 or" * 5000,
-    "\\boxed{5}" * 5000 + "\\boxed{6}",
-]
+def hostile(n: int) -> list[str]:
+    """Completions whose extraction was quadratic in their length (n repetitions each)."""
+    return [
+        "<answer>" * n + "<answer>5</answer>",
+        "\\boxed{" * n + "\\boxed{5}",
+        "<think>" * n + "\\boxed{5}",
+        "\\boxed{5}" + " wait, is 4 or" * (n // 4),
+        "\\boxed{5}" * (n // 4) + "\\boxed{6}",
+    ]
 
 
-def timing(pairs) -> None:
+def timing(pairs, hostile_n: int) -> None:
     """Each check timed on a fresh verifier (golds parsed on first use, as in training's first step), then a second,
     warm pass; the hostile completions last. Prints checks/s and the slowest checks."""
     import time
@@ -62,7 +64,7 @@ def timing(pairs) -> None:
         print(f"{label}: {len(jobs)} checks in {total:.2f} s = {len(jobs) / total:.0f} checks/s; slowest:")
         for t, gold, tail in sorted(times, key=lambda x: x[0], reverse=True)[:3]:
             print(f"  {t * 1000:.0f} ms  gold {gold!r}  ...{tail!r}")
-    for completion in HOSTILE:
+    for completion in hostile(hostile_n):
         t = time.perf_counter()
         status = v({"answer": "5"}, completion).status
         print(f"hostile ({len(completion)} chars, {completion[:20]!r}...): {status} in {(time.perf_counter() - t) * 1000:.0f} ms")
@@ -75,6 +77,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", help="another file defining PAIRS (or HELDOUT) in the same format")
     ap.add_argument("--timing", action="store_true", help="also time every check: checks/s and the slowest ones")
+    ap.add_argument("--hostile", type=int, default=20000, help="repetitions in the hostile completions (--timing)")
     args = ap.parse_args()
     if args.pairs:
         spec = importlib.util.spec_from_file_location("extra_pairs", args.pairs)
@@ -92,7 +95,7 @@ def main() -> None:
 
     counts, wrong = score(pairs)
     if args.timing:
-        timing(pairs)
+        timing(pairs, args.hostile)
     if golds[0] or golds[1]:  # unreadable golds must be refused by check_gold, readable ones accepted
         counts["bad_gold"], gold_wrong = score_golds(*golds)
         wrong += gold_wrong
