@@ -412,3 +412,29 @@ def test_sft_micro_batch_and_compute_dtype_settings_reach_the_training_passes(en
     finally:
         handle.remove()
     assert passes == [torch.bfloat16] * 4  # one step: 8 demonstrations in passes of 2, under bfloat16 autocast
+
+
+@pytest.mark.parametrize("temperature,with_bias", [(1.0, True), (0.7, True), (0.7, False)])
+def test_bfloat16_blocks_do_their_softmax_arithmetic_in_float32(temperature, with_bias):
+    """Under bfloat16 compute only the block matmul is bfloat16: bias, temperature and the log-sum-exp run in
+    float32, so the result equals float32 arithmetic on the bfloat16 logits to 1e-5 (bfloat16 arithmetic there is
+    off by about 1e-2 at this vocabulary size). Gradients come from the same float32 arithmetic."""
+    g = torch.Generator().manual_seed(0)
+    M, H, V = 24, 64, 3000
+    hidden = torch.randn(M, H, generator=g).bfloat16().requires_grad_()
+    weight = (torch.randn(V, H, generator=g) * 0.5).bfloat16()
+    bias = torch.randn(V, generator=g) * 3 if with_bias else None
+    targets = torch.randint(0, V, (M,), generator=g)
+    logp, ent = token_logprobs_and_entropy(hidden, weight, bias, targets, temperature, want_entropy=True, vocab_chunk=512)
+    ref_hidden = hidden.detach().clone().requires_grad_()
+    z = (ref_hidden @ weight.t()).float()  # float32 from the bfloat16 matmul on
+    z = (z + bias if with_bias else z) / temperature
+    ref = torch.log_softmax(z, dim=-1)
+    ref_logp = ref.gather(1, targets[:, None]).squeeze(1)
+    ref_ent = -(ref.exp() * ref).sum(-1)
+    assert logp.dtype == torch.float32
+    torch.testing.assert_close(logp, ref_logp, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent, ref_ent, atol=1e-5, rtol=1e-5)
+    (logp.sum() + ent.sum()).backward()
+    (ref_logp.sum() + ref_ent.sum()).backward()
+    torch.testing.assert_close(hidden.grad.float(), ref_hidden.grad.float(), atol=2e-2, rtol=2e-2)
