@@ -90,12 +90,13 @@ def test_shared_prompt_logprobs_entropies_and_gradients_equal_the_packed_pass(ki
         assert torch.allclose(ga, gb, atol=2e-5)
 
 
-def embedded_shapes(model, micro_batch_size: int) -> tuple[list[tuple[int, int]], dict]:
+def embedded_shapes(model, micro_batch_size: int, max_tokens: int = 0) -> tuple[list[tuple[int, int]], dict]:
     """One shared-prompt update of ``model`` on :func:`rollouts` (lr 0): the (rows, width) of every batch its
     embedding saw, and the update's statistics."""
     seen = []
     model.model.embed_tokens.register_forward_hook(lambda _m, args, _o: seen.append(tuple(args[0].shape)))
-    settings = UpdateSettings(alg=compose("train", []).algorithm, pad_id=0, micro_batch_size=micro_batch_size, share_prompt=True)
+    settings = UpdateSettings(alg=compose("train", []).algorithm, pad_id=0, micro_batch_size=micro_batch_size,
+                              max_tokens_per_micro_batch=max_tokens, share_prompt=True)  # fmt: skip
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     stats = update_policy(model, opt, sched, rollouts(), torch.tensor([1.0, 0] * 6), [False] * 12, 4, settings)
@@ -109,6 +110,20 @@ def test_each_prompt_runs_once_per_micro_batch():
     prompt_rows = [rows for rows, _ in seen[0::2]]
     assert prompt_rows == [1, 1, 1] and [rows for rows, _ in seen[1::2]] == [4, 4, 4]
     assert sorted(width for _, width in seen[0::2]) == [3, 7, 11]
+
+
+def test_the_token_budget_counts_each_prompt_once_under_sharing():
+    """The update plans shared micro-batches from completion lengths plus each distinct prompt once: a budget that
+    holds the whole batch that way gives one pass (counting prompts inside every sequence's length too would cut
+    it into several: the same values, more passes)."""
+    ros = rollouts()
+    clens, plens = [len(r.completion_ids) for r in ros], [len(r.prompt_ids) for r in ros]
+    keys = [tuple(r.prompt_ids) for r in ros]
+    budget = _shared_cost([list(range(len(ros)))], clens, plens, keys)
+    whole = [a + b for a, b in zip(plens, clens)]
+    assert budget < _shared_cost([list(range(len(ros)))], whole, plens, keys)  # prompts counted twice: over budget
+    seen, stats = embedded_shapes(model_of("llama"), micro_batch_size=len(ros), max_tokens=budget)
+    assert stats["micro_batches"] == 1 and [rows for rows, _ in seen] == [3, len(ros)]
 
 
 @pytest.mark.parametrize(
