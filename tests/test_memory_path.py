@@ -438,3 +438,47 @@ def test_bfloat16_blocks_do_their_softmax_arithmetic_in_float32(temperature, wit
     (logp.sum() + ent.sum()).backward()
     (ref_logp.sum() + ref_ent.sum()).backward()
     torch.testing.assert_close(hidden.grad.float(), ref_hidden.grad.float(), atol=2e-2, rtol=2e-2)
+
+
+SHARDED_LARGEST = r"""
+import os, sys, json, torch
+sys.path.insert(0, sys.argv[1])
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1")
+torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+from test_memory_path import LargestTensor, batch, model_of
+from reasonrl.logprobs import completion_logprobs
+from reasonrl.runtime import Runtime
+from reasonrl.sharding import is_sharded, shard_model
+V = 50_000
+model = shard_model(model_of(V, tie=True, layers=1), Runtime(), torch.float32, mode="on")
+ids, att, cmask = batch(V, 4, 80)
+watch = LargestTensor()
+with watch:
+    lp, ent = completion_logprobs(model, ids, att, cmask, want_entropy=True)
+    (lp.sum() + ent.sum()).backward()
+print(json.dumps({"sharded": is_sharded(model), "largest": watch.largest, "op": watch.op, "tokens": int(cmask.sum())}))
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_a_sharded_model_makes_no_tokens_by_vocabulary_tensor_either():
+    """Under FSDP2 the output layer runs inside the root's forward (to keep its gathered weight for backward),
+    asked for one position per sequence; the logprobs then come in blocks. Run in a process of its own (a process
+    group of one), so no other test's process groups are touched."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:  # a free port on this machine for the group's rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = subprocess.run([sys.executable, "-c", SHARDED_LARGEST, str(Path(__file__).parent), str(port)],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    V, H = 50_000, 64
+    assert out["sharded"] and out["tokens"] * V > 2 * V * H
+    # the root's gathered parameters (the tied V x H embedding and the final norm) are the largest thing
+    assert out["largest"] <= V * H + 4 * H, out
