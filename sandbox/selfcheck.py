@@ -200,7 +200,7 @@ def battery(h: _Host, per_run_memory: bool = True) -> list[Case]:
         ),
         Case(
             "unaccepted AF_UNIX connections",
-            "import socket\nsrv = socket.socket(socket.AF_UNIX)\nsrv.bind('/tmp/l')\ntry:\n    srv.listen(4096)\nexcept OSError:\n    print('NO LISTEN')\n    raise SystemExit\nwhile True:\n    c = socket.socket(socket.AF_UNIX)\n    c.connect('/tmp/l')\n    c.setblocking(False)\n    try:\n        while True:\n            c.send(b'x' * 65536)\n    except BlockingIOError:\n        c.close()",
+            "import socket\nsrv = socket.socket(socket.AF_UNIX)\nsrv.bind('/tmp/l')\ntry:\n    srv.listen(4096)\nexcept OSError:\n    print('NO LISTEN')\n    raise SystemExit\nwhile True:\n    c = socket.socket(socket.AF_UNIX)\n    c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)\n    c.connect('/tmp/l')\n    c.setblocking(False)\n    try:\n        while True:\n            c.send(b'x' * (1 << 20))\n    except BlockingIOError:\n        c.close()",
             ("memory",) if per_run_memory else ("ok",),
             None if per_run_memory else h.printed("NO LISTEN"),
         ),
