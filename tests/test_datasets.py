@@ -276,3 +276,79 @@ def test_reasonrl_sft_on_gsm8k_reads_its_worked_solutions(tmp_path):
     )
     summary = main(cfg)
     assert summary["demonstrations"] == 8 and summary["demonstration_accuracy"] == 1.0
+
+
+def _sources(tmp_path, overrides, seed=0, rows=MANY):
+    """(training stream, held-out problems) as a run with these overrides gets them, without a model."""
+    from reasonrl.build import build_verifiers
+    from reasonrl.tasks import get_task, problem_source
+
+    path = tmp_path / "train.jsonl"
+    if not path.exists():
+        write_jsonl(path, rows)
+    cfg = compose(
+        "train",
+        ["task.name=mine", f"task.path={path}", "task.template=text", "task.instruction='Q:{question}=?'",
+         "+task.fields.question=statement", "+task.fields.answer=final", "task.heldout_size=4", *overrides],
+    )  # fmt: skip
+    return problem_source(get_task(cfg.task), cfg.task, seed, build_verifiers(cfg.verifier))
+
+
+def test_the_held_out_rows_are_the_same_whatever_the_run_seed(tmp_path):
+    """Rows set aside as held-out come from a fixed split seed: runs with different seeds are compared on the
+    same problems (and never train on them)."""
+    firsts = []
+    for seed in (0, 1, 7):
+        stream, heldout = _sources(tmp_path, [], seed=seed)
+        firsts.append([p["question"] for p in heldout])
+        trained = {next(stream)["question"] for _ in range(len(MANY) - 4)}
+        assert trained.isdisjoint(firsts[-1]) and len(trained) == len(MANY) - 4
+    assert firsts[0] == firsts[1] == firsts[2] and len(firsts[0]) == 4
+
+
+def test_the_training_filter_leaves_the_evaluation_file_alone(tmp_path):
+    """task.filter chooses training rows, task.eval_filter evaluation rows: neither leaks into the other."""
+    numbers = [*range(200, 205), *range(2000, 2005)]  # statements of 5 and of 6 characters
+    evalf = write_jsonl(tmp_path / "eval.jsonl", [{"statement": f"{a}+1", "final": str(a + 1)} for a in numbers])
+    over = [f"task.eval_path={evalf}", "task.eval_split=train", "task.heldout_size=10"]
+    stream, heldout = _sources(tmp_path, [*over, "task.filter='len(statement) < 6'"])  # every training row passes
+    assert len(heldout) == 10  # the training filter did not reach the evaluation rows ...
+    _, heldout = _sources(tmp_path, [*over, "task.eval_filter='len(statement) > 5'"])
+    assert [p["question"] for p in heldout] == [f"{a}+1" for a in range(2000, 2005)]  # ... and eval_filter does
+
+
+def test_a_saved_dataset_dict_is_read_from_the_split_asked_for(tmp_path):
+    import datasets
+
+    dd = datasets.DatasetDict({
+        "train": datasets.Dataset.from_list(MANY),
+        "test": datasets.Dataset.from_list([{"statement": f"{a}+2", "final": str(a + 2)} for a in range(300, 306)]),
+    })  # fmt: skip
+    dd.save_to_disk(str(tmp_path / "saved"))
+    assert [r["final"] for r in read_rows(str(tmp_path / "saved"), split="test")] == [str(a + 2) for a in range(300, 306)]
+    assert len(read_rows(str(tmp_path / "saved"), split="train")) == len(MANY)
+    stream, heldout = _sources(tmp_path, [f"task.eval_path={tmp_path / 'saved'}", "task.eval_split=test"])
+    assert [p["answer"] for p in heldout] == [str(a + 2) for a in range(300, 304)]
+
+
+@pytest.mark.parametrize("kind", ["rows", "arith"])
+def test_a_restored_stream_continues_as_the_uninterrupted_one_across_passes(tmp_path, kind):
+    """A stream's state (through the checkpoint's own encoding) carries its position and its shuffling RNG: the
+    next pass after a resume is a new order, as in the uninterrupted run, not the first pass again."""
+    from reasonrl.checkpoint import read_trainer_state, write_trainer_state
+    from reasonrl.tasks.arith import ArithStream
+    from reasonrl.tasks.base import ShuffledRows
+
+    def fresh():
+        return ShuffledRows([{"i": i} for i in range(10)], seed=3) if kind == "rows" else ArithStream(seed=3)
+
+    straight = fresh()
+    whole = [next(straight) for _ in range(45)]  # four and a half passes over 10 rows
+    first = fresh()
+    head = [next(first) for _ in range(13)]
+    write_trainer_state(tmp_path / "trainer.json", {"stream": first.state_dict()})  # a file in the folder
+    resumed = fresh()
+    resumed.load_state_dict(read_trainer_state(tmp_path)["stream"])  # the folder holding it
+    assert head + [next(resumed) for _ in range(32)] == whole
+    if kind == "rows":
+        assert [r["i"] for r in whole[20:30]] != [r["i"] for r in whole[0:10]]  # passes differ: the test can see it
