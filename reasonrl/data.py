@@ -1,7 +1,10 @@
 """Problems in, tensors out: row validation, JSONL loading, and rollout packing.
 
 * :func:`load_jsonl` and :func:`validate_rows` turn files into problem rows
-  and name the file, the row index and the field for any malformed row.
+  and name the file, the row index and the field for any malformed row
+  (``skip_bad``: logged, counted and skipped instead).
+* :func:`check_prompt_lengths` refuses prompts that, with the completion
+  budget, do not fit in the model's positions (before generating anything).
 * :func:`pack` turns rollouts into right-padded ``(N, L)`` tensors with the
   rollouts' own per-token loss masks, aligned with next-token targets;
   :func:`pack_shared` keeps each distinct prompt once and the completions
@@ -27,22 +30,33 @@ class DataError(ValueError):
     """Malformed input data; the message names the source and the row."""
 
 
-def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
+def load_jsonl(path: str | Path, skip_bad: bool = False) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file, one per non-blank line. A line that is not a JSON object raises
+    :class:`DataError` naming the file and the line; with ``skip_bad`` it is logged (with its line number),
+    counted and skipped."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"data file not found: {str(p)!r}")
-    rows = []
+    rows, bad = [], 0
     with open(p) as fh:
         for i, line in enumerate(fh):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
+                problem = None if isinstance(row, dict) else f"is a {type(row).__name__}, not a JSON object"
             except json.JSONDecodeError as e:
-                raise DataError(f"{p}: row {len(rows)} (line {i + 1}) is not valid JSON: {e.msg}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{p}: row {len(rows)} (line {i + 1}) is a {type(row).__name__}, not a JSON object")
-            rows.append(row)
+                problem = f"is not valid JSON: {e.msg} (column {e.colno})"
+            if problem is None:
+                rows.append(row)
+                continue
+            msg = f"{p}: row {len(rows) + bad} (line {i + 1}) {problem}"
+            if not skip_bad:
+                raise DataError(msg + "; task.skip_bad_rows=true skips such lines") from None
+            bad += 1
+            log.error("data error, line skipped: %s: %r", msg, line.strip()[:120])
+    if bad:
+        log.error("data errors: %d lines of %s skipped", bad, p)
     return rows
 
 
@@ -78,6 +92,24 @@ def validate_rows(
     if bad:
         log.error("%s: %d of %d rows skipped as malformed", source, bad, len(rows))
     return good
+
+
+def check_prompt_lengths(
+    prompts: Sequence[Sequence[int]], max_new_tokens: int, max_positions: int | None, what: str, key: str = "max_new_tokens"
+) -> None:
+    """Refuse prompts (token ids) that leave no room for ``max_new_tokens`` within ``max_positions`` (the model's
+    ``max_position_embeddings``; None: no limit known). A model run past its positions generates garbage (or fails
+    inside the attention), with at most a warning."""
+    if not max_positions or not prompts:
+        return
+    longest = max(len(p) for p in prompts)
+    too_long = sum(len(p) + max_new_tokens > max_positions for p in prompts)
+    if too_long:
+        raise DataError(
+            f"{what}: {too_long} of {len(prompts)} prompts do not fit the model: the longest is {longest} tokens, "
+            f"plus {key}={max_new_tokens}, against the model's {max_positions} positions (max_position_embeddings); "
+            f"use a model with more positions, shorter prompts, or a smaller {key}"
+        )
 
 
 @dataclass

