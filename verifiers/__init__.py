@@ -12,11 +12,22 @@ on model output, and reports an unparseable gold answer by raising
 skipped and reported once, with its row).
 
 Built-ins are registered under the entry-point group ``reasonrl.verifiers``
-(``integer``, ``format``); :func:`load` finds any verifier by that name,
-including third-party ones. :mod:`reasonrl.verifiers.scoring` turns verdicts
-into rewards and loss masks.
+(``integer``, ``format``, ``math``, ``code``, ``code_format``); :func:`load`
+finds any verifier by that name, including third-party ones, and
+:func:`available_verifiers` lists them (built in or plugin).
+:mod:`reasonrl.verifiers.scoring` turns verdicts into rewards and loss masks,
+and stops a run whose verifier fails on most samples (``check_failures``).
 """
 
-from reasonrl.verifiers.base import STATUSES, GoldAnswerError, Verdict, Verifier, entry_points, load, safe_call
+from reasonrl.verifiers.base import (
+    STATUSES,
+    GoldAnswerError,
+    Verdict,
+    Verifier,
+    available_verifiers,
+    entry_points,
+    load,
+    safe_call,
+)
 
-__all__ = ["STATUSES", "GoldAnswerError", "Verdict", "Verifier", "entry_points", "load", "safe_call"]
+__all__ = ["STATUSES", "GoldAnswerError", "Verdict", "Verifier", "available_verifiers", "entry_points", "load", "safe_call"]

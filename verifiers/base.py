@@ -52,9 +52,28 @@ def entry_points() -> dict[str, metadata.EntryPoint]:
     return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def available_verifiers() -> dict[str, str]:
+    """{name: "built in" or "plugin <module:object>"} for every verifier installed under the entry-point group."""
+    return {
+        name: "built in" if ep.value.startswith("reasonrl.") else f"plugin {ep.value}" for name, ep in entry_points().items()
+    }
+
+
+def describe_available() -> str:
+    """The installed verifiers in one line: built-in names, then plugins."""
+    found = available_verifiers()
+    builtin = sorted(k for k, v in found.items() if v == "built in")
+    plugins = sorted(k for k, v in found.items() if v != "built in")
+    return f"built in: {', '.join(builtin) or 'none'}; plugins: {', '.join(plugins) or 'none installed'}"
+
+
 def load(name: str, **kwargs: Any) -> Verifier:
     """Construct the verifier registered under ``name``."""
+    import difflib
+
     eps = entry_points()
     if name not in eps:
-        raise KeyError(f"no verifier named {name!r} in entry-point group {ENTRY_POINT_GROUP!r}; installed: {sorted(eps)}")
+        close = difflib.get_close_matches(name, list(eps), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise KeyError(f"no verifier named {name!r}{hint} in entry-point group {ENTRY_POINT_GROUP!r}; {describe_available()}")
     return eps[name].load()(**kwargs)

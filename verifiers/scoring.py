@@ -6,6 +6,12 @@ when one is given (a hung check then costs one ``timeout`` verdict). A
 verifier that raises costs an ``error`` verdict for that sample; samples whose
 verdict status is in ``mask_statuses`` (by default ``timeout`` and ``error``)
 are masked out of the loss instead of being scored as wrong.
+
+Masking is silent by itself: a verifier that fails on every sample would leave
+nothing in the loss. :func:`check_failures`, called with each training step's
+verdicts, warns once per verifier with its first failure and stops the run
+(:class:`VerifierFailure`) when one verifier fails on more than a set fraction
+of a step's samples.
 """
 
 from __future__ import annotations
@@ -80,6 +86,61 @@ def check_golds(
     if len(kept) < len(problems):
         log.error("data errors: %d of %d problems in %s skipped", len(problems) - len(kept), len(problems), source)
     return kept
+
+
+class VerifierFailure(RuntimeError):
+    """A verifier failed (``error``/``timeout``) on too many of a step's samples to train on."""
+
+
+FAILED_STATUSES = ("error", "timeout")
+_warned: set[str] = set()  # verifiers whose first failure was already logged in this process
+
+
+def _first_failure(verdict: Verdict) -> str:
+    info = verdict.info or {}
+    for key in ("exception", "gold_error", "error", "reason"):
+        if key in info:
+            return f"{verdict.status}: {info[key]}"
+    return f"{verdict.status}: {dict(list(info.items())[:3]) or 'no detail'}"
+
+
+def check_failures(
+    verdicts: Sequence[Mapping[str, Verdict | None]], max_failed_frac: float = 0.5, step: int | None = None
+) -> dict[str, float]:
+    """Each verifier's fraction of ``error``/``timeout`` verdicts among the samples it scored this step.
+
+    The first failure of each verifier is logged once, as a warning with its exception. A verifier above
+    ``max_failed_frac`` raises :class:`VerifierFailure` naming it, the counts and its first exception: those
+    samples would be masked out of the loss, so the step trains on little or nothing (``1.0``: never raise).
+    Call it with the same verdicts on every rank (the whole batch) so that every rank stops together."""
+    counts: dict[str, list] = {}  # name -> [scored, failed, first failed verdict]
+    for row in verdicts:
+        for name, v in row.items():
+            if v is None:
+                continue
+            c = counts.setdefault(name, [0, 0, None])
+            c[0] += 1
+            if v.status in FAILED_STATUSES:
+                c[1] += 1
+                c[2] = c[2] or v
+    fracs = {name: failed / scored for name, (scored, failed, _) in counts.items() if scored}
+    at = "" if step is None else f" at step {step}"
+    for name, (scored, failed, first) in counts.items():
+        if first is not None and name not in _warned:
+            _warned.add(name)
+            log.warning("verifier %r failed on %d of %d samples%s (masked out of the loss); first: %s",
+                        name, failed, scored, at, _first_failure(first))
+    over = {name: f for name, f in fracs.items() if f > max_failed_frac}
+    if over:
+        name = max(over, key=over.get)
+        scored, failed, first = counts[name]
+        raise VerifierFailure(
+            f"verifier {name!r} failed (error/timeout) on {failed} of {scored} samples{at}, above "
+            f"verify.max_failed_frac={max_failed_frac}; those samples are masked out of the loss, so the run would "
+            f"learn nothing from them. First failure: {_first_failure(first)}. Fix the verifier (or its "
+            "infrastructure), or raise verify.max_failed_frac (1.0 never stops)"
+        )
+    return fracs
 
 
 def summarize(scored: Scored, names: Sequence[str]) -> dict[str, float]:
