@@ -11,6 +11,12 @@ branches on whether it runs distributed.
 Collectives here move small things (counts, rewards, per-rollout records);
 every rank must call them in the same order, as with any collective.
 
+:func:`configure_threads` (run by :func:`init_runtime` and by every console
+script) sizes torch's CPU thread pool to the cores this process may use
+(its CPU affinity and any cgroup CPU quota), shared among the processes of
+this machine under torchrun, unless ``OMP_NUM_THREADS`` says otherwise: more
+threads than cores makes every CPU step several times slower.
+
 It does not shard models (:mod:`reasonrl.sharding`) or launch processes
 (torchrun does the launching).
 """
@@ -122,11 +128,45 @@ def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device(preference)
 
 
+CPU_MAX = "/sys/fs/cgroup/cpu.max"  # cgroup v2: "<quota> <period>" microseconds, or "max <period>"
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on: its affinity mask, capped by a cgroup v2 CPU quota if any."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = open(CPU_MAX).read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def configure_threads(local_world_size: int | None = None) -> int:
+    """Set torch's intra-op threads to this process's share of the usable cores (``usable_cores() //
+    local_world_size``, at least 1), unless ``OMP_NUM_THREADS`` is set (then the user's, or torchrun's, count
+    stands). Returns the thread count in effect."""
+    if os.environ.get("OMP_NUM_THREADS", "").strip():
+        return torch.get_num_threads()
+    if local_world_size is None:
+        local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    n = max(1, usable_cores() // max(1, local_world_size))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
 def init_runtime(device: str = "auto") -> Runtime:
-    """The runtime of this process, from the launcher's environment (a world of one without torchrun)."""
+    """The runtime of this process, from the launcher's environment (a world of one without torchrun); torch's
+    CPU threads are sized to this process's share of the cores (:func:`configure_threads`)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    configure_threads(local_world)
     dev = pick_device(device, local_rank)
     if world > 1 and not torch.distributed.is_initialized():
         if dev.type == "cuda":
