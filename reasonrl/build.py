@@ -3,17 +3,20 @@
 ``instantiate`` builds a node's ``_target_`` only when it lies under an
 allowed module prefix (``reasonrl.`` and the modules of installed
 ``reasonrl.verifiers`` entry points), and checks the node's keys against the
-constructor's signature first, so a misspelled option names itself instead of
-failing inside the constructor.
+constructor's signature first, so a misspelled option names itself (with the
+closest option it may have meant) instead of failing inside the constructor.
+:func:`check_node` runs the same checks without building anything, so entry
+points can refuse a bad ``generator`` or ``verifier`` node before a model loads.
 
 It does not import anything the config names outside the allowlist.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 ALLOWED_PREFIXES = ("reasonrl.",)
 
@@ -33,8 +36,15 @@ def _resolve(target: str):
         raise ValueError(f"cannot import _target_ {target!r}: {e}") from e
 
 
-def instantiate(node: Mapping[str, Any], where: str, **extra: Any) -> Any:
-    """Build ``node['_target_'](**node, **extra)`` after the allowlist and key checks."""
+def did_you_mean(word: str, options: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``options``, or ''."""
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=2, cutoff=0.6)
+    return " (did you mean " + " or ".join(repr(c) for c in close) + "?)" if close else ""
+
+
+def _target(node: Mapping[str, Any], where: str, extra: Sequence[str] = (), also: Sequence[str] = ()):
+    """(the callable, the node's keyword arguments) after the allowlist and key checks; ``extra``: arguments the
+    caller supplies, ``also``: keys the caller takes out of the node itself (named in messages)."""
     from omegaconf import OmegaConf
 
     kwargs = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
@@ -48,9 +58,44 @@ def instantiate(node: Mapping[str, Any], where: str, **extra: Any) -> Any:
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(kwargs) - set(params))
         if unknown:
-            known = sorted(k for k in params if k not in extra and k != "self")
-            raise ValueError(f"{where}: unknown key(s) {unknown} for {target}; it accepts {known}")
+            known = sorted([k for k in params if k not in extra and k != "self"] + list(also))
+            hints = "".join(f"; {where}.{k}{did_you_mean(k, known)}" for k in unknown if did_you_mean(k, known))
+            raise ValueError(f"{where}: unknown key(s) {unknown} for {target}; it accepts {known}{hints}")
+    return fn, kwargs
+
+
+def instantiate(node: Mapping[str, Any], where: str, **extra: Any) -> Any:
+    """Build ``node['_target_'](**node, **extra)`` after the allowlist and key checks."""
+    fn, kwargs = _target(node, where, list(extra))
     return fn(**kwargs, **extra)
+
+
+def check_node(node: Mapping[str, Any], where: str, extra: Sequence[str] = (), also: Sequence[str] = ()) -> None:
+    """The checks :func:`instantiate` makes (allowlist, importable target, known keys), building nothing;
+    ``extra`` names the arguments the caller supplies itself, ``also`` keys it takes out of the node."""
+    _target(node, where, extra, also)
+
+
+def check_verifier_nodes(nodes: Mapping[str, Any]) -> None:
+    """Each ``verifier.<name>`` node names a verifier (a ``_target_``: a misspelled name added with ``+`` has
+    none) whose constructor takes its keys."""
+    from omegaconf import OmegaConf
+
+    from reasonrl.verifiers.base import available_verifiers
+
+    if not nodes:
+        raise ValueError("no verifiers configured: set verifier=[...] (for example verifier=[integer])")
+    for name, node in nodes.items():
+        spec = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+        if not isinstance(spec, dict) or "_target_" not in spec:
+            known = available_verifiers()
+            raise ValueError(
+                f"verifier.{name} is not a configured verifier{did_you_mean(name, [k for k in {*nodes, *known} if k != name])}; "
+                f"configured: {sorted(k for k in nodes if k != name)}; choose verifiers with verifier=[...] from "
+                f"{', '.join(sorted(known))}"
+            )
+        spec.pop("weight", None)
+        check_node(spec, f"verifier.{name}", also=["weight"])
 
 
 def build_verifiers(nodes: Mapping[str, Any]) -> dict[str, tuple[Any, float]]:

@@ -14,12 +14,21 @@ the constructor's signature instead.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+def _conf_dir() -> Path:
+    """The Hydra config folder: ``conf/`` beside the package in a source tree, ``reasonrl/conf`` in a wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "conf", here / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    return here.parent / "conf"
+
+
+CONF_DIR = _conf_dir()
 
 
 @dataclass
@@ -160,6 +169,9 @@ class VerifyConfig:
     workers: int = -1
     timeout_s: float = 10.0  # per (completion, verifier) check
     overlap: bool = True  # with workers: score each group while the rest of the step is still generating
+    # a step where more than this fraction of one verifier's verdicts are error/timeout stops the run, naming the
+    # verifier and its first exception (the samples would all be masked: loss 0, nothing learned); 1.0: never
+    max_failed_frac: float = 0.5
 
 
 @dataclass
@@ -270,6 +282,39 @@ class EvalRunConfig:
     verify_workers: int = -1  # scoring processes: -1 = auto (cores minus 2, at least 2); 0: in this process
 
 
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the keys and what to set instead."""
+
+
+def _world_size() -> int:
+    return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def _sampling_problems(prefix: str, temperature: float, top_p: float, max_new_tokens: int) -> list[str]:
+    out = []
+    if temperature < 0:
+        out.append(f"{prefix}temperature must be >= 0 (0: greedy), not {temperature}")
+    if not 0 < top_p <= 1:
+        out.append(f"{prefix}top_p must be in (0, 1], not {top_p}")
+    if max_new_tokens < 1:
+        out.append(f"{prefix}max_new_tokens must be at least 1, not {max_new_tokens}")
+    return out
+
+
+def _eval_node_problems(ev) -> list[str]:
+    out = []
+    if ev.max_new_tokens < 1:
+        out.append(f"eval.max_new_tokens must be at least 1, not {ev.max_new_tokens}")
+    if ev.temperature < 0:
+        out.append(f"eval.temperature must be >= 0, not {ev.temperature}")
+    return out
+
+
+def _raise(problems: list[str]) -> None:
+    if problems:
+        raise ConfigError("invalid configuration: " + "; ".join(problems))
+
+
 def check_train_config(cfg) -> None:
     """Cross-field checks for reasonrl-train, in one place: each names the keys involved."""
     alg, ro = cfg.algorithm, cfg.rollout
@@ -287,11 +332,85 @@ def check_train_config(cfg) -> None:
     for key in ("prompts_per_step", "samples_per_prompt", "max_new_tokens", "micro_batch_size"):
         if ro[key] < 1:
             problems.append(f"rollout.{key} must be at least 1, not {ro[key]}")
+    problems += [p for p in _sampling_problems("rollout.", ro.temperature, ro.top_p, 1) if "max_new_tokens" not in p]
+    if ro.temperature == 0 and ro.samples_per_prompt > 1:
+        problems.append(
+            f"rollout.temperature=0 (greedy) with rollout.samples_per_prompt={ro.samples_per_prompt}: every completion "
+            "of a group would be the same, so every group advantage is 0 and GRPO learns nothing; sample at a "
+            "temperature above 0 (e.g. rollout.temperature=1.0)"
+        )
+    world = _world_size()
+    if ro.prompts_per_step >= 1 and ro.prompts_per_step % world:
+        problems.append(
+            f"rollout.prompts_per_step={ro.prompts_per_step} does not divide among the {world} processes (WORLD_SIZE); "
+            f"each process samples whole groups: use a multiple of {world}"
+        )
+    problems += _eval_node_problems(cfg.eval)
+    if not 0 <= cfg.verify.max_failed_frac <= 1:
+        problems.append(f"verify.max_failed_frac must be in [0, 1] (1: never stop), not {cfg.verify.max_failed_frac}")
     for node in ("rollout", "cold_start"):
         if cfg[node].pass_cost_tokens is not None and cfg[node].pass_cost_tokens < 0:
             problems.append(f"{node}.pass_cost_tokens must be >= 0 (or null: fewest passes), not {cfg[node].pass_cost_tokens}")
-    if problems:
-        raise ValueError("invalid configuration: " + "; ".join(problems))
+    _raise(problems)
+
+
+def check_sft_config(cfg) -> None:
+    """Cross-field checks for reasonrl-sft."""
+    problems = _eval_node_problems(cfg.eval)
+    if cfg.max_steps < 1:
+        problems.append(f"max_steps must be at least 1, not {cfg.max_steps}")
+    if cfg.sft.batch_size < 1:
+        problems.append(f"sft.batch_size must be at least 1, not {cfg.sft.batch_size}")
+    _raise(problems)
+
+
+def check_eval_config(cfg) -> None:
+    """Cross-field checks for reasonrl-eval."""
+    problems = _sampling_problems("", cfg.temperature, cfg.top_p, cfg.max_new_tokens)
+    if cfg.n < 1:
+        problems.append(f"n must be at least 1, not {cfg.n}")
+    if cfg.n > 1 and cfg.temperature == 0:
+        problems.append(
+            f"n={cfg.n} samples per problem at temperature=0 (greedy) would all be the same; set temperature above 0 "
+            "(e.g. temperature=0.7) or n=1"
+        )
+    if any(k < 1 for k in cfg.ks):
+        problems.append(f"ks={list(cfg.ks)}: every k must be at least 1 (a k above n is left out of the report)")
+    import difflib
+
+    for name in (b for b in cfg.benchmarks if b not in cfg.data):
+        close = difflib.get_close_matches(str(name), list(cfg.data), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        known = ", ".join(cfg.data)
+        problems.append(f"benchmark {name!r} has no data.{name} entry; {hint}known: {known} (or add data.{name}=PATH)")
+    _raise(problems)
+
+
+CHECKS = {"train": check_train_config, "sft": check_sft_config, "eval": check_eval_config}
+
+
+def unknown_keys(cfg, prefix: str = "") -> list[tuple[str, list[str]]]:
+    """(dotted key, the keys its schema node does have) for every key of ``cfg`` that its structured schema
+    lacks: keys added with Hydra's ``+`` (which opens the schema) are otherwise silently ignored.
+    Free-form nodes (dicts: generator, verifier, task.fields, ...) are not checked here."""
+    import dataclasses
+
+    from omegaconf import DictConfig, OmegaConf
+
+    out: list[tuple[str, list[str]]] = []
+    if not isinstance(cfg, DictConfig):
+        return out
+    schema = OmegaConf.get_type(cfg)
+    known = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else None
+    for key in cfg.keys():
+        path = f"{prefix}{key}"
+        if known is not None and key not in known:
+            out.append((path, known))
+            continue
+        if OmegaConf.is_missing(cfg, key) or OmegaConf.is_interpolation(cfg, key):
+            continue
+        out += unknown_keys(cfg._get_node(key), path + ".")
+    return out
 
 
 _registered = False
@@ -315,19 +434,42 @@ def _constructor_defaults(ep) -> dict[str, Any]:
     }
 
 
+SCHEMAS = {"train": TrainConfig, "sft": SFTRunConfig, "eval": EvalRunConfig}
+
+
+def data_dir() -> str:
+    """Where the configs' data paths start: ``$REASONRL_DATA_DIR``, else the ``shared/data`` folder beside a
+    source checkout (``<checkout>/../shared/data``), else ``../shared/data`` from the working directory."""
+    env = os.environ.get("REASONRL_DATA_DIR")
+    if env:
+        return env
+    beside = CONF_DIR.parent.parent / "shared" / "data"
+    return str(beside) if beside.is_dir() else str(Path("../shared/data").resolve())
+
+
 def register() -> None:
-    """Put the schemas and the entry-point verifiers into Hydra's ConfigStore (idempotent)."""
+    """Put the schemas, the entry-point verifiers and the --help pages into Hydra's ConfigStore, and the
+    ``reasonrl.data`` (``${reasonrl.data:gsm8k/test.jsonl}``) and ``reasonrl.show`` resolvers into
+    OmegaConf (idempotent)."""
     global _registered
     if _registered:
         return
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
+    from reasonrl.cli import help_node, show
     from reasonrl.verifiers.base import entry_points
 
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="sft_schema", node=SFTRunConfig)
     cs.store(name="eval_schema", node=EvalRunConfig)
+    for name in SCHEMAS:
+        cs.store(group="hydra/help", name=f"reasonrl_{name}", node=help_node(name, CONF_DIR))
+    if not OmegaConf.has_resolver("reasonrl.data"):
+        OmegaConf.register_new_resolver("reasonrl.data", lambda sub="": os.path.join(data_dir(), str(sub)))
+    if not OmegaConf.has_resolver("reasonrl.show"):
+        OmegaConf.register_new_resolver("reasonrl.show", show)
     have_yaml = {p.stem for p in (CONF_DIR / "verifier").glob("*.yaml")}
     for name, ep in entry_points().items():
         if name not in have_yaml:
@@ -337,14 +479,9 @@ def register() -> None:
 
 
 def run_entry_point(main, config_name: str) -> None:
-    """What each console script does: register the schemas, set up logging, run ``main`` under Hydra."""
-    import logging
-
-    import hydra
+    """What each console script does: register the schemas, check the command line, the config and the data
+    (before any model loads), set up logging and threads, and run ``main`` under Hydra (:mod:`reasonrl.cli`)."""
+    from reasonrl.cli import run
 
     register()
-    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(levelname)s %(message)s")
-    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only the main process writes a run directory
-        sys.argv = [a for a in sys.argv if not a.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
-        sys.argv += ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
-    hydra.main(version_base=None, config_path=str(CONF_DIR), config_name=config_name)(main)()
+    run(main, config_name, schema=SCHEMAS[config_name], conf_dir=CONF_DIR, check=CHECKS[config_name])

@@ -12,6 +12,12 @@ Training problems come as a :class:`ProblemStream` whose position can be saved
 and restored (``state_dict`` / ``load_state_dict``), so a resumed run draws
 the same problems it would have drawn.
 
+:func:`prepare_problems` reads and checks a task's data before anything slow
+happens (entry points call it before loading a model, so a data error costs
+seconds, not the model's load); the next :func:`problem_source` call for the
+same task, seed and verifiers takes the prepared problems instead of reading
+them again.
+
 It does not tokenize or score anything.
 """
 
@@ -28,7 +34,16 @@ from reasonrl.tasks.sources import load_problems, normalized_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Task", "ProblemStream", "get_task", "problem_source", "opens_think", "with_prompt_info", "check_overlap"]
+__all__ = [
+    "Task",
+    "ProblemStream",
+    "get_task",
+    "problem_source",
+    "prepare_problems",
+    "opens_think",
+    "with_prompt_info",
+    "check_overlap",
+]
 HELDOUT_SPLIT_SEED = 4_242  # which data rows a run sets aside as held-out when no eval_path is given: fixed, not per run
 
 
@@ -72,6 +87,38 @@ def problem_source(task: Task, task_cfg: Any, seed: int, verifiers) -> tuple[Pro
     an ``eval_path`` a data task sets ``heldout_size`` of its problems aside (a fixed choice) and never
     trains on them.
     """
+    key = _prepared_key(task, task_cfg, seed, verifiers)
+    train, heldout = _prepared.pop(key) if key in _prepared else _problems(task, task_cfg, verifiers)
+    _prepared.clear()
+    if train is not None:
+        return ShuffledRows(train, seed), heldout
+    return task.need("train_stream", "set task.path to the training data")(
+        seed, task_cfg.n_terms, task_cfg.digits, task_cfg.heldout_size
+    ), heldout
+
+
+_prepared: dict[tuple, tuple[list[dict] | None, list[dict]]] = {}
+
+
+def _prepared_key(task: Task, task_cfg: Any, seed: int, verifiers) -> tuple:
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_yaml(task_cfg, resolve=True) if OmegaConf.is_config(task_cfg) else repr(task_cfg)
+    kinds = tuple((name, type(v).__module__, type(v).__qualname__, weight) for name, (v, weight) in verifiers.items())
+    return task.name, node, seed, kinds
+
+
+def prepare_problems(task: Task, task_cfg: Any, seed: int, verifiers) -> tuple[list[dict] | None, list[dict]]:
+    """Read and check the task's problems now (data errors raise here, naming the file and row): (training
+    problems or None for a generated stream, held-out problems). The next :func:`problem_source` call with
+    the same arguments uses them instead of reading the data again."""
+    _prepared.clear()
+    out = _problems(task, task_cfg, verifiers)
+    _prepared[_prepared_key(task, task_cfg, seed, verifiers)] = out
+    return out
+
+
+def _problems(task: Task, task_cfg: Any, verifiers) -> tuple[list[dict] | None, list[dict]]:
     from reasonrl.verifiers.scoring import check_golds
 
     train = None
@@ -97,11 +144,7 @@ def problem_source(task: Task, task_cfg: Any, seed: int, verifiers) -> tuple[Pro
         aside = set(order[: task_cfg.heldout_size])
         heldout = [train[i] for i in sorted(aside)]
         train = [p for i, p in enumerate(train) if i not in aside]
-    if train is not None:
-        return ShuffledRows(train, seed), heldout
-    return task.need("train_stream", "set task.path to the training data")(
-        seed, task_cfg.n_terms, task_cfg.digits, task_cfg.heldout_size
-    ), heldout
+    return train, heldout
 
 
 def check_overlap(train: list[dict], evaluations: dict[str, list[dict]], allow: bool, key: str = "question") -> dict[str, int]:
