@@ -2,13 +2,24 @@
 
 Every primary config starts from one of these schemas, so a misspelled key
 anywhere (command line, preset or group file) fails at once with a message
-that names it. Generator and verifier nodes are free-form here because each
+that names it; a key added with Hydra's ``+`` (which opens a schema) is
+refused by the console scripts (:mod:`reasonrl.cli`), with the keys it may
+have meant. Generator and verifier nodes are free-form here because each
 names its own ``_target_``; :mod:`reasonrl.build` checks their keys against
 the constructor's signature instead.
 
+``check_train_config`` / ``check_sft_config`` / ``check_eval_config`` hold the
+cross-field checks (:class:`ConfigError` names the keys involved), run before
+any model loads.
+
 :func:`register` also exposes every verifier installed under the
 ``reasonrl.verifiers`` entry-point group as a ``verifier/<name>`` option, so
-``verifier=[integer,my_plugin]`` finds third-party verifiers with no YAML file.
+``verifier=[integer,my_plugin]`` finds third-party verifiers with no YAML file;
+stores each entry point's ``--help`` page; and adds the ``reasonrl.data``
+resolver the configs' data paths use (:func:`data_dir`).
+
+The configs live in ``conf/`` beside the package in a source tree, and in
+``reasonrl/conf`` inside an installed wheel (:data:`CONF_DIR`).
 """
 
 from __future__ import annotations
