@@ -244,6 +244,23 @@ def _checked(main: Callable, config_name: str, check: Callable, schema) -> Calla
     return wrapped
 
 
+def with_overrides(argv: list[str], extra: list[str]) -> list[str]:
+    """``argv`` with ``extra`` overrides added where Hydra's parser takes them whatever the order of flags and
+    overrides on the command line (``--cfg job max_steps=1`` and ``max_steps=1 --cfg job``): flags first, then
+    every override. Appending after a trailing flag (``... --cfg job``) makes argparse refuse the extras."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        known, unknown = get_args_parser().parse_known_args(argv[1:])
+    except BaseException:  # Hydra reports a bad command line itself
+        return [*argv, *extra]
+    overrides = list(known.overrides or []) + [a for a in unknown if not a.startswith("-")]
+    rest = list(argv[1:])
+    for o in overrides:
+        rest.remove(o)
+    return [argv[0], *rest, *overrides, *extra]
+
+
 def run(main: Callable, config_name: str, *, schema, conf_dir: Path, check: Callable, argv: list[str] | None = None) -> None:
     """Run ``main`` under Hydra with the checks above; ``schema`` is the entry point's structured config class."""
     import hydra
@@ -254,9 +271,11 @@ def run(main: Callable, config_name: str, *, schema, conf_dir: Path, check: Call
     problems = override_problems(args, schema, conf_dir)
     if problems:
         fail(program, "; ".join(problems) + f" (`{program} --help` lists the main settings and groups)")
+    extra = []
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only the main process writes a run directory
         sys.argv = [a for a in sys.argv if not a.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
-        sys.argv[1:1] = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout"]  # before any flag
+        extra = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
+    sys.argv = with_overrides(sys.argv, extra)  # overrides added after a trailing flag would be refused
     hydra.main(version_base=None, config_path=str(conf_dir), config_name=config_name)(
         _checked(main, config_name, check, schema)
     )()

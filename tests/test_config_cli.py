@@ -187,3 +187,13 @@ def test_threads_follow_the_usable_cores_unless_omp_num_threads_is_set(tmp_path)
     out = subprocess.run([sys.executable, "-c", code, str(quota)], capture_output=True, text=True, env=env, cwd="/")
     assert out.returncode == 0, out.stderr
     assert [line.split() for line in out.stdout.splitlines()] == [["2", "2"], ["4", "4"], ["2", "2"], ["1", "1"]]
+
+
+def test_flags_and_overrides_in_any_order(tmp_path):
+    from reasonrl.cli import with_overrides
+
+    for argv in (["p", "max_steps=2", "--cfg", "job"], ["p", "--cfg", "job", "max_steps=2"]):
+        expected = ["p", "--cfg", "job", "max_steps=2", "hydra.output_subdir=null"]
+        assert with_overrides(argv, ["hydra.output_subdir=null"]) == expected
+    out = cli("reasonrl-train", "max_steps=2", "--cfg", "job", tmp_path=tmp_path)  # a trailing flag, then added overrides
+    assert out.returncode == 0 and "max_steps: 2" in out.stdout, out.stderr[-2000:]
