@@ -352,9 +352,10 @@ def check_train_config(cfg) -> None:
         )
     world = _world_size()
     if ro.prompts_per_step >= 1 and ro.prompts_per_step % world:
+        up = -(-ro.prompts_per_step // world) * world
         problems.append(
-            f"rollout.prompts_per_step={ro.prompts_per_step} does not divide among the {world} processes (WORLD_SIZE); "
-            f"each process samples whole groups: use a multiple of {world}"
+            f"{ro.prompts_per_step} prompts per step (rollout.prompts_per_step) do not divide among {world} processes "
+            f"(torchrun's WORLD_SIZE): each samples whole groups; use a multiple of {world}, e.g. rollout.prompts_per_step={up}"
         )
     problems += _eval_node_problems(cfg.eval)
     if not 0 <= cfg.verify.max_failed_frac <= 1:

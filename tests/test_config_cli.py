@@ -130,7 +130,8 @@ def test_prompts_not_dividing_among_processes_is_said_once_by_the_main_process(t
     main = cli("reasonrl-train", *common, tmp_path=tmp_path, env=env0)
     assert main.returncode == 2
     lines = main.stderr.strip().splitlines()
-    assert len(lines) == 1 and "rollout.prompts_per_step=5 does not divide among the 2 processes" in lines[0], main.stderr
+    said = "5 prompts per step (rollout.prompts_per_step) do not divide among 2 processes"
+    assert len(lines) == 1 and said in lines[0], main.stderr
     assert "prompts_per_step" in json.loads(err.read_text())["message"]  # torchrun's failure summary shows it
     other = cli("reasonrl-train", *common, tmp_path=tmp_path, env={**env0, "RANK": "1", "LOCAL_RANK": "1"})
     assert other.returncode == 2 and other.stderr.strip() == ""  # the other ranks stay quiet
