@@ -102,3 +102,19 @@ def test_the_whole_batch_points_every_rollout_at_its_own_problem_and_averages_fr
                            "zero_std_frac": 0.25, "overlong_penalty_mean": -0.1}  # fmt: skip
     assert all(r.logprobs == [] for r in whole.rollouts)  # sampler logprobs stay on their rank
     assert dataclasses.is_dataclass(whole)
+
+
+def test_the_automatic_scoring_pool_shares_the_machine_among_its_training_processes(monkeypatch):
+    """verify.workers=-1 gives each of the machine's L training processes its part of the cores (minus what
+    generation and the trainer need): 4 processes on 32 cores start 6 workers each, not 30 each."""
+    import os
+
+    from reasonrl.verifiers.pool import resolve_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)))
+    assert resolve_workers(-1) == 30
+    assert resolve_workers(-1, local_ranks=4) == 6
+    assert sum(resolve_workers(-1, local_ranks=4) for _ in range(4)) + 4 * 2 <= 32
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert resolve_workers(-1) == 2 and resolve_workers(-1, local_ranks=2) == 1
+    assert resolve_workers(3, local_ranks=4) == 3 and resolve_workers(0) == 0
