@@ -91,6 +91,9 @@ def preflight(cfg, config_name: str) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise Refused(f"{', '.join(missing)} must be set (e.g. model.path=/path/to/a/hugging/face/folder with model=hf)")
+    m = cfg.model
+    if not m.get("path") and not m.get("gguf") and m.get("arch") is None and not cfg.get("check", False):
+        raise Refused(f"model {m.name!r} names no weights: give model.path=/path/to/a/hugging/face/folder (or model.gguf=FILE)")
     gen_args = ("model", "tokenizer", "model_path", "compute_dtype")
     if config_name == "eval":
         fit = {"template": cfg.template}, {"max_new_tokens": cfg.max_new_tokens}

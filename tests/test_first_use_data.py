@@ -147,3 +147,10 @@ def test_template_errors_name_the_callers_key_and_prompt_lengths_are_checked():
     check_prompt_lengths([[1] * 40, [1] * 50], 46, 96, "gsm8k")
     with pytest.raises(DataError, match=r"gsm8k: 1 of 2 prompts .* longest is 51 tokens, plus max_new_tokens=46, .* 96 pos"):
         check_prompt_lengths([[1] * 40, [1] * 51], 46, 96, "gsm8k")
+
+
+def test_model_hf_without_a_path_is_refused_by_name(tmp_path):
+    out = cli("reasonrl-train", "model=hf", f"hydra.run.dir={tmp_path / 'run'}", tmp_path=tmp_path, timeout=90)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "model 'hf' names no weights: give model.path=" in out.stderr
+    assert nothing_built(tmp_path)
