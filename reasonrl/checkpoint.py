@@ -93,6 +93,7 @@ RESUME_MAY_CHANGE = (
     "eval.every",
     "verify.workers",
     "verify.overlap",
+    "verify.max_failed_frac",  # when a failing verifier stops the run: nothing a step computes
     # how the update splits and lays out the batch: the same update in any split (tested), so a resumed run may
     # trade memory for speed; a checkpoint from before a key existed reads it as absent
     "rollout.micro_batch_size",
