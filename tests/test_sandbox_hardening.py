@@ -468,3 +468,25 @@ def test_a_run_without_its_cgroup_says_so_once_and_is_counted(monkeypatch, caplo
     assert all(_value(r, "DENIED") == errno.EPERM for r in rs)
     assert sum("memory cap" in m for m in caplog.messages) == 1, caplog.messages
     assert sb.uncapped_runs == 2
+
+
+def test_a_code_verdict_says_when_its_runs_had_no_memory_cap(monkeypatch):
+    """The run's no_memory_cap reaches the verdict's info (logged as reward/code/no_memory_cap), for both kinds
+    of check; with the cgroup the info has no such key."""
+    _needs_cgroup()
+    from reasonrl.verifiers.code import CodeVerifier
+
+    he = {"prompt": "import math\n", "entry_point": "f", "test": "def check(candidate):\n    assert candidate(2) == 4\n"}
+    io = {"tests": [{"input": "3\n", "output": "6\n"}]}
+    v = CodeVerifier()
+    capped = [v(he, "```python\ndef f(x):\n    return 2 * x\n```"), v(io, "```python\nprint(2 * int(input()))\n```")]
+    assert [c.status for c in capped] == ["correct", "correct"] and not any("no_memory_cap" in c.info for c in capped)
+
+    def refuse(self, *args, **kwargs):
+        raise OSError(errno.EBUSY, "Device or resource busy")
+
+    monkeypatch.setattr(cgroup.RunCgroup, "__init__", refuse)
+    v = CodeVerifier()
+    bare = [v(he, "```python\ndef f(x):\n    return 2 * x\n```"), v(io, "```python\nprint(2 * int(input()))\n```")]
+    assert [c.status for c in bare] == ["correct", "correct"]
+    assert all(c.info.get("no_memory_cap") == 1 for c in bare), bare

@@ -394,6 +394,7 @@ class CodeVerifier:
             info["reason"] = why[:200]
         if r.status != "ok":
             info["run_status"] = r.status
+        info.update(getattr(r, "info", None) or {})  # no_memory_cap: the run had no cgroup (said once in the log)
         return passed, len(tests), info
 
     def _stdio(self, problem, program):
@@ -412,6 +413,7 @@ class CodeVerifier:
             if r.status == "error" and f"\n{token} does_not_compile " in r.stderr:
                 raise _DoesNotCompile(r.stderr.split(f"\n{token} does_not_compile ", 1)[1].split("\n", 1)[0])
             info["cases_run"] = i + 1
+            info.update(getattr(r, "info", None) or {})  # no_memory_cap: the run had no cgroup
             ok = r.status == "ok" and normalize_output(r.stdout) == normalize_output(str(case["output"]))
             passed += ok
             if not ok and "reason" not in info:
