@@ -6,8 +6,9 @@ inside an installed Python package (for example
 package, installed with ``--no-deps`` and never imported). transformers reads
 the file (quantized weights are expanded to float32); a fresh model built from
 its config receives the weights and is saved with its tokenizer and chat
-template under ``$XDG_CACHE_HOME/reasonrl/models/gguf-<name>-<key>``, written
-atomically. vLLM and transformers both load that folder.
+template under ``$XDG_CACHE_HOME/reasonrl/models/gguf-<name>-<key>``, checked
+(every weight there) and moved into place once per machine (also under
+``torchrun``). vLLM and transformers both load that folder.
 
 It does not quantize or download anything.
 """
@@ -18,7 +19,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from reasonrl.cache import atomic_dir, cache_root, config_key, locked
+from reasonrl.cache import build_once, cache_root, check_model_folder, config_key, save_model_folder
 
 CONVERSION_VERSION = 2
 
@@ -49,29 +50,35 @@ def converted_path(spec: str) -> Path:
 
 
 def get_or_convert(spec: str) -> Path:
-    """The cached Hugging Face folder for a GGUF spec, converted on first use."""
+    """The cached Hugging Face folder for a GGUF spec, converted on first use (once per machine, also under
+    ``torchrun``: :func:`reasonrl.cache.build_once`)."""
     out = converted_path(spec)
-    if (out / "config.json").is_file():
-        return out
-    with locked(out):
-        if (out / "config.json").is_file():
-            return out
-        src = resolve_gguf(spec)
-        print(f"[reasonrl] converting {src.name} to a Hugging Face folder (first use, cached afterwards): {out}", flush=True)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    src = resolve_gguf(spec)
+    return build_once(out, lambda tmp: _convert(src, tmp), f"converting {src.name} to a Hugging Face folder")
 
-        loaded = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name)
-        tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-        # save_pretrained on a GGUF-loaded model fails; a fresh model from its config does not
-        fresh = AutoModelForCausalLM.from_config(loaded.config)
-        missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
-        if unexpected or [m for m in missing if "lm_head" not in m]:
-            raise RuntimeError(f"GGUF conversion of {src.name}: missing {missing}, unexpected {unexpected}")
-        fresh.tie_weights()
-        # the weights are now plain float tensors: drop the GGUF quantization marker (vLLM rejects it)
-        if hasattr(fresh.config, "quantization_config"):
-            delattr(fresh.config, "quantization_config")
-        with atomic_dir(out) as tmp:
-            fresh.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-    return out
+
+def _convert(src: Path, out: Path) -> None:
+    """Read the GGUF file, move its weights into a fresh model and save it with the tokenizer into ``out``."""
+    import time
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.monotonic()
+    size_mb = src.stat().st_size / 2**20
+    print(f"[reasonrl] reading {src} ({size_mb:.0f} MiB; quantized weights are expanded to float32)", flush=True)
+    loaded = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name)
+    tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    # save_pretrained on a GGUF-loaded model fails; a fresh model from its config does not
+    fresh = AutoModelForCausalLM.from_config(loaded.config)
+    missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
+    if unexpected or [m for m in missing if "lm_head" not in m]:
+        raise RuntimeError(f"GGUF conversion of {src.name}: missing {missing}, unexpected {unexpected}")
+    fresh.tie_weights()
+    # the weights are now plain float tensors: drop the GGUF quantization marker (vLLM rejects it)
+    if hasattr(fresh.config, "quantization_config"):
+        delattr(fresh.config, "quantization_config")
+    n = sum(p.numel() for p in fresh.parameters())
+    print(f"[reasonrl] read in {time.monotonic() - t0:.0f} s ({n / 1e6:.0f}M parameters); writing {out}", flush=True)
+    save_model_folder(fresh, tok, out)
+    check_model_folder(out, fresh)
+    print(f"[reasonrl] converted in {time.monotonic() - t0:.0f} s", flush=True)

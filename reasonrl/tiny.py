@@ -4,7 +4,9 @@
 ``$XDG_CACHE_HOME/reasonrl/models/`` keyed by a hash of both configs (and the
 corpus version): the first call builds the tokenizer and model from the config,
 pretrains it on the arithmetic world's corpus with the project's SFT trainer,
-and writes the folder atomically; later calls return at once.
+checks that the saved folder holds every weight, and moves it into place
+(:func:`reasonrl.cache.build_once`: one build per machine, also under
+``torchrun``; a second run waits and says for whom); later calls return at once.
 
 Pretraining stops at ``pretrain.max_steps`` or earlier, once the step-by-step
 skill is there: greedy held-out accuracy with the think block forced open
@@ -24,7 +26,7 @@ from typing import Any
 
 import torch
 
-from reasonrl.cache import atomic_dir, cache_root, config_key, locked
+from reasonrl.cache import build_once, cache_root, check_model_folder, config_key, save_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -113,19 +115,13 @@ def forced_think_accuracy(model, tokenizer, problems: list[dict], max_new_tokens
 
 
 def get_or_build_base(arch: Any, pretrain: Any, progress: bool = True) -> Path:
-    """The cached base model folder for these configs, built on first use."""
+    """The cached base model folder for these configs, built on first use (once: see :func:`reasonrl.cache.build_once`)."""
     path = base_path(arch, pretrain)
-    if (path / "config.json").is_file():
-        return path
-    with locked(path):
-        if (path / "config.json").is_file():  # built by another process meanwhile
-            return path
-        print(f"[reasonrl] building base model (first use, cached afterwards): {path}", flush=True)
-        _build(arch, pretrain, path, progress)
-    return path
+    return build_once(path, lambda tmp: _build(arch, pretrain, tmp, progress), "building the base model")
 
 
-def _build(arch: Any, pretrain: Any, path: Path, progress: bool) -> None:
+def _build(arch: Any, pretrain: Any, out: Path, progress: bool) -> None:
+    """Build, pretrain and save the base model into the folder ``out`` (checked before it is cached)."""
     from reasonrl.sft import train_sft
     from reasonrl.tasks import arith
 
@@ -137,10 +133,7 @@ def _build(arch: Any, pretrain: Any, path: Path, progress: bool) -> None:
     model = build_model(arch, tok, pretrain.seed)
     n_params = sum(p.numel() for p in model.parameters())
     if pretrain.max_steps == 0:  # a random model, for speed checks: nothing to learn
-        with atomic_dir(path) as tmp:
-            model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            (tmp / "build.json").write_text(json.dumps({"params": n_params, "steps": 0, "arch": _plain(arch)}))
+        _save(model, tok, out, {"params": n_params, "steps": 0, "arch": _plain(arch)})
         return
     pairs = arith.pretrain_corpus(
         pretrain.max_steps * pretrain.batch_size,
@@ -179,11 +172,14 @@ def _build(arch: Any, pretrain: Any, path: Path, progress: bool) -> None:
         "arch": _plain(arch),
         "pretrain": _plain(pretrain),
     }
-    with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "build.json").write_text(json.dumps(info, indent=2))
+    _save(model, tok, out, info)
     print(
         f"[reasonrl] base model built in {info['seconds']} s ({n_params:,} params, {hist['steps']} steps): {info['final']}",
         flush=True,
     )
+
+
+def _save(model, tok, out: Path, info: dict) -> None:
+    save_model_folder(model, tok, out)
+    (out / "build.json").write_text(json.dumps(info, indent=2))
+    check_model_folder(out, model)
