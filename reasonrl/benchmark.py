@@ -8,7 +8,9 @@ Run::
 Per benchmark: accuracy (pass@1 as the mean over the n samples), unbiased
 pass@k and maj@k for each k in ``ks`` up to n, mean completion length and
 truncation rate; written to results.json and results.md in the run directory,
-with every sample and its verdict in samples.jsonl. Scoring uses the verifiers
+with every sample and its verdict in samples.jsonl. results.json and results.md
+are rewritten as each benchmark finishes, so an interrupted evaluation keeps
+the finished ones (and says so in one line). Scoring uses the verifiers
 training uses: the math verifier, or for code benchmarks (humaneval, mbpp) the
 code verifier, which runs every program in the sandbox (maj@k is not defined
 for code and is left out).
@@ -34,12 +36,24 @@ def _score(problems, completions, code: bool, extract, pool_workers: int):
         from reasonrl.verifiers.math import MathVerifier
 
         name, verifier, timeout = "math", MathVerifier(extract=extract), 10.0
+    from tqdm import tqdm
+
     pool_workers = resolve_workers(pool_workers)
-    if pool_workers > 0:
-        with ScoringPool({name: verifier}, workers=pool_workers, timeout_s=timeout) as pool:
-            rows = pool.run(problems, completions)
-    else:
-        rows = score(problems, completions, {name: (verifier, 1.0)}).verdicts
+    chunk = max(64, 16 * pool_workers)  # progress every chunk; big enough to keep every worker busy
+    bar = tqdm(total=len(completions), desc=f"score ({name})", unit="sample", mininterval=2.0, disable=len(completions) <= chunk)
+    rows = []
+    try:
+        if pool_workers > 0:
+            with ScoringPool({name: verifier}, workers=pool_workers, timeout_s=timeout) as pool:
+                for i in range(0, len(completions), chunk):
+                    rows += pool.run(problems[i : i + chunk], completions[i : i + chunk])
+                    bar.update(len(completions[i : i + chunk]))
+        else:
+            for i in range(0, len(completions), chunk):
+                rows += score(problems[i : i + chunk], completions[i : i + chunk], {name: (verifier, 1.0)}).verdicts
+                bar.update(len(completions[i : i + chunk]))
+    finally:
+        bar.close()
     answers = [None] * len(completions) if code else [verifier.extract(c)[0] for c in completions]
     return [r[name] for r in rows], answers
 
@@ -64,91 +78,139 @@ def summarize(n: int, ks, verdicts, answers, lengths, clipped) -> dict[str, floa
 
 
 def main(cfg) -> dict[str, Any]:
-    from reasonrl.evals.loaders import CODE_BENCHMARKS, load_benchmark, reference_extract
-    from reasonrl.runs import announce, open_run_dir
-    from reasonrl.tasks.dataset import benchmark_instruction, render
+    from reasonrl.runs import Interrupted, open_run_dir
 
-    run_dir = open_run_dir(cfg)
+    run = open_run_dir(cfg, "reasonrl-eval")
     results: dict[str, Any] = {}
-    samples = open(run_dir / "samples.jsonl", "w")
+    current = [None]  # the benchmark being evaluated, for an interrupt's one line
+    try:
+        evaluate(cfg, run.path, results, current)
+    except KeyboardInterrupt:
+        raise Interrupted(_stopped(run, results, current[0])) from None
+    except BaseException:
+        _stopped(run, results, current[0])
+        raise
+    return results
+
+
+def _stopped(run, results: dict[str, Any], current: str | None) -> str:
+    """Where an interrupted or failed evaluation stood and what it kept (a run directory with nothing in it is removed)."""
+    if not results and run.abandon():
+        return f"during {current or 'setup'}, before any benchmark finished; the run directory {run.path} was removed"
+    done = ", ".join(results) or "no benchmark"
+    return f"during {current or 'setup'}; {run.path / 'results.json'} keeps the finished ones: {done}"
+
+
+def evaluate(cfg, run_dir, results: dict[str, Any], current: list) -> None:
+    """Each benchmark in turn; results.json and results.md are rewritten after each one finishes, so what is done
+    stays done if the run stops later."""
+    from reasonrl.runs import announce
+
     model = tokenizer = generator = None
     if not cfg.check:
         from reasonrl.build import build_generator
         from reasonrl.models import load_policy
 
+        current[0] = "model loading"
         model, tokenizer, path = load_policy(cfg.model)
         generator = build_generator(cfg.generator, model, tokenizer, path)
-    for name in cfg.benchmarks:
-        t = time.time()
-        data_path = cfg.data[name]
-        problems = load_benchmark(name, data_path, limit=cfg.limit)
-        code = name in CODE_BENCHMARKS
-        if cfg.check:
-            n, completions, lengths, clipped = 1, [p["reference"] for p in problems], [], []
-            extract = reference_extract(name)
-        else:
-            from reasonrl.rollout import Sampling
-
-            n = cfg.n
-            instruction = benchmark_instruction(code, cfg.template)
-            prompts = [
-                tokenizer(render(p, cfg.template, tokenizer, instruction), add_special_tokens=False)["input_ids"]
-                for p in problems
-            ]
-            from tqdm import tqdm
-
-            sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
-            rollouts = []
-            chunk = 32  # progress every 32 problems (vLLM seeds each request, so its samples do not depend on this)
-            for start in tqdm(range(0, len(prompts), chunk), desc=f"eval {name}", unit="x32 problems", mininterval=2.0):
-                part = generator.generate(prompts[start : start + chunk], n, sampling)
-                for r in part:
-                    r.prompt_index += start
-                rollouts.extend(part)
-            completions = [r.text for r in rollouts]
-            lengths = [len(r.completion_ids) for r in rollouts]
-            clipped = [r.finish_reason == "length" for r in rollouts]
-            extract = list(cfg.extract)
-        expanded = [p for p in problems for _ in range(n)]
-        graded = expanded
-        verdicts, answers = _score(graded, completions, code, extract, cfg.verify_workers)
-        res = summarize(n, cfg.ks, verdicts, None if code else answers, lengths, clipped)
-        res["wall_s"] = time.time() - t
-        res["problems_per_s"] = len(problems) / res["wall_s"]
-        results[name] = res
-        for p, c, v, a in zip(expanded, completions, verdicts, answers):
-            samples.write(
-                json.dumps(
-                    {
-                        "benchmark": name,
-                        "id": p["id"],
-                        "answer": str(p.get("answer", ""))[-200:],
-                        "extracted": a,
-                        "completion": c,
-                        "status": v.status,
-                        "info": v.info,
-                    },
-                    default=str,
-                )
-                + "\n"
+    md = ""
+    with open(run_dir / "samples.jsonl", "w", buffering=1) as samples:
+        for name in cfg.benchmarks:
+            current[0] = name
+            results[name] = _one_benchmark(cfg, name, generator, tokenizer, samples)
+            res = results[name]
+            print(
+                f"[reasonrl] {name}: "
+                + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()),
+                flush=True,
             )
-        print(
-            f"[reasonrl] {name}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()),
-            flush=True,
-        )
-    samples.close()
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+            md = write_results(run_dir, results)
+    current[0] = None
+    print(md, flush=True)
+    announce(run_dir)
+
+
+def write_results(run_dir, results: dict[str, Any]) -> str:
+    """results.json and results.md (each replaced whole: never half-written); the table."""
+    import os
+
     keys = sorted({k for r in results.values() for k in r if k not in ("problems", "samples")})
     md = ["| benchmark | problems | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
     for name, r in results.items():
         md.append(f"| {name} | {r['problems']} | " + " | ".join(f"{r[k]:.3f}" if k in r else "" for k in keys) + " |")
-    (run_dir / "results.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md), flush=True)
-    announce(run_dir)
-    return results
+    for file, text in (("results.json", json.dumps(results, indent=2)), ("results.md", "\n".join(md) + "\n")):
+        tmp = run_dir / f".{file}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, run_dir / file)
+    return "\n".join(md)
+
+
+def _one_benchmark(cfg, name: str, generator, tokenizer, samples) -> dict[str, Any]:
+    """Sample (or take the references), score and summarise one benchmark; its samples go to ``samples``."""
+    from reasonrl.evals.loaders import CODE_BENCHMARKS, load_benchmark, reference_extract
+    from reasonrl.tasks.dataset import benchmark_instruction, render
+
+    t = time.time()
+    data_path = cfg.data[name]
+    problems = load_benchmark(name, data_path, limit=cfg.limit)
+    code = name in CODE_BENCHMARKS
+    if cfg.check:
+        n, completions, lengths, clipped = 1, [p["reference"] for p in problems], [], []
+        extract = reference_extract(name)
+    else:
+        from tqdm import tqdm
+
+        from reasonrl.rollout import Sampling
+
+        n = cfg.n
+        instruction = benchmark_instruction(code, cfg.template)
+        prompts = [
+            tokenizer(render(p, cfg.template, tokenizer, instruction), add_special_tokens=False)["input_ids"] for p in problems
+        ]
+        sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+        rollouts = []
+        chunk = 32  # progress every 32 problems (vLLM seeds each request, so its samples do not depend on this)
+        with tqdm(total=len(prompts), desc=f"eval {name}", unit="problem", mininterval=2.0) as bar:
+            for start in range(0, len(prompts), chunk):
+                part = generator.generate(prompts[start : start + chunk], n, sampling)
+                for r in part:
+                    r.prompt_index += start
+                rollouts.extend(part)
+                bar.update(len(prompts[start : start + chunk]))
+        completions = [r.text for r in rollouts]
+        lengths = [len(r.completion_ids) for r in rollouts]
+        clipped = [r.finish_reason == "length" for r in rollouts]
+        extract = list(cfg.extract)
+    expanded = [p for p in problems for _ in range(n)]
+    verdicts, answers = _score(expanded, completions, code, extract, cfg.verify_workers)
+    res = summarize(n, cfg.ks, verdicts, None if code else answers, lengths, clipped)
+    res["wall_s"] = time.time() - t
+    res["problems_per_s"] = len(problems) / res["wall_s"]
+    for p, c, v, a in zip(expanded, completions, verdicts, answers):
+        samples.write(
+            json.dumps(
+                {
+                    "benchmark": name,
+                    "id": p["id"],
+                    "answer": str(p.get("answer", ""))[-200:],
+                    "extracted": a,
+                    "completion": c,
+                    "status": v.status,
+                    "info": v.info,
+                },
+                default=str,
+            )
+            + "\n"
+        )
+    return res
 
 
 def cli() -> None:
-    from reasonrl.config import run_entry_point
+    import sys
 
-    run_entry_point(main, "eval")
+    from reasonrl.config import run_entry_point
+    from reasonrl.runs import hydra_argv, one_line_errors
+
+    sys.argv = hydra_argv(sys.argv, "reasonrl-eval")
+    run_entry_point(one_line_errors(main, "reasonrl-eval"), "eval")

@@ -20,6 +20,29 @@ from typing import Any
 
 
 def main(cfg) -> dict[str, Any]:
+    from reasonrl.runs import Interrupted, open_run_dir
+
+    run = open_run_dir(cfg, "reasonrl-sft")
+    state: dict[str, Any] = {"logger": None, "step": 0}
+    try:
+        return _run(cfg, run.path, state)
+    except KeyboardInterrupt:
+        raise Interrupted(_stopped(run, state)) from None
+    except BaseException:
+        _stopped(run, state)
+        raise
+
+
+def _stopped(run, state: dict[str, Any]) -> str:
+    """Where an interrupted or failed SFT run stood and what it kept (a run directory with nothing in it is removed)."""
+    if state["logger"] is not None:
+        state["logger"].close()
+    if run.abandon():
+        return f"before the first step; the run directory {run.path} held nothing yet and was removed"
+    return f"at step {state['step']}; {run.path / 'metrics.jsonl'} keeps the rows logged so far (SFT does not resume)"
+
+
+def _run(cfg, run_dir, state: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from reasonrl.evals.harness import training_eval
@@ -27,13 +50,12 @@ def main(cfg) -> dict[str, Any]:
     from reasonrl.models import load_policy
     from reasonrl.policy import compute_dtype, save_checkpoint
     from reasonrl.rollout import HFGenerator
-    from reasonrl.runs import announce, open_run_dir, write_summary
+    from reasonrl.runs import announce, write_summary
     from reasonrl.sft import demonstration_accuracy, demonstrations, micro_batching, train_sft
     from reasonrl.tasks import get_task, problem_source
     from reasonrl.verifiers import load
 
     t_start = time.time()
-    run_dir = open_run_dir(cfg)
     torch.manual_seed(cfg.seed)
     model, tokenizer, model_path = load_policy(cfg.model, progress=cfg.logging.progress)
     task = get_task(cfg.task)
@@ -44,13 +66,17 @@ def main(cfg) -> dict[str, Any]:
     )
     pairs = [(r["prompt"], r["completion"]) for r in rows]
     render = lambda p: task.render_prompt(p, cfg.task.template, tokenizer)  # noqa: E731
-    logger = RunLogger(run_dir, tensorboard=cfg.logging.tensorboard, wandb_project=cfg.logging.wandb_project)
+    state["logger"] = logger = RunLogger(run_dir, tensorboard=cfg.logging.tensorboard, wandb_project=cfg.logging.wandb_project)
+
+    def log_row(row: dict[str, Any]) -> None:
+        state["step"] = row["step"]
+        logger.log(row)
 
     def eval_fn(m):
         return training_eval(HFGenerator(m, tokenizer), tokenizer, heldout, render, verifier, cfg, cfg.seed)
 
     start = eval_fn(model)
-    logger.log({"step": 0, **start})
+    log_row({"step": 0, **start})
     hist = train_sft(
         model,
         tokenizer,
@@ -61,7 +87,7 @@ def main(cfg) -> dict[str, Any]:
         seed=cfg.seed,
         eval_fn=eval_fn,
         eval_every=cfg.sft.eval_every,
-        log_fn=logger.log,
+        log_fn=log_row,
         progress=cfg.logging.progress,
         compute_dtype=compute_dtype(cfg.model.compute_dtype, next(model.parameters()).device),
         **micro_batching(cfg.sft),
@@ -90,6 +116,10 @@ def main(cfg) -> dict[str, Any]:
 
 
 def cli() -> None:
-    from reasonrl.config import run_entry_point
+    import sys
 
-    run_entry_point(main, "sft")
+    from reasonrl.config import run_entry_point
+    from reasonrl.runs import hydra_argv, one_line_errors
+
+    sys.argv = hydra_argv(sys.argv, "reasonrl-sft")
+    run_entry_point(one_line_errors(main, "reasonrl-sft"), "sft")

@@ -124,6 +124,9 @@ class RunLogger:
             self._samples.write(json.dumps(r, default=str) + "\n")
 
     def close(self) -> None:
+        """Flush and close everything (again: nothing)."""
+        if self._metrics.closed:
+            return
         self._metrics.close()
         self._samples.close()
         if self._tb is not None:

@@ -123,52 +123,54 @@ def train_sft(
     loss_ema = None
     bar = tqdm(total=steps, desc=desc, disable=not progress, dynamic_ncols=True, mininterval=1.0)
     step = 0
-    for step in range(1, steps + 1):
-        t0 = time.perf_counter()
-        if len(order) < batch_size:
-            fresh = list(range(len(data)))
-            rng.shuffle(fresh)
-            order.extend(fresh)
-        idx, order = order[:batch_size], order[batch_size:]
-        opt.zero_grad(set_to_none=True)
-        loss = sft_backward(
-            model,
-            [data[i] for i in idx],
-            tokenizer.pad_token_id,
-            micro_batch_size or len(idx),
-            max_tokens_per_micro_batch,
-            compute_dtype,
-            pass_cost_tokens,
-        )
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: non-finite loss {loss.item()} at step {step}")
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
-        opt.step()
-        sched.step()
-        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
-        row: dict[str, Any] = {
-            "step": step,
-            "train/loss": loss.item(),
-            "train/grad_norm": float(gnorm),
-            "train/lr": sched.get_last_lr()[0],
-            "time/step_s": time.perf_counter() - t0,
-        }
-        stop = False
-        if eval_fn is not None and eval_every > 0 and (step % eval_every == 0 or step == steps):
-            metrics = eval_fn(model)
-            model.train()
-            evals.append({"step": step, **metrics})
-            row.update({f"eval/{k}": v for k, v in metrics.items()})
-            bar.set_postfix(loss=f"{loss_ema:.3f}", **{k: f"{v:.3f}" for k, v in metrics.items()})
-            stop = stop_fn is not None and stop_fn(metrics)
-        elif step % 20 == 0:
-            bar.set_postfix(loss=f"{loss_ema:.3f}")
-        if log_fn is not None:
-            log_fn(row)
-        bar.update(1)
-        if stop:
-            break
-    bar.close()
+    try:  # an interrupt too: the bar's line ends before anything else is said
+        for step in range(1, steps + 1):
+            t0 = time.perf_counter()
+            if len(order) < batch_size:
+                fresh = list(range(len(data)))
+                rng.shuffle(fresh)
+                order.extend(fresh)
+            idx, order = order[:batch_size], order[batch_size:]
+            opt.zero_grad(set_to_none=True)
+            loss = sft_backward(
+                model,
+                [data[i] for i in idx],
+                tokenizer.pad_token_id,
+                micro_batch_size or len(idx),
+                max_tokens_per_micro_batch,
+                compute_dtype,
+                pass_cost_tokens,
+            )
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{desc}: non-finite loss {loss.item()} at step {step}")
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
+            opt.step()
+            sched.step()
+            loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
+            row: dict[str, Any] = {
+                "step": step,
+                "train/loss": loss.item(),
+                "train/grad_norm": float(gnorm),
+                "train/lr": sched.get_last_lr()[0],
+                "time/step_s": time.perf_counter() - t0,
+            }
+            stop = False
+            if eval_fn is not None and eval_every > 0 and (step % eval_every == 0 or step == steps):
+                metrics = eval_fn(model)
+                model.train()
+                evals.append({"step": step, **metrics})
+                row.update({f"eval/{k}": v for k, v in metrics.items()})
+                bar.set_postfix(loss=f"{loss_ema:.3f}", **{k: f"{v:.3f}" for k, v in metrics.items()})
+                stop = stop_fn is not None and stop_fn(metrics)
+            elif step % 20 == 0:
+                bar.set_postfix(loss=f"{loss_ema:.3f}")
+            if log_fn is not None:
+                log_fn(row)
+            bar.update(1)
+            if stop:
+                break
+    finally:
+        bar.close()
     return {"steps": step, "evals": evals, "loss": loss_ema}
 
 

@@ -50,11 +50,12 @@ from reasonrl.policy import (
     compute_dtype,
     enable_gradient_checkpointing,
     make_optimizer,
+    native_bf16,
     save_checkpoint,
     torch_dtype,
 )
 from reasonrl.rollout import HFGenerator, RolloutBatch
-from reasonrl.runs import announce, open_run_dir, write_summary
+from reasonrl.runs import Interrupted, Run, RunError, RunRefused, announce, one_line_errors, open_run, write_summary
 from reasonrl.runtime import Runtime, init_runtime
 from reasonrl.sharding import full_state_dict, is_sharded, shard_model
 from reasonrl.tasks import check_overlap, get_task, problem_source
@@ -75,7 +76,7 @@ class GRPOTrainer:
         self.steps_done = 0  # optimizer steps taken (the policy version)
         self.evals: dict[int, dict[str, float]] = {}
         self.before_sft: dict[str, Any] | None = None
-        self.pool = self.logger = self.last_batch = None
+        self.pool = self.logger = self.last_batch = self.run = self.found = self._bar = None
         self.resumed_from: Path | None = None
         self.last_checkpoint_time = time.time()
 
@@ -91,9 +92,11 @@ class GRPOTrainer:
                 "(model.path=<its checkpoints/final>)"
             )
         self.t_start = time.time()
-        self.run_dir = rt.broadcast(open_run_dir(cfg, rt.is_main))  # the main process's (Hydra's clock may differ)
+        self.run = self._claim_run_dir()  # nothing is written before the directory is known to be free for this run
+        self.run_dir = self.run.path
         self.checkpoint_root = self.run_dir / "checkpoints"
-        resume = self._resume_state()
+        resume = self._resume_state()  # a changed config is refused here, before config.yaml is written
+        self.run.start(cfg, fresh=resume is None)
         random.seed(cfg.seed + rt.rank)
         torch.manual_seed(cfg.seed + rt.rank)
         torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
@@ -102,6 +105,11 @@ class GRPOTrainer:
             cfg.model, progress=cfg.logging.progress, device=self.runtime.device
         )
         self.compute_dtype = compute_dtype(cfg.model.compute_dtype, self.runtime.device)
+        why = f"auto: {'native' if native_bf16(rt.device) else 'no native'} bfloat16 on {rt.device}"
+        rt.print(
+            f"[reasonrl] compute dtype: {str(self.compute_dtype).removeprefix('torch.')} (model.compute_dtype="
+            f"{cfg.model.compute_dtype if cfg.model.compute_dtype != 'auto' else why}); weights {cfg.model.dtype}"
+        )
         if cfg.model.gradient_checkpointing:
             enable_gradient_checkpointing(self.model)
         self.task = get_task(cfg.task)
@@ -152,26 +160,75 @@ class GRPOTrainer:
             self.runtime.print(f"[reasonrl] resumed from {self.resumed_from} (step {self.steps_done})")
         return self
 
+    def _claim_run_dir(self) -> Run:
+        """The run directory, claimed by the main process; refused (a run is there that this command may not
+        continue or replace) on every rank alike, before anything is written."""
+        rt = self.runtime
+        outcome = None
+        if rt.is_main:
+            try:
+                outcome = (*open_run(self.cfg, "reasonrl-train", resume=self.cfg.resume), None)
+            except RunRefused as e:
+                outcome = (None, None, str(e))
+        run, self.found, refused = rt.broadcast(outcome)
+        if refused is not None:
+            raise RunRefused(refused)
+        return run if rt.is_main else dataclasses.replace(run, is_main=False, created=False)
+
     def _resume_state(self) -> dict[str, Any] | None:
-        """The checkpoint ``resume`` names, read and checked against this run's config (None: a fresh start)."""
+        """The checkpoint ``resume`` names, read and checked against this run's config (None: a fresh start).
+        What the run directory held must be the run resumed: a different run is refused, naming the keys."""
         from omegaconf import OmegaConf
 
+        new = _identity(OmegaConf.to_container(self.cfg, resolve=True))
         path = ckpt.resolve(self.cfg.resume, self.checkpoint_root)
         if path is None:
             if self.cfg.resume:
-                self.runtime.print(
-                    f"[reasonrl] resume={self.cfg.resume}: no checkpoint in {self.checkpoint_root}; starting fresh"
-                )
+                self._restart_without_checkpoint(new)
             return None
-        saved = OmegaConf.to_container(OmegaConf.load(path / "config.yaml"))
-        changes = ckpt.config_changes(saved, OmegaConf.to_container(self.cfg, resolve=True))
+        inside = path.resolve().is_relative_to(self.checkpoint_root.resolve())
+        if self.found.is_run and not inside:
+            raise RunRefused(
+                f"resume={self.cfg.resume}: the run directory {self.run_dir} holds another run "
+                f"({', '.join(self.found.work)}); nothing was written. Resume into another run_dir, or add "
+                "overwrite=true to replace that run"
+            )
+        saved = _identity(OmegaConf.to_container(OmegaConf.load(path / "config.yaml")))
+        changes = ckpt.config_changes(saved, new)
         if changes:
-            raise ValueError(
+            raise RunRefused(
                 f"resume from {path}: the config differs from the checkpoint's in keys a resumed run may not change "
-                f"(allowed: {', '.join(ckpt.RESUME_MAY_CHANGE)}):\n  " + "\n  ".join(changes)
+                f"(allowed: {', '.join(ckpt.RESUME_MAY_CHANGE)}); nothing was written:\n  " + "\n  ".join(changes)
             )
         self.resumed_from = path
         return {**ckpt.read_trainer_state(path), "path": path}
+
+    def _restart_without_checkpoint(self, new: dict) -> None:
+        """resume=auto and no complete checkpoint: a fresh start, over what the same run left before its first
+        checkpoint (it is re-run, so its rows would otherwise appear twice); a different or finished run is refused."""
+        found, where = self.found, self.run_dir
+        if not found.is_run:
+            self.runtime.print(f"[reasonrl] resume={self.cfg.resume}: no checkpoint in {self.checkpoint_root}; starting fresh")
+            return
+        if found.finished:
+            raise RunRefused(
+                f"resume={self.cfg.resume}: {where} holds a finished run ({', '.join(found.work)}) with no training "
+                "checkpoint to continue from; nothing was written. overwrite=true replaces it, or choose another run_dir="
+            )
+        changes = ckpt.config_changes(_identity(found.config or {}), new)
+        if changes:
+            raise RunRefused(
+                f"resume={self.cfg.resume}: {where} holds a different run (no checkpoint yet) whose config differs in "
+                "keys a resumed run may not change; nothing was written:\n  " + "\n  ".join(changes)
+            )
+        if self.runtime.is_main:
+            from reasonrl.runs import remove_run_files
+
+            remove_run_files(where, [f for f in found.files if f in ("metrics.jsonl", "samples.jsonl", "tb", "checkpoints")])
+        self.runtime.print(
+            f"[reasonrl] resume={self.cfg.resume}: no complete checkpoint in {self.checkpoint_root}; the run starts "
+            f"again from step 0 (its earlier rows, {', '.join(found.work)}, are replaced)"
+        )
 
     def _cold_start(self) -> None:
         """SFT on demonstrations before RL; the held-out numbers before it go into the summary."""
@@ -338,9 +395,41 @@ class GRPOTrainer:
         gathered tensor by tensor)."""
         state = full_state_dict(self.model, self.runtime.is_main) if is_sharded(self.model) else None
         if self.runtime.is_main:
-            save_checkpoint(self.model, self.tokenizer, path, state_dict=state)
+            try:
+                save_checkpoint(self.model, self.tokenizer, path, state_dict=state)
+            except Exception as e:
+                self._raise_write_failed(e, f"the model folder {path}", path.parent)
         self.runtime.barrier()
         return path
+
+    def _raise_write_failed(self, e: BaseException, what: str, where: Path) -> None:
+        """Raise a failed checkpoint write as the user needs to hear it: a full disk named as such (with the space
+        left and the checkpoint a resume continues from), the leftovers of the write removed; anything else as
+        it was."""
+        import shutil
+
+        from reasonrl.cache import disk_full
+
+        try:
+            usage = shutil.disk_usage(where if where.exists() else self.run_dir)
+        except OSError:
+            usage = None
+        # torch's zip writer reports a short write as "unexpected pos N vs M", not as ENOSPC
+        short_write = any(k in str(e) for k in ("unexpected pos", "PytorchStreamWriter failed", "file write failed"))
+        if not (disk_full(e) or (short_write and usage is not None and usage.free < 64 * 2**20)):
+            raise e
+        left = ckpt.complete_checkpoints(self.checkpoint_root, quiet=True)  # removes the partial write
+        space = "" if usage is None else f" ({usage.free / 2**20:.0f} MiB free of {usage.total / 2**20:.0f} MiB there)"
+        resume = (
+            f"the latest complete checkpoint, {left[-1]}, is intact and resume=auto continues from it"
+            if left
+            else "there is no complete checkpoint yet (resume=auto starts again from step 0)"
+        )
+        raise RunError(
+            f"step {self.steps_done}: writing {what} failed: the disk holding {where} is full{space}. The partial "
+            f"write was removed; metrics.jsonl keeps the rows up to step {self.steps_done}; {resume}. Free space, "
+            "then rerun the command with resume=auto"
+        ) from None
 
     def trainer_state(self) -> dict[str, Any]:
         """What the next step depends on besides the tensors of the model and optimizer: step, schedule,
@@ -354,6 +443,7 @@ class GRPOTrainer:
             "log": self.logger.position(self.steps_done) if self.logger is not None else None,
             "counters": {"workers_replaced": self.runtime.sum(self.pool.replaced if self.pool is not None else 0)},
             "rng": self.runtime.gather([self._rng_state()]),  # one per rank
+            "cwd": os.getcwd(),  # relative paths in the config (model.path, ...) are relative to it
         }
 
     @staticmethod
@@ -402,18 +492,24 @@ class GRPOTrainer:
         """A training checkpoint of this step (atomic; older ones beyond checkpoint.keep removed)."""
         from omegaconf import OmegaConf
 
-        path = ckpt.save(
-            self.checkpoint_root,
-            self.steps_done,
-            self.model,
-            self.opt,
-            self.trainer_state(),
-            OmegaConf.to_yaml(self.cfg, resolve=True),
-            keep=self.cfg.checkpoint.keep,
-            is_main=self.runtime.is_main,
-            extra_models=self._extra_models(),
-            barrier=self.runtime.barrier,
-        )
+        t = time.perf_counter()
+        try:
+            path = ckpt.save(
+                self.checkpoint_root,
+                self.steps_done,
+                self.model,
+                self.opt,
+                self.trainer_state(),
+                OmegaConf.to_yaml(self.cfg, resolve=True),
+                keep=self.cfg.checkpoint.keep,
+                is_main=self.runtime.is_main,
+                extra_models=self._extra_models(),
+                barrier=self.runtime.barrier,
+            )
+        except (Exception, ckpt_failure()) as e:  # DCP's CheckpointException is a BaseException
+            self._raise_write_failed(e, f"checkpoint step_{self.steps_done:06d}", self.checkpoint_root)
+        if time.perf_counter() - t > 10:  # a long pause of the progress bar gets a word
+            self._say(f"[reasonrl] checkpoint {path} written in {time.perf_counter() - t:.0f} s")
         self.last_checkpoint_time = time.time()
         return path
 
@@ -434,7 +530,7 @@ class GRPOTrainer:
         if 0 not in self.evals:
             self._log({"step": 0, **self.evaluate()})
             rt.print("[reasonrl] step 0: " + ", ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in self.evals[0].items()))
-        bar = tqdm(
+        self._bar = bar = tqdm(
             total=cfg.max_steps,
             initial=self.steps_done,
             desc="grpo",
@@ -442,22 +538,52 @@ class GRPOTrainer:
             dynamic_ncols=True,
             mininterval=1.0,
         )
-        while self.steps_done < cfg.max_steps:
-            row = self.step()
-            step = self.steps_done
-            if cfg.eval.every > 0 and (step % cfg.eval.every == 0 or step == cfg.max_steps):
-                row.update(self.evaluate())
-            self._log(row, self._samples(step))
-            if self._checkpoint_due(step):
-                self.save_state()
-            bar.set_postfix(
-                reward=f"{row['reward/mean']:.2f}",
-                think=f"{row['rollout/think_len_mean']:.1f}",
-                **({"acc": f"{self.evals[step][f'eval/{cfg.task.name}/accuracy']:.2f}"} if step in self.evals else {}),
-            )
-            bar.update(1)
-        bar.close()
+        try:
+            while self.steps_done < cfg.max_steps:
+                first = self.steps_done == 0
+                row = self.step()
+                step = self.steps_done
+                if step == cfg.max_steps or (cfg.eval.every > 0 and step % cfg.eval.every == 0):  # always the last
+                    row.update(self.evaluate())
+                self._log(row, self._samples(step))
+                if first:
+                    self._report_logprob_gap(row)
+                if self._checkpoint_due(step):
+                    self.save_state()
+                bar.set_postfix(
+                    reward=f"{row['reward/mean']:.2f}",
+                    think=f"{row['rollout/think_len_mean']:.1f}",
+                    **({"acc": f"{self.evals[step][f'eval/{cfg.task.name}/accuracy']:.2f}"} if step in self.evals else {}),
+                )
+                bar.update(1)
+        finally:  # an interrupt too: the bar's line ends before anything else is said
+            bar.close()
+            self._bar = None
         return self._finish()
+
+    def _say(self, msg: str) -> None:
+        """A line on the main process, above the progress bar."""
+        if not self.runtime.is_main:
+            return
+        if self._bar is not None:
+            from tqdm import tqdm
+
+            tqdm.write(msg)
+        else:
+            print(msg, flush=True)
+
+    def _report_logprob_gap(self, row: dict[str, Any]) -> None:
+        """After the first step: how far the trainer's logprobs are from the sampler's, with the compute dtype,
+        loudly when the gap is beyond what float32 on both sides gives (about 1e-4 at most)."""
+        mean, worst = row["sampling/logprob_diff_mean"], row["sampling/logprob_diff_max"]
+        dtype = str(self.compute_dtype).removeprefix("torch.")
+        line = f"sampler vs trainer logprob gap at the first step: mean {mean:.2g}, max {worst:.2g} (compute dtype {dtype})"
+        if worst > 1e-3:
+            hint = " model.compute_dtype=float32 makes them agree" if self.compute_dtype != torch.float32 else ""
+            self._say(f"[reasonrl] WARNING: {line}: the update's importance ratios see this gap.{hint}")
+            log.warning(line)
+        else:
+            self._say(f"[reasonrl] {line}")
 
     def _samples(self, step: int) -> list[dict[str, Any]]:
         batch = self.last_batch
@@ -478,11 +604,11 @@ class GRPOTrainer:
 
     def _finish(self) -> dict[str, Any]:
         cfg = self.cfg
+        final = self.steps_done
+        if final not in self.evals:  # fit evaluates the last step; this is a run resumed past it without one
+            self._log({"step": final, **self.evaluate()})
         if self.logger is not None:
             self.logger.close()
-        final = self.steps_done
-        if final not in self.evals:
-            self.evaluate()
         if cfg.checkpoint.final:
             self.save(self.run_dir / "checkpoints" / "final")
         summary = {
@@ -511,7 +637,27 @@ class GRPOTrainer:
             if samples:
                 self.logger.log_samples(samples)
 
+    def where_it_stopped(self) -> str:
+        """After an interrupt or an error (main process): where the run stood and what it kept, in one line;
+        a directory this run created and wrote nothing worth keeping into is removed."""
+        run = self.run
+        if run is None:
+            return "before the run directory was claimed; nothing was written"
+        if self.logger is not None:
+            self.logger.close()
+        if run.abandon():
+            return f"before the first step; the run directory {run.path} held nothing yet and was removed"
+        from reasonrl.runs import survey
+
+        kept = survey(run.path).work
+        latest = ckpt.complete_checkpoints(self.checkpoint_root, quiet=True)
+        step = f"at step {self.steps_done} of {self.cfg.max_steps}"
+        again = f"; resume=auto continues from {latest[-1].name}" if latest else ""
+        return f"{step}; {run.path} keeps {', '.join(kept) or 'what it held'}{again}"
+
     def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
         close = getattr(getattr(self, "generator", None), "close", None)
         if close is not None:  # an engine's teardown, while the process group it built on still exists
             close()
@@ -520,10 +666,30 @@ class GRPOTrainer:
             self.pool = None
 
 
+def _identity(config: dict) -> dict:
+    """A run's config without what says how this command treats the run directory (overwrite): not part of which run
+    it is."""
+    return {k: v for k, v in config.items() if k != "overwrite"}
+
+
+def ckpt_failure() -> type[BaseException]:
+    """The exception torch.distributed.checkpoint wraps a failed write in (a BaseException, not an Exception)."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    return CheckpointException
+
+
 def main(cfg) -> dict[str, Any]:
     trainer = GRPOTrainer(cfg)
     try:
         summary = trainer.setup().fit()
+    except KeyboardInterrupt:
+        trainer.close()
+        raise Interrupted(trainer.where_it_stopped()) from None
+    except BaseException:
+        trainer.close()
+        trainer.where_it_stopped()  # removes a run directory that holds nothing yet
+        raise
     finally:
         trainer.close()
     trainer.runtime.print(result_table(summary["start"], summary["end"], summary["steps"], cfg.task.name))
@@ -550,8 +716,10 @@ def result_table(start: dict, end: dict, final_step: int, name: str) -> str:
 
 def cli() -> None:
     from reasonrl.config import run_entry_point
+    from reasonrl.runs import hydra_argv
 
-    run_entry_point(main, "train")
+    sys.argv = hydra_argv(sys.argv, "reasonrl-train")
+    run_entry_point(one_line_errors(main, "reasonrl-train"), "train")
 
 
 if __name__ == "__main__":
