@@ -9,13 +9,16 @@ optimizer state are read as :mod:`reasonrl.checkpoint` reads them on resume
 (DCP metadata through a restricted unpickler, tensors weights-only), and a
 file that would need more is refused by name (exit status 1). What it does
 trust is listed in that module's docstring: the base model that the
-checkpoint's ``config.yaml`` names is loaded (without remote code).
+checkpoint's ``config.yaml`` names is loaded (without remote code). A relative
+``model.path`` there is taken relative to the directory the training run
+started in (the checkpoint records it), so the export works from anywhere.
 
 It does not write training checkpoints (:mod:`reasonrl.checkpoint`).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from reasonrl import checkpoint as ckpt
@@ -23,6 +26,8 @@ from reasonrl import checkpoint as ckpt
 
 def export_hf(checkpoint: str | Path, out_dir: str | Path, dtype: str = "bfloat16") -> Path:
     """A training checkpoint as a Hugging Face folder in ``dtype`` (with the tokenizer)."""
+    import time
+
     from omegaconf import OmegaConf
 
     from reasonrl.models import load_policy
@@ -32,11 +37,47 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, dtype: str = "bfloat1
     if not (checkpoint / "meta.json").is_file():
         raise FileNotFoundError(f"{str(checkpoint)!r} is not a complete training checkpoint (no meta.json)")
     cfg = OmegaConf.load(checkpoint / "config.yaml")
+    resolve_model_paths(cfg.model, ckpt.read_trainer_state(checkpoint).get("cwd"), checkpoint)
+    t0 = time.monotonic()
+    _say(f"loading the base model the checkpoint was trained from ({base_model_name(cfg.model)})")
     model, tokenizer, _ = load_policy(cfg.model, progress=False)
+    _say(f"loading the checkpoint's weights from {checkpoint / 'state'}")
     ckpt.load_model_and_optimizer(checkpoint, model)
-    model.to(torch_dtype(dtype))
-    model.config.torch_dtype = torch_dtype(dtype)
-    return save_checkpoint(model, tokenizer, out_dir)
+    model.to(torch_dtype(dtype))  # save_pretrained records the dtype in config.json
+    _say(f"writing {out_dir}")
+    out = save_checkpoint(model, tokenizer, out_dir)
+    _say(f"done in {time.monotonic() - t0:.0f} s")
+    return out
+
+
+def _say(msg: str) -> None:
+    print(f"[reasonrl] {msg}", flush=True)
+
+
+def base_model_name(model_cfg) -> str:
+    return str(model_cfg.get("path") or model_cfg.get("gguf") or f"the tiny base model {model_cfg.get('name', '')}".strip())
+
+
+def resolve_model_paths(model_cfg, run_cwd: str | None, checkpoint: Path) -> None:
+    """Make the checkpoint config's relative model paths (``model.path``, a GGUF file ``model.gguf``) absolute:
+    they are relative to the directory the run started in (recorded in the checkpoint; an older checkpoint does
+    not say, and the current directory is tried). A path found nowhere is an error naming both places."""
+    for key in ("path", "gguf"):
+        value = model_cfg.get(key)
+        if not value or os.path.isabs(os.path.expanduser(str(value))) or (key == "gguf" and ":" in str(value)):
+            continue
+        value = str(value)
+        places = [p for p in (run_cwd, os.getcwd()) if p]
+        for base in places:
+            if os.path.exists(os.path.join(base, value)):
+                model_cfg[key] = os.path.join(base, value)
+                break
+        else:
+            where = " or ".join(repr(p) for p in dict.fromkeys(places))
+            raise FileNotFoundError(
+                f"model.{key}={value!r} in {checkpoint / 'config.yaml'} is a relative path, and it is not found from "
+                f"{where}; run reasonrl-export from the directory the training run started in"
+            )
 
 
 def cli() -> None:
