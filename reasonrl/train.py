@@ -410,6 +410,9 @@ class GRPOTrainer:
 
         from reasonrl.cache import disk_full
 
+        failures = getattr(e, "failures", None) or {}  # DCP's CheckpointException: {rank: (exception, stack)}
+        if any(isinstance(f[0], KeyboardInterrupt) for f in failures.values()):
+            raise KeyboardInterrupt from None  # Ctrl-C during the write: an interrupt like any other
         try:
             usage = shutil.disk_usage(where if where.exists() else self.run_dir)
         except OSError:

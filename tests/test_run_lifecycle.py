@@ -199,6 +199,37 @@ def test_interrupt_during_training_keeps_rows_and_checkpoints(tmp_path):
     assert said[-1].startswith("reasonrl-train: interrupted: at step ") and "resume=auto continues from step_" in said[-1]
     steps = [r["step"] for r in rows(run)]
     assert steps == list(range(len(steps))) and len(steps) >= 2
+    # what was kept carries on: resume=auto continues from the latest checkpoint, no row twice
+    res = cli("reasonrl-train", [*args, "resume=auto", f"max_steps={steps[-1] + 1}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [r["step"] for r in rows(run)] == list(range(steps[-1] + 2))
+
+
+def test_interrupt_during_a_checkpoint_write(tmp_path):
+    """Ctrl-C while checkpoint 2 is being written (held there by the fault-injection hook): one line, the partial
+    write removed, checkpoint 1 named as the one a resume continues from."""
+    run, marker = tmp_path / "run", tmp_path / "paused"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "REASONRL_PAUSE_AT": "2:checkpoint", "REASONRL_PAUSE_FILE": str(marker)}
+    cmd = [str(BIN / "reasonrl-train"), *RUN, "max_steps=4", f"run_dir={run}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        assert (run / "checkpoints" / ".step_000002.partial").is_dir()
+        os.killpg(proc.pid, signal.SIGINT)  # delivered when it runs again
+        os.killpg(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert lines(err)[-1].startswith("reasonrl-train: interrupted: at step 2 of 4")
+    assert "resume=auto continues from step_000001" in lines(err)[-1]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000001"]
 
 
 @needs_data
