@@ -24,8 +24,9 @@ from pathlib import Path
 from reasonrl import checkpoint as ckpt
 
 
-def export_hf(checkpoint: str | Path, out_dir: str | Path, dtype: str = "bfloat16") -> Path:
-    """A training checkpoint as a Hugging Face folder in ``dtype`` (with the tokenizer)."""
+def export_hf(checkpoint: str | Path, out_dir: str | Path, dtype: str = "bfloat16", overwrite: bool = False) -> Path:
+    """A training checkpoint as a Hugging Face folder in ``dtype`` (with the tokenizer). An existing non-empty
+    ``out_dir`` is refused, unless ``overwrite`` and it is a model folder itself (then it is replaced whole)."""
     import time
 
     from omegaconf import OmegaConf
@@ -33,9 +34,14 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, dtype: str = "bfloat1
     from reasonrl.models import load_policy
     from reasonrl.policy import save_checkpoint, torch_dtype
 
-    checkpoint = Path(checkpoint)
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     if not (checkpoint / "meta.json").is_file():
         raise FileNotFoundError(f"{str(checkpoint)!r} is not a complete training checkpoint (no meta.json)")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        if not overwrite:
+            raise FileExistsError(f"{str(out_dir)!r} exists and is not empty: nothing was written (--overwrite replaces it)")
+        if not (out_dir / "config.json").is_file():
+            raise FileExistsError(f"{str(out_dir)!r} is not a Hugging Face model folder; --overwrite replaces only those")
     cfg = OmegaConf.load(checkpoint / "config.yaml")
     resolve_model_paths(cfg.model, ckpt.read_trainer_state(checkpoint).get("cwd"), checkpoint)
     t0 = time.monotonic()
@@ -82,14 +88,21 @@ def resolve_model_paths(model_cfg, run_cwd: str | None, checkpoint: Path) -> Non
 
 def cli() -> None:
     import argparse
+    import sys
 
     ap = argparse.ArgumentParser(prog="reasonrl-export", description="Write a training checkpoint as a Hugging Face folder.")
     ap.add_argument("checkpoint", help="a training checkpoint folder, e.g. runs/x/checkpoints/step_000100")
     ap.add_argument("out_dir")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    ap.add_argument("--overwrite", action="store_true", help="replace OUT_DIR when it is a model folder already")
     args = ap.parse_args()
     try:
-        out = export_hf(args.checkpoint, args.out_dir, args.dtype)
-    except (FileNotFoundError, ckpt.CheckpointRefused) as e:
-        raise SystemExit(f"reasonrl-export: {e}") from None
+        out = export_hf(args.checkpoint, args.out_dir, args.dtype, args.overwrite)
+    except (FileNotFoundError, FileExistsError, ckpt.CheckpointRefused) as e:
+        raise SystemExit(f"reasonrl-export: error: {e}") from None
+    except KeyboardInterrupt:
+        print(f"\nreasonrl-export: interrupted; {args.out_dir} was not written", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+    except OSError as e:  # a full disk, a read-only place: the folder is renamed into place only when complete
+        raise SystemExit(f"reasonrl-export: error: {e}; {args.out_dir} was not written") from None
     print(f"[reasonrl] exported {args.checkpoint} ({args.dtype}) to {out}")

@@ -394,6 +394,16 @@ def test_export_works_from_another_directory_and_quietly(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
     assert next(AutoModelForCausalLM.from_pretrained(elsewhere / "hf").parameters()).dtype == torch.bfloat16
+    # an existing folder is never replaced silently, and only a model folder at all
+    (elsewhere / "notes").mkdir()
+    (elsewhere / "notes" / "a.txt").write_text("mine")
+    for target, extra, word in (("hf", [], "exists and is not empty"), ("notes", ["--overwrite"], "not a Hugging Face")):
+        res = cli("reasonrl-export", [str(ckpt), str(elsewhere / target), *extra], cwd=elsewhere)
+        assert res.returncode == 1 and word in res.stderr and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert (elsewhere / "notes" / "a.txt").read_text() == "mine"
+    res = cli("reasonrl-export", [str(ckpt), str(elsewhere / "hf"), "--overwrite", "--dtype", "float32"], cwd=elsewhere)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert next(AutoModelForCausalLM.from_pretrained(elsewhere / "hf").parameters()).dtype == torch.float32
 
 
 def test_smollm2_gsm8k_computes_in_float32():
