@@ -8,6 +8,7 @@ each): completions are model output, and extraction runs in the trusted process.
 from __future__ import annotations
 
 import bisect
+import re
 
 
 def tag_spans(text: str, open_tag: str, close_tag: str) -> list[tuple[int, int, int, int]]:
@@ -30,13 +31,18 @@ def answer_tags(text: str) -> list[tuple[int, int, str]]:
     return [(s, e, text[a:b]) for s, a, b, e in tag_spans(text, "<answer>", "</answer>")]
 
 
-def brace_pairs(text: str) -> dict[int, int]:
-    """For each ``{`` that closes, the index of its matching ``}`` (one pass with a stack)."""
+_BRACE = re.compile(r"[{}]")
+
+
+def brace_pairs(text: str, start: int = 0) -> dict[int, int]:
+    """For each ``{`` from ``start`` on that closes, the index of its matching ``}`` (one pass with a stack;
+    what comes before ``start`` cannot change how later braces pair)."""
     pairs, stack = {}, []
-    for k, ch in enumerate(text):
-        if ch == "{":
+    for m in _BRACE.finditer(text, start):
+        k = m.start()
+        if text[k] == "{":
             stack.append(k)
-        elif ch == "}" and stack:
+        elif stack:
             pairs[stack.pop()] = k
     return pairs
 
@@ -46,7 +52,7 @@ def boxed_spans(text: str) -> list[tuple[int, int, str]]:
     i = text.find("\\boxed")
     if i < 0:
         return []
-    pairs, out = brace_pairs(text), []
+    pairs, out = brace_pairs(text, i), []
     while i >= 0:
         j = i + len("\\boxed")
         while j < len(text) and text[j] == " ":

@@ -279,13 +279,17 @@ class MathVerifier:
 
     def _equal(self, gold: Gold, pred: str, rounded: bool = False) -> bool:
         text, gnum, gparsed = gold
+        if gnum is not None:  # the fast path: plain numbers on both sides (no choice letter is a number)
+            pnum = _as_number(pred)
+            if pnum is not None:
+                return self._numbers_equal(text, gnum, pred, pnum, rounded)
         gletter, pletter = forms.choice_letter(text), forms.choice_letter(pred)
         if gletter is not None and pletter is not None:  # multiple choice: (B), B, \text{(B)}, (B) 12
             return gletter == pletter
         if pletter is not None:  # a numeric gold (AMC's 27.0) against "\textbf{(C) }27": the value counts
             pred = forms.after_choice(pred) or pred
         pnum = _as_number(pred)
-        if gnum is not None and pnum is not None:  # the fast path: plain numbers on both sides
+        if gnum is not None and pnum is not None:  # the value after a choice label, against a numeric gold
             return self._numbers_equal(text, gnum, pred, pnum, rounded)
         if "\\emptyset" in (text, pred) or "\\infty" in (text, pred):
             return text == pred
