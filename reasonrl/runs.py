@@ -86,6 +86,16 @@ class Found:
     def is_run(self) -> bool:
         return bool(self.work)
 
+    @property
+    def ours(self) -> bool:
+        """Its config.yaml is a reasonrl run's (only then are its files ever removed)."""
+        return isinstance(self.config, dict) and {"experiment_name", "run_dir"} <= set(self.config)
+
+    @property
+    def foreign(self) -> list[str]:
+        """Run files here that no reasonrl run is known to have written (no config.yaml of a run beside them)."""
+        return [] if self.ours else [f for f in self.files if f != ".hydra" and not f.endswith(".log")]
+
 
 def _last_step(metrics: Path) -> tuple[int, int] | None:
     """(first, last) step of a metrics.jsonl, None when it holds no row."""
@@ -174,7 +184,7 @@ class Run:
         if not (self.is_main and self.created) or not self.path.is_dir():
             return False
         found = survey(self.path)
-        if found.is_run:
+        if found.is_run or found.foreign:
             return False
         remove_run_files(self.path, found.files)
         if not self.existed:
@@ -212,6 +222,12 @@ def claim(path: Path, command: str, *, resume: str | None = None, overwrite: boo
     if resume and overwrite and (resume == "auto" or Path(resume).resolve().is_relative_to(path.resolve())):
         raise RunRefused(
             f"resume={resume} and overwrite=true contradict each other (overwrite would remove what resume continues): choose one"
+        )
+    foreign = [f for f in found.foreign if not (resume and f == "checkpoints")]  # resume checks checkpoints itself
+    if foreign:  # never write over, or remove, what something else put there
+        raise RunRefused(
+            f"run directory {path} holds {', '.join(foreign)} but no config.yaml of a reasonrl run: nothing was "
+            "written; choose another run_dir="
         )
     if found.is_run and (overwrite or not resume):
         if not overwrite:

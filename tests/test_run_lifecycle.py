@@ -172,6 +172,21 @@ def test_overwrite_replaces_the_run_in_the_directory(finished, tmp_path):
     assert (run / "notes.txt").read_text() == "mine"
 
 
+def test_files_that_are_not_a_runs_are_never_touched(tmp_path):
+    """A directory with a config.yaml (or checkpoints/, metrics.jsonl, ...) that no reasonrl run wrote is refused,
+    with overwrite=true too: nothing in it is written over or removed."""
+    from reasonrl.runs import RunRefused, claim
+
+    (tmp_path / "config.yaml").write_text("lr: 3\n")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "model.pt").write_text("x")
+    before = snapshot(tmp_path)
+    for overwrite in (False, True):
+        with pytest.raises(RunRefused, match="no config.yaml of a reasonrl run"):
+            claim(tmp_path, "reasonrl-train", overwrite=overwrite)
+    assert snapshot(tmp_path) == before
+
+
 def test_interrupt_during_the_base_model_build(tmp_path):
     """Ctrl-C while the base model pretrains: one line, no traceback, no lock or half-built folder left in the
     cache, and the run directory (which held nothing yet) is gone."""
