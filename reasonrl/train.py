@@ -26,6 +26,7 @@ the main process writes the run directory. Checkpoints are sharded
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -120,8 +121,9 @@ class GRPOTrainer:
                 f"{sorted(self.verifiers)}"
             )
         self.answer_verifier = self.verifiers[cfg.task.answer_verifier][0]
-        self.stream, self.heldout = problem_source(self.task, cfg.task, cfg.seed, self.verifiers)
-        self.benchmarks = load_benchmark_subsets(cfg, self.tokenizer)
+        with local_main_first(rt):  # it fills the data caches (datasets' Arrow files, hub downloads) once per machine
+            self.stream, self.heldout = problem_source(self.task, cfg.task, cfg.seed, self.verifiers)
+            self.benchmarks = load_benchmark_subsets(cfg, self.tokenizer)
         from reasonrl.verifiers.pool import ScoringPool, resolve_workers
 
         workers = resolve_workers(cfg.verify.workers, local_ranks=rt.local_world_size)
@@ -667,6 +669,17 @@ class GRPOTrainer:
         if self.pool is not None:
             self.pool.close()
             self.pool = None
+
+
+@contextlib.contextmanager
+def local_main_first(rt: Runtime):
+    """The block runs on the first process of each machine, then on the others (every rank calls it): what the first
+    one prepares on the way (caches) the others find ready. Identity in a world of one."""
+    if rt.local_rank > 0:
+        rt.barrier()
+    yield
+    if rt.local_rank == 0:
+        rt.barrier()
 
 
 def _identity(config: dict) -> dict:
