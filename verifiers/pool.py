@@ -1,19 +1,29 @@
 """The scoring pool: verifiers in killable worker processes with a per-call timeout.
 
-Each job is one (completion, verifier) pair. Jobs go to ``workers`` processes
-in chunks; every result comes back on its own, so each job has its own
-deadline: ``timeout_s``, or longer where the verifier declares the problem's
-check needs it (``deadline_s(problem)``: the code verifier counts cases x its
-per-run limit), so a check is never killed while the program is within its
-own limits. The deadline counts from when its worker could start the job (a replacement
-worker's start-up is not charged to the job it inherits). A worker that passes the deadline is killed and replaced: its current
-job costs one ``timeout`` verdict and its queued jobs go to the replacement. A
+Each job is one (completion, verifier) pair. Jobs go to the least-loaded
+worker first (ties: a started one, then one that already holds the job's
+problem), each worker holding at most its fair share of what is pending (up to
+``CHUNK``) and, once the pool has timed some checks, no more than about
+``QUEUE_S`` of work: slow checks (sandboxed code) then go one at a time to
+whichever worker is free, so a few half-second checks run side by side on
+every worker, while fast ones (math) still travel in chunks. A problem crosses
+to a worker once per run, however many of its group's checks that worker
+gets. A streamed run (``stream``) looks for newly added checks every
+``ScoringRun.POLL_S`` while workers are busy, not only when one finishes.
+
+Every result comes back on its own, so each job has its own deadline:
+``timeout_s``, or longer where the verifier declares the problem's check needs
+it (``deadline_s(problem)``: the code verifier counts cases x its per-run
+limit), so a check is never killed while the program is within its own
+limits. The deadline counts from when its worker could start the job (a
+replacement worker's start-up is not charged to the job it inherits). A worker
+that passes the deadline is killed and replaced: its current job costs one
+``timeout`` verdict and its queued jobs go back to be handed out again. A
 worker that dies (segfault, ``os._exit``, out of memory) costs one ``error``
 verdict for its current job and is replaced the same way; one that died while
 idle (killed from outside between steps) is found dead before any work is
-sent to it and replaced at no cost. A check that raises
-inside a worker is an ``error`` verdict. The step always gets one verdict per
-job and goes on.
+sent to it and replaced at no cost. A check that raises inside a worker is an
+``error`` verdict. The step always gets one verdict per job and goes on.
 
 Verifiers are pickled into the workers once, at start; their caches (parsed
 gold answers) then live in the workers. Workers are started with ``spawn``, so
@@ -37,8 +47,9 @@ from typing import Any, Mapping, Sequence
 from reasonrl.verifiers.base import GoldAnswerError, Verdict, Verifier
 
 log = logging.getLogger(__name__)
-CHUNK = 64
-_READY = ("ready", None)
+CHUNK = 64  # the most jobs one worker holds (running + queued)
+QUEUE_S = 0.05  # by the pool's running estimate of a check's time, the work one worker holds at most
+_READY = ("ready", None, 0.0)
 STARTUP_TIMEOUT_S = 120.0  # a worker that has not started by then is replaced (and its first job is an error)
 
 
@@ -64,11 +75,12 @@ def _worker_main(conn: Connection, verifiers: dict[str, Verifier]) -> None:
         known.update(new_problems)
         for job_id, name, key, completion in jobs:
             problem = known[key]
+            t = time.perf_counter()
             try:
                 v = safe_call(verifiers[name], problem, completion)
             except GoldAnswerError as e:
                 v = Verdict(0.0, "error", {"gold_error": str(e)[:200]})
-            conn.send((job_id, v))
+            conn.send((job_id, v, time.perf_counter() - t))
 
 
 def resolve_workers(workers: int, reserve: int = 2, local_ranks: int = 1) -> int:
@@ -128,6 +140,7 @@ class ScoringPool:
         self.problems_sent = 0  # problems pickled to workers, over the pool's life (once per group and worker)
         self._run_id = 0
         self._deadlines: dict[int, float] = {}
+        self._check_s: float | None = None  # running mean of a check's time in a worker (None: none timed yet)
 
     def run(
         self, problems: Sequence[Mapping[str, Any]], completions: Sequence[str], only: Sequence[str] | None = None
@@ -153,6 +166,18 @@ class ScoringPool:
         except Exception:  # a malformed problem: its check will say so; the pool's own deadline applies
             return self.timeout_s
         return max(self.timeout_s, own + 1.0)  # + the worker's own overhead around the check
+
+    def _depth(self, pending: int) -> int:
+        """How many jobs one worker may hold (running + queued) while ``pending`` are sent or waiting: its fair
+        share, at most ``CHUNK``, and no more than ``QUEUE_S`` of work by the running estimate (at least 1)."""
+        depth = min(CHUNK, -(-pending // len(self._workers)))
+        if self._check_s is not None:
+            depth = min(depth, int(QUEUE_S / max(self._check_s, 1e-6)))
+        return max(1, depth)
+
+    def _timed(self, seconds: float) -> None:
+        """Fold one check's time into the running estimate."""
+        self._check_s = seconds if self._check_s is None else self._check_s + 0.1 * (seconds - self._check_s)
 
     def _head_deadline(self, w: _Worker) -> float:
         return self._deadlines.get(w.queue[0], self.timeout_s) if w.queue else self.timeout_s
@@ -301,6 +326,32 @@ class ScoringRun:
                     self.jobs[len(self.jobs)] = (self.n, name, key, c)
                 self.n += 1
 
+    def _top_up(self) -> None:
+        """Hand waiting checks out, in the order added: each time to the least-loaded worker (ties: a started
+        one, then one that already holds the next check's problem) while it holds at most half the pool's
+        depth, up to that depth. A dead worker is replaced first; one that died with verdicts still to read is
+        skipped (the caller's loop reads them, then replaces it)."""
+        pool, jobs, results, todo = self.pool, self.jobs, self.results_, self.todo
+        skip: set[int] = set()
+        while todo:
+            workers = pool._workers
+            depth = pool._depth(len(todo) + sum(len(w.queue) for w in workers))
+            key = jobs[todo[0]][2]
+            free = [i for i, w in enumerate(workers) if i not in skip and len(w.queue) <= depth // 2]
+            if not free:
+                return
+            i = min(free, key=lambda i: (len(workers[i].queue), not workers[i].ready, key not in workers[i].has))
+            w = pool._worker_for(i, results, todo)
+            if w is None:
+                skip.add(i)
+                continue
+            batch = [todo.popleft() for _ in range(min(depth - len(w.queue), len(todo)))]
+            if not pool._send(w, [(j, *jobs[j][1:]) for j in batch], time.monotonic()):
+                todo.extendleft(reversed(batch))  # never sent: back to the front, for another worker
+                skip.add(i)
+                if not (w.queue and w.conn.poll()):  # else it died with verdicts to read: read first
+                    pool._lost(w, results, todo)
+
     def _drive(self) -> None:
         pool, jobs, results, todo = self.pool, self.jobs, self.results_, self.todo
         open_ = True
@@ -310,18 +361,8 @@ class ScoringRun:
                 open_ = self._take(block=idle)  # nothing to watch: wait for checks (or the end)
                 if len(results) == len(jobs):
                     continue
+            self._top_up()
             now = time.monotonic()
-            for i in range(len(pool._workers)):  # top up idle workers (a dead one is replaced first)
-                while todo and len(pool._workers[i].queue) < CHUNK // 2:
-                    w = pool._worker_for(i, results, todo)
-                    if w is None:
-                        break
-                    batch = [todo.popleft() for _ in range(min(CHUNK, len(todo)))]
-                    if not pool._send(w, [(j, *jobs[j][1:]) for j in batch], now):
-                        todo.extendleft(reversed(batch))  # never sent: back to the front, for the replacement
-                        if w.queue and w.conn.poll():
-                            break  # it died with verdicts to read: the loop below reads them, then replaces it
-                        pool._lost(w, results, todo)
             live = [w.conn for w in pool._workers if w.queue or not w.ready]
             nearest = min((w.deadline for w in pool._workers if w.queue or not w.ready), default=now + pool.timeout_s)
             wait_s = max(0.0, nearest - time.monotonic())
@@ -331,12 +372,13 @@ class ScoringRun:
                 w = next(x for x in pool._workers if x.conn is conn)
                 try:
                     while conn.poll():
-                        job_id, verdict = conn.recv()
-                        if (job_id, verdict) == _READY:
+                        job_id, verdict, seconds = conn.recv()
+                        if (job_id, verdict, seconds) == _READY:
                             w.ready = True
                             w.deadline = time.monotonic() + pool._head_deadline(w)
                             continue
                         results[job_id] = verdict
+                        pool._timed(seconds)
                         w.queue.remove(job_id)
                         w.deadline = time.monotonic() + pool._head_deadline(w)
                 except (EOFError, OSError):
