@@ -54,9 +54,7 @@ def entry_points() -> dict[str, metadata.EntryPoint]:
 
 def available_verifiers() -> dict[str, str]:
     """{name: "built in" or "plugin <module:object>"} for every verifier installed under the entry-point group."""
-    return {
-        name: "built in" if ep.value.startswith("reasonrl.") else f"plugin {ep.value}" for name, ep in entry_points().items()
-    }
+    return {name: "built in" if ep.value.startswith("reasonrl.") else f"plugin {ep.value}" for name, ep in entry_points().items()}
 
 
 def describe_available() -> str:

@@ -128,8 +128,14 @@ def check_failures(
     for name, (scored, failed, first) in counts.items():
         if first is not None and name not in _warned:
             _warned.add(name)
-            log.warning("verifier %r failed on %d of %d samples%s (masked out of the loss); first: %s",
-                        name, failed, scored, at, _first_failure(first))
+            log.warning(
+                "verifier %r failed on %d of %d samples%s (masked out of the loss); first: %s",
+                name,
+                failed,
+                scored,
+                at,
+                _first_failure(first),
+            )
     over = {name: f for name, f in fracs.items() if f > max_failed_frac}
     if over:
         name = max(over, key=over.get)

@@ -81,8 +81,13 @@ def render(
         return R1_PROMPT.format(question=text)
     if template == "chat":
         if tokenizer is None or not has_chat_template(tokenizer):
-            raise ValueError(_template_error(key, "chat", "needs a tokenizer with a chat template, and this model's has none; "
-                                             "for base models use r1 or text"))
+            raise ValueError(
+                _template_error(
+                    key,
+                    "chat",
+                    "needs a tokenizer with a chat template, and this model's has none; for base models use r1 or text",
+                )
+            )
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     raise ValueError(_template_error(key, template, f"is not a template; use one of {', '.join(TEMPLATES)}"))

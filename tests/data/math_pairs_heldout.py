@@ -62,24 +62,18 @@ HELDOUT = [
     ("sci_notation", _sig("3.83e35"), "3.85\\times10^{35}", False),
     ("sci_notation", _sig("1.77e-6"), "1.768\\times10^{-6}", True),
     ("sci_notation", _sig("1.77e-6"), "1.79\\times 10^{-6}", False),
-
     # ------------------------------------------------------------------
     # 2. exact_integer
     # ------------------------------------------------------------------
     ("exact_integer", "1000000007", "1000000007", True),
     ("exact_integer", "1000000007", "1000000008", False),
     ("exact_integer", "1000000007", "10^9+7", True),
-    ("exact_integer", "123456789012345678901234567890",
-     "123456789012345678901234567891", False),
-    ("exact_integer", "123456789012345678901234567890",
-     "123,456,789,012,345,678,901,234,567,890", True),
-    ("exact_integer", "1267650600228229401496703205376",
-     "1.2676506002282294e30", False),
+    ("exact_integer", "123456789012345678901234567890", "123456789012345678901234567891", False),
+    ("exact_integer", "123456789012345678901234567890", "123,456,789,012,345,678,901,234,567,890", True),
+    ("exact_integer", "1267650600228229401496703205376", "1.2676506002282294e30", False),
     ("exact_integer", "1267650600228229401496703205376", "2^{100}", True),
-    ("exact_integer", "1267650600228229401496703205376",
-     "1267650600228229401496703205377", False),
-    ("exact_integer", "1267650600228229401496703205376",
-     "1,267,650,600,228,229,401,496,703,205,376", True),
+    ("exact_integer", "1267650600228229401496703205376", "1267650600228229401496703205377", False),
+    ("exact_integer", "1267650600228229401496703205376", "1,267,650,600,228,229,401,496,703,205,376", True),
     ("exact_integer", "9007199254740993", "9007199254740992", False),
     ("exact_integer", "9007199254740993", "9007199254740993.0", True),
     ("exact_integer", "100000000000000000000", "10^{20}", True),
@@ -89,7 +83,6 @@ HELDOUT = [
     ("exact_integer", "10,\\!080", "10080", True),
     ("exact_integer", "114,200", "114200", True),
     ("exact_integer", "114,200", "114201", False),
-
     # ------------------------------------------------------------------
     # 3. repeating_decimal
     # ------------------------------------------------------------------
@@ -109,7 +102,6 @@ HELDOUT = [
     ("repeating_decimal", "0.\\overline{36}", "\\frac{4}{11}", True),
     ("repeating_decimal", "\\frac{5}{11}", "0.4545\\ldots", True),
     ("repeating_decimal", "1", "0.\\overline{9}", True),
-
     # ------------------------------------------------------------------
     # 4. multi_solution
     # ------------------------------------------------------------------
@@ -130,74 +122,117 @@ HELDOUT = [
     ("multi_solution", "3 \\pm 2 \\sqrt{2}", "3+2\\sqrt{2}", False),
     ("multi_solution", "3", "3 \\text{ or } 4", False),
     ("multi_solution", "['2']", "2 \\text{ or } 3", False),
-
     # ------------------------------------------------------------------
     # 5. retraction (completion rows)
     # ------------------------------------------------------------------
-    ("retraction", "14",
-     "Counting the pairs in each row gives $\\boxed{12}$.\n\n"
-     "Wait, I double-counted the pairs with both ends red; the total is 14.",
-     True, "completion"),
-    ("retraction", "12",
-     "Counting the pairs in each row gives $\\boxed{12}$.\n\n"
-     "Wait, I double-counted the pairs with both ends red; the total is 14.",
-     False, "completion"),
-    ("retraction", "14",
-     "So the total is $\\boxed{12}$. Wait, I double-counted; the total is "
-     "$\\boxed{14}$.",
-     True, "completion"),
-    ("retraction", "12",
-     "So the total is $\\boxed{12}$. Wait, I double-counted; the total is "
-     "$\\boxed{14}$.",
-     False, "completion"),
-    ("retraction", "42",
-     "So the number of arrangements is 42.\n<answer>42</answer>\n\n"
-     "In summary, the result is $\\boxed{43}$.",
-     False, "completion"),
-    ("retraction", "43",
-     "So the number of arrangements is 42.\n<answer>42</answer>\n\n"
-     "In summary, the result is $\\boxed{43}$.",
-     False, "completion"),
-    ("retraction", "12",
-     "Multiplying, $3 \\cdot 4 = 12$, so the answer is $\\boxed{12}$.\n\n"
-     "Check: 12 works, since $12 / 3 = 4$.",
-     True, "completion"),
-    ("retraction", "12",
-     "The answer is $\\boxed{12}$. Let me verify: substituting back gives "
-     "$12 = 12$, so the answer is 12.",
-     True, "completion"),
-    ("retraction", "7",
-     "Therefore $x = \\boxed{7}$.\n\nI hope this helps!",
-     True, "completion"),
-    ("retraction", "7",
-     "Therefore $x = \\boxed{7}$. This is the only positive solution, since "
-     "the other root, $-3$, is negative.",
-     True, "completion"),
-    ("retraction", "8",
-     "There are $\\boxed{7}$ subsets. Hmm, that is wrong: I forgot the empty "
-     "set, so the answer is 8.",
-     True, "completion"),
-    ("retraction", "7",
-     "There are $\\boxed{7}$ subsets. Hmm, that is wrong: I forgot the empty "
-     "set, so the answer is 8.",
-     False, "completion"),
-    ("retraction", "25",
-     "The area is $\\boxed{25}$. Actually no, the side is 6, so the area is "
-     "$\\boxed{36}$.",
-     False, "completion"),
-    ("retraction", "36",
-     "The area is $\\boxed{25}$. Actually no, the side is 6, so the area is "
-     "$\\boxed{36}$.",
-     True, "completion"),
-    ("retraction", "5",
-     "The smallest such prime is $\\boxed{5}$. Note that 5 is prime, and the "
-     "next candidate, 7, fails the condition.",
-     True, "completion"),
-    ("retraction", "3",
-     "The answer is $\\boxed{3}$. Double-checking with $n = 4$ gives 10, "
-     "which is too big, so 3 is correct.",
-     True, "completion"),
-
+    (
+        "retraction",
+        "14",
+        "Counting the pairs in each row gives $\\boxed{12}$.\n\n"
+        "Wait, I double-counted the pairs with both ends red; the total is 14.",
+        True,
+        "completion",
+    ),
+    (
+        "retraction",
+        "12",
+        "Counting the pairs in each row gives $\\boxed{12}$.\n\n"
+        "Wait, I double-counted the pairs with both ends red; the total is 14.",
+        False,
+        "completion",
+    ),
+    (
+        "retraction",
+        "14",
+        "So the total is $\\boxed{12}$. Wait, I double-counted; the total is $\\boxed{14}$.",
+        True,
+        "completion",
+    ),
+    (
+        "retraction",
+        "12",
+        "So the total is $\\boxed{12}$. Wait, I double-counted; the total is $\\boxed{14}$.",
+        False,
+        "completion",
+    ),
+    (
+        "retraction",
+        "42",
+        "So the number of arrangements is 42.\n<answer>42</answer>\n\nIn summary, the result is $\\boxed{43}$.",
+        False,
+        "completion",
+    ),
+    (
+        "retraction",
+        "43",
+        "So the number of arrangements is 42.\n<answer>42</answer>\n\nIn summary, the result is $\\boxed{43}$.",
+        False,
+        "completion",
+    ),
+    (
+        "retraction",
+        "12",
+        "Multiplying, $3 \\cdot 4 = 12$, so the answer is $\\boxed{12}$.\n\nCheck: 12 works, since $12 / 3 = 4$.",
+        True,
+        "completion",
+    ),
+    (
+        "retraction",
+        "12",
+        "The answer is $\\boxed{12}$. Let me verify: substituting back gives $12 = 12$, so the answer is 12.",
+        True,
+        "completion",
+    ),
+    ("retraction", "7", "Therefore $x = \\boxed{7}$.\n\nI hope this helps!", True, "completion"),
+    (
+        "retraction",
+        "7",
+        "Therefore $x = \\boxed{7}$. This is the only positive solution, since the other root, $-3$, is negative.",
+        True,
+        "completion",
+    ),
+    (
+        "retraction",
+        "8",
+        "There are $\\boxed{7}$ subsets. Hmm, that is wrong: I forgot the empty set, so the answer is 8.",
+        True,
+        "completion",
+    ),
+    (
+        "retraction",
+        "7",
+        "There are $\\boxed{7}$ subsets. Hmm, that is wrong: I forgot the empty set, so the answer is 8.",
+        False,
+        "completion",
+    ),
+    (
+        "retraction",
+        "25",
+        "The area is $\\boxed{25}$. Actually no, the side is 6, so the area is $\\boxed{36}$.",
+        False,
+        "completion",
+    ),
+    (
+        "retraction",
+        "36",
+        "The area is $\\boxed{25}$. Actually no, the side is 6, so the area is $\\boxed{36}$.",
+        True,
+        "completion",
+    ),
+    (
+        "retraction",
+        "5",
+        "The smallest such prime is $\\boxed{5}$. Note that 5 is prime, and the next candidate, 7, fails the condition.",
+        True,
+        "completion",
+    ),
+    (
+        "retraction",
+        "3",
+        "The answer is $\\boxed{3}$. Double-checking with $n = 4$ gives 10, which is too big, so 3 is correct.",
+        True,
+        "completion",
+    ),
     # ------------------------------------------------------------------
     # 6. choice
     # ------------------------------------------------------------------
@@ -217,7 +252,6 @@ HELDOUT = [
     ("choice", "27.0", "\\textbf{(C) }27", True),
     ("choice", "27.0", "\\textbf{(C) }28", False),
     ("choice", "36.0", "\\textbf{(D)}\\ 36", True),
-
     # ------------------------------------------------------------------
     # 7. empty_infinity
     # ------------------------------------------------------------------
@@ -237,7 +271,6 @@ HELDOUT = [
     ("empty_infinity", "\\infty", "0", False),
     ("empty_infinity", "(5,\\infty)", "(5, +\\infty)", True),
     ("empty_infinity", "(5,\\infty)", "[5,\\infty)", False),
-
     # ------------------------------------------------------------------
     # 8. mixed_percent
     # ------------------------------------------------------------------
@@ -258,7 +291,6 @@ HELDOUT = [
     ("mixed_percent", "-1\\frac{1}{2}", "-\\frac{3}{2}", True),
     ("mixed_percent", "-1\\frac{1}{2}", "-\\frac{1}{2}", False),
     ("mixed_percent", "10", "10\\%", True),
-
     # ------------------------------------------------------------------
     # 9. latex_sizing
     # ------------------------------------------------------------------
@@ -270,23 +302,14 @@ HELDOUT = [
     ("latex_sizing", "-2", "\\big(8,-2\\big)", False),
     ("latex_sizing", "x \\in [-2,7]", "\\Big[-2, 7\\Big]", True),
     ("latex_sizing", "x \\in [-2,7]", "\\Big(-2, 7\\Big)", False),
-    ("latex_sizing", "\\left( 3, \\frac{\\pi}{2} \\right)",
-     "\\biggl( 3, \\frac{\\pi}{2} \\biggr)", True),
-    ("latex_sizing", "\\left( 3, \\frac{\\pi}{2} \\right)",
-     "\\Bigl( 3, \\pi \\Bigr)", False),
+    ("latex_sizing", "\\left( 3, \\frac{\\pi}{2} \\right)", "\\biggl( 3, \\frac{\\pi}{2} \\biggr)", True),
+    ("latex_sizing", "\\left( 3, \\frac{\\pi}{2} \\right)", "\\Bigl( 3, \\pi \\Bigr)", False),
     ("latex_sizing", "5", "5.", True),
     ("latex_sizing", "5", "5.5", False),
-    ("latex_sizing", "5", "The answer is <answer>\\[ 5 \\]</answer>",
-     True, "completion"),
-    ("latex_sizing", "5", "The answer is <answer>\\[ 6 \\]</answer>",
-     False, "completion"),
-    ("latex_sizing", "\\frac{1}{2}",
-     "Half of the tiles are red.\n<answer>\\( \\frac{1}{2} \\)</answer>",
-     True, "completion"),
-    ("latex_sizing", "\\frac{1}{2}",
-     "Half of the tiles are red.\n<answer>\\( \\frac{1}{3} \\)</answer>",
-     False, "completion"),
-
+    ("latex_sizing", "5", "The answer is <answer>\\[ 5 \\]</answer>", True, "completion"),
+    ("latex_sizing", "5", "The answer is <answer>\\[ 6 \\]</answer>", False, "completion"),
+    ("latex_sizing", "\\frac{1}{2}", "Half of the tiles are red.\n<answer>\\( \\frac{1}{2} \\)</answer>", True, "completion"),
+    ("latex_sizing", "\\frac{1}{2}", "Half of the tiles are red.\n<answer>\\( \\frac{1}{3} \\)</answer>", False, "completion"),
     # ------------------------------------------------------------------
     # 10. text_unit
     # ------------------------------------------------------------------
@@ -306,7 +329,6 @@ HELDOUT = [
     ("text_unit", "3", "\\textbf{13 dogs}", False),
     ("text_unit", "70000", "\\text{\\$70,000}", True),
     ("text_unit", "70000", "\\text{\\$7,000}", False),
-
     # ------------------------------------------------------------------
     # 11. text_answer
     # ------------------------------------------------------------------
@@ -326,17 +348,14 @@ HELDOUT = [
     ("text_answer", "\\text{neither}", "\\text{odd}", False),
     ("text_answer", "\\text{east}", "\\text{East}", True),
     ("text_answer", "\\text{east}", "\\text{northeast}", False),
-
     # ------------------------------------------------------------------
     # 12. complex
     # ------------------------------------------------------------------
     ("complex", "3+4i", "4i+3", True),
     ("complex", "3+4i", "3-4i", False),
     ("complex", "3+4i", "4+3i", False),
-    ("complex", "\\frac{1}{2}+\\frac{\\sqrt{3}}{2}i",
-     "\\frac{1+i\\sqrt{3}}{2}", True),
-    ("complex", "\\frac{1}{2}+\\frac{\\sqrt{3}}{2}i",
-     "\\frac{1-i\\sqrt{3}}{2}", False),
+    ("complex", "\\frac{1}{2}+\\frac{\\sqrt{3}}{2}i", "\\frac{1+i\\sqrt{3}}{2}", True),
+    ("complex", "\\frac{1}{2}+\\frac{\\sqrt{3}}{2}i", "\\frac{1-i\\sqrt{3}}{2}", False),
     ("complex", "2-i", "z = 2 - i", True),
     ("complex", "2-i", "z = 2 + i", False),
     ("complex", "6 - 5i", "-5i+6", True),
@@ -348,7 +367,6 @@ HELDOUT = [
     ("complex", "-8-8 \\sqrt{3} i", "-8-8i\\sqrt{3}", True),
     ("complex", "\\ln 2 + i\\pi / 3", "\\ln 2 + \\frac{\\pi}{3} i", True),
     ("complex", "\\ln 2 + i\\pi / 3", "\\ln 2 - \\frac{i\\pi}{3}", False),
-
     # ------------------------------------------------------------------
     # 14. base
     # ------------------------------------------------------------------
@@ -370,7 +388,6 @@ HELDOUT = [
     ("base", "204_5", "204_{5}", True),
     ("base", "4343_6", "4343_{6}", True),
     ("base", "4343_6", "4343_{8}", False),
-
     # ------------------------------------------------------------------
     # 15. misc
     # ------------------------------------------------------------------
