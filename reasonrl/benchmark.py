@@ -161,6 +161,7 @@ def _one_benchmark(cfg, name: str, generator, tokenizer, samples) -> dict[str, A
     else:
         from tqdm import tqdm
 
+        from reasonrl.data import check_prompt_lengths
         from reasonrl.rollout import Sampling
 
         n = cfg.n
@@ -168,6 +169,9 @@ def _one_benchmark(cfg, name: str, generator, tokenizer, samples) -> dict[str, A
         prompts = [
             tokenizer(render(p, cfg.template, tokenizer, instruction), add_special_tokens=False)["input_ids"] for p in problems
         ]
+        model_config = getattr(getattr(generator, "model", None), "config", None)
+        check_prompt_lengths(prompts, cfg.max_new_tokens, getattr(model_config, "max_position_embeddings", None),
+                             f"benchmark {name}")  # fmt: skip
         sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
         rollouts = []
         chunk = 32  # progress every 32 problems (vLLM seeds each request, so its samples do not depend on this)

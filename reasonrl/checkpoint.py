@@ -87,6 +87,7 @@ STATE_FORMAT = "reasonrl-trainer-state/1"
 RESUME_MAY_CHANGE = (
     "max_steps",
     "resume",
+    "overwrite",
     "run_dir",
     "logging.",
     "checkpoint.",

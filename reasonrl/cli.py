@@ -236,6 +236,8 @@ def _checked(main: Callable, config_name: str, check: Callable, schema) -> Calla
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             fail(program, str(e))
+        except KeyboardInterrupt:  # Ctrl-C while the data is being checked: nothing was written yet
+            fail(program, "interrupted while checking the configuration and data; nothing was written", 130)
         from reasonrl.runtime import configure_threads
 
         configure_threads()
@@ -342,6 +344,7 @@ SETTINGS = {
         ("cold_start.enabled", "SFT on demonstrations before RL"),
         ("checkpoint.every", "a training checkpoint every N steps (0: none by count)"),
         ("resume", "auto (the run directory's latest checkpoint) or a checkpoint path"),
+        ("overwrite", "true: remove the run already in run_dir (its files only) and start afresh"),
         ("logging.progress", "progress bars"),
     ],
     "sft": [

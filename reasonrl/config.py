@@ -244,6 +244,7 @@ class TrainConfig:
     max_steps: int = 100
     run_dir: Optional[str] = None  # default: Hydra's output directory
     resume: Optional[str] = None  # auto: the latest complete checkpoint in the run directory (none: fresh); or a path
+    overwrite: bool = False  # true: remove the run already in run_dir (its files only) and start afresh; not with resume
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     generator: Dict[str, Any] = field(default_factory=dict)
@@ -264,6 +265,7 @@ class SFTRunConfig:
     seed: int = 0
     max_steps: int = 150
     run_dir: Optional[str] = None
+    overwrite: bool = False  # true: remove the run already in run_dir (its files only) and start afresh; not with resume
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -277,6 +279,7 @@ class EvalRunConfig:
     experiment_name: str = "eval"
     seed: int = 0
     run_dir: Optional[str] = None
+    overwrite: bool = False  # true: remove the run already in run_dir (its files only) and start afresh; not with resume
     check: bool = False  # score the benchmarks' reference solutions instead of a model
     model: ModelConfig = field(default_factory=ModelConfig)
     generator: Dict[str, Any] = field(default_factory=dict)

@@ -398,6 +398,11 @@ def one_line_errors(main: Callable[[Any], Any], program: str) -> Callable[[Any],
         except (RunRefused, RunError) as e:
             _one_line(program, f"error: {e}", everywhere=isinstance(e, RunError))
             raise SystemExit(1) from None
+        except RuntimeError as e:
+            if type(e).__name__ != "VerifierFailure":  # a verifier failing on most samples: said in one line
+                raise
+            _one_line(program, f"error: {e}", everywhere=True)
+            raise SystemExit(1) from None
         except OSError as e:
             line = _environment_error(e)
             if line is None:

@@ -61,7 +61,7 @@ from reasonrl.runtime import Runtime, init_runtime
 from reasonrl.sharding import full_state_dict, is_sharded, shard_model
 from reasonrl.tasks import check_overlap, get_task, problem_source
 from reasonrl.update import UpdateSettings, update_policy
-from reasonrl.verifiers.scoring import Scored, summarize
+from reasonrl.verifiers.scoring import Scored, check_failures, summarize
 
 log = logging.getLogger("reasonrl.train")
 
@@ -100,7 +100,6 @@ class GRPOTrainer:
         self.run.start(cfg, fresh=resume is None)
         random.seed(cfg.seed + rt.rank)
         torch.manual_seed(cfg.seed + rt.rank)
-        torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
         check_master_weights(cfg.model)
         self.model, self.tokenizer, self.model_path = load_policy(
             cfg.model, progress=cfg.logging.progress, device=self.runtime.device
@@ -323,6 +322,7 @@ class GRPOTrainer:
         sync_s = time.perf_counter() - t
         # 9. one metrics row, from every rank's rollouts
         self.last_batch = batch = self._whole_batch(batch)
+        check_failures([r.verdicts for r in batch.rollouts], self.cfg.verify.max_failed_frac, step=self.steps_done)
         times = {"step_s": time.perf_counter() - t0, "train_s": train_s, "sync_s": sync_s}
         return self._metrics_row(batch, update, {**times, **{k: batch.stats[k] for k in ("generate_s", "verify_s")}})
 
