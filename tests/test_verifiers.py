@@ -70,6 +70,10 @@ def test_extraction():
     assert last_boxed("\\boxed{a} and \\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"
     assert last_boxed("\\boxed{unclosed") is None
     assert extract_answer("nothing here") is None
+    # a block belongs to the last opening tag before its closing one; an unclosed one ends the search
+    assert extract_answer("<answer>12 <answer>5</answer>") == "5"
+    assert extract_answer("<answer>3</answer> then <answer>4") == "3"
+    assert last_boxed("\\boxed{\\boxed{7}") == "7" and last_boxed("{ \\boxed{x^{2}} }") == "x^{2}"
 
 
 @settings(max_examples=300, deadline=None)
