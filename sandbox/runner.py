@@ -1,4 +1,25 @@
-"""Running one program in the sandbox: start, feed stdin, capture, kill, classify."""
+"""Running one program in the sandbox: start, feed stdin, capture, kill, classify.
+
+Time limits. A run's ``timeout_s`` is CPU time: each process of the run may
+use ``cpu_limit_s(timeout_s)`` seconds of CPU (``timeout_s`` rounded up to
+whole seconds). CPU time does not depend on what else the machine runs, so a
+program that needs 3.5 s of CPU under a 5 s limit passes however loaded the
+machine is. The parent watches the CPU time of every process of the run (from
+``/proc``, more often as the busiest nears the limit) and kills the whole run
+as ``timeout`` when one passes the limit, as the wall clock would: a test
+runner whose own child ran out of time ends with the run's status saying so.
+The kernel's limit is a backstop one second above (SIGXCPU; SIGKILL a second
+later, which is how pid 1 ends), for a parent too starved to look in time or
+a kernel without ``/proc/<pid>/task/<tid>/children`` (then only pid 1 is
+watched); an exit by those signals counts as the CPU limit only with the CPU
+time behind it. The wall clock only stops programs that do not use CPU (they
+sleep, wait or block): ``wall_limit_s(timeout_s)`` = ``Limits.wall_factor`` x
+the CPU limit + ``Limits.wall_margin_s`` (3 x + 2 s by default: 17 s for
+``timeout_s=5``), so a program within its CPU limit is still done when it gets
+a third of a core. A sleeping program thus costs that wall time, not
+``timeout_s``; callers that bound a whole check (the scoring pool's deadline)
+allow ``wall_limit_s``, not ``timeout_s``, per run.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +52,9 @@ _SHM_MB = bwrap.SHM_MB
 # after more than 16 reads in a row under 4 KiB, wait 2 ms for more output before the next read
 _SMALL_READ, _SMALL_READS_FREE, _COALESCE_S = 4096, 16, 0.002
 _CGROUP_SLACK_MB = 32  # the launcher and interpreter overhead the run's cap allows on top
+_CPU_BACKSTOP_S = 1  # the kernel's CPU limit sits this far above the one the parent enforces
+_CPU_POLL_S = (0.02, 0.5)  # how often the parent reads the run's CPU times: near the limit, far from it
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -63,6 +87,10 @@ class Limits:
     tmp_mb: int = 64  # size of its private /tmp
     max_output_bytes: int = 1 << 20  # stdout and stderr each
     kill_grace_s: float = 2.0  # after a kill, how long to wait for the tree to go
+    # the wall-clock kill: wall_factor x the CPU limit + wall_margin_s (see the module docstring); generous,
+    # so that CPU contention from other processes never decides a run that is within its CPU limit
+    wall_factor: float = 3.0
+    wall_margin_s: float = 2.0
 
 
 @dataclass
@@ -125,8 +153,12 @@ class Sandbox:
         self.check()
         return self._run_bwrap(code, stdin, timeout_s, memory_mb)
 
+    def wall_limit_s(self, timeout_s: float) -> float:
+        """When the wall clock kills a run with this ``timeout_s`` (its CPU limit): see ``wall_limit_s``."""
+        return wall_limit_s(timeout_s, self.limits.wall_factor, self.limits.wall_margin_s)
+
     def _limits(self, timeout_s: float, memory_mb: int) -> list[int]:
-        cpu = cpu_limit_s(timeout_s)
+        cpu = cpu_limit_s(timeout_s) + _CPU_BACKSTOP_S  # the kernel's, above the one the parent enforces
         lim = self.limits
         return [lim.max_procs, lim.max_open_files, lim.max_file_mb << 20, cpu, memory_mb << 20]
 
@@ -322,7 +354,9 @@ def _execute(
 
 def _supervise(proc, io: "_Pipes", t0: float, timeout_s: float, lim: Limits, cgroup, block_w) -> Result:
     """Feed, capture and time the run; kill it on timeout or output overflow; classify the end."""
-    deadline = t0 + timeout_s
+    wall_limit = wall_limit_s(timeout_s, lim.wall_factor, lim.wall_margin_s)
+    deadline = t0 + wall_limit
+    watch = _CpuWatch(cpu_limit_s(timeout_s), lambda: io.child_pid if io.tracks_child else proc.pid)
     killed_for, small_reads = "", 0
     if cgroup is not None:  # the program is blocked until it is inside its cgroup
         while io.child_pid is None and not io.done() and time.monotonic() < deadline:
@@ -343,9 +377,12 @@ def _supervise(proc, io: "_Pipes", t0: float, timeout_s: float, lim: Limits, cgr
         if left <= 0:
             killed_for = "timeout"
             break
-        io.pump(min(left, 0.5))
+        io.pump(min(left, 0.5, watch.wait_s()))
         if io.overflow:
             killed_for = "output_limit"
+            break
+        if watch.over():
+            killed_for = "cpu"
             break
         if 0 < io.last_read < _SMALL_READ:  # a trickle of tiny writes: after a few, let them pile up in
             small_reads += 1  # the pipe (one wake-up per byte would cost this process a whole core)
@@ -353,10 +390,14 @@ def _supervise(proc, io: "_Pipes", t0: float, timeout_s: float, lim: Limits, cgr
                 time.sleep(_COALESCE_S)
         elif io.last_read:
             small_reads = 0
-    if not killed_for:  # the output is closed, but the program may still be running (it can close its stdout)
-        ended = _wait_until(proc, deadline)
-        if ended is None:
+    while not killed_for:  # the output is closed, but the program may still be running (it can close its stdout)
+        ended = _wait_until(proc, min(deadline, time.monotonic() + watch.wait_s()))
+        if ended is not None:
+            break
+        if time.monotonic() >= deadline:
             killed_for = "timeout"
+        elif watch.over():
+            killed_for = "cpu"
     if killed_for:
         _kill_tree(proc, io)
         ended = _reap(proc, lim.kill_grace_s)
@@ -367,7 +408,7 @@ def _supervise(proc, io: "_Pipes", t0: float, timeout_s: float, lim: Limits, cgr
     wall = time.monotonic() - t0
     oom = cgroup is not None and cgroup.oom_killed()
     cpu = usage.ru_utime + usage.ru_stime  # the whole tree's: the launcher waited for pid 1, which reaped the rest
-    return _classify(io, proc.returncode, killed_for, io.text(1), io.text(2), wall, timeout_s, oom, cpu)
+    return _classify(io, proc.returncode, killed_for, io.text(1), io.text(2), wall, timeout_s, oom, cpu, wall_limit, watch.most)
 
 
 def _kill_tree(proc: subprocess.Popen, io: "_Pipes | None") -> None:
@@ -420,11 +461,78 @@ def _reap(proc: subprocess.Popen, grace: float) -> tuple[int, resource.struct_ru
 
 
 def cpu_limit_s(timeout_s: float) -> int:
-    """The per-process CPU-time limit of a run with this wall-clock limit (whole seconds, at least 1)."""
+    """The per-process CPU-time limit of a run with this ``timeout_s`` (whole seconds, at least 1)."""
     return max(1, int(timeout_s + 0.999))
 
 
-def _classify(io, rc, killed_for, out, err, wall, timeout_s, oom=False, cpu_s=None) -> Result:
+def wall_limit_s(timeout_s: float, factor: float = Limits.wall_factor, margin_s: float = Limits.wall_margin_s) -> float:
+    """When the wall clock kills a run with this ``timeout_s``: ``factor`` x its CPU limit + ``margin_s``
+    (never before the hard CPU limit, one second past the soft one, plus the margin)."""
+    cpu = cpu_limit_s(timeout_s)
+    return max(factor * cpu, cpu + 1.0) + margin_s
+
+
+class _CpuWatch:
+    """The CPU time of the busiest process of a run, read from /proc now and then: more often as it nears
+    ``limit_s`` (at the rate it has been growing), at most every ``_CPU_POLL_S[0]`` seconds."""
+
+    def __init__(self, limit_s: int, root):
+        self.limit_s, self.root = limit_s, root  # root(): the run's first process, None until it is known
+        self.most, self.next = 0.0, 0.0
+        self.last: tuple[float, float] | None = None  # (when, most) at the previous look
+
+    def wait_s(self) -> float:
+        return max(0.0, self.next - time.monotonic())
+
+    def over(self) -> bool:
+        """True once one process of the run has used more than the limit; reads /proc only when due."""
+        now = time.monotonic()
+        if now < self.next:
+            return False
+        root = self.root()
+        if root is None:  # not started yet: look again soon
+            self.next = now + _CPU_POLL_S[0]
+            return False
+        self.most = max(self.most, _busiest(root))
+        if self.most > self.limit_s:
+            return True
+        rate = 1.0  # CPU seconds per second: more with threads
+        if self.last is not None and now > self.last[0]:
+            rate = max(rate, (self.most - self.last[1]) / (now - self.last[0]))
+        self.last = (now, self.most)
+        self.next = now + min(_CPU_POLL_S[1], max(_CPU_POLL_S[0], 0.5 * (self.limit_s - self.most) / rate))
+        return False
+
+
+def _busiest(root: int) -> float:
+    """The most CPU time (user + system, seconds) any one process of the tree under ``root`` has used. A
+    child counts only while its parent lists it and its own stat names that parent (a recycled pid is not
+    ours)."""
+    most, stack = 0.0, [(root, 0)]
+    while stack:
+        pid, parent = stack.pop()
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone
+        if parent and int(fields[1]) != parent:
+            continue
+        most = max(most, (int(fields[11]) + int(fields[12])) / _CLK_TCK)
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                    stack.extend((int(k), pid) for k in f.read().split())
+            except OSError:
+                pass
+    return most
+
+
+def _classify(io, rc, killed_for, out, err, wall, timeout_s, oom=False, cpu_s=None, wall_limit=None, busiest_s=None) -> Result:
     def result(status, reason, code=None):
         return Result(status, code, out, err, wall, reason)
 
@@ -438,14 +546,21 @@ def _classify(io, rc, killed_for, out, err, wall, timeout_s, oom=False, cpu_s=No
         return result("output_limit", "output over the cap; killed", code)
     if oom:  # before timeout: a run whose processes were OOM-killed often then waits for them forever
         return result("memory", "the run's memory cap was hit (cgroup OOM kill)", code)
+    if killed_for == "cpu":
+        used = f"{busiest_s:.2f} s" if busiest_s is not None else "more"
+        limit = cpu_limit_s(timeout_s)
+        return result("timeout", f"CPU time over the limit (one process used {used}, limit {limit} s); killed", code)
     if killed_for == "timeout":
-        return result("timeout", f"wall clock over {timeout_s:g} s; killed", code)
+        over = wall_limit_s(timeout_s) if wall_limit is None else wall_limit
+        return result("timeout", f"wall clock over {over:g} s (CPU limit {cpu_limit_s(timeout_s)} s); killed", code)
     sig = code - 128 if code is not None and code > 128 else 0
     if sig in (signal.SIGXCPU, signal.SIGKILL) and not killed_for:
         # The kernel sends SIGXCPU to a process once it alone has used the soft CPU limit, and SIGKILL at the
         # hard one (soft + 1 s; pid 1 of a pid namespace ignores SIGXCPU, so the program, pid 1 there, ends
-        # at the hard limit). Either way the run has used that much CPU: an exit status that says so without
-        # the CPU time behind it is the program's own exit code or signal, not the limit.
+        # at the hard limit). Those sit _CPU_BACKSTOP_S above the limit the parent enforces, which a run
+        # reaches first unless the parent could not look in time; either way the run has used more than
+        # its limit of CPU: an exit status that says so without the CPU time behind it is the program's own
+        # exit code or signal, not the limit.
         limit = cpu_limit_s(timeout_s) + (1 if sig == signal.SIGKILL else 0)
         if cpu_s is not None and cpu_s >= 0.95 * limit:
             return result("timeout", f"CPU time over the limit ({signal.Signals(sig).name} after {cpu_s:.1f} s of CPU)", code)
@@ -476,6 +591,7 @@ class _Pipes:
         self.buf = {1: bytearray(), 2: bytearray()}
         self.cap, self.overflow = cap, False
         self.status_buf, self.started = bytearray(), False
+        self.tracks_child = status_r is not None  # the launcher reports the run's first process (bwrap)
         self.last_read = 0  # bytes of output the last pump read
         self.child_pid = self.child_pidfd = None
         self.proc, self.stdin, self.pending = proc, proc.stdin, memoryview(stdin)

@@ -120,7 +120,7 @@ def test_checks_within_the_programs_limits_are_never_killed_and_loops_are_wrong(
     slow = "```python\nimport time\ntime.sleep(0.35)\nprint(2 * int(input()))\n```"
     loop = "```python\nwhile True:\n    pass\n```"
     code = CodeVerifier(timeout_s=1.0, memory_mb=256)
-    assert code.deadline_s(problem) == 10 * 2.0
+    assert code.deadline_s(problem) == 10 * code.deadline_s({"tests": problem["tests"][:1]})  # per case
     with ScoringPool({"code": code}, workers=2, timeout_s=1.5) as pool:
         t = time.monotonic()
         rows = pool.run([problem, problem], [slow, loop])
