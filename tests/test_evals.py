@@ -75,6 +75,7 @@ def _tiny_eval(tmp_path, benchmark: str, limit: int, n: int) -> dict:
         [
             "model=tiny_arith",
             *model_overrides,
+            "model.arch.max_position_embeddings=2048",  # real benchmark prompts fit (a model without room is refused)
             f"benchmarks=[{benchmark}]",
             f"limit={limit}",
             f"n={n}",
