@@ -2,15 +2,18 @@
 
     .venv/bin/python benchmarks/code_scoring.py                 # 1,024 checks, 10 cases each, 5% looping
     .venv/bin/python benchmarks/code_scoring.py --n 128 --loop-frac 0.25
+    .venv/bin/python benchmarks/code_scoring.py --n 16 --workers 4   # a small batch: spread over the workers
 
 Every check is a real sandboxed run per case (the `code` verifier with its
-defaults: 5 s per run, 512 MB) in the killable pool (`verify.timeout_s=10`,
+defaults: 5 s of CPU per run, 512 MB) in the killable pool (`verify.timeout_s=10`,
 ``--workers`` processes; default: the pool's auto size). Programs: 85% correct
 (print twice the input), 10% wrong (print input + 1), ``--loop-frac`` looping
-forever on every case. Reported: wall time, verdicts per kind of program (every
-looping program must be `wrong`, never a masked `timeout`), infrastructure
-failures (`error` verdicts, must be 0), workers replaced, problems pickled to
-workers (once per group of 8 completions and worker).
+forever on every case (each loop costs its first case's 5 s of CPU: more wall
+time than that when the cores are shared). Reported: wall time, verdicts per
+kind of program (every looping program must be `wrong`, never a masked
+`timeout`), infrastructure failures (`error` verdicts, must be 0), workers
+replaced, problems pickled to workers (at most once per group of 8 completions
+and worker).
 """
 
 from __future__ import annotations

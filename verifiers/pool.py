@@ -3,10 +3,11 @@
 Each job is one (completion, verifier) pair. Jobs go to the least-loaded
 worker first (ties: a started one, then one that already holds the job's
 problem), each worker holding at most its fair share of what is pending (up to
-``CHUNK``) and, once the pool has timed some checks, no more than about
-``QUEUE_S`` of work: slow checks (sandboxed code) then go one at a time to
-whichever worker is free, so a few half-second checks run side by side on
-every worker, while fast ones (math) still travel in chunks. A problem crosses
+``CHUNK``) and no more than about ``QUEUE_S`` of work by the pool's running
+estimate of a check's time (``UNTIMED_DEPTH`` jobs until it has one): slow
+checks (sandboxed code) go one at a time to whichever worker is free, so a few
+half-second checks run side by side on every worker, while fast ones (math)
+still travel in chunks. A problem crosses
 to a worker once per run, however many of its group's checks that worker
 gets. A streamed run (``stream``) looks for newly added checks every
 ``ScoringRun.POLL_S`` while workers are busy, not only when one finishes.
@@ -49,6 +50,7 @@ from reasonrl.verifiers.base import GoldAnswerError, Verdict, Verifier
 log = logging.getLogger(__name__)
 CHUNK = 64  # the most jobs one worker holds (running + queued)
 QUEUE_S = 0.05  # by the pool's running estimate of a check's time, the work one worker holds at most
+UNTIMED_DEPTH = 2  # the most jobs one worker holds before the pool has timed any check
 _READY = ("ready", None, 0.0)
 STARTUP_TIMEOUT_S = 120.0  # a worker that has not started by then is replaced (and its first job is an error)
 
@@ -169,11 +171,13 @@ class ScoringPool:
 
     def _depth(self, pending: int) -> int:
         """How many jobs one worker may hold (running + queued) while ``pending`` are sent or waiting: its fair
-        share, at most ``CHUNK``, and no more than ``QUEUE_S`` of work by the running estimate (at least 1)."""
+        share, at most ``CHUNK``, and no more than ``QUEUE_S`` of work by the running estimate (at least 1;
+        ``UNTIMED_DEPTH`` until a check has been timed: a first batch of slow checks is not committed to
+        workers in chunks before the pool knows they are slow)."""
         depth = min(CHUNK, -(-pending // len(self._workers)))
-        if self._check_s is not None:
-            depth = min(depth, int(QUEUE_S / max(self._check_s, 1e-6)))
-        return max(1, depth)
+        if self._check_s is None:
+            return max(1, min(depth, UNTIMED_DEPTH))
+        return max(1, min(depth, int(QUEUE_S / max(self._check_s, 1e-6))))
 
     def _timed(self, seconds: float) -> None:
         """Fold one check's time into the running estimate."""
