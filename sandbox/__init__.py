@@ -5,7 +5,7 @@
     r.status, r.stdout   # ("ok", "cba\\n")
 
 ``run`` executes a Python program and returns a :class:`Result` with a status
-of ``ok``, ``error`` (non-zero exit or a signal), ``timeout`` (CPU time, wall clock or
+of ``ok``, ``error`` (non-zero exit or a signal), ``timeout`` (wall clock or
 CPU time), ``memory`` (the run's cgroup cap, or the address-space limit),
 ``output_limit`` (stdout or stderr over the cap; the run is killed) or
 ``infra_error`` (the sandbox itself could not run the program; never the
