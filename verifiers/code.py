@@ -316,7 +316,7 @@ class CodeVerifier:
         """The longest a check of ``problem`` may take with the program inside its limits: one sandbox run
         for HumanEval-style tests, one per case for stdin/stdout tests (plus start-up margin each). The
         scoring pool gives the check at least this long, so only a hanging check is a ``timeout``."""
-        per_run = self.timeout_s + RUN_MARGIN_S
+        per_run = self.sandbox.wall_limit_s(self.timeout_s) + RUN_MARGIN_S
         cases = problem.get("tests") if "tests" in problem and "entry_point" not in problem else None
         if isinstance(cases, str):
             try:
