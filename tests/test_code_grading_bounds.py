@@ -48,6 +48,9 @@ class CompilesHere(CodeVerifier):
         compile(completion, "solution.py", "exec")
         return super().__call__(problem, completion)
 
+    def deadline_s(self, problem):
+        return self.timeout_s + 1.0  # and its deadline: the program's limit plus a margin, before limits were CPU time
+
 
 HUMANEVAL_LIKE = {"prompt": "", "entry_point": "f", "test": "def check(candidate):\n    assert candidate() == 0\n"}
 STDIO = {"tests": [{"input": "", "output": "0"}]}
@@ -75,7 +78,8 @@ def test_a_program_slow_to_compile_costs_the_trusted_process_nothing(slow_progra
 
 
 def test_a_program_slow_to_compile_is_wrong_not_a_masked_timeout_in_the_pool(slow_program):
-    """Through the scoring pool: the check's deadline is the program's limit plus margins (3 s here)."""
+    """Through the scoring pool: the check's deadline covers the program's limits (wall clock included) plus margins;
+    the control keeps the old verifier's 3 s."""
     program, compile_s = slow_program
     with ScoringPool({"code": CodeVerifier(timeout_s=1.0)}, workers=1, timeout_s=2.0) as pool:
         (row,) = pool.run([HUMANEVAL_LIKE], [program])
