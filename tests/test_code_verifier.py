@@ -223,7 +223,7 @@ def test_300_runs_with_two_workers_no_infra_failure_scored_wrong_nothing_left(tm
 
 def test_pool_deadline_covers_the_code_verifiers_own_limits():
     """A verifier that declares no per-problem deadline must fit in verify.timeout_s (refused otherwise);
-    the code verifier declares one, and the pool gives each check at least cases x (limit + margin)."""
+    the code verifier declares one, and the pool gives each check at least cases x (wall limit + margin)."""
     from reasonrl.verifiers.pool import ScoringPool
 
     class Slow:
@@ -234,11 +234,14 @@ def test_pool_deadline_covers_the_code_verifiers_own_limits():
 
     with pytest.raises(ValueError, match="verify.timeout_s"):
         ScoringPool({"slow": Slow()}, workers=1, timeout_s=10)
-    with ScoringPool({"code": CodeVerifier(timeout_s=10)}, workers=1, timeout_s=10) as pool:
+    code = CodeVerifier(timeout_s=10)
+    per_run = code.sandbox.wall_limit_s(10) + 1.0  # a run's wall limit (it may sleep that long) plus start-up
+    assert per_run > 11.0
+    with ScoringPool({"code": code}, workers=1, timeout_s=10) as pool:
         stdio = {"tests": [{"input": "1", "output": "1"}] * 3}
-        assert pool._job_deadline("code", stdio) == 3 * 11.0 + 1.0
+        assert pool._job_deadline("code", stdio) == 3 * per_run + 1.0
         humaneval_like = {"prompt": "", "test": "def check(candidate):\n    assert candidate(1) == 1\n", "entry_point": "f"}
-        assert pool._job_deadline("code", humaneval_like) == 11.0 + 1.0
+        assert pool._job_deadline("code", humaneval_like) == per_run + 1.0
 
 
 def test_the_record_parser_counts_only_this_runs_token():
