@@ -1,4 +1,5 @@
-"""An installed wheel carries the Hydra configs: ``reasonrl-train --cfg job`` works far from the source tree.
+"""An installed wheel carries the Hydra configs and trains: ``reasonrl-train --cfg job`` and one tiny GRPO step
+work far from the source tree, with an empty cache.
 
 The wheel is built from a copy of the packaged folders (nothing is written into the source tree) and
 installed into a throwaway virtual environment that borrows this environment's dependencies through a
@@ -7,6 +8,7 @@ installed into a throwaway virtual environment that borrows this environment's d
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,7 +17,7 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
-from conftest import REPO
+from conftest import REPO, TINY
 
 PACKAGED = ["pyproject.toml", "README.md", "reasonrl", "verifiers", "sandbox", "evals", "conf"]
 
@@ -63,3 +65,40 @@ def test_the_wheel_ships_every_config_and_runs_outside_the_tree(tmp_path):
         [str(py), "-c", "import reasonrl.config as c; print(c.CONF_DIR)"], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert where.stdout.strip() == str(Path(site) / "reasonrl" / "conf"), where.stderr
+
+    # One training step from the installed wheel, as a first user runs it: from a directory of its own, with a
+    # cache that holds nothing yet (its own XDG_CACHE_HOME, not the session's, which other tests may have
+    # filled), so the base model is built from the packaged configs. A random base model (pretrain.max_steps=0,
+    # the schema's speed-check setting) and no pool, TensorBoard or checkpoints keep it to seconds: this checks
+    # that the packaged code trains, not what it learns.
+    cheap = {
+        "model.pretrain.max_steps": "0",
+        "task.heldout_size": "4",
+        "rollout.prompts_per_step": "2",
+        "rollout.max_new_tokens": "8",
+        "eval.max_new_tokens": "8",
+        "eval.sampled": "false",
+        "verify.workers": "0",
+        "logging.tensorboard": "false",
+        "checkpoint.every": "0",
+        "checkpoint.final": "false",
+    }
+    tiny = {k: v for k, v in (o.split("=", 1) for o in TINY)} | cheap
+    cache, elsewhere = tmp_path / "cache", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    train = subprocess.run(
+        [str(venv / "bin" / "reasonrl-train"), "experiment=r1_zero_arith", "max_steps=1", "run_dir=run"]
+        + [f"{k}={v}" for k, v in tiny.items()],
+        cwd=elsewhere,
+        env={**env, "XDG_CACHE_HOME": str(cache)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert train.returncode == 0, train.stderr[-3000:]
+    rows = [json.loads(line) for line in (elsewhere / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1], rows
+    assert {"reward/mean", "train/loss", "train/grad_norm", "rollout/len_mean"} <= set(rows[1]), sorted(rows[1])
+    assert (elsewhere / "run" / "summary.json").is_file()
+    built = list((cache / "reasonrl" / "models").iterdir())  # the base model went into the cache it was given
+    assert len(built) == 1 and (built[0] / "config.json").is_file(), built
