@@ -6,7 +6,7 @@ problems (:mod:`reasonrl.tasks.sources`): every column of the row, plus
 the math verifier reads) and ``reference`` (the data set's own worked
 solution or final answer, which the check mode scores as if it were a
 completion); code benchmarks carry ``prompt``, ``test`` and ``entry_point``
-(DESIGN's HumanEval shape; MBPP's asserts become the body of ``check``). So a
+(the code verifier's HumanEval shape, docs/design.md; MBPP's asserts become the body of ``check``). So a
 benchmark file is also a training file (``task.format=<name>``), and the same
 verifier scores both.
 

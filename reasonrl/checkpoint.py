@@ -2,13 +2,15 @@
 
 One checkpoint is a folder ``<run_dir>/checkpoints/step_000005/``:
 
-- ``state/``: model and optimizer state through ``torch.distributed.checkpoint``
-  (fully qualified parameter names, one shard file per process; loadable at
-  another process count);
+- ``state/``: model and optimizer state, and the frozen KL reference when the
+  run has one, through ``torch.distributed.checkpoint`` (fully qualified
+  parameter names, one shard file per process; loadable at another process
+  count);
 - ``trainer.json``: everything else a step depends on: the step, the scheduler,
   every RNG (Python, torch CPU, CUDA), the problem stream's position (what
   dynamic sampling drew and set aside included), evaluations so far, the SFT
-  numbers before a cold start, and the byte offsets of ``metrics.jsonl`` and
+  numbers before a cold start, run counters, the working directory the run
+  started in, and the byte offsets of ``metrics.jsonl`` and
   ``samples.jsonl``; plain JSON, with tuples, non-string keys, tensors and
   numpy arrays tagged (``{"__t__": "tensor", "dtype": ..., "shape": ..., "data": base64}``);
 - ``config.yaml``: the run's resolved config when it was written;

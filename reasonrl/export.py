@@ -1,4 +1,4 @@
-"""``reasonrl-export CHECKPOINT OUT_DIR [--dtype bfloat16]``: a training checkpoint as a Hugging Face folder.
+"""``reasonrl-export CHECKPOINT OUT_DIR [--dtype bfloat16] [--overwrite]``: a training checkpoint as a Hugging Face folder.
 
 The folder (weights in the chosen dtype, bfloat16 by default, and the
 tokenizer) loads in transformers and vLLM like ``checkpoints/final``. The

@@ -11,8 +11,13 @@ softmax arithmetic in float32. Backward
 recomputes each block's logits instead of saving them, so memory is
 O(tokens x hidden + block), never O(tokens x V). :func:`completion_logprobs`
 runs a Hugging Face causal LM up to its final hidden states and applies it at
-the completion positions of a packed batch; :func:`batch_logprobs` does the
-same for a batch whose groups share their prompt, running each prompt once.
+the completion positions of a packed batch. :func:`batch_logprobs` takes
+either layout of :mod:`reasonrl.data`: a ``Packed`` batch goes through
+:func:`completion_logprobs`; a ``SharedPacked`` one (``rollout.share_prompt``)
+runs each distinct prompt once and its completions on top of the prompt's
+keys and values, for the model families :func:`prompt_sharing_supported`
+accepts (``SHARED_PROMPT_MODEL_TYPES``, full attention only), sharded with
+FSDP2 or not.
 
 It works for any model whose output layer is a linear map (tied to the input
 embedding or not). It does not compute a loss.

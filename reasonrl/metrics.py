@@ -3,7 +3,7 @@
 :class:`RunLogger` writes one JSON object per step to ``metrics.jsonl``, a few
 prompts/completions/verdicts per step to ``samples.jsonl``, and the same scalars
 to TensorBoard (and to Weights & Biases when asked and installed). Metric keys
-are a public interface: see the key list in the project's design notes.
+are a public interface: the key list is in ``docs/design.md`` ("Metrics").
 
 :func:`split_think` and :func:`cot_lengths` measure how long the model thinks:
 the think part is the text inside the first ``<think>`` block (to the end of

@@ -1,8 +1,10 @@
 """Where a run's policy comes from: a Hugging Face folder, a GGUF file, or the tiny base model.
 
-``load_policy(model_cfg, device)`` resolves the ``model`` config node to a
-folder (converting a GGUF file once, or building and pretraining the tiny base
-model on first use; both cached) and loads it with its tokenizer.
+``load_policy(model_cfg, progress, device)`` resolves the ``model`` config
+node to a folder (``model.path``; else ``model.gguf``, converted once; else
+the tiny base model, built and pretrained on first use; both cached under
+``$XDG_CACHE_HOME/reasonrl``) and returns ``(model, tokenizer, folder)``, the
+model on ``device`` (default: ``model.device``).
 
 It does not train anything itself: the tiny base model's pretraining lives in
 :mod:`reasonrl.tiny`.

@@ -1,7 +1,10 @@
-"""The policy: loading a Hugging Face folder, the optimizer and its schedule, checkpoints.
+"""The policy: loading a Hugging Face folder, the optimizer and its schedule, model folders.
 
-Checkpoints are Hugging Face folders written atomically (``from_pretrained``
-loads them). Which folder a run starts from (a path, a converted GGUF file, or
+:func:`save_checkpoint` writes a Hugging Face folder atomically
+(``from_pretrained`` loads it): a run's ``checkpoints/final`` and
+``checkpoints/sft``. Training checkpoints, which resume a run
+(``checkpoints/step_NNNNNN``: model, optimizer and trainer state), are
+:mod:`reasonrl.checkpoint`'s. Which folder a run starts from (a path, a converted GGUF file, or
 the tiny base model built on first use) is :func:`reasonrl.models.load_policy`'s
 business.
 

