@@ -1,4 +1,4 @@
-"""Strict R1 format: one think block, then one answer block, nothing after.
+"""Format rewards: the strict R1 format (one think block, then one answer block, nothing after), and one code block.
 
 ``<think>...</think>`` followed (whitespace allowed) by ``<answer>...</answer>``
 and nothing else but whitespace. When the prompt already opened ``<think>``
@@ -9,6 +9,10 @@ open another one. Score 1 for the exact structure, else 0 with
 status ``format_error`` and the reason in ``info``; with ``partial_credit=True``
 a malformed completion earns 0.25 for each of the four tags that occurs
 exactly once (capped below 1, so only the exact structure scores 1).
+
+:class:`CodeBlockVerifier` (``code_format``) is the format reward for code
+answers: exactly one closed, non-empty fenced block; it never runs the code
+(the ``code`` verifier judges the program).
 
 Both verifiers here read model text in the trusted process, so both do linear
 work only: counts, finds and slices, no backtracking regular expression (a
