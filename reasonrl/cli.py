@@ -10,6 +10,9 @@ point under Hydra with these steps first:
    an unknown group option (``verifier=[integr]``) lists what is available,
    installed plugin verifiers included.
 2. After composition: keys the schema lacks (added by ``+`` anywhere), the
+   plugin estimators and losses (:func:`reasonrl.plugins.prepare`: the
+   ``plugins`` modules imported, ``algorithm.advantage`` and
+   ``algorithm.policy_loss`` found, or refused with the names there are), the
    entry point's cross-field checks, then :func:`reasonrl.preflight.preflight`:
    the ``generator`` and ``verifier`` nodes against their constructors, what
    the model can take, and the data, read and checked before any model loads,
@@ -209,6 +212,18 @@ def fail(program: str, message: str, code: int = 2) -> typing.NoReturn:
     raise SystemExit(code)
 
 
+def _prepare_plugins(cfg) -> None:
+    """Fill the estimator and loss registries (entry points, then the config's ``plugins`` modules) and check the
+    names ``algorithm.advantage`` / ``algorithm.policy_loss`` give, before anything else reads them."""
+    from reasonrl.plugins import prepare
+
+    modules = list(cfg.plugins) if "plugins" in cfg else []
+    if "algorithm" in cfg:
+        prepare(modules, cfg.algorithm.advantage, cfg.algorithm.policy_loss)
+    else:
+        prepare(modules)
+
+
 def _checked(main: Callable, config_name: str, check: Callable, schema) -> Callable:
     import functools
 
@@ -228,6 +243,7 @@ def _checked(main: Callable, config_name: str, check: Callable, schema) -> Calla
                     + f" (a leading + adds keys only to free-form nodes such as task.fields; `{program} --help` lists "
                     f"the main settings, `{program} --cfg job` every key)"
                 )
+            _prepare_plugins(cfg)
             check(cfg)
             from reasonrl.preflight import preflight
 
@@ -334,6 +350,10 @@ SETTINGS = {
         ("rollout.temperature", "sampling temperature (above 0 when G > 1: a greedy group has no variance)"),
         ("rollout.max_new_tokens", "the longest completion, in tokens"),
         ("optim.lr", "learning rate (AdamW); optim.* also sets warmup, schedule, clipping"),
+        ("algorithm.advantage", "advantage estimator by name: built in (reasonrl.grpo) or an installed plugin's"),
+        ("algorithm.policy_loss", "policy loss by name: built in (reasonrl.grpo) or an installed plugin's"),
+        ("algorithm.options", "free-form knobs that plugin estimators and losses read: +algorithm.options.<key>=<value>"),
+        ("plugins", "modules imported before the run, so their @advantage_estimator / @policy_loss register"),
         ("algorithm.kl_coef", "KL penalty to the initial policy (0: no reference model)"),
         ("verify.workers", "scoring processes: -1 auto, 0 in the trainer's process"),
         ("verify.timeout_s", "deadline of one check"),

@@ -15,6 +15,8 @@ any model loads.
 :func:`register` also exposes every verifier installed under the
 ``reasonrl.verifiers`` entry-point group as a ``verifier/<name>`` option, so
 ``verifier=[integer,my_plugin]`` finds third-party verifiers with no YAML file;
+registers the advantage estimators and policy losses of installed packages
+(:mod:`reasonrl.plugins`);
 stores each entry point's ``--help`` page; and adds the ``reasonrl.data``
 resolver the configs' data paths use (:func:`data_dir`).
 
@@ -171,6 +173,9 @@ class AlgorithmConfig:
     tis: str = "auto"
     tis_cap: float = 2.0
     mask_statuses: List[str] = field(default_factory=lambda: ["timeout", "error"])
+    # free-form knobs for plugin estimators and losses, which read them from the alg they are given (alg.options["k"]);
+    # set with +algorithm.options.<key>=<value> (reasonrl.plugins)
+    options: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -245,6 +250,8 @@ class TrainConfig:
     run_dir: Optional[str] = None  # default: Hydra's output directory
     resume: Optional[str] = None  # auto: the latest complete checkpoint in the run directory (none: fresh); or a path
     overwrite: bool = False  # true: remove the run already in run_dir (its files only) and start afresh; not with resume
+    # modules imported before the config is checked, so their @advantage_estimator / @policy_loss register (reasonrl.plugins)
+    plugins: List[str] = field(default_factory=list)
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     generator: Dict[str, Any] = field(default_factory=dict)
@@ -473,7 +480,10 @@ def register() -> None:
     from omegaconf import OmegaConf
 
     from reasonrl.cli import help_node, show
+    from reasonrl.plugins import load_entry_points
     from reasonrl.verifiers.base import entry_points
+
+    load_entry_points()  # plugin estimators and losses, registered before any config names them
 
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
