@@ -65,3 +65,54 @@ def test_demonstrations_are_formatted_and_some_are_flawed():
     assert 0.78 < acc < 0.92
     assert all(FormatVerifier()({}, d["completion"]).status == "correct" for d in demos)
     assert arith.demonstrations(400, 0, flaw_frac=0.0)[0]["completion"].count("=") >= 2
+
+
+def _terms(question: str) -> list[str]:
+    return question.split("+")
+
+
+def test_one_task_node_shapes_training_evaluation_and_demonstrations():
+    """task.n_terms, task.digits and task.template reach every consumer of the task: the training stream,
+    the held-out set, and the demonstrations of both the cold start and reasonrl-sft."""
+    from reasonrl.sft import demonstrations
+    from reasonrl.tasks import get_task, problem_source
+
+    from conftest import compose
+
+    shape = ["task.n_terms=4", "task.digits=3", "task.template=r1_think", "task.heldout_size=20"]
+    train_cfg = compose("train", [*shape, "cold_start.enabled=true", "cold_start.demos=12"])
+    sft_cfg = compose("sft", [*shape, "sft.demos=12"])
+    for cfg, node in ((train_cfg, train_cfg.cold_start), (sft_cfg, sft_cfg.sft)):
+        task = get_task(cfg.task)
+        stream, heldout = problem_source(task, cfg.task, 0, {})
+        rows = demonstrations(node, task, 0)
+        questions = [next(stream)["question"] for _ in range(12)] + [p["question"] for p in heldout]
+        questions += [re.match(r"Q:(.*?)=\?", r["prompt"]).group(1) for r in rows]
+        assert len(rows) == 12 and len(heldout) == 20
+        for q in questions:
+            assert len(_terms(q)) == 4 and all(len(t) == 3 for t in _terms(q)), q
+        # the prompt opened the think block, so each completion continues it
+        assert all(r["prompt"] == f"Q:{q}=?<think>" for r, q in zip(rows, questions[-12:]))
+        assert all(not r["completion"].startswith("<think>") and "</think><answer>" in r["completion"] for r in rows)
+        assert not {p["question"] for p in heldout} & set(questions[:12])
+
+
+def test_demonstrations_keep_their_problems_at_the_default_shape():
+    """The task built from the default node gives the module's own demonstrations (the cold start's numbers)."""
+    from reasonrl.tasks import get_task
+
+    from conftest import compose
+
+    cfg = compose("train", ["task.heldout_size=32"])
+    assert get_task(cfg.task).demonstrations(40, 3, flaw_frac=0.15) == arith.demonstrations(40, 3, flaw_frac=0.15)
+
+
+def test_an_unknown_arith_template_names_the_key():
+    import pytest
+
+    from reasonrl.tasks import get_task
+
+    from conftest import compose
+
+    with pytest.raises(ValueError, match="task.template=chat is not an arith template"):
+        get_task(compose("train", ["task.template=chat"]).task)

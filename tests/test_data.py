@@ -44,7 +44,7 @@ def test_train_cli_reports_malformed_task_row(tmp_path):
     f.write_text("\n".join(json.dumps(r) for r in [{"question": "1+2", "answer": "3"}, {"question": "1+1", "answr": "2"}]))
     cfg = compose("train", [f"task.path={f}"])
     with pytest.raises(DataError, match=r"row 1 has no field 'answer'"):
-        problem_source(get_task("arith"), cfg.task, 0, {})
+        problem_source(get_task(cfg.task), cfg.task, 0, {})
 
 
 def test_pack_aligns_completion_mask_and_logprobs():

@@ -48,12 +48,9 @@ HELDOUT_SPLIT_SEED = 4_242  # which data rows a run sets aside as held-out when 
 
 
 def get_task(task_cfg: Any) -> Task:
-    """The Task a ``task`` config node describes (``arith``, or a task read from data)."""
-    name = task_cfg if isinstance(task_cfg, str) else task_cfg.name
-    if name == "arith":
-        return arith.TASK
-    if isinstance(task_cfg, str):
-        raise ValueError(f"task {name!r} reads its problems from data: give its whole config (task.path, ...)")
+    """The Task a ``task`` config node describes (``arith``, shaped by the node, or a task read from data)."""
+    if task_cfg.name == "arith":
+        return arith.task(task_cfg)
     return dataset_task(task_cfg)
 
 
@@ -92,9 +89,7 @@ def problem_source(task: Task, task_cfg: Any, seed: int, verifiers) -> tuple[Pro
     _prepared.clear()
     if train is not None:
         return ShuffledRows(train, seed), heldout
-    return task.need("train_stream", "set task.path to the training data")(
-        seed, task_cfg.n_terms, task_cfg.digits, task_cfg.heldout_size
-    ), heldout
+    return task.need("train_stream", "set task.path to the training data")(seed), heldout
 
 
 _prepared: dict[tuple, tuple[list[dict] | None, list[dict]]] = {}
@@ -132,7 +127,7 @@ def _problems(task: Task, task_cfg: Any, verifiers) -> tuple[list[dict] | None, 
         heldout = _load(task_cfg, task, task_cfg.eval_path, task_cfg.eval_split, task_cfg.eval_filter, None)
         heldout = check_golds(heldout, verifiers, task_cfg.eval_path)[: task_cfg.heldout_size]
     elif task.provides("heldout"):
-        heldout = check_golds(task.heldout(task_cfg.heldout_size, task_cfg.n_terms, task_cfg.digits), verifiers, "held-out set")
+        heldout = check_golds(task.heldout(task_cfg.heldout_size), verifiers, "held-out set")
     else:
         if len(train) < 2 * task_cfg.heldout_size:
             raise ValueError(

@@ -18,12 +18,20 @@ was pretrained on a corpus that mostly answers directly.
 The held-out set is fixed (its own seed) and never appears in the training
 stream, the pretraining corpus or the demonstrations.
 
+:func:`task` is the world as a run sees it: one object built from the ``task``
+config node, whose held-out set, training stream and demonstrations all have
+the node's shape (``n_terms``, ``digits``) and prompts (``template``), so the
+cold start, ``reasonrl-sft``, RL and evaluation see the same problems. The
+module-level functions take the shape as arguments (defaults: the schema's).
+
 It does not load files: :mod:`reasonrl.data` validates external rows.
 """
 
 from __future__ import annotations
 
+import functools
 import random
+from typing import Any
 
 from reasonrl.tasks.base import ProblemStream, Task, _tuplify
 
@@ -168,31 +176,54 @@ def _flaw(rng: random.Random, numbers) -> str:
     return f"<think></think><answer>{total + rng.choice((-2, -1, 1, 2))}</answer>"
 
 
-def demonstrations(n: int, seed: int, *, flaw_frac: float = 0.15, n_terms: int = 3, digits: int = 2) -> list[dict]:
+def demonstrations(
+    n: int,
+    seed: int,
+    *,
+    flaw_frac: float = 0.15,
+    n_terms: int = 3,
+    digits: int = 2,
+    heldout_n: int = 500,
+    template: str = "r1",
+) -> list[dict]:
     """Formatted step-by-step demonstrations for a cold start, ``flaw_frac`` of them flawed.
 
     Rows: {"prompt", "completion", "answer"} where ``answer`` is the true sum, so
-    the demonstrations' own accuracy can be measured.
+    the demonstrations' own accuracy can be measured. A template that opens the
+    think block in the prompt (``r1_think``) gets completions that continue it.
     """
     rng = random.Random(seed + DEMO_SEED_OFFSET)
-    stream = ArithStream(seed + DEMO_SEED_OFFSET, n_terms, digits)
+    stream = ArithStream(seed + DEMO_SEED_OFFSET, n_terms, digits, heldout_n)
     out = []
     for _ in range(n):
         p = next(stream)
         text = solution(p["numbers"], "steps")
         if rng.random() < flaw_frac:
             text = _flaw(rng, p["numbers"])
-        out.append({"prompt": render_prompt(p), "completion": text, "answer": p["answer"]})
+        prompt = render_prompt(p, template)
+        if prompt.endswith("<think>"):  # the prompt wrote the opening tag; the model writes what follows it
+            text = text.removeprefix("<think>")
+        out.append({"prompt": prompt, "completion": text, "answer": p["answer"]})
     return out
 
 
-TASK = Task(
-    name="arith",
-    render_prompt=render_prompt,
-    templates=tuple(TEMPLATES),
-    required_fields=REQUIRED_FIELDS,
-    from_row=from_row,
-    heldout=heldout,
-    train_stream=ArithStream,
-    demonstrations=demonstrations,
-)
+def task(cfg: Any) -> Task:
+    """The arithmetic world a ``task`` config node describes: its held-out set, training stream and
+    demonstrations all take the node's ``n_terms``, ``digits``, ``template`` and ``heldout_size``."""
+    if cfg.template not in TEMPLATES:
+        raise ValueError(f"task.template={cfg.template} is not an arith template; known: {', '.join(TEMPLATES)}")
+    if cfg.n_terms < 1 or cfg.digits < 1:
+        raise ValueError(f"task.n_terms and task.digits must be at least 1, not {cfg.n_terms} and {cfg.digits}")
+    shape = {"n_terms": cfg.n_terms, "digits": cfg.digits}
+    return Task(
+        name="arith",
+        render_prompt=render_prompt,
+        templates=tuple(TEMPLATES),
+        required_fields=REQUIRED_FIELDS,
+        from_row=from_row,
+        heldout=functools.partial(heldout, **shape),
+        train_stream=functools.partial(ArithStream, **shape, heldout_n=cfg.heldout_size),
+        # demonstrations avoid the 500-problem held-out set whatever a run sets aside (so the same seed gives the
+        # same demonstrations at any task.heldout_size up to it), and the run's own beyond it
+        demonstrations=functools.partial(demonstrations, **shape, heldout_n=max(cfg.heldout_size, 500), template=cfg.template),
+    )

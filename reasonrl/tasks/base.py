@@ -14,8 +14,10 @@ class Task:
     templates: tuple[str, ...]
     required_fields: Mapping[str, type | tuple[type, ...]]  # of a file row
     from_row: Callable[[Mapping[str, Any]], dict]  # file row -> problem
-    heldout: Callable[..., list[dict]] | None = None  # (n, n_terms, digits) -> the fixed held-out set
-    train_stream: Callable[..., "ProblemStream"] | None = None  # (seed, n_terms, digits, heldout_n) -> stream
+    # a generated world's own knobs (the arithmetic world's shape and template) are bound when the task is built
+    # from its config node, so every caller gets problems of that one shape
+    heldout: Callable[..., list[dict]] | None = None  # (n) -> the fixed held-out set
+    train_stream: Callable[..., "ProblemStream"] | None = None  # (seed) -> stream, disjoint from the held-out set
     demonstrations: Callable[..., list[dict]] | None = None  # (n, seed, flaw_frac=...) -> {prompt, completion, answer}
     # demonstrations made from data problems: (problems, tokenizer, template) -> {prompt, completion, answer}
     file_demonstrations: Callable[..., list[dict]] | None = None
