@@ -13,7 +13,9 @@ are rewritten as each benchmark finishes, so an interrupted evaluation keeps
 the finished ones (and says so in one line). Scoring uses the verifiers
 training uses: the math verifier, or for code benchmarks (humaneval, mbpp) the
 code verifier, which runs every program in the sandbox (maj@k is not defined
-for code and is left out).
+for code and is left out). Checks run in ``verify_workers`` killable
+processes, each under a deadline: ``verify_timeout_s`` for math,
+``code_verify_timeout_s`` (or longer, where a problem's cases need it) for code.
 """
 
 from __future__ import annotations
@@ -23,19 +25,21 @@ import time
 from typing import Any
 
 
-def _score(problems, completions, code: bool, extract, pool_workers: int):
-    """Verdicts and extracted answers (None for code) for completion i against problem i."""
+def _score(problems, completions, code: bool, extract, pool_workers: int, timeout_s: float):
+    """Verdicts and extracted answers (None for code) for completion i against problem i; ``timeout_s``: the
+    scoring pool's deadline of one check (the code verifier gives a check longer where its cases need it)."""
+    from reasonrl.verifiers.base import extract_answer
     from reasonrl.verifiers.pool import ScoringPool, resolve_workers
     from reasonrl.verifiers.scoring import score
 
     if code:
         from reasonrl.verifiers.code import CodeVerifier
 
-        name, verifier, timeout = "code", CodeVerifier(), 60.0
+        name, verifier = "code", CodeVerifier()
     else:
         from reasonrl.verifiers.math import MathVerifier
 
-        name, verifier, timeout = "math", MathVerifier(extract=extract), 10.0
+        name, verifier = "math", MathVerifier(extract=extract)
     from tqdm import tqdm
 
     pool_workers = resolve_workers(pool_workers)
@@ -44,7 +48,7 @@ def _score(problems, completions, code: bool, extract, pool_workers: int):
     rows = []
     try:
         if pool_workers > 0:
-            with ScoringPool({name: verifier}, workers=pool_workers, timeout_s=timeout) as pool:
+            with ScoringPool({name: verifier}, workers=pool_workers, timeout_s=timeout_s) as pool:
                 for i in range(0, len(completions), chunk):
                     rows += pool.run(problems[i : i + chunk], completions[i : i + chunk])
                     bar.update(len(completions[i : i + chunk]))
@@ -54,7 +58,7 @@ def _score(problems, completions, code: bool, extract, pool_workers: int):
                 bar.update(len(completions[i : i + chunk]))
     finally:
         bar.close()
-    answers = [None] * len(completions) if code else [verifier.extract(c)[0] for c in completions]
+    answers = [None] * len(completions) if code else [extract_answer(verifier, c) for c in completions]
     return [r[name] for r in rows], answers
 
 
@@ -187,7 +191,8 @@ def _one_benchmark(cfg, name: str, generator, tokenizer, samples) -> dict[str, A
         clipped = [r.finish_reason == "length" for r in rollouts]
         extract = list(cfg.extract)
     expanded = [p for p in problems for _ in range(n)]
-    verdicts, answers = _score(expanded, completions, code, extract, cfg.verify_workers)
+    timeout_s = cfg.code_verify_timeout_s if code else cfg.verify_timeout_s
+    verdicts, answers = _score(expanded, completions, code, extract, cfg.verify_workers, timeout_s)
     res = summarize(n, cfg.ks, verdicts, None if code else answers, lengths, clipped)
     res["wall_s"] = time.time() - t
     res["problems_per_s"] = len(problems) / res["wall_s"]

@@ -394,6 +394,8 @@ SETTINGS = {
         ("max_new_tokens", "the longest completion, in tokens (prompt + completion must fit the model)"),
         ("template", "chat (instruct models) | r1 (base models) | text"),
         ("verify_workers", "scoring processes: -1 auto, 0 in this process"),
+        ("verify_timeout_s", "deadline of one math check in a scoring process"),
+        ("code_verify_timeout_s", "deadline of one code check at least (longer where its test cases need it)"),
     ],
 }
 

@@ -301,6 +301,9 @@ class EvalRunConfig:
     template: str = "chat"  # chat (instruct models) | r1 (base models) | text; math asks for \\boxed{}, code for a code block
     extract: List[str] = field(default_factory=lambda: ["answer_tag", "boxed"])
     verify_workers: int = -1  # scoring processes: -1 = auto (cores minus 2, at least 2); 0: in this process
+    verify_timeout_s: float = 10.0  # deadline of one math check in a scoring process
+    # a code check's deadline at least; longer where its test cases need it (the code verifier's deadline_s)
+    code_verify_timeout_s: float = 60.0
 
 
 class ConfigError(ValueError):

@@ -14,21 +14,22 @@ gets. A streamed run (``stream``) looks for newly added checks every
 
 Every result comes back on its own, so each job has its own deadline:
 ``timeout_s``, or longer where the verifier declares the problem's check needs
-it (``deadline_s(problem)``: the code verifier counts cases x its per-run
-limit), so a check is never killed while the program is within its own
-limits. The deadline counts from when its worker could start the job (a
-replacement worker's start-up is not charged to the job it inherits). A worker
-that passes the deadline is killed and replaced: its current job costs one
-``timeout`` verdict and its queued jobs go back to be handed out again. A
-worker that dies (segfault, ``os._exit``, out of memory) costs one ``error``
+it (its ``deadline_s(problem)`` hook, see :class:`reasonrl.verifiers.base.Verifier`:
+the code verifier counts cases x its per-run limit), so a check is never
+killed while the program is within its own limits. The deadline counts from
+when its worker could start the job (a replacement worker's start-up is not
+charged to the job it inherits). A worker that passes the deadline is killed
+and replaced: its current job costs one ``timeout`` verdict and its queued
+jobs go back to be handed out again. A worker that dies (segfault, ``os._exit``, out of memory) costs one ``error``
 verdict for its current job and is replaced the same way; one that died while
 idle (killed from outside between steps) is found dead before any work is
 sent to it and replaced at no cost. A check that raises inside a worker is an
 ``error`` verdict. The step always gets one verdict per job and goes on.
 
-Verifiers are pickled into the workers once, at start; their caches (parsed
-gold answers) then live in the workers. Workers are started with ``spawn``, so
-they share nothing with the trainer's threads or engines.
+Verifiers are pickled into the workers once, at start (a verifier that cannot
+be pickled stops the start, named); their caches (parsed gold answers) then
+live in the workers. Workers are started with ``spawn``, so they share nothing
+with the trainer's threads or engines.
 
 It does not bound the workers' memory or CPU (the sandbox does that for code).
 """
@@ -45,7 +46,15 @@ from collections import deque
 from multiprocessing.connection import Connection, wait
 from typing import Any, Mapping, Sequence
 
-from reasonrl.verifiers.base import GoldAnswerError, Verdict, Verifier
+from reasonrl.verifiers.base import (
+    GoldAnswerError,
+    Verdict,
+    Verifier,
+    check_picklable,
+    deadline_s,
+    declares_deadlines,
+    own_timeout_s,
+)
 
 log = logging.getLogger(__name__)
 CHUNK = 64  # the most jobs one worker holds (running + queued)
@@ -127,16 +136,25 @@ class ScoringPool:
         self.verifiers = dict(verifiers)
         self.timeout_s = float(timeout_s)
         for name, v in self.verifiers.items():  # a check that may legitimately run longer would be killed every time
-            own = getattr(v, "timeout_s", None)
-            if callable(getattr(v, "deadline_s", None)):
+            own = own_timeout_s(v)
+            if declares_deadlines(v):
                 continue  # it declares each problem's deadline (deadline_s), which the pool honours
-            if isinstance(own, (int, float)) and own >= self.timeout_s:
+            if own is not None and own >= self.timeout_s:
                 raise ValueError(
                     f"verifier {name!r} lets a program run for {own:g} s (its timeout_s), but the scoring pool "
                     f"kills a check after {self.timeout_s:g} s (verify.timeout_s): raise verify.timeout_s above it"
                 )
         self._ctx = mp.get_context("spawn")
-        self._workers = [_Worker(self._ctx, self.verifiers) for _ in range(workers)]
+        self._workers: list[_Worker] = []
+        try:
+            for _ in range(workers):
+                self._workers.append(_Worker(self._ctx, self.verifiers))
+        except Exception:  # spawn pickles the verifiers as a worker starts: say which one cannot be
+            for w in self._workers:
+                w.kill()
+            for name, v in self.verifiers.items():
+                check_picklable(name, v)
+            raise
         self.replaced = 0  # workers killed or found dead and replaced, over the pool's life
         self._problems: dict[int, Any] = {}
         self.problems_sent = 0  # problems pickled to workers, over the pool's life (once per group and worker)
@@ -160,12 +178,8 @@ class ScoringPool:
 
     def _job_deadline(self, name: str, problem: Mapping[str, Any]) -> float:
         """verify.timeout_s, or longer where the verifier declares that this problem's check needs it."""
-        declare = getattr(self.verifiers[name], "deadline_s", None)
-        if not callable(declare):
-            return self.timeout_s
-        try:
-            own = float(declare(problem))
-        except Exception:  # a malformed problem: its check will say so; the pool's own deadline applies
+        own = deadline_s(self.verifiers[name], problem)
+        if own is None:
             return self.timeout_s
         return max(self.timeout_s, own + 1.0)  # + the worker's own overhead around the check
 

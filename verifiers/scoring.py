@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from reasonrl.verifiers.base import STATUSES, GoldAnswerError, Verdict, Verifier, safe_call
+from reasonrl.verifiers.base import STATUSES, GoldAnswerError, Verdict, Verifier, check_gold, safe_call
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,8 @@ def check_golds(
     for i, p in enumerate(problems):
         bad = None
         for name, (verifier, _) in verifiers.items():
-            check = getattr(verifier, "check_gold", None)
-            if check is None:
-                continue
             try:
-                check(p)
+                check_gold(verifier, p)
             except GoldAnswerError as e:
                 bad = f"{name}: {e}"
                 break
