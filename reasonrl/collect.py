@@ -27,20 +27,20 @@ from typing import Any, Callable, Mapping
 import torch
 
 from reasonrl import grpo
-from reasonrl.rollout import Generator, Rollout, RolloutBatch, Sampling
+from reasonrl.rollout import BatchStats, Generator, Rollout, RolloutBatch, Sampling
 from reasonrl.runtime import Runtime
 from reasonrl.tasks import with_prompt_info
 from reasonrl.verifiers.scoring import score
 
 
-def _generate(generator, prompt_ids, G, sampling, problems, verifiers, pool, overlap: bool, stats: dict):
+def _generate(generator, prompt_ids, G, sampling, problems, verifiers, pool, overlap: bool, stats: BatchStats):
     """(rollouts, verdict rows or None). With a pool (and ``overlap``) each group goes to the pool's workers the
     moment the generator has it, so checks run while the rest of the step generates; ``verify_s`` then counts
     only the wait for the checks still running after the last completion."""
     t = time.perf_counter()
     if pool is None or not overlap or not _streams(generator):
         rollouts = generator.generate(prompt_ids, G, sampling)
-        stats["generate_s"] += time.perf_counter() - t
+        stats.generate_s += time.perf_counter() - t
         return rollouts, None
     checks, order = pool.stream(only=list(verifiers)), []
 
@@ -49,10 +49,10 @@ def _generate(generator, prompt_ids, G, sampling, problems, verifiers, pool, ove
         checks.add([problems[r.prompt_index] for r in group], [r.text for r in group])
 
     rollouts = generator.generate(prompt_ids, G, sampling, on_group=on_group)
-    stats["generate_s"] += time.perf_counter() - t
+    stats.generate_s += time.perf_counter() - t
     t = time.perf_counter()
     verdicts = {id(r): row for r, row in zip(order, checks.results())}
-    stats["verify_s"] += time.perf_counter() - t
+    stats.verify_s += time.perf_counter() - t
     return rollouts, [verdicts[id(r)] for r in rollouts]
 
 
@@ -114,8 +114,9 @@ def collect_groups(
     policy_version: int = 0,
     runtime: Runtime | None = None,
 ) -> RolloutBatch:
-    """This rank's B / world_size scored groups of G rollouts (prompt-major), with the sampling statistics in
-    ``stats`` (this rank's)."""
+    """This rank's B / world_size scored groups of G rollouts (prompt-major), each stamped with
+    ``policy_version`` (the version of the policy that samples them), with this rank's sampling statistics in
+    ``stats``."""
     runtime = runtime or Runtime()
     G, sampling, dynamic, max_redraws = plan.G, plan.sampling, plan.dynamic, plan.max_redraws
     share = runtime.share(plan.B, "prompts per step (rollout.prompts_per_step)")
@@ -124,7 +125,7 @@ def collect_groups(
     mask_statuses, overlong_buffer, overlong_coef = plan.mask_statuses, plan.overlong_buffer, plan.overlong_coef
     kept: list[tuple[dict, list[Rollout]]] = []
     spare: list[tuple[dict, list[Rollout]]] = []
-    stats = {"generate_s": 0.0, "verify_s": 0.0, "dropped": 0, "redraws": 0, "zero_std_frac": 0.0, "overlong_penalty_mean": 0.0}
+    stats = BatchStats()
     for attempt in range(max_redraws + 1 if dynamic else 1):
         texts, problems = [], []
         drawn = [next(stream) for _ in range(plan.B)]  # the same draws on every rank: the streams stay in step
@@ -137,27 +138,27 @@ def collect_groups(
         t = time.perf_counter()
         scored = score([problems[r.prompt_index] for r in rollouts], [r.text for r in rollouts], verifiers, mask_statuses,
                        pool, rows=rows)  # fmt: skip
-        stats["verify_s"] += time.perf_counter() - t
+        stats.verify_s += time.perf_counter() - t
         rewards = torch.tensor(scored.rewards, dtype=torch.float32)  # (B*G,)
         if overlong_buffer > 0:
             lengths = torch.tensor([len(r.completion_ids) for r in rollouts])
             penalty = overlong_coef * grpo.overlong_penalty(lengths, sampling.max_new_tokens, overlong_buffer)
             rewards = rewards + penalty
             if attempt == 0:
-                stats["overlong_penalty_mean"] = float(penalty.mean())
+                stats.overlong_penalty_mean = float(penalty.mean())
         for r, reward, verdicts, masked in zip(rollouts, rewards.tolist(), scored.verdicts, scored.masked):
             r.reward, r.verdicts, r.masked, r.policy_version = reward, verdicts, masked, policy_version
         has_signal = grpo.keep_groups(rewards, G)  # (B,)
         if attempt == 0:
-            stats["zero_std_frac"] = float((~has_signal).float().mean())
+            stats.zero_std_frac = float((~has_signal).float().mean())
         for b in range(B):
             group = (problems[b], rollouts[b * G : (b + 1) * G])
             (kept if has_signal[b] or not dynamic else spare).append(group)
         if runtime.all(len(kept) >= B):  # a full rank keeps sampling (into its spares) until every rank is full
             break
-        stats["redraws"] += 1
-    stats["redraws"] = min(stats["redraws"], max_redraws) if dynamic else 0
-    stats["dropped"] = len(spare)
+        stats.redraws += 1
+    stats.redraws = min(stats.redraws, max_redraws) if dynamic else 0
+    stats.dropped = len(spare)
     kept = (kept + spare)[:B]  # cap reached: fill with signal-free groups (they get zero advantage)
     rollouts = [dataclasses.replace(r, prompt_index=i) for i, (_, group) in enumerate(kept) for r in group]
     return RolloutBatch(problems=[p for p, _ in kept], rollouts=rollouts, group_size=G, stats=stats)

@@ -1,10 +1,10 @@
-"""GRPO math: advantages, the clipped surrogate, loss aggregation, KL, entropy.
+"""GRPO math: advantages, policy losses (PPO clip, GSPO, CISPO), loss aggregation, KL, truncated IS.
 
 Pure tensor functions, no I/O. Letters: N sequences (B prompts x G samples,
 prompt-major), T completion positions, V vocabulary. A variant is a small
 function registered by name, never another branch in one long function:
 advantage estimators (``ADVANTAGE_ESTIMATORS``: ``grpo``, ``rloo``) and policy
-losses (``POLICY_LOSSES``: ``ppo_clip``) with one signature each, chosen by
+losses (``POLICY_LOSSES``: ``ppo_clip``, ``gspo``, ``cispo``) with one signature each, chosen by
 ``algorithm.advantage`` and ``algorithm.policy_loss``; and the smaller knobs
 ``ADVANTAGE_SCALES``, ``AGGREGATIONS``, ``KL_ESTIMATORS``. A new estimator or
 loss is one decorated function (``@advantage_estimator("name")``,
@@ -13,7 +13,8 @@ loss is one decorated function (``@advantage_estimator("name")``,
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -97,9 +98,11 @@ def keep_groups(rewards: Tensor, group_size: int) -> Tensor:
 
 
 # ---------------------------------------------------------------- advantage estimators
-# Signature: (rewards (N,), group_size, valid (N,) bool, alg) -> (N,) advantages, where ``alg``
-# is the algorithm config (an estimator reads the knobs it needs from it) and invalid samples
-# (timeout/error verdicts) get 0 and take no part in any baseline.
+# Signature: (rewards (N,), group_size, valid (N,) bool, alg) -> (N,) advantages, or (N, T) per-token
+# advantages whose column t is the advantage of completion token t (T at least the longest completion;
+# columns past a completion's end are ignored), where ``alg`` is the algorithm config (an estimator reads
+# the knobs it needs from it) and invalid samples (timeout/error verdicts) get 0 and take no part in any
+# baseline.
 
 ADVANTAGE_ESTIMATORS: dict[str, Callable[..., Tensor]] = {}
 
@@ -139,9 +142,40 @@ def rloo_advantages(rewards: Tensor, group_size: int, valid: Tensor, alg) -> Ten
 
 
 # ---------------------------------------------------------------- policy losses
-# Signature: (logp, old_logp (n, T), adv (n,), alg) -> ((n, T) per-token loss, (n, T) bool clipped).
+# A policy loss is one function of one :class:`LossInputs` that returns a :class:`LossOutputs`. It owns the
+# ratio and its clipping and applies the importance weights it is given; the terms around it (truncated IS,
+# KL, entropy) and the aggregation are composed in :func:`reasonrl.objective.policy_objective`.
 
-POLICY_LOSSES: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {}
+
+@dataclass(frozen=True)
+class LossInputs:
+    """Everything a policy loss may read, for n sequences packed to T positions (0 outside the completions)."""
+
+    logp: Tensor  # (n, T) log pi_theta(token): the current policy, with gradient
+    behaviour_logp: Tensor  # (n, T) the sampler's logprobs (the behaviour policy), no gradient
+    old_logp: Tensor  # (n, T) what the ratio is taken against, no gradient (logp.detach() on a fresh batch)
+    adv: Tensor  # (n,) per sequence or (n, T) per token
+    mask: Tensor  # (n, T) 1.0 where a token is in the loss
+    is_weights: Tensor | None  # (n, T) detached weights to multiply the per-token objective by; None: all 1
+    alg: Any  # the algorithm config node: the loss reads its own knobs (clip_eps_low, ...)
+
+    @property
+    def token_adv(self) -> Tensor:
+        """(n, 1) or (n, T): the advantages broadcastable against the per-token tensors."""
+        return self.adv.unsqueeze(-1) if self.adv.dim() == 1 else self.adv
+
+    def weighted(self, per_token: Tensor) -> Tensor:
+        """(n, T) ``per_token`` times the importance weights (unchanged when there are none)."""
+        return per_token if self.is_weights is None else per_token * self.is_weights
+
+
+@dataclass(frozen=True)
+class LossOutputs:
+    per_token: Tensor  # (n, T) the loss per token (the negated objective), weighted, not yet masked
+    clipped: Tensor  # (n, T) bool: where the loss clipped its ratio or weight (counted as train/clip_frac)
+
+
+POLICY_LOSSES: dict[str, Callable[[LossInputs], LossOutputs]] = {}
 
 
 def policy_loss(name: str):
@@ -152,31 +186,47 @@ def policy_loss(name: str):
     return register
 
 
-def get_policy_loss(name: str) -> Callable[..., tuple[Tensor, Tensor]]:
+def get_policy_loss(name: str) -> Callable[[LossInputs], LossOutputs]:
     if name not in POLICY_LOSSES:
         raise ValueError(f"unknown policy loss {name!r} (algorithm.policy_loss); known: {sorted(POLICY_LOSSES)}")
     return POLICY_LOSSES[name]
 
 
 @policy_loss("ppo_clip")
-def ppo_clip_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, alg) -> tuple[Tensor, Tensor]:
+def ppo_clip_loss(inp: LossInputs) -> LossOutputs:
     """The PPO clipped surrogate with clip-higher (``clip_eps_low``/``clip_eps_high``) and optional dual clip."""
-    return clipped_surrogate(logp, old_logp, adv, alg.clip_eps_low, alg.clip_eps_high, alg.dual_clip)
+    alg = inp.alg
+    loss, clipped = clipped_surrogate(inp.logp, inp.old_logp, inp.adv, alg.clip_eps_low, alg.clip_eps_high, alg.dual_clip)
+    return LossOutputs(inp.weighted(loss), clipped)
+
+
+@policy_loss("gspo")
+def gspo_loss(inp: LossInputs) -> LossOutputs:
+    """GSPO (Zheng et al., 2025), in its token form: one importance ratio per sequence,
+    s_i = exp(mean over the sequence's loss tokens of (logp - old_logp)), clipped to [1 - clip_eps_low,
+    1 + clip_eps_high] in the PPO way. Per token the ratio is s_i,t = sg[s_i] * pi(y_t) / sg[pi(y_t)]: its value
+    is s_i, its gradient s_i times that of log pi(y_t), so with per-sequence advantages and
+    ``seq_mean_token_mean`` the gradient is GSPO's sequence-level one. A sequence with no loss token has s_i = 1."""
+    m = inp.mask.to(inp.logp.dtype)
+    log_s = ((inp.logp - inp.old_logp) * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)  # (n,)
+    ratio = torch.exp(log_s.detach().unsqueeze(-1) + inp.logp - inp.logp.detach())  # (n, T), value s_i
+    alg = inp.alg
+    loss, clipped = _clip_ratio(ratio, inp.token_adv, alg.clip_eps_low, alg.clip_eps_high, alg.dual_clip)
+    return LossOutputs(inp.weighted(loss), clipped)
+
+
+@policy_loss("cispo")
+def cispo_loss(inp: LossInputs) -> LossOutputs:
+    """CISPO (MiniMax-M1, 2025): REINFORCE weighted by the clipped, stop-gradient importance ratio,
+    loss = -sg(clip(r, 1 - clip_eps_low, 1 + clip_eps_high)) * A * logp per token, r = pi / pi_old. No token
+    loses its gradient: clipping bounds the weight, never zeroes the update; ``clipped`` marks clipped weights."""
+    ratio = torch.exp(inp.logp.detach() - inp.old_logp)  # (n, T)
+    low, high = 1.0 - inp.alg.clip_eps_low, 1.0 + inp.alg.clip_eps_high
+    weight = ratio.clamp(min=low, max=high)
+    return LossOutputs(inp.weighted(-weight * inp.token_adv * inp.logp), (ratio < low) | (ratio > high))
 
 
 # ---------------------------------------------------------------- per-token terms
-
-
-def token_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
-    """(N, T, V) logits, (N, T) targets -> (N, T) log p(target)."""
-    logits = logits.float()
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
-
-def entropy_from_logits(logits: Tensor) -> Tensor:
-    """(N, T, V) -> (N, T) entropy of the full next-token distribution, in nats."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(dim=-1)
 
 
 def clipped_surrogate(
@@ -184,13 +234,17 @@ def clipped_surrogate(
 ) -> tuple[Tensor, Tensor]:
     """PPO clipped objective as a loss, per token.
 
-    logp, old_logp: (N, T); adv: (N,). Returns (N, T) loss = -min(r*A, clip(r, 1-eps_low, 1+eps_high)*A)
+    logp, old_logp: (N, T); adv: (N,) or (N, T). Returns (N, T) loss = -min(r*A, clip(r, 1-eps_low, 1+eps_high)*A)
     and (N, T) bool, True where a clipped branch was taken (the gradient is zero there).
     With ``dual_clip`` = c > 1, tokens with A < 0 are also bounded below: the objective is
     max(that, c*A), so a huge ratio on a bad token cannot blow up the loss (dual-clip PPO).
     """
-    ratio = torch.exp(logp - old_logp)  # (N, T)
-    a = adv.unsqueeze(-1)  # (N, 1)
+    a = adv.unsqueeze(-1) if adv.dim() == 1 else adv  # (N, 1) or (N, T)
+    return _clip_ratio(torch.exp(logp - old_logp), a, eps_low, eps_high, dual_clip)
+
+
+def _clip_ratio(ratio: Tensor, a: Tensor, eps_low: float, eps_high: float, dual_clip: float | None) -> tuple[Tensor, Tensor]:
+    """(N, T) ratios, advantages (N, 1) or (N, T) -> the clipped surrogate's (N, T) loss and clipped flags."""
     unclipped = ratio * a
     clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * a
     objective = torch.minimum(unclipped, clipped)
@@ -198,7 +252,7 @@ def clipped_surrogate(
     if dual_clip is not None:
         if dual_clip <= 1.0:
             raise ValueError(f"dual_clip must be > 1, not {dual_clip}")
-        floor = dual_clip * a  # (N, 1)
+        floor = dual_clip * a  # (N, 1) or (N, T)
         lower = (a < 0) & (objective < floor)
         objective = torch.where(lower, floor.expand_as(objective), objective)
         was_clipped = was_clipped | lower
@@ -272,8 +326,3 @@ def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: str = "k3") -> Tensor:
     if kind not in KL_ESTIMATORS:
         raise ValueError(f"unknown KL estimator {kind!r}; known: {sorted(KL_ESTIMATORS)}")
     return KL_ESTIMATORS[kind](logp, ref_logp)
-
-
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    m = mask.to(x.dtype)
-    return (x * m).sum() / m.sum().clamp(min=1)

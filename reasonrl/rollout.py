@@ -21,6 +21,7 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
+from reasonrl.runtime import Runtime
 from reasonrl.sharding import full_weights, is_sharded
 
 
@@ -41,8 +42,9 @@ class Rollout:
 
     ``loss_mask`` has one entry per completion token: 1 for tokens the policy
     wrote, 0 for tokens it did not (say, a tool's output inserted mid-completion);
-    None means every token is the policy's. ``policy_version`` is the number of
-    optimizer steps the sampling policy had taken.
+    None means every token is the policy's. ``policy_version`` is the version of
+    the policy that sampled it (the trainer's steps done when its weights were
+    published); the update compares it with the version it trains.
     """
 
     prompt_index: int
@@ -62,13 +64,40 @@ class Rollout:
 
 
 @dataclass
+class BatchStats:
+    """What sampling one step's batch took and found (one rank's, until :meth:`reduce`)."""
+
+    generate_s: float = 0.0  # seconds spent generating (wall clock)
+    verify_s: float = 0.0  # seconds spent scoring beyond generation (wall clock)
+    dropped: int = 0  # signal-free groups set aside by dynamic sampling, groups
+    redraws: int = 0  # extra draws dynamic sampling made, draws
+    zero_std_frac: float = 0.0  # fraction of the first draw's groups whose rewards were all equal
+    overlong_penalty_mean: float = 0.0  # mean soft overlong penalty of the first draw, reward units
+
+    def reduce(self, runtime: Runtime) -> "BatchStats":
+        """Every rank's statistics as one: times are the slowest rank's, counts summed, fractions averaged
+        (every rank samples as many groups). A world of one returns itself."""
+        if not runtime.distributed:
+            return self
+        rt = runtime
+        return BatchStats(
+            generate_s=rt.max(self.generate_s),
+            verify_s=rt.max(self.verify_s),
+            dropped=int(rt.sum(self.dropped)),
+            redraws=int(rt.sum(self.redraws)),
+            zero_std_frac=rt.sum(self.zero_std_frac) / rt.world_size,
+            overlong_penalty_mean=rt.sum(self.overlong_penalty_mean) / rt.world_size,
+        )
+
+
+@dataclass
 class RolloutBatch:
     """One step's sampled groups: B problems x G scored rollouts, prompt-major."""
 
     problems: list[dict]
     rollouts: list[Rollout]
     group_size: int
-    stats: dict = field(default_factory=dict)  # generate_s, verify_s, dropped, redraws, zero_std_frac, ...
+    stats: BatchStats = field(default_factory=BatchStats)
 
     @property
     def rewards(self) -> torch.Tensor:

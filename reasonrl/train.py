@@ -60,7 +60,7 @@ from reasonrl.runs import Interrupted, Run, RunError, RunRefused, announce, one_
 from reasonrl.runtime import Runtime, init_runtime
 from reasonrl.sharding import full_state_dict, is_sharded, shard_model
 from reasonrl.tasks import check_overlap, get_task, problem_source
-from reasonrl.update import UpdateSettings, update_policy
+from reasonrl.update import UpdateSettings, UpdateStats, update_policy
 from reasonrl.verifiers.scoring import Scored, check_failures, summarize
 
 log = logging.getLogger("reasonrl.train")
@@ -312,6 +312,7 @@ class GRPOTrainer:
             self.update_settings,
             ref_model=self.ref_model,
             step=self.steps_done + 1,
+            policy_version=self.steps_done,
             runtime=self.runtime,
         )
         self.steps_done += 1
@@ -324,7 +325,7 @@ class GRPOTrainer:
         self.last_batch = batch = self._whole_batch(batch)
         check_failures([r.verdicts for r in batch.rollouts], self.cfg.verify.max_failed_frac, step=self.steps_done)
         times = {"step_s": time.perf_counter() - t0, "train_s": train_s, "sync_s": sync_s}
-        return self._metrics_row(batch, update, {**times, **{k: batch.stats[k] for k in ("generate_s", "verify_s")}})
+        return self._metrics_row(batch, update, {**times, "generate_s": batch.stats.generate_s, "verify_s": batch.stats.verify_s})
 
     def _whole_batch(self, batch):
         """The step's batch as one process would have sampled it: every rank's groups (their sampler logprobs
@@ -336,15 +337,10 @@ class GRPOTrainer:
         rollouts, problems = rt.gather(light), rt.gather(batch.problems)
         for i, r in enumerate(rollouts):
             r.prompt_index = i // batch.group_size
-        st = batch.stats
-        stats = {
-            **{k: rt.max(st[k]) for k in ("generate_s", "verify_s")},
-            **{k: rt.sum(st[k]) for k in ("dropped", "redraws")},
-            **{k: rt.sum(st[k]) / rt.world_size for k in ("zero_std_frac", "overlong_penalty_mean")},
-        }
+        stats = batch.stats.reduce(rt)
         return RolloutBatch(problems=problems, rollouts=rollouts, group_size=batch.group_size, stats=stats)
 
-    def _metrics_row(self, batch, update: dict[str, float], times: dict[str, float]) -> dict[str, Any]:
+    def _metrics_row(self, batch, update: UpdateStats, times: dict[str, float]) -> dict[str, Any]:
         scored = Scored([r.reward for r in batch.rollouts], [r.verdicts for r in batch.rollouts], batch.masked)
         row: dict[str, Any] = {
             "step": self.steps_done,
@@ -352,26 +348,29 @@ class GRPOTrainer:
             **summarize(scored, list(self.verifiers)),
         }
         row.update(rollout_metrics(batch, self.tokenizer, self.cfg.task.answer_verifier, times["generate_s"]))
-        row.update({f"train/{k}": update[k] for k in ("loss", "kl", "entropy", "clip_frac", "grad_norm")})
+        row.update({f"train/{k}": getattr(update, k) for k in ("loss", "kl", "entropy", "clip_frac", "grad_norm")})
         row.update(
             {
                 "train/lr": self.sched.get_last_lr()[0],
-                "sampling/logprob_diff_mean": update["logprob_diff_mean"],
-                "sampling/logprob_diff_max": update["logprob_diff_max"],
-                "group/zero_std_frac": batch.stats["zero_std_frac"],
-                "group/dropped": batch.stats["dropped"],
-                "group/redraws": batch.stats["redraws"],
-                "reward/overlong_penalty_mean": batch.stats["overlong_penalty_mean"],
-                "train/masked_frac": update["masked_frac"],
+                "sampling/logprob_diff_mean": update.logprob_diff_mean,
+                "sampling/logprob_diff_max": update.logprob_diff_max,
+                "group/zero_std_frac": batch.stats.zero_std_frac,
+                "group/dropped": batch.stats.dropped,
+                "group/redraws": batch.stats.redraws,
+                "reward/overlong_penalty_mean": batch.stats.overlong_penalty_mean,
+                "train/masked_frac": update.masked_frac,
                 "verify/workers_replaced": self.pool.replaced if self.pool is not None else 0,
             }
         )
         if self.runtime.device.type == "cuda":
             row["gpu/peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
             torch.cuda.reset_peak_memory_stats()
-        if self.update_settings.use_tis:
-            row["sampling/tis_weight_mean"] = update["tis_weight_mean"]
-            row["sampling/tis_capped_frac"] = update["tis_capped_frac"]
+        if update.tis_weight_mean is not None:  # absent when no token took a weight (off, or every row stale/reused)
+            row["sampling/tis_weight_mean"] = update.tis_weight_mean
+            row["sampling/tis_capped_frac"] = update.tis_capped_frac
+        if update.staleness_max > 0:  # a synchronous step trains on its own samples: staleness 0, not logged
+            row["sampling/staleness_mean"] = update.staleness_mean
+            row["sampling/staleness_max"] = update.staleness_max
         return row
 
     # ------------------------------------------------------------------ evaluation, checkpoints

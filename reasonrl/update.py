@@ -1,12 +1,14 @@
 """The policy update of a GRPO step: advantages, packing, micro-batched forward/backward, optimizer step.
 
 :func:`update_policy` is steps 5-8 of one step (DESIGN.md), on one sampled
-batch, in place on the model and its optimizer: advantages from the estimator
-named by ``algorithm.advantage``, the per-token loss named by
-``algorithm.policy_loss`` (plus truncated importance sampling, a KL term to a
-frozen reference, an entropy bonus), aggregated by ``algorithm.loss_agg`` with
-the batch's global counts, over micro-batches, then clipping and one optimizer
-step per update (``algorithm.updates_per_batch``).
+batch, in place on the model and its optimizer: plan (advantages from the
+estimator named by ``algorithm.advantage``, per sequence or per token;
+micro-batches; packing; global counts; which rows are stale), the frozen
+reference's logprobs once, then per update and micro-batch forward ->
+objective (:func:`reasonrl.objective.policy_objective`: the loss named by
+``algorithm.policy_loss`` with truncated IS, KL and entropy, aggregated by
+``algorithm.loss_agg``) -> backward, then clipping and one optimizer step per
+update (``algorithm.updates_per_batch``). It returns :class:`UpdateStats`.
 
 It does not sample, score or log.
 """
@@ -22,8 +24,9 @@ import torch
 
 from reasonrl import grpo
 from reasonrl.checkpoint import pause_point
-from reasonrl.data import pack, pack_shared
+from reasonrl.data import SharedPacked, pack, pack_shared
 from reasonrl.logprobs import batch_logprobs, prompt_sharing_supported
+from reasonrl.objective import Counts, ObjectiveOutputs, policy_objective
 from reasonrl.runtime import Runtime
 
 
@@ -131,6 +134,41 @@ def autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+@dataclass(frozen=True)
+class UpdateStats:
+    """What one update of the policy measured (global: every rank's tokens and sequences)."""
+
+    loss: float  # the first update's loss (the aggregated objective), nats-scaled, as minimised
+    kl: float  # mean per-token KL (nats): to the reference with one, else k3 from the sampler to the policy
+    entropy: float  # mean per-token entropy of the policy on the sampled batch, nats
+    clip_frac: float  # fraction of completion tokens the loss clipped, over all updates
+    grad_norm: float  # the last update's gradient norm before clipping
+    logprob_diff_mean: float  # mean |trainer - sampler| logprob per completion token, nats
+    logprob_diff_max: float  # the largest of those gaps, nats
+    tis_weight_mean: float | None  # mean truncated-IS weight over the tokens that took one; None: none did
+    tis_capped_frac: float | None  # fraction of those tokens whose weight hit the cap; None: none took one
+    masked_frac: float  # fraction of sequences left out of the loss (masked verdicts, truncation)
+    completion_tokens: float  # completion tokens in the batch (the means' denominator), tokens
+    micro_batches: int  # forward/backward passes per update on every rank
+    staleness_mean: float  # mean over rollouts of (trained version - sampling version), in versions
+    staleness_max: int  # the oldest rollout's staleness, in versions
+
+
+@dataclass
+class _Plan:
+    """The batch cut into micro-batches and packed, with everything each pass needs."""
+
+    micro: list[list[int]]  # rollout indices of each micro-batch
+    batches: list  # Packed or SharedPacked per micro-batch, on the device
+    loss_masks: list[torch.Tensor]  # (n, T_k) each: completion tokens of the rows in the loss
+    advs: list[torch.Tensor]  # (n,) or (n, T_k) each
+    to_behaviour: list[torch.Tensor]  # (n,) bool each: rows whose ratio is to the sampler's logprobs
+    passes: list[int]  # micro-batch of each pass (a rank with fewer repeats its last one, with zero weight)
+    counts: Counts  # the global normalisers
+    masked_frac: float
+    staleness: tuple[float, int]  # (mean, max) over every rank's rollouts
+
+
 def update_policy(
     model,
     opt,
@@ -143,30 +181,98 @@ def update_policy(
     *,
     ref_model=None,
     step: int = 0,
+    policy_version: int = 0,
     runtime: Runtime | None = None,
-) -> dict[str, float]:
-    """Steps 5-8 of a GRPO step on one sampled batch, in place on ``model`` and ``opt``.
+) -> UpdateStats:
+    """Steps 5-8 of a GRPO step on one sampled batch, in place on ``model`` and ``opt``: plan, then per update and
+    micro-batch forward -> objective -> backward, then the optimizer step.
 
     rollouts: N = B*G rollouts, prompt-major; rewards: (N,); masked: N flags (timeout/error verdicts),
-    which leave the loss, the token and sequence counts, and their group's baseline. Micro-batches
-    follow :func:`plan_micro_batches`, each packed to its own longest sequence (with ``share_prompt`` and a
-    model that supports it, each distinct prompt runs once per micro-batch); logprobs come from the
-    final hidden states in blocks (:mod:`reasonrl.logprobs`), the reference model's once per batch. The
-    loss is normalised by the batch's global token and sequence counts (summed over ranks by
-    ``runtime``), so the update does not depend on how the batch is split. Returns the step's training
-    statistics (means over completion tokens; loss, entropy, KL and logprob gaps from the first update,
-    the sampled batch under the policy that sampled it; clip fraction over all updates).
+    which leave the loss, the token and sequence counts, and their group's baseline. ``policy_version`` is the
+    version of the policy being trained (the trainer's steps done): a rollout sampled by an older version takes
+    its ratio against the sampler's logprobs, whatever ``updates_per_batch`` is (see :mod:`reasonrl.objective`).
+    Micro-batches follow :func:`plan_micro_batches`, each packed to its own longest sequence (with
+    ``share_prompt`` and a model that supports it, each distinct prompt runs once per micro-batch); logprobs
+    come from the final hidden states in blocks (:mod:`reasonrl.logprobs`), the reference model's once per
+    batch. The loss is normalised by the batch's global token and sequence counts (summed over ranks by
+    ``runtime``), so the update does not depend on how the batch is split. Returns the step's statistics
+    (means over completion tokens; loss, entropy, KL and logprob gaps from the first update, the sampled
+    batch under the policy that sampled it; clip fraction over all updates).
     """
-    alg, use_tis, temperature = settings.alg, settings.use_tis, settings.temperature
-    runtime = runtime or Runtime()
+    alg, runtime = settings.alg, runtime or Runtime()
     device = next(model.parameters()).device
-    keep_flags = [not (m or (alg.mask_truncated and r.finish_reason == "length")) for m, r in zip(masked, rollouts)]
+    plan = _plan(model, ref_model, rollouts, rewards, masked, group_size, settings, policy_version, runtime, device)
+    ref_logps = _reference_logprobs(ref_model, plan, settings, device)
+    model.train()
+    tally = _Tally(alg.tis_cap)
+    for update in range(alg.updates_per_batch):
+        opt.zero_grad(set_to_none=True)
+        for j, k in enumerate(plan.passes):
+            b, weight = plan.batches[k], float(j < len(plan.micro))
+            with autocast(device, settings.compute_dtype):
+                logp, ent = batch_logprobs(model, b, settings.temperature, want_entropy=alg.entropy_coef > 0 or update == 0)
+            out = policy_objective(
+                alg,
+                logp,
+                b.sampler_logprobs,
+                plan.advs[k],
+                plan.loss_masks[k] * weight,
+                plan.to_behaviour[k],
+                plan.counts,
+                use_tis=settings.use_tis,
+                entropy=ent,
+                ref_logp=None if ref_logps is None else ref_logps[j],
+            )
+            out.loss.backward()
+            tally.add(out, b, logp, ent, weight, first=update == 0)
+        grad_norm = _clip_grad_norm(model, settings.grad_clip)  # of the whole model, the same on every rank
+        if update == 0:
+            tally.reduce(runtime)  # every rank's share
+        if not math.isfinite(tally.sums["loss"]) or not math.isfinite(grad_norm):  # global numbers: every rank stops
+            raise FloatingPointError(
+                f"non-finite loss {tally.sums['loss']} or grad norm {grad_norm} at step {step}"
+                + (f" (seen by all {runtime.world_size} processes)" if runtime.distributed else "")
+            )
+        pause_point(step, "optimizer")  # fault injection for the resume tests (a no-op otherwise)
+        opt.step()
+        sched.step()
+    opt.zero_grad(set_to_none=True)  # gradients are freed before the generator wakes up
+    return tally.stats(plan, grad_norm, ref_model is not None, alg.updates_per_batch, runtime)
+
+
+def _advantages(alg, rollouts, rewards, masked, group_size: int, runtime: Runtime) -> torch.Tensor:
+    """This rank's (N,) or (N, T) advantages, estimated on the whole batch (every rank's groups, rank-major):
+    batch-level statistics such as adv_scale=batch are then those of the global batch."""
     valid = torch.tensor([not m for m in masked])
-    # advantages from the whole batch (every rank's groups, rank-major): batch-level statistics such as
-    # adv_scale=batch are then those of the global batch, and each rank keeps its own rows
     everyone = grpo.estimate_advantages(alg.advantage, runtime.cat(rewards.float()), group_size, runtime.cat(valid), alg)
-    adv = everyone[runtime.rank * len(rollouts) : (runtime.rank + 1) * len(rollouts)].to(device)  # (N,)
-    surrogate = grpo.get_policy_loss(alg.policy_loss)
+    adv = everyone[runtime.rank * len(rollouts) : (runtime.rank + 1) * len(rollouts)]
+    if adv.dim() == 2:
+        longest = max((len(r.completion_ids) for r in rollouts), default=0)
+        if adv.shape[1] < longest:
+            raise ValueError(f"per-token advantages of width {adv.shape[1]} for completions of up to {longest} tokens")
+    elif adv.dim() != 1:
+        raise ValueError(f"advantages must be (N,) or (N, T), not of shape {tuple(adv.shape)}")
+    return adv
+
+
+def _micro_advantages(adv: torch.Tensor, idx: list[int], rollouts, batch) -> torch.Tensor:
+    """(n,) for per-sequence advantages; (n, T_k) per-token ones laid out like ``batch.completion_mask``
+    (completion token j of a row sits at j in a shared-prompt batch, at prompt length - 1 + j otherwise)."""
+    if adv.dim() == 1:
+        return adv[idx]
+    out = torch.zeros_like(batch.completion_mask)
+    shared = isinstance(batch, SharedPacked)
+    for row, i in enumerate(idx):
+        c, start = len(rollouts[i].completion_ids), 0 if shared else len(rollouts[i].prompt_ids) - 1
+        out[row, start : start + c] = adv[i, :c].to(out.dtype)
+    return out
+
+
+def _plan(model, ref_model, rollouts, rewards, masked, group_size, settings, policy_version, runtime, device) -> _Plan:
+    """Advantages, micro-batches, packing, loss masks, global counts and which rows are stale."""
+    alg = settings.alg
+    adv = _advantages(alg, rollouts, rewards, masked, group_size, runtime).to(device)
+    keep_flags = [not (m or (alg.mask_truncated and r.finish_reason == "length")) for m, r in zip(masked, rollouts)]
     caps = (settings.micro_batch_size, settings.max_tokens_per_micro_batch, settings.pass_cost_tokens)
     share = settings.share_prompt and all(prompt_sharing_supported(m) for m in (model, ref_model) if m is not None)
     if share:  # a group's prompt runs once per micro-batch, its completions on top of it
@@ -179,89 +285,90 @@ def update_policy(
     loss_masks = [b.completion_mask * k for b, k in zip(batches, keeps)]  # (n, T_k) each: per completion-token target
     total_tokens = int(runtime.sum(sum(float(m.sum()) for m in loss_masks)))  # global counts: the same update at any world size
     total_seqs = int(runtime.sum(sum(keep_flags)))
-    # every rank runs the same number of forward/backward passes (each one gathers and reduces shards): a rank
-    # with fewer micro-batches repeats its last one with zero weight
-    n_micro = int(runtime.max(len(micro)))
-    plan = list(range(len(micro))) + [len(micro) - 1] * (n_micro - len(micro))
-    ref_logps = None
-    if ref_model is not None:  # once per batch, not per update or micro-batch
-        with torch.no_grad(), autocast(device, settings.compute_dtype):
-            ref_logps = [  # per pass of the plan: a sharded reference gathers its shards as often on every rank
-                batch_logprobs(ref_model, b, temperature)[0] for b in (batches[k] for k in plan)
-            ]
+    n_micro = int(runtime.max(len(micro)))  # every rank runs as many passes (each one gathers and reduces shards)
+    staleness = [policy_version - r.policy_version for r in rollouts]
+    if any(s < 0 for s in staleness):
+        raise ValueError(
+            f"a rollout of policy version {policy_version - min(staleness)} is newer than the trained {policy_version}"
+        )
+    # several updates on one batch: the stored sampling-time logprobs are the old policy of every row
+    to_behaviour = [torch.tensor([alg.updates_per_batch > 1 or staleness[i] > 0 for i in idx], device=device) for idx in micro]
+    return _Plan(
+        micro=micro,
+        batches=batches,
+        loss_masks=loss_masks,
+        advs=[_micro_advantages(adv, idx, rollouts, b) for idx, b in zip(micro, batches)],
+        to_behaviour=to_behaviour,
+        passes=list(range(len(micro))) + [len(micro) - 1] * (n_micro - len(micro)),
+        counts=Counts(tokens=total_tokens, seqs=total_seqs, max_len=settings.max_len),
+        masked_frac=1.0 - total_seqs / runtime.sum(len(rollouts)),
+        staleness=(runtime.sum(sum(staleness)) / max(runtime.sum(len(rollouts)), 1), int(runtime.max(max(staleness, default=0)))),
+    )
 
-    model.train()
-    sums = dict.fromkeys(("loss", "entropy", "clip", "kl", "ref_kl", "diff", "tis", "tis_capped"), 0.0)
-    diff_max = 0.0
-    for update in range(alg.updates_per_batch):
-        opt.zero_grad(set_to_none=True)
-        for j, k in enumerate(plan):
-            idx, b, weight = micro[k], batches[k], float(j < len(micro))
-            m, a = b.completion_mask * weight, adv[idx]
-            with autocast(device, settings.compute_dtype):
-                logp, ent = batch_logprobs(model, b, temperature, want_entropy=alg.entropy_coef > 0 or update == 0)
-            # one update: the policy that sampled is this one; several: the stored sampling-time logprobs
-            old_logp = logp.detach() if alg.updates_per_batch == 1 else b.sampler_logprobs
-            per_tok, clipped = surrogate(logp, old_logp, a, alg)
-            if use_tis and alg.updates_per_batch == 1:
-                w = grpo.truncated_is_weights(old_logp, b.sampler_logprobs, alg.tis_cap)  # (n, T)
-                per_tok = per_tok * w
-                sums["tis"] += float((w * m).sum())
-                sums["tis_capped"] += float(((w >= alg.tis_cap) * m).sum())
-            if ref_logps is not None:
-                ref_kl = grpo.kl_estimate(logp, ref_logps[j], alg.kl_estimator)  # (n, T)
-                per_tok = per_tok + alg.kl_coef * ref_kl
-                if update == 0:
-                    sums["ref_kl"] += float((ref_kl.detach() * m).sum())
-            if alg.entropy_coef > 0:
-                per_tok = per_tok - alg.entropy_coef * ent
-            loss = grpo.aggregate(
-                alg.loss_agg,
-                per_tok,
-                loss_masks[k] * weight,
-                total_tokens=total_tokens,
-                total_seqs=total_seqs,
-                max_len=settings.max_len,
-            )
-            loss.backward()
-            sums["clip"] += float((clipped.float() * m).sum())
-            if update == 0:  # statistics of the sampled batch under the policy that sampled it
-                with torch.no_grad():
-                    diff = (logp.detach() - b.sampler_logprobs).abs() * m
-                    sums["loss"] += loss.item()
-                    sums["entropy"] += float((ent.detach() * m).sum())
-                    sums["kl"] += float((grpo.kl_estimate(b.sampler_logprobs, logp.detach(), "k3") * m).sum())
-                    sums["diff"] += float(diff.sum())
-                    diff_max = max(diff_max, float(diff.max()))
-        grad_norm = _clip_grad_norm(model, settings.grad_clip)  # of the whole model, the same on every rank
-        if update == 0:
-            sums = {k: v if k == "clip" else runtime.sum(v) for k, v in sums.items()}  # every rank's share
-            diff_max = runtime.max(diff_max)
-        if not math.isfinite(sums["loss"]) or not math.isfinite(grad_norm):  # global numbers: every rank stops
-            raise FloatingPointError(
-                f"non-finite loss {sums['loss']} or grad norm {grad_norm} at step {step}"
-                + (f" (seen by all {runtime.world_size} processes)" if runtime.distributed else "")
-            )
-        pause_point(step, "optimizer")  # fault injection for the resume tests (a no-op otherwise)
-        opt.step()
-        sched.step()
-    opt.zero_grad(set_to_none=True)  # gradients are freed before the generator wakes up
-    sums["clip"] = runtime.sum(sums["clip"])
-    n_comp = max(runtime.sum(sum(float(b.completion_mask.sum()) for b in batches)), 1.0)
-    return {
-        "loss": sums["loss"],
-        "kl": (sums["ref_kl"] if ref_model is not None else sums["kl"]) / n_comp,
-        "entropy": sums["entropy"] / n_comp,
-        "clip_frac": sums["clip"] / (n_comp * alg.updates_per_batch),
-        "grad_norm": grad_norm,
-        "logprob_diff_mean": sums["diff"] / n_comp,
-        "logprob_diff_max": diff_max,
-        "tis_weight_mean": sums["tis"] / n_comp,
-        "tis_capped_frac": sums["tis_capped"] / n_comp,
-        "masked_frac": 1.0 - total_seqs / runtime.sum(len(rollouts)),
-        "completion_tokens": n_comp,
-        "micro_batches": n_micro,
-    }
+
+def _reference_logprobs(ref_model, plan: _Plan, settings: UpdateSettings, device) -> list[torch.Tensor] | None:
+    """The frozen reference's (n, T_k) logprobs for every pass of the plan, once per batch (not per update or
+    micro-batch); per pass, so that a sharded reference gathers its shards as often on every rank."""
+    if ref_model is None:
+        return None
+    with torch.no_grad(), autocast(device, settings.compute_dtype):
+        return [batch_logprobs(ref_model, plan.batches[k], settings.temperature)[0] for k in plan.passes]
+
+
+class _Tally:
+    """Sums of the update's statistics over passes: the first update's describe the sampled batch under the
+    policy that sampled it; the clip count runs over every update."""
+
+    def __init__(self, tis_cap: float):
+        self.tis_cap = tis_cap
+        keys = ("loss", "entropy", "kl", "ref_kl", "diff", "tis", "tis_tokens", "tis_capped")
+        self.sums, self.diff_max, self.clip = dict.fromkeys(keys, 0.0), 0.0, 0.0
+
+    def add(self, out: ObjectiveOutputs, b, logp: torch.Tensor, ent: torch.Tensor, weight: float, first: bool) -> None:
+        m = b.completion_mask * weight  # (n, T): every completion token, the masked rollouts' included
+        self.clip += float((out.clipped.float() * m).sum())
+        if not first:
+            return
+        s = self.sums
+        with torch.no_grad():
+            if out.tis_weights is not None:
+                tm = m * out.tis_rows.unsqueeze(-1)
+                s["tis"] += float((out.tis_weights * tm).sum())
+                s["tis_tokens"] += float(tm.sum())
+                s["tis_capped"] += float(((out.tis_weights >= self.tis_cap) * tm).sum())
+            if out.ref_kl is not None:
+                s["ref_kl"] += float((out.ref_kl * m).sum())
+            diff = (logp.detach() - b.sampler_logprobs).abs() * m
+            s["loss"] += out.loss.item()
+            s["entropy"] += float((ent.detach() * m).sum())
+            s["kl"] += float((grpo.kl_estimate(b.sampler_logprobs, logp.detach(), "k3") * m).sum())
+            s["diff"] += float(diff.sum())
+            self.diff_max = max(self.diff_max, float(diff.max()))
+
+    def reduce(self, runtime: Runtime) -> None:
+        self.sums = {k: runtime.sum(v) for k, v in self.sums.items()}
+        self.diff_max = runtime.max(self.diff_max)
+
+    def stats(self, plan: _Plan, grad_norm: float, has_ref: bool, updates: int, runtime: Runtime) -> UpdateStats:
+        s, clip = self.sums, runtime.sum(self.clip)
+        n_comp = max(runtime.sum(sum(float(b.completion_mask.sum()) for b in plan.batches)), 1.0)
+        tis = s["tis_tokens"] > 0
+        return UpdateStats(
+            loss=s["loss"],
+            kl=(s["ref_kl"] if has_ref else s["kl"]) / n_comp,
+            entropy=s["entropy"] / n_comp,
+            clip_frac=clip / (n_comp * updates),
+            grad_norm=grad_norm,
+            logprob_diff_mean=s["diff"] / n_comp,
+            logprob_diff_max=self.diff_max,
+            tis_weight_mean=s["tis"] / s["tis_tokens"] if tis else None,
+            tis_capped_frac=s["tis_capped"] / s["tis_tokens"] if tis else None,
+            masked_frac=plan.masked_frac,
+            completion_tokens=n_comp,
+            micro_batches=len(plan.passes),
+            staleness_mean=plan.staleness[0],
+            staleness_max=plan.staleness[1],
+        )
 
 
 def _clip_grad_norm(model, max_norm: float) -> float:

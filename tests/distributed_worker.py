@@ -15,6 +15,7 @@ step and write its loss and parameters; one process loads that checkpoint and ta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -81,7 +82,7 @@ def one_update(model, ros, rewards, masked, alg, runtime, share: bool = False):
     hook = model.model.register_forward_pre_hook(lambda *_: passes.__setitem__(0, passes[0] + 1))
     stats = update_policy(model, opt, sched, ros, rewards, masked, G, settings, ref_model=ref, step=1, runtime=runtime)
     hook.remove()
-    return {**stats, "passes": passes[0]}
+    return {**dataclasses.asdict(stats), "passes": passes[0]}
 
 
 def check_update(runtime: Runtime, out: str) -> None:
@@ -176,7 +177,7 @@ def check_dynamic(runtime: Runtime, out: str) -> None:
     batch = collect_groups(gen, tok, stream, lambda p: p["question"], {"r": (RankVerifier(runtime.rank), 1.0)}, None,
                            plan, seed=5, runtime=runtime)  # fmt: skip
     with open(f"{out}.{runtime.rank}.json", "w") as f:
-        json.dump({"calls": gen.calls, "groups": len(batch.rollouts) // plan.G, **batch.stats}, f)
+        json.dump({"calls": gen.calls, "groups": len(batch.rollouts) // plan.G, **dataclasses.asdict(batch.stats)}, f)
 
 
 def two_batches():
@@ -209,7 +210,7 @@ def check_save_resume(runtime: Runtime, out: str, save: bool) -> None:
     params = {name: t.tolist() for name, t in full_tensors(model)}
     if runtime.is_main:
         with open(f"{out}/{'saved' if save else 'resumed'}.json", "w") as f:
-            json.dump({"loss": stats["loss"], "params": params}, f)
+            json.dump({"loss": stats.loss, "params": params}, f)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import math
 
+import oracle
 import pytest
 import torch
 
@@ -85,16 +86,17 @@ def test_kl_estimators():
     assert grpo.kl_estimate(logp, logp, "k3").item() == 0.0
 
 
-def test_entropy_and_token_logprobs():
+def test_the_oracles_entropy_and_token_logprobs():
     # uniform over 2: ln 2 = .693147; probs (.25, .75): -(.25 ln .25 + .75 ln .75) = .562335
     logits = torch.tensor([[[0.0, 0.0], [0.0, math.log(3.0)]]])
-    assert grpo.entropy_from_logits(logits)[0].tolist() == pytest.approx([0.693147, 0.562335], abs=1e-6)
+    assert oracle.entropy_from_logits(logits)[0].tolist() == pytest.approx([0.693147, 0.562335], abs=1e-6)
     # log p(token 1) under (.25, .75) = ln .75 = -.287682
-    assert grpo.token_logprobs(logits, torch.tensor([[1, 1]]))[0, 1].item() == pytest.approx(-0.287682, abs=1e-6)
+    assert oracle.token_logprobs(logits, torch.tensor([[1, 1]]))[0, 1].item() == pytest.approx(-0.287682, abs=1e-6)
 
 
-def test_masked_mean_ignores_padding():
-    assert grpo.masked_mean(torch.tensor([1.0, 3.0, 100.0]), torch.tensor([1, 1, 0])).item() == 2.0
+def test_the_oracles_masked_mean_ignores_padding():
+    assert oracle.masked_mean(torch.tensor([1.0, 3.0, 100.0]), torch.tensor([1, 1, 0])).item() == 2.0
+    assert oracle.masked_mean(torch.tensor([5.0, 100.0]), torch.tensor([1, 0])).item() == 5.0  # one token: itself
 
 
 def test_truncated_importance_weights():
@@ -140,3 +142,115 @@ def test_rloo_advantages_by_hand():
     assert estimate_advantages("rloo", torch.tensor([3.0, 1.0]), 2, torch.tensor([True, False]), None).tolist() == [0.0, 0.0]
     with pytest.raises(ValueError, match="unknown advantage estimator 'nope'.*rloo"):
         estimate_advantages("nope", r, 3, valid, None)
+
+
+# ---------------------------------------------------------------- the loss interface, GSPO, CISPO, the objective
+
+
+def _alg(**knobs):
+    from reasonrl.config import AlgorithmConfig
+
+    return AlgorithmConfig(**knobs)
+
+
+def _inputs(logp, old, adv, mask=None, is_weights=None, **knobs):
+    mask = torch.ones_like(logp) if mask is None else mask
+    return grpo.LossInputs(logp, old, old, adv, mask, is_weights, _alg(**knobs))
+
+
+def test_per_token_advantages_that_broadcast_give_the_per_sequence_loss():
+    # A = (1, -1) per sequence or the same repeated over T = 2: the PPO loss is the same tensor
+    logp, old = torch.log(torch.tensor([[1.5, 0.9], [1.1, 0.5]])), torch.zeros(2, 2)
+    per_seq = grpo.clipped_surrogate(logp, old, torch.tensor([1.0, -1.0]), 0.2, 0.2)
+    per_tok = grpo.clipped_surrogate(logp, old, torch.tensor([[1.0, 1.0], [-1.0, -1.0]]), 0.2, 0.2)
+    assert torch.equal(per_seq[0], per_tok[0]) and torch.equal(per_seq[1], per_tok[1])
+    # a per-token advantage changes its own token only: A[0, 1] = 3 -> ratio .9 unclipped, loss -2.7
+    changed = grpo.clipped_surrogate(logp, old, torch.tensor([[1.0, 3.0], [-1.0, -1.0]]), 0.2, 0.2)[0]
+    assert changed[0, 1].item() == pytest.approx(-2.7) and (changed != per_seq[0]).sum() == 1
+
+
+def test_ppo_clip_applies_the_importance_weights_it_is_given():
+    # ratio 1, A = 2: loss -2 per token; weights (1.5, .5) -> -3, -1
+    logp = torch.tensor([[-0.7, -1.2]])
+    out = grpo.get_policy_loss("ppo_clip")(_inputs(logp, logp, torch.tensor([2.0]), is_weights=torch.tensor([[1.5, 0.5]])))
+    assert out.per_token.tolist()[0] == pytest.approx([-3.0, -1.0]) and not out.clipped.any()
+
+
+def test_gspo_takes_one_ratio_per_sequence_over_its_loss_tokens():
+    # eps .1 / .1. logp - old per token, mask, advantage:
+    #   seq 0: (.1, .3, [5, masked]) -> mean .2 -> s = e^.2 = 1.221403; A = +1: min(1.2214, 1.1) = 1.1 -> loss -1.1, clipped
+    #   seq 1: (-.3, 0, -.3) -> mean -.2 -> s = e^-.2 = .818731; A = -1: min(-.8187, -.9) = -.9 -> loss .9, clipped
+    #   seq 2: (.05, .05, .05) -> s = e^.05 = 1.051271; A = +1: inside the range -> loss -1.051271, not clipped
+    diff = torch.tensor([[0.1, 0.3, 5.0], [-0.3, 0.0, -0.3], [0.05, 0.05, 0.05]])
+    mask = torch.tensor([[1.0, 1, 0], [1, 1, 1], [1, 1, 1]])
+    old = torch.full((3, 3), -2.0)
+    logp = (old + diff).requires_grad_(True)
+    out = grpo.get_policy_loss("gspo")(
+        _inputs(logp, old, torch.tensor([1.0, -1.0, 1.0]), mask, clip_eps_low=0.1, clip_eps_high=0.1)
+    )
+    assert out.per_token[:, 0].tolist() == pytest.approx([-1.1, 0.9, -1.051271], abs=1e-6)
+    assert out.clipped.tolist() == [[True] * 3, [True] * 3, [False] * 3]  # one decision per sequence
+    # token form: the gradient of each token of an unclipped sequence is -A * s (here -1.051271), 0 where clipped
+    (out.per_token * mask).sum().backward()
+    assert logp.grad[2].tolist() == pytest.approx([-1.051271] * 3, abs=1e-6)
+    assert logp.grad[:2].abs().max().item() == 0.0
+
+
+def test_gspo_token_form_has_the_sequence_level_gradient():
+    # with per-sequence advantages and seq_mean_token_mean, the token form's gradient is that of
+    # -(1/N) sum_i s_i A_i, s_i = exp(mean_t (logp - old)): d/d logp_t = -A_i s_i / (N |y_i|)
+    old = torch.log(torch.tensor([[0.3, 0.2, 0.5], [0.4, 0.4, 0.1]]))
+    mask = torch.tensor([[1.0, 1, 1], [1, 1, 0]])
+    adv = torch.tensor([0.5, -2.0])
+    logp = (old + torch.tensor([[0.01, -0.02, 0.03], [0.02, 0.0, 9.0]])).requires_grad_(True)
+    out = grpo.get_policy_loss("gspo")(_inputs(logp, old, adv, mask, clip_eps_low=0.2, clip_eps_high=0.2))
+    grpo.aggregate("seq_mean_token_mean", out.per_token, mask, total_tokens=5, total_seqs=2, max_len=3).backward()
+    x = logp.detach().clone().requires_grad_(True)
+    s = torch.exp(((x - old) * mask).sum(1) / mask.sum(1))
+    (-(s * adv).sum() / 2).backward()
+    assert torch.allclose(logp.grad * mask, x.grad * mask, atol=1e-7)
+
+
+def test_cispo_weights_reinforce_by_the_clipped_ratio_and_keeps_every_gradient():
+    # eps_low 1 (no lower bound), eps_high 1 (weights at most 2); r = pi / pi_old, loss = -sg(clip r) * A * logp:
+    #   p .6 / old .4: r 1.5 -> w 1.5, A +1: -1.5 * ln .6 = -1.5 * -.510826 = .766238, d/dlogp = -1.5
+    #   p .3 / old .1: r 3 -> w 2 (clipped), A -1: 2 * ln .3 = 2 * -1.203973 = -2.407946, d/dlogp = 2
+    #   p .2 / old .4: r .5 -> w .5, A +2: -.5 * 2 * ln .2 = 1.609438, d/dlogp = -1
+    logp = torch.log(torch.tensor([[0.6], [0.3], [0.2]])).requires_grad_(True)
+    old = torch.log(torch.tensor([[0.4], [0.1], [0.4]]))
+    out = grpo.get_policy_loss("cispo")(_inputs(logp, old, torch.tensor([1.0, -1.0, 2.0]), clip_eps_low=1.0, clip_eps_high=1.0))
+    assert out.per_token.squeeze(1).tolist() == pytest.approx([0.766238, -2.407946, 1.609438], abs=1e-6)
+    assert out.clipped.squeeze(1).tolist() == [False, True, False]
+    out.per_token.sum().backward()
+    assert logp.grad.squeeze(1).tolist() == pytest.approx([-1.5, 2.0, -1.0], abs=1e-6)  # a clipped token still learns
+    # eps_low .2: r .5 is lifted to .8 (clipped): loss -.8 * 2 * ln .2 = 2.575101
+    low = grpo.get_policy_loss("cispo")(
+        _inputs(logp.detach(), old, torch.tensor([1.0, -1.0, 2.0]), clip_eps_low=0.2, clip_eps_high=1.0)
+    )
+    assert low.per_token[2, 0].item() == pytest.approx(2.575101, abs=1e-6) and low.clipped[2, 0]
+
+
+def test_the_objective_weights_fresh_rows_and_takes_stale_ratios_to_the_sampler():
+    # both rows: trainer p .5, sampler p .25, A = +1, clip .2 / .2, TIS cap 1.5, token mean over 2 tokens
+    #   row 0 fresh: ratio to itself 1 -> surrogate -1; TIS weight min(.5/.25, 1.5) = 1.5 -> -1.5
+    #   row 1 stale: ratio to the sampler 2 -> clipped at 1.2 -> -1.2; no TIS weight (the sampler is already
+    #   the ratio's denominator): 1
+    #   loss = (-1.5 - 1.2) / 2 = -1.35
+    from reasonrl.objective import Counts, policy_objective
+
+    logp = torch.log(torch.full((2, 1), 0.5)).requires_grad_(True)
+    sampler = torch.log(torch.full((2, 1), 0.25))
+    out = policy_objective(
+        _alg(tis_cap=1.5), logp, sampler, torch.ones(2), torch.ones(2, 1), torch.tensor([False, True]),
+        Counts(tokens=2, seqs=2, max_len=1), use_tis=True,
+    )  # fmt: skip
+    assert out.loss.item() == pytest.approx(-1.35)
+    assert out.tis_weights.squeeze(1).tolist() == [1.5, 1.0] and out.tis_rows.tolist() == [True, False]
+    assert out.clipped.squeeze(1).tolist() == [False, True]
+    # KL and entropy join in the same place: + .1 * k3 (ref p .25: .193147) - .01 * H (H = 2) per token
+    out = policy_objective(
+        _alg(kl_coef=0.1, entropy_coef=0.01), logp, sampler, torch.ones(2), torch.ones(2, 1), torch.tensor([False, False]),
+        Counts(tokens=2, seqs=2, max_len=1), entropy=torch.full((2, 1), 2.0), ref_logp=sampler,
+    )  # fmt: skip
+    assert out.loss.item() == pytest.approx(-1 + 0.1 * 0.193147 - 0.02, abs=1e-6)
+    assert out.tis_weights is None and out.ref_kl.squeeze(1).tolist() == pytest.approx([0.193147] * 2, abs=1e-6)

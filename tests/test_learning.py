@@ -28,7 +28,7 @@ PAD = 0
 # Rewards per sample, prompt-major. Within each group of G the signs of the advantages are
 # +,+,+,- / -,-,-,+ / +,-,-,-; grouping by B instead of G would give most samples 0.
 REWARDS = torch.tensor([1.0, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0])
-PRESETS = ["grpo", "grpo_deepseekmath", "dr_grpo", "dapo"]
+PRESETS = ["grpo", "grpo_deepseekmath", "dr_grpo", "dapo", "gspo", "cispo"]
 
 
 def tiny_model(seed: int = 0):
@@ -134,7 +134,7 @@ def test_a_masked_sample_changes_nothing_and_is_counted():
         results.append((torch.cat([p.detach().flatten() for p in model.parameters()]), stats))
     for params, stats in results[1:]:
         assert torch.allclose(params, results[0][0], rtol=0, atol=1e-7)
-        assert stats["masked_frac"] == pytest.approx(1 / 12)
+        assert stats.masked_frac == pytest.approx(1 / 12)
     unmasked = tiny_model()
     run_update(unmasked, rollouts(), REWARDS, alg, lr=1.0, sgd=True, grad_clip=1e9)
     assert not torch.allclose(torch.cat([p.detach().flatten() for p in unmasked.parameters()]), results[0][0], atol=1e-6)
@@ -166,7 +166,7 @@ def test_clip_statistics_count_every_update():
     model = tiny_model()
     old = completion_logprobs(model, rollouts())
     stats = run_update(model, rollouts(logprobs=old), REWARDS, algorithm("grpo", "updates_per_batch=2"), lr=0.3)
-    assert stats["clip_frac"] > 0
+    assert stats.clip_frac > 0
 
 
 def test_the_entropy_bonus_raises_entropy():
@@ -216,6 +216,8 @@ def test_every_preset_has_the_values_the_readme_states():
             assert (alg.kl_estimator, alg.kl_coef) == (estimator, float(coef)), preset
         assert alg.dynamic_sampling == ("dynamic sampling" in extras), preset
         assert (alg.overlong_buffer > 0) == ("overlong penalty" in extras), preset
+        named = re.search(r"policy_loss=(\w+)", extras)
+        assert alg.policy_loss == (named.group(1) if named else "ppo_clip"), preset
 
 
 def test_a_new_estimator_and_loss_are_one_decorated_function_each():
@@ -230,9 +232,9 @@ def test_a_new_estimator_and_loss_are_one_decorated_function_each():
         return (rewards - 0.5).sign() * valid
 
     @grpo.policy_loss("test_reinforce")
-    def reinforce(logp, old_logp, adv, alg):
+    def reinforce(inp: grpo.LossInputs) -> grpo.LossOutputs:
         calls.append("loss")
-        return -logp * adv.unsqueeze(-1), torch.zeros_like(logp, dtype=torch.bool)
+        return grpo.LossOutputs(inp.weighted(-inp.logp * inp.token_adv), torch.zeros_like(inp.logp, dtype=torch.bool))
 
     try:
         model = tiny_model()
@@ -267,8 +269,8 @@ def test_truncated_importance_sampling_weights_the_loss_and_caps():
         stats.append(update_policy(model, opt, sched, rollouts(logprobs=sampler), REWARDS, [False] * 12, G, settings))
         changes.append(_flat(model) - start)
     assert torch.allclose(changes[1], 2 * changes[0], atol=1e-6) and changes[0].abs().max() > 0
-    assert stats[0]["tis_weight_mean"] == pytest.approx(1.0) and stats[0]["tis_capped_frac"] == 0.0
-    assert stats[1]["tis_weight_mean"] == pytest.approx(2.0) and stats[1]["tis_capped_frac"] == 1.0
+    assert stats[0].tis_weight_mean == pytest.approx(1.0) and stats[0].tis_capped_frac == 0.0
+    assert stats[1].tis_weight_mean == pytest.approx(2.0) and stats[1].tis_capped_frac == 1.0
 
 
 def test_micro_batch_size_does_not_change_the_update():
@@ -288,3 +290,83 @@ def test_a_non_finite_loss_stops_the_update_with_the_step():
     rewards[0] = float("nan")
     with pytest.raises(FloatingPointError, match="non-finite loss .* at step 1"):
         run_update(tiny_model(), rollouts(), rewards, algorithm("grpo"))
+
+
+# -- per-token advantages ---------------------------------------------------------------------------------------
+def _long_rollouts() -> list[Rollout]:
+    """B*G rollouts whose completions have 1 to 3 tokens, so that per-token advantages have tokens to choose."""
+    ros = rollouts()
+    for k, r in enumerate(ros):
+        r.completion_ids = [10 + k, 20 + (k % 3), 30][: 1 + k % 3]
+    return ros
+
+
+def _logp_gradients(advantage: str, share: bool) -> list[torch.Tensor]:
+    """d loss / d logp (n, T) of every micro-batch of one update with estimator ``advantage``, read by a loss that
+    wraps ppo_clip; the rows where a completion token sits are those of the micro-batch's loss mask."""
+    from reasonrl import grpo
+
+    grads = []
+
+    @grpo.policy_loss("test_probe")
+    def probe(inp: grpo.LossInputs) -> grpo.LossOutputs:
+        inp.logp.register_hook(lambda g: grads.append((g * inp.mask).detach()))
+        return grpo.ppo_clip_loss(inp)
+
+    try:
+        model = tiny_model()
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        alg = algorithm("grpo", f"advantage={advantage}", "policy_loss=test_probe")
+        settings = UpdateSettings(alg=alg, pad_id=PAD, micro_batch_size=5, max_len=4, grad_clip=1e9, share_prompt=share)
+        update_policy(model, opt, sched, _long_rollouts(), REWARDS, [False] * 12, G, settings)
+    finally:
+        grpo.POLICY_LOSSES.pop("test_probe")
+    return grads
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_per_token_advantages_that_broadcast_give_the_same_update_and_one_token_changes_only_itself(share):
+    """An (N, T) estimator that repeats grpo's (N,) values over T (wider than any completion) gives the very same
+    gradients; one that zeroes every token but each completion's first leaves exactly those tokens' gradients."""
+    from reasonrl import grpo
+
+    @grpo.advantage_estimator("test_broadcast")
+    def broadcast(rewards, group_size, valid, alg):
+        return grpo.grpo_advantages(rewards, group_size, valid, alg).unsqueeze(-1).expand(-1, 5)
+
+    @grpo.advantage_estimator("test_first_token")
+    def first_token(rewards, group_size, valid, alg):
+        adv = broadcast(rewards, group_size, valid, alg).clone()
+        adv[:, 1:] = 0.0
+        return adv
+
+    try:
+        per_seq = _logp_gradients("grpo", share)
+        same = _logp_gradients("test_broadcast", share)
+        first = _logp_gradients("test_first_token", share)
+    finally:
+        grpo.ADVANTAGE_ESTIMATORS.pop("test_broadcast")
+        grpo.ADVANTAGE_ESTIMATORS.pop("test_first_token")
+    assert len(per_seq) == len(same) == len(first) > 1
+    for g_seq, g_same, g_first in zip(per_seq, same, first):
+        assert torch.equal(g_seq, g_same)
+        for row in range(g_seq.shape[0]):  # the first completion token of a row is its first nonzero gradient
+            cols = g_seq[row].nonzero().flatten()
+            assert g_first[row, cols[0]] == g_seq[row, cols[0]] != 0  # the intended token keeps its gradient
+            assert (g_first[row, cols[1:]] == 0).all()  # every other token of the row has none
+        assert (g_first != 0).sum() == g_seq.shape[0]
+
+
+def test_per_token_advantages_narrower_than_a_completion_are_refused():
+    from reasonrl import grpo
+
+    @grpo.advantage_estimator("test_narrow")
+    def narrow(rewards, group_size, valid, alg):
+        return torch.zeros(len(rewards), 2)
+
+    try:
+        with pytest.raises(ValueError, match="width 2 for completions of up to 3 tokens"):
+            run_update(tiny_model(), _long_rollouts(), REWARDS, algorithm("grpo", "advantage=test_narrow"))
+    finally:
+        grpo.ADVANTAGE_ESTIMATORS.pop("test_narrow")

@@ -14,9 +14,9 @@ import itertools
 
 import pytest
 import torch
+from oracle import entropy_from_logits, token_logprobs
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from reasonrl import grpo
 from reasonrl.logprobs import completion_logprobs, token_logprobs_and_entropy
 
 
@@ -55,7 +55,7 @@ def test_chunked_logprobs_entropy_and_gradients_equal_the_full_computation(tie, 
     model = model_of(vocab, tie)
     ids, att, cmask = batch(vocab)
     logits = model(input_ids=ids, attention_mask=att).logits[:, :-1] / temperature
-    ref_lp, ref_ent = grpo.token_logprobs(logits, ids[:, 1:]) * cmask, grpo.entropy_from_logits(logits) * cmask
+    ref_lp, ref_ent = token_logprobs(logits, ids[:, 1:]) * cmask, entropy_from_logits(logits) * cmask
     (ref_lp.sum() + 0.3 * ref_ent.sum()).backward()
     ref_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
@@ -292,7 +292,7 @@ def test_the_reference_model_runs_once_per_batch_and_token_budgets_change_nothin
         )
         stats = update_policy(model, opt, sched, rollouts(logprobs=old), REWARDS, [False] * 12, G, settings, ref_model=ref)
         finals.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
-        calls.append((count[0], stats["micro_batches"]))
+        calls.append((count[0], stats.micro_batches))
     assert calls == [(1, 1), (6, 6)]  # one reference pass per micro-batch, whatever the number of updates
     assert torch.allclose(finals[0], finals[1], atol=1e-6)
 

@@ -276,7 +276,7 @@ def test_overlapped_scoring_gives_the_same_batch():
         pool.run([{"answer": "1"}], ["1"])  # workers started
         t = time.time()
         on = batch(pool, True)
-        generated_by = t + on.stats["generate_s"]
+        generated_by = t + on.stats.generate_s
         off = batch(pool, False)
     local = batch(None, False)
     key = [(r.completion_ids, r.reward, r.masked, {k: v.status for k, v in r.verdicts.items()}) for r in on.rollouts]

@@ -82,7 +82,7 @@ def test_each_rank_takes_its_own_share_of_the_drawn_problems_and_its_own_seed():
 
 
 def test_the_whole_batch_points_every_rollout_at_its_own_problem_and_averages_fractions():
-    from reasonrl.rollout import Rollout, RolloutBatch
+    from reasonrl.rollout import BatchStats, Rollout, RolloutBatch
     from reasonrl.train import GRPOTrainer
 
     def rank_batch(rt):
@@ -90,16 +90,16 @@ def test_the_whole_batch_points_every_rollout_at_its_own_problem_and_averages_fr
         problems = [{"id": f"r{rt.rank}p{b}"} for b in range(2)]
         rollouts = [Rollout(prompt_index=b, prompt_ids=[1], completion_ids=[2], text=f"r{rt.rank}p{b}", finish_reason="stop",
                             logprobs=[-1.0]) for b in range(2) for _ in range(G)]  # fmt: skip
-        stats = {"generate_s": 1.0 + rt.rank, "verify_s": 0.5, "dropped": 1, "redraws": rt.rank,
-                 "zero_std_frac": [0.5, 0.0][rt.rank], "overlong_penalty_mean": [-0.2, 0.0][rt.rank]}  # fmt: skip
+        stats = BatchStats(generate_s=1.0 + rt.rank, verify_s=0.5, dropped=1, redraws=rt.rank,
+                           zero_std_frac=[0.5, 0.0][rt.rank], overlong_penalty_mean=[-0.2, 0.0][rt.rank])  # fmt: skip
         batch = RolloutBatch(problems=problems, rollouts=rollouts, group_size=G, stats=stats)
         return GRPOTrainer._whole_batch(types.SimpleNamespace(runtime=rt), batch)
 
     whole = run_ranks(2, rank_batch)[0]
     assert [whole.problems[r.prompt_index]["id"] for r in whole.rollouts] == [r.text for r in whole.rollouts]
     assert [r.text for r in whole.rollouts] == ["r0p0", "r0p0", "r0p1", "r0p1", "r1p0", "r1p0", "r1p1", "r1p1"]
-    assert whole.stats == {"generate_s": 2.0, "verify_s": 0.5, "dropped": 2, "redraws": 1,
-                           "zero_std_frac": 0.25, "overlong_penalty_mean": -0.1}  # fmt: skip
+    assert whole.stats == BatchStats(generate_s=2.0, verify_s=0.5, dropped=2, redraws=1,
+                                     zero_std_frac=0.25, overlong_penalty_mean=-0.1)  # fmt: skip
     assert all(r.logprobs == [] for r in whole.rollouts)  # sampler logprobs stay on their rank
     assert dataclasses.is_dataclass(whole)
 

@@ -106,7 +106,7 @@ def embedded_shapes(model, micro_batch_size: int, max_tokens: int = 0) -> tuple[
 def test_each_prompt_runs_once_per_micro_batch():
     seen, stats = embedded_shapes(model_of("llama"), micro_batch_size=4)
     # one micro-batch per group (4 sequences each): its prompt once, then its 4 completions
-    assert stats["micro_batches"] == 3
+    assert stats.micro_batches == 3
     prompt_rows = [rows for rows, _ in seen[0::2]]
     assert prompt_rows == [1, 1, 1] and [rows for rows, _ in seen[1::2]] == [4, 4, 4]
     assert sorted(width for _, width in seen[0::2]) == [3, 7, 11]
@@ -123,7 +123,7 @@ def test_the_token_budget_counts_each_prompt_once_under_sharing():
     whole = [a + b for a, b in zip(plens, clens)]
     assert budget < _shared_cost([list(range(len(ros)))], whole, plens, keys)  # prompts counted twice: over budget
     seen, stats = embedded_shapes(model_of("llama"), micro_batch_size=len(ros), max_tokens=budget)
-    assert stats["micro_batches"] == 1 and [rows for rows, _ in seen] == [3, len(ros)]
+    assert stats.micro_batches == 1 and [rows for rows, _ in seen] == [3, len(ros)]
 
 
 @pytest.mark.parametrize(
@@ -148,7 +148,7 @@ def test_an_update_with_shared_prompts_equals_the_packed_update(preset, override
         results.append((stats, torch.cat([p.detach().flatten() for p in model.parameters()])))
     (plain, params_a), (shared, params_b) = results
     for key in ("loss", "kl", "entropy", "grad_norm", "clip_frac", "logprob_diff_mean", "completion_tokens"):
-        assert shared[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
+        assert getattr(shared, key) == pytest.approx(getattr(plain, key), rel=1e-4, abs=1e-6), key
     assert (params_a - params_b).abs().max() < 1e-5
     before = torch.cat([p.detach().flatten() for p in model_of("qwen2").parameters()])
     assert (params_a - before).abs().max() > 1e-3  # the update moved the weights: equal is not trivially equal

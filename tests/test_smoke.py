@@ -227,14 +227,14 @@ def test_dynamic_sampling_redraws_until_groups_carry_signal():
     problems, rollouts, rewards, stats = batch.problems, batch.rollouts, batch.rewards, batch.stats
     # questions 0..2: only "1" (k=1 of G=2) has signal; 3..5: "4"; 6..8: "7" -> 3 draws fill B=3
     assert [p["question"] for p in problems] == ["1", "4", "7"]
-    assert stats["redraws"] == 2 and stats["dropped"] == 6 and stats["zero_std_frac"] == pytest.approx(2 / 3)
+    assert stats.redraws == 2 and stats.dropped == 6 and stats.zero_std_frac == pytest.approx(2 / 3)
     assert [r.prompt_index for r in rollouts] == [0, 0, 1, 1, 2, 2]
     assert rewards.tolist() == [1.0, 0.0] * 3 and all("integer" in r.verdicts for r in rollouts)
     stream2 = iter({"question": str(i), "answer": "7"} for i in range(100))
     b2 = collect_groups(
         Scripted(), tok, stream2, lambda p: p["question"], verifiers, None, GroupPlan(**plan, dynamic=False), seed=0
     )
-    assert [p["question"] for p in b2.problems] == ["0", "1", "2"] and b2.stats["redraws"] == 0
+    assert [p["question"] for p in b2.problems] == ["0", "1", "2"] and b2.stats.redraws == 0
     assert t.equal(b2.rewards[:2], t.zeros(2))
 
 

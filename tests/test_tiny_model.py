@@ -49,7 +49,8 @@ def test_base_model_is_built_once_cached_and_loads(tmp_path):
 
 
 def test_hf_generator_logprobs_match_trainer_recomputation():
-    from reasonrl import grpo
+    from oracle import token_logprobs
+
     from reasonrl.data import pack
     from reasonrl.rollout import HFGenerator, Sampling
     from reasonrl.tasks import arith
@@ -68,7 +69,7 @@ def test_hf_generator_logprobs_match_trainer_recomputation():
     b = pack(ro, tok.pad_token_id)
     with torch.no_grad():
         logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1] / 0.7
-    lp = grpo.token_logprobs(logits, b.input_ids[:, 1:])
+    lp = token_logprobs(logits, b.input_ids[:, 1:])
     diff = ((lp - b.sampler_logprobs).abs() * b.completion_mask).max().item()
     assert diff < 1e-4, diff
     # same seed, same samples

@@ -42,5 +42,5 @@ def test_entropy_kl_and_logprob_gap_are_means_over_every_completion_token():
     rewards = torch.tensor([1.0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 0, 0])
     stats = update_policy(model, opt, sched, ros, rewards, masked, 4, settings)
     for key, value in expected.items():
-        assert abs(stats[key] - value) < 1e-5 * max(1.0, abs(value)), (key, stats[key], value)
-    assert abs(stats["masked_frac"] - 3 / 12) < 1e-9
+        assert abs(getattr(stats, key) - value) < 1e-5 * max(1.0, abs(value)), (key, getattr(stats, key), value)
+    assert abs(stats.masked_frac - 3 / 12) < 1e-9

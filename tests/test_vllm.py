@@ -41,7 +41,8 @@ def _prompts(tok, n=8):
 
 def _max_logprob_diff(model, tok, gen, temperature=1.0, seed=0):
     """Largest |trainer logprob - sampler logprob| over every sampled completion token."""
-    from reasonrl import grpo
+    from oracle import token_logprobs
+
     from reasonrl.data import pack
     from reasonrl.rollout import Sampling
 
@@ -50,7 +51,7 @@ def _max_logprob_diff(model, tok, gen, temperature=1.0, seed=0):
     b = pack(ro, tok.pad_token_id)
     with torch.no_grad():
         logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1] / temperature
-    lp = grpo.token_logprobs(logits, b.input_ids[:, 1:])
+    lp = token_logprobs(logits, b.input_ids[:, 1:])
     return float(((lp - b.sampler_logprobs).abs() * b.completion_mask).max())
 
 
