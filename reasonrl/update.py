@@ -138,7 +138,7 @@ def autocast(device: torch.device, dtype: torch.dtype):
 class UpdateStats:
     """What one update of the policy measured (global: every rank's tokens and sequences)."""
 
-    loss: float  # the first update's loss (the aggregated objective), nats-scaled, as minimised
+    loss: float  # the first update's loss: the aggregated objective, as minimised (unitless)
     kl: float  # mean per-token KL (nats): to the reference with one, else k3 from the sampler to the policy
     entropy: float  # mean per-token entropy of the policy on the sampled batch, nats
     clip_frac: float  # fraction of completion tokens the loss clipped, over all updates
