@@ -103,6 +103,8 @@ RESUME_MAY_CHANGE = (
     "rollout.max_tokens_per_micro_batch",
     "rollout.pass_cost_tokens",
     "rollout.share_prompt",
+    # keys the schema no longer has (nothing read them): a checkpoint that still holds them resumes
+    "cold_start.eval_every",
 )
 
 

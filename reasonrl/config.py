@@ -201,22 +201,38 @@ class EvalConfig:
     benchmark_filters: Dict[str, str] = field(default_factory=dict)  # name -> a condition, e.g. mbpp: "11 <= id <= 510"
     benchmark_limit: int = 64
     benchmark_template: str = "chat"  # chat (instruct models) | r1 | text
-    max_new_tokens: int = 48
+    max_new_tokens: int = 48  # reasonrl-train: rollout.max_new_tokens unless set (TrainConfig.eval)
 
 
 @dataclass
 class SFTConfig:
-    enabled: bool = False  # for reasonrl-train: run this SFT stage before RL (cold start)
+    """Supervised fine-tuning on demonstrations: what it trains on and how, shared by reasonrl-sft
+    (:class:`FinetuneConfig`) and the cold start of reasonrl-train (:class:`ColdStartConfig`)."""
+
     data_file: Optional[str] = None  # JSONL rows with prompt/completion; None: the task's demonstrations
     demos: int = 256
     flaw_frac: float = 0.15
-    steps: int = 150
     batch_size: int = 32
     micro_batch_size: int = 0  # sequences per micro-batch at most (0: the whole batch); gradients accumulate
     max_tokens_per_micro_batch: int = 16384  # and padded tokens per micro-batch at most
     pass_cost_tokens: Optional[float] = 128  # as rollout.pass_cost_tokens
-    eval_every: int = 50
     optim: OptimConfig = field(default_factory=_sft_optim(1e-3, 10))
+
+
+@dataclass
+class FinetuneConfig(SFTConfig):
+    """reasonrl-sft's ``sft`` node; the run's length is its ``max_steps``."""
+
+    eval_every: int = 50  # held-out evaluation every N steps (and after the last)
+
+
+@dataclass
+class ColdStartConfig(SFTConfig):
+    """reasonrl-train's ``cold_start`` node: SFT before RL. The held-out numbers before it are measured (the
+    summary's before_sft), none during it."""
+
+    enabled: bool = False  # run this SFT stage before RL
+    steps: int = 150
 
 
 @dataclass
@@ -260,8 +276,9 @@ class TrainConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    cold_start: SFTConfig = field(default_factory=SFTConfig)
+    # evaluation writes as long a completion as training does, unless a preset says otherwise
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(max_new_tokens="${rollout.max_new_tokens}"))
+    cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
@@ -275,7 +292,7 @@ class SFTRunConfig:
     overwrite: bool = False  # true: remove the run already in run_dir (its files only) and start afresh; not with resume
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
+    sft: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: FinalCheckpointConfig = field(default_factory=FinalCheckpointConfig)
@@ -349,6 +366,8 @@ def check_train_config(cfg) -> None:
         problems.append(f"algorithm.updates_per_batch must be at least 1, not {alg.updates_per_batch}")
     if alg.dual_clip is not None and alg.dual_clip <= 1:
         problems.append(f"algorithm.dual_clip must be above 1 (or null), not {alg.dual_clip}")
+    if alg.overlong_buffer < 0:
+        problems.append(f"algorithm.overlong_buffer must be >= 0 (0: no overlong penalty), not {alg.overlong_buffer}")
     if alg.overlong_buffer > ro.max_new_tokens:
         problems.append(f"algorithm.overlong_buffer={alg.overlong_buffer} exceeds rollout.max_new_tokens={ro.max_new_tokens}")
     if alg.dynamic_sampling and ro.samples_per_prompt < 2:
@@ -500,8 +519,11 @@ def register() -> None:
         OmegaConf.register_new_resolver("reasonrl.show", show)
     have_yaml = {p.stem for p in (CONF_DIR / "verifier").glob("*.yaml")}
     for name, ep in entry_points().items():
+        node = {"_target_": ep.value.replace(":", "."), "weight": 1.0, **_constructor_defaults(ep)}
+        # the constructor is the one place a verifier's defaults are written: a conf/verifier/<name>.yaml starts
+        # from this node (its defaults list: /verifier_defaults@<name>: <name>) and says only what differs
+        cs.store(group="verifier_defaults", name=name, node=node)
         if name not in have_yaml:
-            node = {"_target_": ep.value.replace(":", "."), "weight": 1.0, **_constructor_defaults(ep)}
             cs.store(group="verifier", name=name, node={name: node})
     _registered = True
 

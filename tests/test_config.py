@@ -19,7 +19,7 @@ def test_primary_configs_compose_with_defaults():
     cfg = compose("train")
     assert cfg.model.name == "tiny_arith" and cfg.model.arch.head_dim == 64
     assert set(cfg.verifier) == {"integer", "format"}
-    assert compose("sft").sft.steps == compose("sft").max_steps
+    assert compose("sft").max_steps == 150  # reasonrl-sft's length: max_steps, as for reasonrl-train
     ev = compose("eval")
     assert list(ev.benchmarks) == ["gsm8k", "math500"] and set(ev.data) >= {"gsm8k", "olympiadbench"}
 
@@ -109,3 +109,97 @@ def test_a_negative_pass_cost_is_refused_by_name():
         check_train_config(compose("train", ["rollout.pass_cost_tokens=-1"]))
     with pytest.raises(ValueError, match=r"cold_start.pass_cost_tokens"):
         check_train_config(compose("train", ["cold_start.pass_cost_tokens=-5"]))
+
+
+def test_evaluation_length_follows_the_rollout_length_unless_set():
+    assert compose("train", ["rollout.max_new_tokens=30"]).eval.max_new_tokens == 30
+    assert compose("train", ["rollout.max_new_tokens=30", "eval.max_new_tokens=7"]).eval.max_new_tokens == 7
+    assert compose("sft").eval.max_new_tokens == 48  # no rollout there: the schema's own default
+    for preset in ("smollm2_gsm8k", "smollm2_math", "smollm2_mbpp", "sft_cold_start_gsm8k"):
+        cfg = compose("train", [f"experiment={preset}"])
+        assert cfg.eval.max_new_tokens == cfg.rollout.max_new_tokens > 48, preset
+
+
+def test_smollm2_presets_share_one_cpu_base():
+    """What the SmolLM2 presets share is written once (conf/base/smollm2_cpu.yaml); each says what differs."""
+    presets = ("smollm2_gsm8k", "smollm2_math", "smollm2_mbpp", "sft_cold_start_gsm8k")
+    for preset in presets:
+        text = (CONF / "experiment" / f"{preset}.yaml").read_text()
+        assert "/base/smollm2_cpu" in text and "prompts_per_step" not in text and "max_model_len" not in text
+        cfg = compose("train", [f"experiment={preset}"])
+        assert cfg.model.name == "smollm2_135m" and cfg.generator._target_.endswith("VLLMGenerator")
+        assert (cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt, cfg.rollout.micro_batch_size) == (4, 4, 4)
+        assert (cfg.task.heldout_size, cfg.generator.max_model_len, cfg.optim.lr, cfg.eval.sampled) == (32, 1024, 1e-6, False)
+    # what a preset sets still wins over the base, and the command line over both
+    assert compose("train", ["experiment=sft_cold_start_gsm8k"]).max_steps == 5
+    assert compose("train", ["experiment=smollm2_math"]).eval.every == 5
+    assert compose("train", ["experiment=smollm2_gsm8k"]).model.compute_dtype == "float32"
+    cfg = compose("train", ["experiment=smollm2_gsm8k", "generator=hf", "rollout.prompts_per_step=8"])
+    assert cfg.generator._target_.endswith("HFGenerator") and cfg.rollout.prompts_per_step == 8
+
+
+def _constructor(option):
+    import inspect
+
+    from reasonrl.build import _resolve
+
+    cfg = compose("train", [f"verifier=[{option}]"])
+    return cfg.verifier[option], inspect.signature(_resolve(cfg.verifier[option]["_target_"])).parameters
+
+
+@pytest.mark.parametrize("option", _options("verifier"))
+def test_verifier_files_say_only_what_differs_from_the_constructor(option):
+    """A verifier's defaults are written once, in its constructor: the composed node holds every option at the
+    constructor's value (so any is overridable without '+'), and the file restates none of them."""
+    import yaml
+
+    node, params = _constructor(option)
+    own = (yaml.safe_load((CONF / "verifier" / f"{option}.yaml").read_text()) or {}).get(option, {})
+    for key, value in own.items():
+        if key in params:
+            assert value != params[key].default, f"verifier/{option}.yaml restates {key}={value!r}"
+    if option == "integer":  # its file predates the constructor's option; a resumed run compares the node as saved
+        return
+    for key, p in params.items():
+        default = list(p.default) if isinstance(p.default, tuple) else p.default
+        assert node[key] == default, key
+
+
+def test_verifier_options_are_overridable_without_plus():
+    cfg = compose("train", ["verifier=[math,format,code]", "verifier.math.rel_tol=1e-6", "verifier.format.partial_credit=true"])
+    assert cfg.verifier.math.rel_tol == 1e-6 and cfg.verifier.format.partial_credit is True
+    assert cfg.verifier.format.weight == 0.1 and cfg.verifier.code.timeout_s == 5.0
+
+
+@pytest.mark.parametrize(
+    "kind,key",
+    [("train", "cold_start.eval_every"), ("sft", "sft.enabled"), ("sft", "sft.steps")],
+)
+def test_removed_knobs_are_unknown_keys(kind, key):
+    """Knobs nothing read are gone from the schema: setting one is the usual unknown-key error, not a no-op."""
+    from reasonrl.cli import key_problem
+    from reasonrl.config import SCHEMAS
+
+    assert key_problem(SCHEMAS[kind], key).startswith(f"unknown key {key!r}")
+    with pytest.raises(Exception, match=key.split(".")[-1]):
+        compose(kind, [f"{key}=3"])
+
+
+def test_a_checkpoint_holding_a_removed_key_still_resumes():
+    from reasonrl.checkpoint import config_changes
+
+    new = {"cold_start": {"enabled": False, "steps": 150}, "seed": 0}
+    assert config_changes({**new, "cold_start": {**new["cold_start"], "eval_every": 50}}, new) == []
+
+
+def test_algorithm_values_are_checked_in_the_config_naming_the_key():
+    from reasonrl.config import check_train_config
+
+    for bad, key in (
+        (["algorithm.dual_clip=1.0"], "algorithm.dual_clip must be above 1"),
+        (["algorithm.overlong_buffer=-2"], "algorithm.overlong_buffer must be >= 0"),
+        (["algorithm.overlong_buffer=49"], "algorithm.overlong_buffer=49 exceeds rollout.max_new_tokens=48"),
+    ):
+        with pytest.raises(ValueError, match=key):
+            check_train_config(compose("train", bad))
+    check_train_config(compose("train", ["algorithm.dual_clip=3.0", "algorithm.overlong_buffer=48"]))
