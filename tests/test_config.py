@@ -121,11 +121,11 @@ def test_evaluation_length_follows_the_rollout_length_unless_set():
 
 
 def test_smollm2_presets_share_one_cpu_base():
-    """What the SmolLM2 presets share is written once (conf/base/smollm2_cpu.yaml); each says what differs."""
+    """What the SmolLM2 presets share is written once (conf/experiment/_smollm2_cpu.yaml); each says what differs."""
     presets = ("smollm2_gsm8k", "smollm2_math", "smollm2_mbpp", "sft_cold_start_gsm8k")
     for preset in presets:
         text = (CONF / "experiment" / f"{preset}.yaml").read_text()
-        assert "/base/smollm2_cpu" in text and "prompts_per_step" not in text and "max_model_len" not in text
+        assert "- _smollm2_cpu" in text and "prompts_per_step" not in text and "max_model_len" not in text
         cfg = compose("train", [f"experiment={preset}"])
         assert cfg.model.name == "smollm2_135m" and cfg.generator._target_.endswith("VLLMGenerator")
         assert (cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt, cfg.rollout.micro_batch_size) == (4, 4, 4)
