@@ -1,7 +1,8 @@
 """The evaluation loop: generate, verify, aggregate.
 
 ``sample_and_score`` renders each problem, generates ``n`` samples (greedy when
-the temperature is 0), scores them with one verifier (default: exact integer
+the temperature is 0) through the path training samples through
+(:mod:`reasonrl.pipeline`), scores them with one verifier (default: exact integer
 answer), and returns accuracy (the mean over all samples, i.e. pass@1 averaged
 over ``n``), mean completion length, mean think/answer lengths and the
 truncation rate.
@@ -19,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from reasonrl.metrics import cot_lengths, mean
 from reasonrl.rollout import Generator, Sampling
-from reasonrl.tasks import opens_think, with_prompt_info
+from reasonrl.tasks import opens_think
 
 
 def sample_and_score(
@@ -42,26 +43,21 @@ def sample_and_score(
     ``pool_name`` (a hanging check then costs one ``timeout`` verdict); else in this process. ``runtime``
     (several processes): each rank generates and scores its contiguous part of the problems, and every rank
     gets the numbers (and rollouts, verdicts) of all of them, in order."""
+    from reasonrl.pipeline import generate_and_verify, render_prompts
     from reasonrl.runtime import Runtime
-    from reasonrl.verifiers.base import safe_call
     from reasonrl.verifiers.integer import IntegerVerifier
 
     verifier = verifier or IntegerVerifier()
     runtime = runtime or Runtime()
     part = runtime.split(len(problems))
-    problems = list(problems)[part]
-    texts = [render(p) for p in problems]
-    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    prompts = render_prompts(list(problems)[part], render, tokenizer)
+    texts = prompts.texts
     sampling = Sampling(
         temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, banned_first_tokens=banned_first_tokens
     )
-    rollouts = generator.generate(prompts, n, sampling)
-    as_seen = {i: with_prompt_info(p, texts[i]) for i, p in enumerate(problems)}  # one object per problem:
-    seen = [as_seen[r.prompt_index] for r in rollouts]  # a scoring pool sends it to a worker once
-    if pool is not None:
-        verdicts = [row[pool_name] for row in pool.run(seen, [r.text for r in rollouts], only=[pool_name])]
-    else:
-        verdicts = [safe_call(verifier, p, r.text) for p, r in zip(seen, rollouts)]
+    name = pool_name if pool is not None else "answer"
+    g = generate_and_verify(generator, prompts, n, sampling, pool=pool, only=[name], verifiers={name: verifier})
+    rollouts, verdicts = g.rollouts, [row[name] for row in g.rows]
     think, answer = cot_lengths([r.text for r in rollouts], tokenizer, [opens_think(texts[r.prompt_index]) for r in rollouts])
     if runtime.distributed:  # every rank's part, in problem order
         for r in rollouts:

@@ -162,35 +162,27 @@ def _one_benchmark(cfg, name: str, generator, tokenizer, samples) -> dict[str, A
     if cfg.check:
         n, completions, lengths, clipped = 1, [p["reference"] for p in problems], [], []
         extract = reference_extract(name)
+        expanded = problems
     else:
-        from tqdm import tqdm
-
         from reasonrl.data import check_prompt_lengths
+        from reasonrl.pipeline import generate_and_verify, render_prompts
         from reasonrl.rollout import Sampling
 
         n = cfg.n
         instruction = benchmark_instruction(code, cfg.template)
-        prompts = [
-            tokenizer(render(p, cfg.template, tokenizer, instruction), add_special_tokens=False)["input_ids"] for p in problems
-        ]
+        prompts = render_prompts(problems, lambda p: render(p, cfg.template, tokenizer, instruction), tokenizer)
         model_config = getattr(getattr(generator, "model", None), "config", None)
-        check_prompt_lengths(prompts, cfg.max_new_tokens, getattr(model_config, "max_position_embeddings", None),
+        check_prompt_lengths(prompts.ids, cfg.max_new_tokens, getattr(model_config, "max_position_embeddings", None),
                              f"benchmark {name}")  # fmt: skip
         sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
-        rollouts = []
-        chunk = 32  # progress every 32 problems (vLLM seeds each request, so its samples do not depend on this)
-        with tqdm(total=len(prompts), desc=f"eval {name}", unit="problem", mininterval=2.0) as bar:
-            for start in range(0, len(prompts), chunk):
-                part = generator.generate(prompts[start : start + chunk], n, sampling)
-                for r in part:
-                    r.prompt_index += start
-                rollouts.extend(part)
-                bar.update(len(prompts[start : start + chunk]))
+        # progress every 32 problems (vLLM seeds each request, so its samples do not depend on this); scored below
+        # in one pool with its own progress
+        rollouts = generate_and_verify(generator, prompts, n, sampling, chunk=32, desc=f"eval {name}").rollouts
         completions = [r.text for r in rollouts]
         lengths = [len(r.completion_ids) for r in rollouts]
         clipped = [r.finish_reason == "length" for r in rollouts]
         extract = list(cfg.extract)
-    expanded = [p for p in problems for _ in range(n)]
+        expanded = [prompts.problems[r.prompt_index] for r in rollouts]  # each as verifiers see it
     timeout_s = cfg.code_verify_timeout_s if code else cfg.verify_timeout_s
     verdicts, answers = _score(expanded, completions, code, extract, cfg.verify_workers, timeout_s)
     res = summarize(n, cfg.ks, verdicts, None if code else answers, lengths, clipped)

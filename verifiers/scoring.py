@@ -47,13 +47,19 @@ def score(
     elif pool is not None:
         rows = pool.run(problems, completions, only=list(verifiers))
     else:
-        rows = [{name: _call(v, p, c) for name, (v, _) in verifiers.items()} for p, c in zip(problems, completions, strict=True)]
+        plain = {name: v for name, (v, _) in verifiers.items()}
+        rows = [verdict_row(plain, p, c) for p, c in zip(problems, completions, strict=True)]
     rewards, masked = [], []
     for row in rows:
         present = [(verifiers[name][1], v) for name, v in row.items() if v is not None]
         rewards.append(sum(w * v.score for w, v in present))
         masked.append(any(v.status in mask_statuses for _, v in present))
     return Scored(rewards, rows, masked)
+
+
+def verdict_row(verifiers: Mapping[str, Verifier], problem: Mapping[str, Any], completion: str) -> dict[str, Verdict | None]:
+    """Every verifier's verdict on one completion, in this process (name -> verdict, None where it does not apply)."""
+    return {name: _call(v, problem, completion) for name, v in verifiers.items()}
 
 
 def _call(verifier: Verifier, problem: Mapping[str, Any], text: str) -> Verdict | None:
