@@ -26,6 +26,7 @@ The configs live in ``conf/`` beside the package in a source tree, and in
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,16 +135,30 @@ class TaskConfig:
 
 
 @dataclass
-class RolloutConfig:
+class MicroBatchConfig:
+    """How a batch is cut into forward/backward passes whose gradients accumulate: the same update in any split.
+    One set of knobs, in the RL update (``rollout``) and in SFT (``cold_start``, ``sft``) alike; read with
+    :func:`micro_batching`."""
+
+    micro_batch_size: int = 256  # sequences per micro-batch at most
+    max_tokens_per_micro_batch: int = 16384  # and padded tokens per micro-batch at most (0: no token budget)
+    # where to cut the length-sorted batch: fewest (padded tokens + pass_cost_tokens x passes); null: fewest passes
+    pass_cost_tokens: Optional[float] = 128
+
+
+def micro_batching(node: Any) -> dict[str, Any]:
+    """The micro-batch knobs of a config node (``rollout``, ``cold_start``, ``sft``) as keywords, named as
+    :func:`reasonrl.sft.train_sft` and :class:`reasonrl.update.UpdateSettings` take them."""
+    return {f.name: node[f.name] for f in dataclasses.fields(MicroBatchConfig)}
+
+
+@dataclass
+class RolloutConfig(MicroBatchConfig):
     prompts_per_step: int = 32
     samples_per_prompt: int = 8
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 48
-    micro_batch_size: int = 256  # sequences per micro-batch at most
-    max_tokens_per_micro_batch: int = 16384  # and padded tokens per micro-batch at most (0: no token budget)
-    # where to cut the length-sorted batch: fewest (padded tokens + pass_cost_tokens x passes); null: fewest passes
-    pass_cost_tokens: Optional[float] = 128
     # the update runs a group's prompt once per micro-batch and its completions on top of it (llama/qwen2/qwen3
     # families, unsharded; other models take the packed path); false: every sequence runs whole
     share_prompt: bool = True
@@ -205,7 +220,7 @@ class EvalConfig:
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(MicroBatchConfig):
     """Supervised fine-tuning on demonstrations: what it trains on and how, shared by reasonrl-sft
     (:class:`FinetuneConfig`) and the cold start of reasonrl-train (:class:`ColdStartConfig`)."""
 
@@ -213,9 +228,7 @@ class SFTConfig:
     demos: int = 256
     flaw_frac: float = 0.15
     batch_size: int = 32
-    micro_batch_size: int = 0  # sequences per micro-batch at most (0: the whole batch); gradients accumulate
-    max_tokens_per_micro_batch: int = 16384  # and padded tokens per micro-batch at most
-    pass_cost_tokens: Optional[float] = 128  # as rollout.pass_cost_tokens
+    micro_batch_size: int = 0  # 0: the whole batch in one pass unless max_tokens_per_micro_batch cuts it
     optim: OptimConfig = field(default_factory=_sft_optim(1e-3, 10))
 
 
@@ -351,6 +364,20 @@ def _eval_node_problems(ev) -> list[str]:
     return out
 
 
+def _micro_batch_problems(name: str, node, least_seqs: int) -> list[str]:
+    """The micro-batch knobs of one node (:class:`MicroBatchConfig`); ``least_seqs``: 0 where 0 means the whole
+    batch (SFT), 1 where a cap is needed (the RL update)."""
+    out = []
+    if node.micro_batch_size < least_seqs:
+        whole = " (0: the whole batch)" if least_seqs == 0 else ""
+        out.append(f"{name}.micro_batch_size must be at least {least_seqs}{whole}, not {node.micro_batch_size}")
+    if node.max_tokens_per_micro_batch < 0:
+        out.append(f"{name}.max_tokens_per_micro_batch must be >= 0 (0: no token budget), not {node.max_tokens_per_micro_batch}")
+    if node.pass_cost_tokens is not None and node.pass_cost_tokens < 0:
+        out.append(f"{name}.pass_cost_tokens must be >= 0 (or null: fewest passes), not {node.pass_cost_tokens}")
+    return out
+
+
 def _raise(problems: list[str]) -> None:
     if problems:
         raise ConfigError("invalid configuration: " + "; ".join(problems))
@@ -372,7 +399,7 @@ def check_train_config(cfg) -> None:
         problems.append(f"algorithm.overlong_buffer={alg.overlong_buffer} exceeds rollout.max_new_tokens={ro.max_new_tokens}")
     if alg.dynamic_sampling and ro.samples_per_prompt < 2:
         problems.append("algorithm.dynamic_sampling needs rollout.samples_per_prompt >= 2 (a group of one has no variance)")
-    for key in ("prompts_per_step", "samples_per_prompt", "max_new_tokens", "micro_batch_size"):
+    for key in ("prompts_per_step", "samples_per_prompt", "max_new_tokens"):
         if ro[key] < 1:
             problems.append(f"rollout.{key} must be at least 1, not {ro[key]}")
     problems += [p for p in _sampling_problems("rollout.", ro.temperature, ro.top_p, 1) if "max_new_tokens" not in p]
@@ -392,9 +419,8 @@ def check_train_config(cfg) -> None:
     problems += _eval_node_problems(cfg.eval)
     if not 0 <= cfg.verify.max_failed_frac <= 1:
         problems.append(f"verify.max_failed_frac must be in [0, 1] (1: never stop), not {cfg.verify.max_failed_frac}")
-    for node in ("rollout", "cold_start"):
-        if cfg[node].pass_cost_tokens is not None and cfg[node].pass_cost_tokens < 0:
-            problems.append(f"{node}.pass_cost_tokens must be >= 0 (or null: fewest passes), not {cfg[node].pass_cost_tokens}")
+    problems += _micro_batch_problems("rollout", cfg.rollout, least_seqs=1)
+    problems += _micro_batch_problems("cold_start", cfg.cold_start, least_seqs=0)
     _raise(problems)
 
 
@@ -405,6 +431,7 @@ def check_sft_config(cfg) -> None:
         problems.append(f"max_steps must be at least 1, not {cfg.max_steps}")
     if cfg.sft.batch_size < 1:
         problems.append(f"sft.batch_size must be at least 1, not {cfg.sft.batch_size}")
+    problems += _micro_batch_problems("sft", cfg.sft, least_seqs=0)
     _raise(problems)
 
 

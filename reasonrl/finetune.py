@@ -45,13 +45,14 @@ def _stopped(run, state: dict[str, Any]) -> str:
 def _run(cfg, run_dir, state: dict[str, Any]) -> dict[str, Any]:
     import torch
 
+    from reasonrl.config import micro_batching
     from reasonrl.evals.harness import training_eval
     from reasonrl.metrics import RunLogger
     from reasonrl.models import load_policy
     from reasonrl.policy import compute_dtype, save_checkpoint
     from reasonrl.rollout import HFGenerator
     from reasonrl.runs import announce, write_summary
-    from reasonrl.sft import demonstration_accuracy, demonstrations, micro_batching, train_sft
+    from reasonrl.sft import demonstration_accuracy, demonstrations, train_sft
     from reasonrl.tasks import get_task, problem_source
     from reasonrl.verifiers import load
 

@@ -74,15 +74,6 @@ def sft_backward(
     return loss_sum
 
 
-def micro_batching(node: Any) -> dict[str, Any]:
-    """:func:`train_sft`'s micro-batch keywords from an SFT config node (``sft`` or ``cold_start``)."""
-    return {
-        "micro_batch_size": node.micro_batch_size,
-        "max_tokens_per_micro_batch": node.max_tokens_per_micro_batch,
-        "pass_cost_tokens": node.pass_cost_tokens,
-    }
-
-
 def train_sft(
     model: torch.nn.Module,
     tokenizer,

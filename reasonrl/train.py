@@ -233,7 +233,8 @@ class GRPOTrainer:
 
     def _cold_start(self) -> None:
         """SFT on demonstrations before RL; the held-out numbers before it go into the summary."""
-        from reasonrl.sft import demonstration_accuracy, demonstrations, micro_batching, train_sft
+        from reasonrl.config import micro_batching
+        from reasonrl.sft import demonstration_accuracy, demonstrations, train_sft
 
         cfg = self.cfg
         rows = demonstrations(

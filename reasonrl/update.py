@@ -48,14 +48,14 @@ class UpdateSettings:
 
     @classmethod
     def from_config(cls, cfg, pad_id: int, use_tis: bool, compute_dtype: torch.dtype = torch.float32) -> "UpdateSettings":
+        from reasonrl.config import micro_batching
+
         ro = cfg.rollout
         return cls(
             alg=cfg.algorithm,
             pad_id=pad_id,
             temperature=ro.temperature if ro.temperature > 0 else 1.0,
-            micro_batch_size=ro.micro_batch_size,
-            max_tokens_per_micro_batch=ro.max_tokens_per_micro_batch,
-            pass_cost_tokens=ro.pass_cost_tokens,
+            **micro_batching(ro),  # the knobs SFT reads too (reasonrl.config.MicroBatchConfig)
             share_prompt=ro.share_prompt,
             max_len=ro.max_new_tokens,
             grad_clip=cfg.optim.grad_clip,

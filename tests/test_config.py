@@ -203,3 +203,38 @@ def test_algorithm_values_are_checked_in_the_config_naming_the_key():
         with pytest.raises(ValueError, match=key):
             check_train_config(compose("train", bad))
     check_train_config(compose("train", ["algorithm.dual_clip=3.0", "algorithm.overlong_buffer=48"]))
+
+
+def test_micro_batch_knobs_are_one_node_for_rl_and_sft():
+    """rollout, cold_start and sft carry the same micro-batch knobs (MicroBatchConfig), read one way by the RL
+    update and by SFT, and checked one way, naming the node."""
+    import dataclasses
+
+    from reasonrl.config import (
+        ColdStartConfig,
+        ConfigError,
+        FinetuneConfig,
+        MicroBatchConfig,
+        RolloutConfig,
+        check_sft_config,
+        check_train_config,
+        micro_batching,
+    )
+    from reasonrl.update import UpdateSettings
+
+    knobs = [f.name for f in dataclasses.fields(MicroBatchConfig)]
+    for node in (RolloutConfig, ColdStartConfig, FinetuneConfig):
+        assert issubclass(node, MicroBatchConfig)
+    cfg = compose(
+        "train", ["rollout.micro_batch_size=8", "rollout.max_tokens_per_micro_batch=512", "rollout.pass_cost_tokens=null"]
+    )
+    settings = UpdateSettings.from_config(cfg, pad_id=0, use_tis=False)
+    assert {k: getattr(settings, k) for k in knobs} == micro_batching(cfg.rollout) == dict(zip(knobs, [8, 512, None]))
+    assert micro_batching(compose("sft").sft) == micro_batching(compose("train").cold_start) == dict(zip(knobs, [0, 16384, 128]))
+    with pytest.raises(ConfigError, match=r"sft.pass_cost_tokens must be >= 0 .* not -1"):
+        check_sft_config(compose("sft", ["sft.pass_cost_tokens=-1"]))
+    with pytest.raises(ConfigError, match=r"rollout.micro_batch_size must be at least 1, not 0"):
+        check_train_config(compose("train", ["rollout.micro_batch_size=0"]))
+    with pytest.raises(ConfigError, match=r"cold_start.max_tokens_per_micro_batch must be >= 0"):
+        check_train_config(compose("train", ["cold_start.max_tokens_per_micro_batch=-1"]))
+    check_train_config(compose("train", ["cold_start.micro_batch_size=0"]))  # SFT: 0 is the whole batch
