@@ -576,12 +576,17 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
-def config_changes(saved: dict, new: dict) -> list[str]:
-    """Keys whose values differ between a checkpoint's config and the resumed run's, except the allowed ones."""
-    a, b = _flat(saved), _flat(new)
+def config_changes(saved: dict, new: dict, defaults: dict | None = None) -> list[str]:
+    """Keys whose values differ between a checkpoint's config and the resumed run's, except the allowed ones.
+
+    A key the checkpoint lacks (a knob newer than the checkpoint) counts as changed unless the resumed run
+    leaves it at its ``defaults`` value (the schema's, which keeps what the code did before the knob existed)."""
+    a, b, d = _flat(saved), _flat(new), _flat(defaults or {})
     out = []
     for k in sorted(set(a) | set(b)):
         if a.get(k, "<absent>") == b.get(k, "<absent>"):
+            continue
+        if k not in a and k in d and d[k] == b.get(k, "<absent>"):
             continue
         if any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUME_MAY_CHANGE):
             continue

@@ -195,7 +195,7 @@ class GRPOTrainer:
                 "overwrite=true to replace that run"
             )
         saved = _identity(OmegaConf.to_container(OmegaConf.load(path / "config.yaml")))
-        changes = ckpt.config_changes(saved, new)
+        changes = ckpt.config_changes(saved, new, schema_defaults())
         if changes:
             raise RunRefused(
                 f"resume from {path}: the config differs from the checkpoint's in keys a resumed run may not change "
@@ -216,7 +216,7 @@ class GRPOTrainer:
                 f"resume={self.cfg.resume}: {where} holds a finished run ({', '.join(found.work)}) with no training "
                 "checkpoint to continue from; nothing was written. overwrite=true replaces it, or choose another run_dir="
             )
-        changes = ckpt.config_changes(_identity(found.config or {}), new)
+        changes = ckpt.config_changes(_identity(found.config or {}), new, schema_defaults())
         if changes:
             raise RunRefused(
                 f"resume={self.cfg.resume}: {where} holds a different run (no checkpoint yet) whose config differs in "
@@ -680,6 +680,15 @@ def local_main_first(rt: Runtime):
     yield
     if rt.local_rank == 0:
         rt.barrier()
+
+
+def schema_defaults() -> dict:
+    """The training schema's defaults as a plain dict (what a knob newer than a checkpoint is compared with)."""
+    from omegaconf import OmegaConf
+
+    from reasonrl.config import TrainConfig
+
+    return OmegaConf.to_container(OmegaConf.structured(TrainConfig), resolve=True)
 
 
 def _identity(config: dict) -> dict:

@@ -213,6 +213,13 @@ def test_resume_refuses_a_changed_config_and_allows_max_steps(straight, tmp_path
     )
     # a key the checkpoint's config lacks (a knob newer than the checkpoint) is compared too, as absent
     assert config_changes({"optim": {"lr": 1.0}}, {"optim": {"lr": 1.0, "warmup": 5}}) == ["optim.warmup: '<absent>' -> 5"]
+    # ... unless it is left at the schema's default: a checkpoint written before the knob existed still resumes
+    from reasonrl.train import schema_defaults
+
+    defaults = schema_defaults()
+    older = {"optim": {"lr": 1.0}}
+    assert config_changes(older, {**older, "plugins": [], "algorithm": {"options": {}}}, defaults) == []
+    assert config_changes(older, {**older, "plugins": ["mypkg"]}, defaults) == ["plugins: '<absent>' -> ['mypkg']"]
     # the batch's split and layout do not change the update: a resumed run may change them, or find them new
     before, after = (
         {"rollout": {"micro_batch_size": 8, "temperature": 1.0}},
