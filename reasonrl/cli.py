@@ -344,7 +344,7 @@ SETTINGS = {
         *_TASK,
         ("verifier", "group, a list: rewards, e.g. verifier=[integer,format]; verifier.<name>.<option>=..."),
         ("generator", "group: hf (transformers, default) | vllm"),
-        ("algorithm", "group: grpo | grpo_deepseekmath | dr_grpo | dapo; knobs under algorithm.*"),
+        ("algorithm", "group: grpo | grpo_deepseekmath | dr_grpo | dapo | gspo | cispo; knobs under algorithm.*"),
         ("rollout.prompts_per_step", "B: prompts per step (a multiple of the number of processes)"),
         ("rollout.samples_per_prompt", "G: completions per prompt, one group"),
         ("rollout.temperature", "sampling temperature (above 0 when G > 1: a greedy group has no variance)"),

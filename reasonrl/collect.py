@@ -20,51 +20,16 @@ It does not update the policy (:mod:`reasonrl.update`).
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
 
 from reasonrl import grpo
+from reasonrl.pipeline import generate_and_verify, render_prompts
 from reasonrl.rollout import BatchStats, Generator, Rollout, RolloutBatch, Sampling
 from reasonrl.runtime import Runtime
-from reasonrl.tasks import with_prompt_info
 from reasonrl.verifiers.scoring import score
-
-
-def _generate(generator, prompt_ids, G, sampling, problems, verifiers, pool, overlap: bool, stats: BatchStats):
-    """(rollouts, verdict rows or None). With a pool (and ``overlap``) each group goes to the pool's workers the
-    moment the generator has it, so checks run while the rest of the step generates; ``verify_s`` then counts
-    only the wait for the checks still running after the last completion."""
-    t = time.perf_counter()
-    if pool is None or not overlap or not _streams(generator):
-        rollouts = generator.generate(prompt_ids, G, sampling)
-        stats.generate_s += time.perf_counter() - t
-        return rollouts, None
-    checks, order = pool.stream(only=list(verifiers)), []
-
-    def on_group(group: list[Rollout]) -> None:
-        order.extend(group)
-        checks.add([problems[r.prompt_index] for r in group], [r.text for r in group])
-
-    rollouts = generator.generate(prompt_ids, G, sampling, on_group=on_group)
-    stats.generate_s += time.perf_counter() - t
-    t = time.perf_counter()
-    verdicts = {id(r): row for r, row in zip(order, checks.results())}
-    stats.verify_s += time.perf_counter() - t
-    return rollouts, [verdicts[id(r)] for r in rollouts]
-
-
-def _streams(generator) -> bool:
-    """Whether ``generator.generate`` hands over groups as they finish (an ``on_group`` parameter)."""
-    import inspect
-
-    try:
-        return "on_group" in inspect.signature(generator.generate).parameters
-    except (TypeError, ValueError):
-        return False
-
 
 REDRAW_SEED_STRIDE = 7919  # redraw r of a step samples with seed + r * stride: fresh, reproducible seeds
 RANK_SEED_STRIDE = 104_729  # rank k samples with seed + k * stride
@@ -127,18 +92,19 @@ def collect_groups(
     spare: list[tuple[dict, list[Rollout]]] = []
     stats = BatchStats()
     for attempt in range(max_redraws + 1 if dynamic else 1):
-        texts, problems = [], []
         drawn = [next(stream) for _ in range(plan.B)]  # the same draws on every rank: the streams stay in step
-        for problem in drawn[share]:  # each problem as verifiers see it: with what its prompt opened
-            texts.append(render(problem))
-            problems.append(with_prompt_info(problem, texts[-1]))
-        prompt_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        prompts = render_prompts(drawn[share], render, tokenizer)  # each problem as verifiers see it
+        problems = prompts.problems
         this_sampling = dataclasses.replace(sampling, seed=seed + REDRAW_SEED_STRIDE * attempt)
-        rollouts, rows = _generate(generator, prompt_ids, G, this_sampling, problems, verifiers, pool, plan.overlap, stats)
-        t = time.perf_counter()
+        plain = {name: v for name, (v, _) in verifiers.items()}
+        out = generate_and_verify(
+            generator, prompts, G, this_sampling, pool=pool, only=list(verifiers), verifiers=plain, overlap=plan.overlap
+        )
+        rollouts = out.rollouts
+        stats.generate_s += out.times["generate_s"]
+        stats.verify_s += out.times["verify_s"]
         scored = score([problems[r.prompt_index] for r in rollouts], [r.text for r in rollouts], verifiers, mask_statuses,
-                       pool, rows=rows)  # fmt: skip
-        stats.verify_s += time.perf_counter() - t
+                       rows=out.rows)  # fmt: skip
         rewards = torch.tensor(scored.rewards, dtype=torch.float32)  # (B*G,)
         if overlong_buffer > 0:
             lengths = torch.tensor([len(r.completion_ids) for r in rollouts])
