@@ -1,4 +1,4 @@
-"""reasonrl-eval: a model (or the references themselves) times a list of benchmarks.
+"""reasonrl-eval: a model (or the references themselves) on a list of benchmarks.
 
 Run::
 

@@ -1,6 +1,6 @@
 """Sampling a step's groups: prompts from the stream, G completions each, scores, dynamic sampling.
 
-:func:`collect_groups` is steps 1-4 of one GRPO step (DESIGN.md): take B
+:func:`collect_groups` is steps 1-4 of one GRPO step (docs/design.md): take B
 problems, generate G completions per prompt, score every completion with every
 verifier, and turn verdicts into rewards. With dynamic sampling (DAPO) groups
 whose G rewards are all equal carry no signal: they are set aside and more

@@ -10,7 +10,7 @@ before top-p truncation. Rollouts come back prompt-major: the ``n`` samples of
 prompt ``i`` are contiguous.
 
 It does not score, pack or train: see :mod:`reasonrl.verifiers`,
-:mod:`reasonrl.data` and :mod:`reasonrl.train`.
+:mod:`reasonrl.data` and :mod:`reasonrl.update`.
 """
 
 from __future__ import annotations

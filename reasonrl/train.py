@@ -2,7 +2,7 @@
 
 Run::
 
-    reasonrl-train                                  # experiment=r1_zero_arith defaults
+    reasonrl-train                                  # the schema's defaults (what experiment=r1_zero_arith also runs)
     reasonrl-train experiment=sft_cold_start_arith  # SFT on demonstrations, then RL
     reasonrl-train max_steps=20 seed=1 hydra.run.dir=runs/try1
 

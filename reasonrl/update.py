@@ -1,6 +1,6 @@
 """The policy update of a GRPO step: advantages, packing, micro-batched forward/backward, optimizer step.
 
-:func:`update_policy` is steps 5-8 of one step (DESIGN.md), on one sampled
+:func:`update_policy` is steps 5-8 of one step (docs/design.md), on one sampled
 batch, in place on the model and its optimizer: plan (advantages from the
 estimator named by ``algorithm.advantage``, per sequence or per token;
 micro-batches; packing; global counts; which rows are stale), the frozen
