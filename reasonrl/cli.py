@@ -114,7 +114,8 @@ def group_options(group: str, conf_dir: Path) -> dict[str, str]:
     """{option: where it comes from} for a config group: YAML files, then the ConfigStore (plugin verifiers)."""
     from hydra.core.config_store import ConfigStore
 
-    out = {p.stem: "yaml" for p in sorted((conf_dir / group).glob("*.yaml"))}
+    # a file whose name starts with "_" is a shared base that presets include, not an option of its own
+    out = {p.stem: "yaml" for p in sorted((conf_dir / group).glob("*.yaml")) if not p.stem.startswith("_")}
     try:
         stored = ConfigStore.instance().list(group)
     except (OSError, ValueError, KeyError):

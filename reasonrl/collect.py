@@ -29,6 +29,7 @@ from reasonrl import grpo
 from reasonrl.pipeline import generate_and_verify, render_prompts
 from reasonrl.rollout import BatchStats, Generator, Rollout, RolloutBatch, Sampling
 from reasonrl.runtime import Runtime
+from reasonrl.verifiers.base import MASK_STATUSES
 from reasonrl.verifiers.scoring import score
 
 REDRAW_SEED_STRIDE = 7919  # redraw r of a step samples with seed + r * stride: fresh, reproducible seeds
@@ -42,7 +43,7 @@ class GroupPlan:
     B: int
     G: int
     sampling: Sampling
-    mask_statuses: tuple[str, ...] = ("timeout", "error")
+    mask_statuses: tuple[str, ...] = MASK_STATUSES
     dynamic: bool = False
     max_redraws: int = 0
     overlong_buffer: int = 0

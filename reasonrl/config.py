@@ -187,7 +187,7 @@ class AlgorithmConfig:
     # "auto" turns it on for generators whose logprobs are not exact (vLLM)
     tis: str = "auto"
     tis_cap: float = 2.0
-    mask_statuses: List[str] = field(default_factory=lambda: ["timeout", "error"])
+    mask_statuses: List[str] = field(default_factory=lambda: ["timeout", "error"])  # as verifiers.base.MASK_STATUSES
     # free-form knobs for plugin estimators and losses, which read them from the alg they are given (alg.options["k"]);
     # set with +algorithm.options.<key>=<value> (reasonrl.plugins)
     options: Dict[str, Any] = field(default_factory=dict)

@@ -17,6 +17,8 @@ from importlib import metadata
 from typing import Any, Mapping, Protocol, runtime_checkable
 
 STATUSES = ("correct", "wrong", "no_answer", "format_error", "timeout", "error")
+# verdicts that say nothing about the answer (the check did not finish): out of the loss and the group baseline
+MASK_STATUSES = ("timeout", "error")
 ENTRY_POINT_GROUP = "reasonrl.verifiers"
 
 

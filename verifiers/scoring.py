@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from reasonrl.verifiers.base import STATUSES, GoldAnswerError, Verdict, Verifier, check_gold, safe_call
+from reasonrl.verifiers.base import MASK_STATUSES, STATUSES, GoldAnswerError, Verdict, Verifier, check_gold, safe_call
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def score(
     problems: Sequence[Mapping[str, Any]],
     completions: Sequence[str],
     verifiers: Mapping[str, tuple[Verifier, float]],
-    mask_statuses: Sequence[str] = ("timeout", "error"),
+    mask_statuses: Sequence[str] = MASK_STATUSES,
     pool=None,
     rows: Sequence[dict[str, Verdict | None]] | None = None,
 ) -> Scored:
