@@ -9,7 +9,7 @@ test either way. Files not listed go last; order within a file is unchanged.
 ORDER = (
     "test_grpo.py",
     "test_learning.py",
-    "test_mutation_edges.py",
+    "test_update.py",
     "test_memory_path.py",
     "test_verifiers.py",
     "test_math_verifier.py",

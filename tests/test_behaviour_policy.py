@@ -3,7 +3,7 @@
 A rollout sampled by an older policy than the one being trained takes its ratio
 against the sampler's logprobs (the behaviour policy), whatever
 ``updates_per_batch`` is; a fresh one with one update per batch keeps ratio 1
-(and truncated IS). On the batch of :mod:`test_learning` (one token per
+(and truncated IS). On the learning batch of :mod:`helpers` (one token per
 completion, token-mean loss) the stale update's gradient is therefore the fresh
 update's with each advantage A_i replaced by A_i * r_i where the clipped
 surrogate does not clip, and 0 where it does: a test estimator supplies exactly
@@ -16,7 +16,7 @@ import dataclasses
 
 import pytest
 import torch
-from test_learning import PAD, REWARDS, G, algorithm, completion_logprobs, rollouts, tiny_model
+from helpers import PAD, REWARDS, G, algorithm, flat_params, one_token_logprobs, one_token_rollouts, tiny_model
 
 from reasonrl import grpo
 from reasonrl.update import UpdateSettings, update_policy
@@ -24,24 +24,20 @@ from reasonrl.update import UpdateSettings, update_policy
 GAP = 0.22  # sampler logprobs this far below the trainer's: ratio e^0.22 = 1.246 > 1 + 0.2
 
 
-def _flat(model) -> torch.Tensor:
-    return torch.cat([p.detach().flatten() for p in model.parameters()])
-
-
 def sgd_update(ros, alg, *, version: int, use_tis: bool = False, rewards=REWARDS):
     """One update with SGD (lr 1, no clipping): the parameter change is minus the gradient. -> (change, stats)"""
     model = tiny_model()
-    start = _flat(model)
+    start = flat_params(model)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     settings = UpdateSettings(alg=alg, pad_id=PAD, micro_batch_size=5, max_len=4, grad_clip=1e9, use_tis=use_tis)
     stats = update_policy(model, opt, sched, ros, rewards, [False] * len(ros), G, settings, step=1, policy_version=version)
-    return _flat(model) - start, stats
+    return flat_params(model) - start, stats
 
 
 def sampled(stale_rows, version: int = 1):
     """The batch with sampler logprobs GAP below the current policy's; ``stale_rows`` sampled by version - 1."""
-    ros = rollouts(logprobs=completion_logprobs(tiny_model(), rollouts()) - GAP)
+    ros = one_token_rollouts(logprobs=one_token_logprobs(tiny_model(), one_token_rollouts()) - GAP)
     return [dataclasses.replace(r, policy_version=version - 1 if i in stale_rows else version) for i, r in enumerate(ros)]
 
 

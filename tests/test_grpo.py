@@ -32,11 +32,72 @@ def test_all_equal_group_has_zero_advantage_and_is_flagged():
     assert grpo.zero_std_groups(r, 4).tolist() == [True, False]
 
 
+def test_eps_keeps_advantages_finite_and_signed_when_the_spread_is_below_eps():
+    # the scale is std + eps, in the batch scaling and on the masked path alike:
+    # rewards 0, 1e-6 (G = 2): centred -+5e-7; unbiased std = 7.0711e-7 < eps = 1e-6.
+    #   + eps: -5e-7 / 1.7071e-6 = -.292893; - eps would divide by -2.93e-7 and flip the sign (to +1.707).
+    r = torch.tensor([0.0, 1e-6])
+    want = [-0.292893, 0.292893]
+    assert grpo.group_advantages(r, 2, "batch").tolist() == pytest.approx(want, abs=1e-4)
+    # the masked path (one invalid sample in a second group) computes the same numbers
+    r4, valid = torch.tensor([0.0, 1e-6, 0.0, 9.0]), torch.tensor([True, True, True, False])
+    adv = grpo.group_advantages(r4, 2, "group", valid=valid)
+    assert adv[:2].tolist() == pytest.approx(want, abs=1e-4) and adv[2:].tolist() == [0.0, 0.0]
+    # batch scale over the valid samples 0, 1e-6, 0: mean 3.333e-7, std 5.7735e-7 (< eps);
+    # group-centred (-5e-7, 5e-7, 0) / (5.7735e-7 + 1e-6) = -+.316987
+    adv = grpo.group_advantages(r4, 2, "batch", valid=valid)
+    assert adv.tolist() == pytest.approx([-0.316987, 0.316987, 0.0, 0.0], abs=1e-4)
+
+
+def test_masked_group_with_one_or_two_valid_samples():
+    # the masked group mean divides by the valid count clamped at 1 and the unbiased std by n - 1 clamped at 1
+    # (not at 2: a group of one or two valid samples would be scaled wrong)
+    # group A = [1, 0, x, x] (2 valid): mean .5, centred +-.5, unbiased std sqrt(.5 / 1) = .707107 -> +-.707107
+    # group B = [4, x, x, x] (1 valid): mean 4, centred 0 -> 0 (no baseline, no signal)
+    r = torch.tensor([1.0, 0.0, 7.0, 7.0, 4.0, 9.0, 9.0, 9.0])
+    valid = torch.tensor([True, True, False, False, True, False, False, False])
+    adv = grpo.group_advantages(r, 4, "group", valid=valid)
+    assert adv.tolist() == pytest.approx([0.707107, -0.707107, 0, 0, 0, 0, 0, 0], abs=1e-5)
+    assert grpo.group_advantages(r, 4, "none", valid=valid).tolist() == pytest.approx([0.5, -0.5, 0, 0, 0, 0, 0, 0])
+
+
+def test_masked_batch_scale_by_hand():
+    # the whole "batch" branch under masking, and "none" under masking, by hand
+    # groups [1, 0, x] and [1, 1, 0]; valid rewards 1, 0, 1, 1, 0: mean .6, unbiased std sqrt(1.2 / 4) = .547723
+    # group-centred: [.5, -.5, 0], [1/3, 1/3, -2/3] -> / .547723
+    r = torch.tensor([1.0, 0.0, 5.0, 1.0, 1.0, 0.0])
+    valid = torch.tensor([True, True, False, True, True, True])
+    s = 0.547723
+    adv = grpo.group_advantages(r, 3, "batch", valid=valid)
+    assert adv.tolist() == pytest.approx([0.5 / s, -0.5 / s, 0.0, 1 / 3 / s, 1 / 3 / s, -2 / 3 / s], abs=1e-4)
+    # "none" under masking is the plain group-centred reward
+    assert grpo.group_advantages(r, 3, "none", valid=valid).tolist() == pytest.approx([0.5, -0.5, 0, 1 / 3, 1 / 3, -2 / 3])
+
+
+def test_masked_batch_scale_with_one_or_two_valid_samples_in_the_batch():
+    # the batch std is taken only over more than one valid sample (the vals.numel() > 1 guard)
+    # two valid (1, 0) in group 1: batch std over (1, 0) = .707107; centred +-.5 -> +-.707107
+    r = torch.tensor([1.0, 0.0, 3.0, 3.0])
+    two = torch.tensor([True, True, False, False])
+    assert grpo.group_advantages(r, 2, "batch", valid=two).tolist() == pytest.approx([0.707107, -0.707107, 0, 0], abs=1e-5)
+    # one valid sample in the whole batch: no spread, std 0 (not NaN); its centred reward is 0 -> all 0
+    one = torch.tensor([True, False, False, False])
+    adv = grpo.group_advantages(r, 2, "batch", valid=one)
+    assert adv.tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
 def test_unknown_variant_names_itself():
     with pytest.raises(ValueError, match="'groupp'"):
         grpo.group_advantages(torch.zeros(4), 2, "groupp")
     with pytest.raises(ValueError, match="'tok_mean'"):
         grpo.aggregate("tok_mean", torch.zeros(1, 1), torch.ones(1, 1), total_tokens=1, total_seqs=1, max_len=1)
+
+
+def test_unknown_kl_estimator_names_itself():
+    # a ValueError naming the estimator and the known ones (not a bare error, not a TypeError);
+    # the same contract as test_unknown_variant_names_itself for scales and aggregations
+    with pytest.raises(ValueError, match="unknown KL estimator 'k4'.*k3"):
+        grpo.kl_estimate(torch.zeros(1), torch.zeros(1), "k4")
 
 
 def test_clipped_surrogate_clip_higher():
@@ -76,6 +137,15 @@ def test_aggregations_by_hand_and_microbatch_additivity():
         assert parts.item() == pytest.approx(whole.item())
 
 
+def test_aggregations_of_a_single_token_and_a_single_sequence():
+    # each aggregation clamps its counts at 1 (max(count, 1), not 2): one sequence with one real token, loss 3
+    loss, mask = torch.tensor([[3.0, 7.0]]), torch.tensor([[1.0, 0.0]])
+    kw = dict(total_tokens=1, total_seqs=1, max_len=4)
+    assert grpo.aggregate("token_mean", loss, mask, **kw).item() == pytest.approx(3.0)  # 3 / 1
+    assert grpo.aggregate("seq_mean_token_mean", loss, mask, **kw).item() == pytest.approx(3.0)  # (3 / 1) / 1
+    assert grpo.aggregate("seq_mean_token_sum_norm", loss, mask, **kw).item() == pytest.approx(0.75)  # 3 / (1 * 4)
+
+
 def test_kl_estimators():
     # logp = ln .5, ref = ln .25: k1 = ln 2 = .693147; k2 = .5 * .693147^2 = .240227;
     # k3 = exp(ln .5) - ln .5 - 1 = .5 + .693147 - 1 = .193147
@@ -99,6 +169,19 @@ def test_the_oracles_masked_mean_ignores_padding():
     assert oracle.masked_mean(torch.tensor([5.0, 100.0]), torch.tensor([1, 0])).item() == 5.0  # one token: itself
 
 
+def test_token_logprobs_and_entropy_normalise_over_the_vocabulary_axis():
+    # the test oracle (tests/oracle.py) normalises over V (dim -1, not +1 / -2): the logits of
+    # test_the_oracles_entropy_and_token_logprobs are (1, 2, 2) with values for which the T axis gives the same numbers;
+    # here N, T, V all differ and the reference is torch's own log_softmax / Categorical entropy.
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 5, generator=g)
+    targets = torch.randint(0, 5, (2, 3), generator=g)
+    want_logp = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(oracle.token_logprobs(logits, targets), want_logp, atol=1e-6)
+    want_ent = torch.distributions.Categorical(logits=logits).entropy()
+    assert torch.allclose(oracle.entropy_from_logits(logits), want_ent, atol=1e-6)
+
+
 def test_truncated_importance_weights():
     # trainer p = .5, sampler p = .25 -> ratio 2, capped at 1.5; trainer .25 vs sampler .5 -> .5 (never floored)
     trainer = torch.log(torch.tensor([[0.5, 0.25, 0.3]]))
@@ -120,10 +203,35 @@ def test_dual_clip_bounds_negative_advantages():
         grpo.clipped_surrogate(logp, torch.zeros(3, 1), torch.ones(3), 0.2, 0.2, dual_clip=0.5)
 
 
+def test_dual_clip_threshold_and_scale():
+    # c = 1 is refused and c = 2 accepted (c must be above 1); the floor is c * A (c / A is equal only for
+    # |A| = 1); small positive advantages (A < 1) are not floored
+    with pytest.raises(ValueError, match="dual_clip"):
+        grpo.clipped_surrogate(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1), 0.2, 0.2, dual_clip=1.0)
+    # ratio 5, A = -2, c = 2: min(-10, -2.4) = -10; floor c*A = -4 -> loss 4, clipped
+    # ratio 1, A = +.5, c = 2: min(.5, .5) = .5 (dual clip acts only on A < 0) -> loss -.5, not clipped
+    logp = torch.log(torch.tensor([[5.0], [1.0]]))
+    loss, clipped = grpo.clipped_surrogate(logp, torch.zeros(2, 1), torch.tensor([-2.0, 0.5]), 0.2, 0.2, dual_clip=2.0)
+    assert loss.squeeze(1).tolist() == pytest.approx([4.0, -0.5])
+    assert clipped.squeeze(1).tolist() == [True, False]
+
+
 def test_overlong_penalty():
     # max 20, buffer 4: lengths <= 16 -> 0; 17 -> (16-17)/4 = -.25; 18 -> -.5; 20 -> -1; 25 -> -1 (capped)
     pen = grpo.overlong_penalty(torch.tensor([3, 16, 17, 18, 20, 25]), max_len=20, buffer=4)
     assert pen.tolist() == pytest.approx([0, 0, -0.25, -0.5, -1.0, -1.0])
+
+
+def test_overlong_penalty_accepts_exactly_the_buffers_in_0_max_len():
+    # a buffer of 0 and one above max_len are each refused, with a message naming the buffer; 1 and exactly
+    # max_len are accepted
+    with pytest.raises(ValueError, match="overlong buffer"):
+        grpo.overlong_penalty(torch.tensor([5]), max_len=10, buffer=0)
+    with pytest.raises(ValueError, match="overlong buffer"):
+        grpo.overlong_penalty(torch.tensor([5]), max_len=10, buffer=11)
+    # buffer 1: 0 up to 9, -1 at 10; buffer == max_len 4: linear from length 0: (0 - L) / 4
+    assert grpo.overlong_penalty(torch.tensor([9, 10]), max_len=10, buffer=1).tolist() == [0.0, -1.0]
+    assert grpo.overlong_penalty(torch.tensor([0, 1, 4]), max_len=4, buffer=4).tolist() == [0.0, -0.25, -1.0]
 
 
 def test_keep_groups_for_dynamic_sampling():

@@ -2,9 +2,9 @@
 
 Each test drives :func:`reasonrl.train.update_policy` (steps 5-8 of the GRPO step,
 exactly as ``reasonrl-train`` runs them) on a fixed batch of B = 3 prompts x G = 4
-samples, on a tiny model built here. Every completion is one token of its own, so
-a completion's log-probability is one number that an update should move in the
-direction of its advantage.
+samples on a tiny model (the learning batch of ``helpers.py``). Every completion is
+one token of its own, so a completion's log-probability is one number that an
+update should move in the direction of its advantage.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import re
 
 import pytest
 import torch
+from helpers import PAD, REWARDS, B, G, V, algorithm, flat_params, one_token_logprobs, one_token_rollouts, tiny_model
 
 from reasonrl.config import OptimConfig
 from reasonrl.grpo import group_advantages
@@ -21,61 +22,9 @@ from reasonrl.policy import make_optimizer
 from reasonrl.rollout import Rollout
 from reasonrl.update import UpdateSettings, update_policy
 
-from conftest import REPO, compose
+from conftest import REPO
 
-B, G, V = 3, 4, 40
-PAD = 0
-# Rewards per sample, prompt-major. Within each group of G the signs of the advantages are
-# +,+,+,- / -,-,-,+ / +,-,-,-; grouping by B instead of G would give most samples 0.
-REWARDS = torch.tensor([1.0, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0])
 PRESETS = ["grpo", "grpo_deepseekmath", "dr_grpo", "dapo", "gspo", "cispo"]
-
-
-def tiny_model(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=V,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=1,
-        num_attention_heads=1,
-        num_key_value_heads=1,
-        head_dim=64,
-        max_position_embeddings=32,
-        tie_word_embeddings=False,
-        pad_token_id=PAD,
-        bos_token_id=None,
-        eos_token_id=None,
-    )
-    return LlamaForCausalLM(cfg)
-
-
-def rollouts(completion_of=lambda k: 10 + k, logprobs=None) -> list[Rollout]:
-    """B*G rollouts: prompt b is [1, 2+b], sample k completes it with its own token."""
-    out = []
-    for k in range(B * G):
-        b = k // G
-        out.append(
-            Rollout(
-                prompt_index=b,
-                prompt_ids=[1, 2 + b],
-                completion_ids=[completion_of(k)],
-                text="",
-                finish_reason="stop",
-                logprobs=[] if logprobs is None else [float(logprobs[k])],
-            )
-        )
-    return out
-
-
-@torch.no_grad()
-def completion_logprobs(model, ros) -> torch.Tensor:
-    """(N,) log p(completion token | prompt) under ``model``."""
-    ids = torch.tensor([r.prompt_ids + r.completion_ids for r in ros])
-    logits = model(input_ids=ids).logits[:, -2].float()
-    return torch.log_softmax(logits, -1).gather(-1, ids[:, -1:]).squeeze(-1)
 
 
 @torch.no_grad()
@@ -83,10 +32,6 @@ def completion_entropy(model, ros) -> float:
     ids = torch.tensor([r.prompt_ids for r in ros])
     logp = torch.log_softmax(model(input_ids=ids).logits[:, -1].float(), -1)
     return float(-(logp.exp() * logp).sum(-1).mean())
-
-
-def algorithm(preset: str = "grpo", *overrides: str):
-    return compose("train", [f"algorithm={preset}", *[f"algorithm.{o}" for o in overrides]]).algorithm
 
 
 def run_update(model, ros, rewards, alg, masked=None, lr=1e-2, sgd=False, grad_clip=1.0):
@@ -110,10 +55,10 @@ def test_the_rewards_tell_the_groupings_apart():
 @pytest.mark.parametrize("preset", PRESETS)
 def test_one_update_raises_positive_and_lowers_negative_completions(preset):
     model = tiny_model()
-    ros = rollouts()
-    before = completion_logprobs(model, ros)
+    ros = one_token_rollouts()
+    before = one_token_logprobs(model, ros)
     run_update(model, ros, REWARDS, algorithm(preset))
-    change = completion_logprobs(model, ros) - before
+    change = one_token_logprobs(model, ros) - before
     adv = group_advantages(REWARDS, G)
     assert (change.sign() == adv.sign()).all(), (preset, adv.tolist(), change.tolist())
 
@@ -128,7 +73,7 @@ def test_a_masked_sample_changes_nothing_and_is_counted():
         model = tiny_model()
         rewards = REWARDS.clone()
         rewards[5] = reward
-        ros = rollouts()
+        ros = one_token_rollouts()
         ros[5].completion_ids = tokens
         stats = run_update(model, ros, rewards, alg, masked, lr=1.0, sgd=True, grad_clip=1e9)
         results.append((torch.cat([p.detach().flatten() for p in model.parameters()]), stats))
@@ -136,7 +81,7 @@ def test_a_masked_sample_changes_nothing_and_is_counted():
         assert torch.allclose(params, results[0][0], rtol=0, atol=1e-7)
         assert stats.masked_frac == pytest.approx(1 / 12)
     unmasked = tiny_model()
-    run_update(unmasked, rollouts(), REWARDS, alg, lr=1.0, sgd=True, grad_clip=1e9)
+    run_update(unmasked, one_token_rollouts(), REWARDS, alg, lr=1.0, sgd=True, grad_clip=1e9)
     assert not torch.allclose(torch.cat([p.detach().flatten() for p in unmasked.parameters()]), results[0][0], atol=1e-6)
 
 
@@ -154,8 +99,13 @@ def test_clip_higher_changes_the_update():
     finals = {}
     for eps_high in (0.2, 0.28):
         model = tiny_model()
-        old = completion_logprobs(model, rollouts()) - 0.22
-        run_update(model, rollouts(logprobs=old), REWARDS, algorithm("dapo", "updates_per_batch=2", f"clip_eps_high={eps_high}"))
+        old = one_token_logprobs(model, one_token_rollouts()) - 0.22
+        run_update(
+            model,
+            one_token_rollouts(logprobs=old),
+            REWARDS,
+            algorithm("dapo", "updates_per_batch=2", f"clip_eps_high={eps_high}"),
+        )
         finals[eps_high] = torch.cat([p.detach().flatten() for p in model.parameters()])
     assert not torch.allclose(finals[0.2], finals[0.28], atol=1e-6)
 
@@ -164,8 +114,8 @@ def test_clip_statistics_count_every_update():
     """The first of two updates sees ratios of exactly 1 (nothing clipped); the second, after a large
     step, sees ratios outside [0.8, 1.2]: the reported clip fraction must include it."""
     model = tiny_model()
-    old = completion_logprobs(model, rollouts())
-    stats = run_update(model, rollouts(logprobs=old), REWARDS, algorithm("grpo", "updates_per_batch=2"), lr=0.3)
+    old = one_token_logprobs(model, one_token_rollouts())
+    stats = run_update(model, one_token_rollouts(logprobs=old), REWARDS, algorithm("grpo", "updates_per_batch=2"), lr=0.3)
     assert stats.clip_frac > 0
 
 
@@ -173,7 +123,7 @@ def test_the_entropy_bonus_raises_entropy():
     model = tiny_model()
     with torch.no_grad():
         model.lm_head.weight.mul_(20)  # a peaked policy, far from the maximum entropy log(V)
-    ros = rollouts()
+    ros = one_token_rollouts()
     before = completion_entropy(model, ros)
     assert before < 0.8 * torch.log(torch.tensor(float(V)))
     flat = torch.ones(B * G)  # no advantage anywhere: only the bonus moves the policy
@@ -238,20 +188,16 @@ def test_a_new_estimator_and_loss_are_one_decorated_function_each():
 
     try:
         model = tiny_model()
-        before = completion_logprobs(model, rollouts())
-        run_update(model, rollouts(), REWARDS, algorithm("grpo", "advantage=test_sign", "policy_loss=test_reinforce"))
-        change = completion_logprobs(model, rollouts()) - before
+        before = one_token_logprobs(model, one_token_rollouts())
+        run_update(model, one_token_rollouts(), REWARDS, algorithm("grpo", "advantage=test_sign", "policy_loss=test_reinforce"))
+        change = one_token_logprobs(model, one_token_rollouts()) - before
         assert calls[:2] == ["advantage", "loss"]
         assert (change.sign() == (REWARDS - 0.5).sign()).all()
     finally:
         grpo.ADVANTAGE_ESTIMATORS.pop("test_sign")
         grpo.POLICY_LOSSES.pop("test_reinforce")
     with pytest.raises(ValueError, match="unknown policy loss 'test_reinforce'"):
-        run_update(tiny_model(), rollouts(), REWARDS, algorithm("grpo", "policy_loss=test_reinforce"))
-
-
-def _flat(model) -> torch.Tensor:
-    return torch.cat([p.detach().flatten() for p in model.parameters()])
+        run_update(tiny_model(), one_token_rollouts(), REWARDS, algorithm("grpo", "policy_loss=test_reinforce"))
 
 
 def test_truncated_importance_sampling_weights_the_loss_and_caps():
@@ -261,13 +207,13 @@ def test_truncated_importance_sampling_weights_the_loss_and_caps():
     changes, stats = [], []
     for gap in (0.0, float(torch.log(torch.tensor(3.0)))):
         model = tiny_model()
-        start = _flat(model)
-        sampler = completion_logprobs(model, rollouts()) - gap
+        start = flat_params(model)
+        sampler = one_token_logprobs(model, one_token_rollouts()) - gap
         opt = torch.optim.SGD(model.parameters(), lr=1.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
         settings = UpdateSettings(alg=alg, pad_id=PAD, micro_batch_size=5, max_len=4, grad_clip=1e9, use_tis=True)
-        stats.append(update_policy(model, opt, sched, rollouts(logprobs=sampler), REWARDS, [False] * 12, G, settings))
-        changes.append(_flat(model) - start)
+        stats.append(update_policy(model, opt, sched, one_token_rollouts(logprobs=sampler), REWARDS, [False] * 12, G, settings))
+        changes.append(flat_params(model) - start)
     assert torch.allclose(changes[1], 2 * changes[0], atol=1e-6) and changes[0].abs().max() > 0
     assert stats[0].tis_weight_mean == pytest.approx(1.0) and stats[0].tis_capped_frac == 0.0
     assert stats[1].tis_weight_mean == pytest.approx(2.0) and stats[1].tis_capped_frac == 1.0
@@ -280,8 +226,8 @@ def test_micro_batch_size_does_not_change_the_update():
         opt = torch.optim.SGD(model.parameters(), lr=1.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
         settings = UpdateSettings(alg=algorithm("grpo_deepseekmath"), pad_id=PAD, micro_batch_size=mb, max_len=4, grad_clip=1e9)
-        update_policy(model, opt, sched, rollouts(), REWARDS, [False] * 12, G, settings, ref_model=copy.deepcopy(model))
-        finals.append(_flat(model))
+        update_policy(model, opt, sched, one_token_rollouts(), REWARDS, [False] * 12, G, settings, ref_model=copy.deepcopy(model))
+        finals.append(flat_params(model))
     assert torch.allclose(finals[0], finals[1], atol=1e-6) and torch.allclose(finals[1], finals[2], atol=1e-6)
 
 
@@ -289,13 +235,13 @@ def test_a_non_finite_loss_stops_the_update_with_the_step():
     rewards = REWARDS.clone()
     rewards[0] = float("nan")
     with pytest.raises(FloatingPointError, match="non-finite loss .* at step 1"):
-        run_update(tiny_model(), rollouts(), rewards, algorithm("grpo"))
+        run_update(tiny_model(), one_token_rollouts(), rewards, algorithm("grpo"))
 
 
 # -- per-token advantages ---------------------------------------------------------------------------------------
 def _long_rollouts() -> list[Rollout]:
     """B*G rollouts whose completions have 1 to 3 tokens, so that per-token advantages have tokens to choose."""
-    ros = rollouts()
+    ros = one_token_rollouts()
     for k, r in enumerate(ros):
         r.completion_ids = [10 + k, 20 + (k % 3), 30][: 1 + k % 3]
     return ros

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -197,6 +198,55 @@ def test_format_partial_credit():
     assert f({}, "<think>a</think> 1").score == 0.5  # two tags present once
     assert f({}, "<answer>1</answer><think>a</think>").score == 0.75  # all four, wrong order: capped
     assert FormatVerifier()({}, "<think>a</think> 1").score == 0.0
+
+
+def test_math_latex_thin_space_and_left_right_are_cleaned():
+    # cleaning removes the thin space "\ " ("1\ 000" is 1000) and "\left" / "\right" (a choice letter in
+    # \left( \right) matches)
+    from reasonrl.verifiers.math import MathVerifier
+
+    v = MathVerifier()
+    assert v({"answer": "1000"}, "\\boxed{1\\ 000}").status == "correct"
+    assert v({"answer": "(A)"}, "\\boxed{\\left(A\\right)}").status == "correct"
+
+
+def test_math_verify_logging_is_silenced_without_touching_the_root_logger(monkeypatch):
+    # math_verify's own loggers are set to ERROR, not the ROOT logger (that would silence every INFO/WARNING of
+    # the trainer and leave math_verify's loggers as they were)
+    from reasonrl.verifiers import math as vmath
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "level", logging.WARNING)
+    monkeypatch.setattr(vmath, "_CONFIG", [])  # the settings are built once per process: rebuild them here
+    vmath._extraction_config()
+    assert root.level == logging.WARNING
+    assert logging.getLogger("math_verify.grader").level == logging.ERROR
+
+
+def test_math_space_grouped_thousands_and_too_complex_scores_zero():
+    # the numeric path drops spaces ("1 000" is 1000), and a too-complex answer is "wrong" with score 0.0
+    # (not 1.0: full reward)
+    from reasonrl.verifiers.math import MathVerifier
+
+    v = MathVerifier()
+    assert v({"answer": "1000"}, "\\boxed{1 000}").status == "correct"
+    tower = v({"answer": "2"}, "\\boxed{2^{100000}}")
+    assert (tower.status, tower.score, tower.info.get("too_complex")) == ("wrong", 0.0, 1)
+
+
+def test_math_boxed_gold_without_box_uses_the_answer_is_line_and_multi_part_verdicts_summarize():
+    # a "boxed" gold that has only "The answer is:" is read from that line (no TypeError), and multi-part
+    # verdicts carry info {} (not None, which scoring.summarize cannot read)
+    from reasonrl.verifiers.math import MathVerifier, _gold_strings
+    from reasonrl.verifiers.scoring import Scored, summarize
+
+    assert _gold_strings("We get 7 in all. The answer is: 7", "boxed") == ["7"]
+    v = MathVerifier(answer_field="final_answer")
+    row = {"final_answer": ["3", "4"]}
+    good, bad = v(row, "\\boxed{4, 3}"), v(row, "\\boxed{3, 5}")
+    assert (good.status, good.info) == ("correct", {}) and (bad.status, bad.info) == ("wrong", {})
+    m = summarize(Scored([1.0, 0.0], [{"math": good}, {"math": bad}], [False, False]), ["math"])
+    assert m["verify/correct_frac"] == 0.5
 
 
 _POOL = []

@@ -10,49 +10,18 @@ in which a sleeping vLLM engine is woken for a weight sync.
 from __future__ import annotations
 
 import copy
-import itertools
 
 import pytest
 import torch
+from helpers import REWARDS, G, LargestTensor, algorithm, batch, contiguous_splits, llama_of_vocab, one_token_rollouts, tiny_model
 from oracle import entropy_from_logits, token_logprobs
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from reasonrl.logprobs import completion_logprobs, token_logprobs_and_entropy
 
 
-def model_of(vocab: int, tie: bool = False, seed: int = 0, layers: int = 2):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=1,
-        num_key_value_heads=1,
-        head_dim=64,
-        max_position_embeddings=256,
-        tie_word_embeddings=tie,
-        pad_token_id=0,
-    )
-    return LlamaForCausalLM(cfg)
-
-
-def batch(vocab: int, n: int = 5, length: int = 20, seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, vocab, (n, length), generator=g)
-    att = torch.ones_like(ids)
-    att[1, length - 5 :], ids[1, length - 5 :] = 0, 0  # a padded row
-    cmask = torch.zeros(n, length - 1)
-    cmask[:, length // 2 :] = 1
-    cmask[1, length - 6 :] = 0
-    return ids, att, cmask
-
-
 @pytest.mark.parametrize("tie,vocab,temperature", [(False, 40, 1.0), (True, 3000, 0.7), (False, 3000, 1.3)])
 def test_chunked_logprobs_entropy_and_gradients_equal_the_full_computation(tie, vocab, temperature):
-    model = model_of(vocab, tie)
+    model = llama_of_vocab(vocab, tie)
     ids, att, cmask = batch(vocab)
     logits = model(input_ids=ids, attention_mask=att).logits[:, :-1] / temperature
     ref_lp, ref_ent = token_logprobs(logits, ids[:, 1:]) * cmask, entropy_from_logits(logits) * cmask
@@ -73,24 +42,9 @@ def test_chunked_logprobs_entropy_and_gradients_equal_the_full_computation(tie, 
         assert torch.allclose(p.grad, g, atol=1e-5)
 
 
-class LargestTensor(TorchDispatchMode):
-    """Records the largest number of elements any op's output has."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest, self.op = 0, None
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor) and t.numel() > self.largest:
-                self.largest, self.op = t.numel(), str(func)
-        return out
-
-
 def test_no_tokens_by_vocabulary_tensor_is_ever_made():
     V, n, length = 50_000, 4, 80  # 4 x 40 completion tokens x 50k vocab = 8M elements if materialised
-    model = model_of(V, tie=True, layers=1)
+    model = llama_of_vocab(V, tie=True, layers=1)
     ids, att, cmask = batch(V, n, length)
     tokens = int(cmask.sum())
     watch = LargestTensor()
@@ -114,7 +68,7 @@ def test_generation_records_the_same_logprobs_a_forward_pass_gives():
         def decode(self, ids, skip_special_tokens=True):
             return " ".join(map(str, ids))
 
-    model = model_of(300, layers=1)
+    model = llama_of_vocab(300, layers=1)
     prompts = [[5, 6, 7], [9, 10], [11, 12, 13, 14]]
     for temperature, top_p in ((1.0, 1.0), (0.7, 0.9)):
         ros = HFGenerator(model, Tok()).generate(
@@ -141,7 +95,7 @@ def test_the_in_place_kv_cache_samples_what_the_concatenating_one_does(capacity)
         def decode(self, ids, skip_special_tokens=True):
             return " ".join(map(str, ids))
 
-    model = model_of(300, layers=2).eval()
+    model = llama_of_vocab(300, layers=2).eval()
     prompts = [[5, 6, 7], [9, 10], [11, 12, 13, 14, 15, 16]]  # unequal: left padding in the batch
     ids = torch.tensor([[0] * (6 - len(p)) + p for p in prompts])
     cfg = GenerationConfig(do_sample=True, temperature=1.0, top_k=None, max_new_tokens=20, pad_token_id=0, eos_token_id=1,
@@ -174,7 +128,7 @@ def test_float32_master_weights_under_bfloat16_compute_change_every_element():
 
     ids, att, cmask = batch(300)
     for weights_dtype in (torch.float32, torch.bfloat16):
-        model = model_of(300).to(weights_dtype)
+        model = llama_of_vocab(300).to(weights_dtype)
         before = {k: v.detach().clone() for k, v in model.named_parameters()}
         opt, sched = make_optimizer(model, OptimConfig(lr=1e-6), total_steps=1)
         with autocast(torch.device("cpu"), torch.bfloat16):
@@ -201,7 +155,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
     grads = []
     for checkpointing in (False, True):
-        model = model_of(300)
+        model = llama_of_vocab(300)
         if checkpointing:
             enable_gradient_checkpointing(model)
         model.train()
@@ -222,19 +176,6 @@ def test_micro_batches_by_token_budget():
     assert plan == [[1, 3], [5, 2], [0, 4]]
     assert plan_micro_batches(lengths, max_seqs=2) == [[1, 3], [5, 2], [0, 4]]
     assert plan_micro_batches([500, 10], max_seqs=8, max_tokens=100) == [[0], [1]]  # too long for the budget: alone
-
-
-def contiguous_splits(order: list[int]):
-    """Every way of cutting ``order`` into contiguous runs (2^(n-1) of them)."""
-    for cuts in itertools.product([0, 1], repeat=len(order) - 1):
-        plan, cur = [], [order[0]]
-        for c, i in zip(cuts, order[1:]):
-            if c:
-                plan.append(cur)
-                cur = []
-            cur.append(i)
-        plan.append(cur)
-        yield plan
 
 
 def test_micro_batch_cuts_are_the_cheapest_contiguous_runs_of_the_sorted_batch():
@@ -270,8 +211,6 @@ def test_micro_batch_cuts_are_the_cheapest_contiguous_runs_of_the_sorted_batch()
 
 
 def test_the_reference_model_runs_once_per_batch_and_token_budgets_change_nothing():
-    from test_learning import REWARDS, G, algorithm, rollouts, tiny_model
-
     from reasonrl.update import UpdateSettings, update_policy
 
     finals, calls = [], []
@@ -290,7 +229,9 @@ def test_the_reference_model_runs_once_per_batch_and_token_budgets_change_nothin
             max_len=4,
             grad_clip=1e9,
         )
-        stats = update_policy(model, opt, sched, rollouts(logprobs=old), REWARDS, [False] * 12, G, settings, ref_model=ref)
+        stats = update_policy(
+            model, opt, sched, one_token_rollouts(logprobs=old), REWARDS, [False] * 12, G, settings, ref_model=ref
+        )
         finals.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
         calls.append((count[0], stats.micro_batches))
     assert calls == [(1, 1), (6, 6)]  # one reference pass per micro-batch, whatever the number of updates
@@ -300,7 +241,7 @@ def test_the_reference_model_runs_once_per_batch_and_token_budgets_change_nothin
 def test_the_sft_loss_is_the_mean_token_cross_entropy_in_any_micro_batching():
     from reasonrl.sft import collate, sft_backward
 
-    model = model_of(300)
+    model = llama_of_vocab(300)
     g = torch.Generator().manual_seed(0)
     data = [
         ([int(x) for x in torch.randint(2, 300, (p,), generator=g)], [int(x) for x in torch.randint(2, 300, (c,), generator=g)])
@@ -344,7 +285,7 @@ def test_a_sleeping_vllm_engine_wakes_weights_first_then_its_cache():
 
     gen = VLLMGenerator.__new__(VLLMGenerator)
     gen.llm, gen.sleep_enabled, gen._asleep, gen.engine_dtype = LLM(), True, False, torch.float32
-    model = model_of(40, layers=1)
+    model = llama_of_vocab(40, layers=1)
     gen.sleep()
     gen.sync_weights(model)
     n = len(model.state_dict())
@@ -445,12 +386,12 @@ import os, sys, json, torch
 sys.path.insert(0, sys.argv[1])
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1")
 torch.distributed.init_process_group("gloo", rank=0, world_size=1)
-from test_memory_path import LargestTensor, batch, model_of
+from helpers import LargestTensor, batch, llama_of_vocab
 from reasonrl.logprobs import completion_logprobs
 from reasonrl.runtime import Runtime
 from reasonrl.sharding import is_sharded, shard_model
 V = 50_000
-model = shard_model(model_of(V, tie=True, layers=1), Runtime(), torch.float32, mode="on")
+model = shard_model(llama_of_vocab(V, tie=True, layers=1), Runtime(), torch.float32, mode="on")
 ids, att, cmask = batch(V, 4, 80)
 watch = LargestTensor()
 with watch:

@@ -46,13 +46,13 @@ class SamplingSpy:
 def _collector(world_size: int, B: int = 4, G: int = 2):
     """``collect(rt, problems)`` for each rank of a world: the real HF generator on its own tiny model per rank
     (built here, before the threads start)."""
-    from test_tiny_model import compose
-
     from reasonrl.collect import GroupPlan, collect_groups
     from reasonrl.rollout import HFGenerator, Sampling
     from reasonrl.tasks import arith
     from reasonrl.tiny import build_model, build_tokenizer
     from reasonrl.verifiers.integer import IntegerVerifier
+
+    from conftest import compose
 
     tok = build_tokenizer(arith.CHARSET, arith.TAGS)
     gens = [SamplingSpy(HFGenerator(build_model(compose("train").model.arch, tok, seed=0), tok)) for _ in range(world_size)]

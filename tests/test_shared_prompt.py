@@ -17,51 +17,13 @@ import random
 
 import pytest
 import torch
-from test_memory_path import contiguous_splits
+from helpers import FAMILY_V, contiguous_splits, model_of_family, random_length_rollouts
 
 from reasonrl.data import pack, pack_shared
 from reasonrl.logprobs import batch_logprobs, prompt_sharing_supported
-from reasonrl.rollout import Rollout
 from reasonrl.update import UpdateSettings, plan_micro_batches, update_policy
 
 from conftest import compose
-
-V = 300
-
-
-def model_of(kind: str, **extra):
-    import transformers as T
-
-    classes = {"llama": (T.LlamaConfig, T.LlamaForCausalLM), "qwen2": (T.Qwen2Config, T.Qwen2ForCausalLM),
-               "qwen3": (T.Qwen3Config, T.Qwen3ForCausalLM)}  # fmt: skip
-    config_cls, model_cls = classes[kind]
-    torch.manual_seed(0)
-    cfg = config_cls(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                     num_key_value_heads=1, head_dim=64, max_position_embeddings=256, pad_token_id=0, **extra)  # fmt: skip
-    return model_cls(cfg)
-
-
-def rollouts(seed: int = 0, groups: int = 3, g: int = 4) -> list[Rollout]:
-    """``groups`` prompts of different lengths x ``g`` completions of 0-14 tokens; one with a partial loss mask."""
-    rng = random.Random(seed)
-    out = []
-    for b in range(groups):
-        prompt = [rng.randrange(1, V) for _ in range(3 + 4 * b)]
-        for k in range(g):
-            n = 0 if (b, k) == (1, 0) else rng.randrange(1, 15)  # an empty completion too
-            comp = [rng.randrange(1, V) for _ in range(n)]
-            out.append(
-                Rollout(
-                    prompt_index=b,
-                    prompt_ids=prompt,
-                    completion_ids=comp,
-                    text="",
-                    finish_reason="stop",
-                    logprobs=[-rng.uniform(0.5, 6.0) for _ in comp],
-                    loss_mask=[int(rng.random() > 0.3) for _ in comp] if k == 2 else None,
-                )
-            )
-    return out
 
 
 def _values(lp, mask):
@@ -71,11 +33,11 @@ def _values(lp, mask):
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
 def test_shared_prompt_logprobs_entropies_and_gradients_equal_the_packed_pass(kind, checkpointing):
-    model = model_of(kind).train()
+    model = model_of_family(kind).train()
     assert prompt_sharing_supported(model)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    ros = rollouts()
+    ros = random_length_rollouts()
     results = []
     for batch in (pack(ros, 0), pack_shared(ros, 0)):
         model.zero_grad()
@@ -91,20 +53,20 @@ def test_shared_prompt_logprobs_entropies_and_gradients_equal_the_packed_pass(ki
 
 
 def embedded_shapes(model, micro_batch_size: int, max_tokens: int = 0) -> tuple[list[tuple[int, int]], dict]:
-    """One shared-prompt update of ``model`` on :func:`rollouts` (lr 0): the (rows, width) of every batch its
-    embedding saw, and the update's statistics."""
+    """One shared-prompt update of ``model`` on :func:`helpers.random_length_rollouts` (lr 0): the (rows, width) of
+    every batch its embedding saw, and the update's statistics."""
     seen = []
     model.model.embed_tokens.register_forward_hook(lambda _m, args, _o: seen.append(tuple(args[0].shape)))
     settings = UpdateSettings(alg=compose("train", []).algorithm, pad_id=0, micro_batch_size=micro_batch_size,
                               max_tokens_per_micro_batch=max_tokens, share_prompt=True)  # fmt: skip
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    stats = update_policy(model, opt, sched, rollouts(), torch.tensor([1.0, 0] * 6), [False] * 12, 4, settings)
+    stats = update_policy(model, opt, sched, random_length_rollouts(), torch.tensor([1.0, 0] * 6), [False] * 12, 4, settings)
     return seen, stats
 
 
 def test_each_prompt_runs_once_per_micro_batch():
-    seen, stats = embedded_shapes(model_of("llama"), micro_batch_size=4)
+    seen, stats = embedded_shapes(model_of_family("llama"), micro_batch_size=4)
     # one micro-batch per group (4 sequences each): its prompt once, then its 4 completions
     assert stats.micro_batches == 3
     prompt_rows = [rows for rows, _ in seen[0::2]]
@@ -116,13 +78,13 @@ def test_the_token_budget_counts_each_prompt_once_under_sharing():
     """The update plans shared micro-batches from completion lengths plus each distinct prompt once: a budget that
     holds the whole batch that way gives one pass (counting prompts inside every sequence's length too would cut
     it into several: the same values, more passes)."""
-    ros = rollouts()
+    ros = random_length_rollouts()
     clens, plens = [len(r.completion_ids) for r in ros], [len(r.prompt_ids) for r in ros]
     keys = [tuple(r.prompt_ids) for r in ros]
     budget = _shared_cost([list(range(len(ros)))], clens, plens, keys)
     whole = [a + b for a, b in zip(plens, clens)]
     assert budget < _shared_cost([list(range(len(ros)))], whole, plens, keys)  # prompts counted twice: over budget
-    seen, stats = embedded_shapes(model_of("llama"), micro_batch_size=len(ros), max_tokens=budget)
+    seen, stats = embedded_shapes(model_of_family("llama"), micro_batch_size=len(ros), max_tokens=budget)
     assert stats.micro_batches == 1 and [rows for rows, _ in seen] == [3, len(ros)]
 
 
@@ -136,10 +98,10 @@ def test_the_token_budget_counts_each_prompt_once_under_sharing():
 )
 def test_an_update_with_shared_prompts_equals_the_packed_update(preset, overrides):
     alg = compose("train", [f"algorithm={preset}", *overrides]).algorithm
-    ros, rewards = rollouts(seed=3), torch.tensor([1.0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 0, 0])
+    ros, rewards = random_length_rollouts(seed=3), torch.tensor([1.0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 0, 0])
     results = []
     for share in (False, True):
-        model = model_of("qwen2")
+        model = model_of_family("qwen2")
         ref = copy.deepcopy(model).eval().requires_grad_(False) if alg.kl_coef > 0 else None
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
@@ -150,7 +112,7 @@ def test_an_update_with_shared_prompts_equals_the_packed_update(preset, override
     for key in ("loss", "kl", "entropy", "grad_norm", "clip_frac", "logprob_diff_mean", "completion_tokens"):
         assert getattr(shared, key) == pytest.approx(getattr(plain, key), rel=1e-4, abs=1e-6), key
     assert (params_a - params_b).abs().max() < 1e-5
-    before = torch.cat([p.detach().flatten() for p in model_of("qwen2").parameters()])
+    before = torch.cat([p.detach().flatten() for p in model_of_family("qwen2").parameters()])
     assert (params_a - before).abs().max() > 1e-3  # the update moved the weights: equal is not trivially equal
 
 
@@ -188,14 +150,14 @@ def test_shared_micro_batches_are_the_cheapest_cuts_of_either_order():
 
 
 def test_a_model_the_path_does_not_cover_takes_the_packed_pass():
-    sliding = model_of("qwen2", use_sliding_window=True, sliding_window=8, max_window_layers=0)
+    sliding = model_of_family("qwen2", use_sliding_window=True, sliding_window=8, max_window_layers=0)
     assert not prompt_sharing_supported(sliding)
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=64, n_layer=1, n_head=1, n_positions=64))
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=FAMILY_V, n_embd=64, n_layer=1, n_head=1, n_positions=64))
     assert not prompt_sharing_supported(gpt2)
     seen, _ = embedded_shapes(sliding, micro_batch_size=12)
-    ros = rollouts()
+    ros = random_length_rollouts()
     assert seen == [(12, max(len(r.prompt_ids) + len(r.completion_ids) for r in ros))]  # one packed pass
 
 

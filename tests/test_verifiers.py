@@ -157,3 +157,69 @@ def test_a_gold_error_in_scoring_is_an_error_verdict_never_wrong():
     bad, good = scored.verdicts[0]["picky"], scored.verdicts[1]["picky"]
     assert (bad.status, bad.score, "gold '??'" in bad.info["gold_error"]) == ("error", 0.0, True)
     assert scored.masked == [True, False] and scored.rewards == [0.0, 1.0] and good.status == "correct"
+
+
+class _Fixed:
+    """A verifier that returns a fixed verdict (or None: not applicable) for every completion."""
+
+    def __init__(self, name, verdict):
+        self.name, self.verdict = name, verdict
+
+    def __call__(self, problem, completion):
+        return self.verdict
+
+
+def test_score_refuses_problems_and_completions_of_different_lengths():
+    # score zips problems and completions with strict=True: a missing completion would otherwise silently
+    # drop a problem and misalign rewards with the batch
+    from reasonrl.verifiers.base import Verdict
+    from reasonrl.verifiers.scoring import score
+
+    vs = {"v": (_Fixed("v", Verdict(1.0, "correct", {})), 1.0)}
+    with pytest.raises(ValueError):
+        score([{"answer": "1"}, {"answer": "2"}], ["only one"], vs)
+
+
+def test_summarize_edge_cases():
+    # no rollouts give {} but one rollout is not treated as empty; a verifier with no verdicts is skipped and
+    # the next one still summarized; no verdict at all gives status fractions of 0.0 (no division by zero);
+    # masked_frac is a fraction of the rollouts
+    from reasonrl.verifiers.base import STATUSES, Verdict
+    from reasonrl.verifiers.scoring import Scored, summarize
+
+    assert summarize(Scored([], [], []), ["a"]) == {}
+    one = summarize(Scored([1.0], [{"a": Verdict(1.0, "correct", {})}], [False]), ["a"])
+    assert one["reward/mean"] == 1.0 and one["reward/a/mean"] == 1.0 and one["verify/correct_frac"] == 1.0
+    # "na" is not applicable to any rollout (None); "b" still gets its metrics after it
+    ok, bad = Verdict(1.0, "correct", {}), Verdict(0.0, "error", {})
+    rows = [{"na": None, "b": ok}, {"na": None, "b": bad}]
+    m = summarize(Scored([1.0, 0.0], rows, [False, True]), ["na", "b"])
+    assert "reward/na/mean" not in m and m["reward/b/mean"] == 0.5
+    assert m["verify/correct_frac"] == 0.5 and m["verify/error_frac"] == 0.5
+    assert m["verify/masked_frac"] == 0.5  # 1 of 2 rollouts masked
+    # no verdict at all: every status fraction is 0, not a division by zero
+    none = summarize(Scored([0.0, 0.0], [{"na": None}, {"na": None}], [False, False]), ["na"])
+    assert all(none[f"verify/{s}_frac"] == 0.0 for s in STATUSES) and none["verify/masked_frac"] == 0.0
+
+
+def test_check_golds_reports_reason_row_and_count_and_checks_every_verifier(caplog):
+    # a verifier without check_gold is skipped and the next one still checks; the row line names the reason and
+    # the row; the summary (exact text) names the source and counts the skipped rows, and is not logged when
+    # nothing is skipped
+    from reasonrl.verifiers.base import Verdict
+    from reasonrl.verifiers.integer import IntegerVerifier
+    from reasonrl.verifiers.scoring import check_golds
+
+    no_check = _Fixed("fmt", Verdict(1.0, "correct", {}))  # has no check_gold: skipped, the next one still runs
+    vs = {"fmt": (no_check, 0.1), "integer": (IntegerVerifier(), 1.0)}
+    rows = [{"answer": "3"}, {"answer": "three"}, {"answer": "5"}]
+    with caplog.at_level(logging.ERROR):
+        kept = check_golds(rows, vs, "demo.jsonl")
+    assert kept == [rows[0], rows[2]]
+    row_line, summary = [r.getMessage() for r in caplog.records]
+    assert "demo.jsonl row 1" in row_line and "(integer: " in row_line and "{'answer': 'three'}" in row_line
+    assert summary == "data errors: 1 of 3 problems in demo.jsonl skipped"
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert check_golds([rows[0]], vs, "clean.jsonl") == [rows[0]]
+    assert caplog.records == []  # clean data: no error lines
