@@ -45,14 +45,13 @@ def _stopped(run, state: dict[str, Any]) -> str:
 def _run(cfg, run_dir, state: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from reasonrl.config import micro_batching
     from reasonrl.evals.harness import training_eval
     from reasonrl.metrics import RunLogger
     from reasonrl.models import load_policy
     from reasonrl.policy import compute_dtype, save_checkpoint
     from reasonrl.rollout import HFGenerator
     from reasonrl.runs import announce, write_summary
-    from reasonrl.sft import demonstration_accuracy, demonstrations, train_sft
+    from reasonrl.sft import fine_tune_on_demonstrations
     from reasonrl.tasks import get_task, problem_source
     from reasonrl.verifiers import load
 
@@ -62,10 +61,6 @@ def _run(cfg, run_dir, state: dict[str, Any]) -> dict[str, Any]:
     task = get_task(cfg.task)
     verifier = load(cfg.task.answer_verifier)
     stream, heldout = problem_source(task, cfg.task, cfg.seed, {cfg.task.answer_verifier: (verifier, 1.0)})
-    rows = demonstrations(
-        cfg.sft, task, cfg.seed, problems=getattr(stream, "rows", None), tokenizer=tokenizer, template=cfg.task.template
-    )
-    pairs = [(r["prompt"], r["completion"]) for r in rows]
     render = lambda p: task.render_prompt(p, cfg.task.template, tokenizer)  # noqa: E731
     state["logger"] = logger = RunLogger(run_dir, tensorboard=cfg.logging.tensorboard, wandb_project=cfg.logging.wandb_project)
 
@@ -76,23 +71,30 @@ def _run(cfg, run_dir, state: dict[str, Any]) -> dict[str, Any]:
     def eval_fn(m):
         return training_eval(HFGenerator(m, tokenizer), tokenizer, heldout, render, verifier, cfg, cfg.seed)
 
-    start = eval_fn(model)
-    log_row({"step": 0, **start})
-    hist = train_sft(
+    state["start"] = {}
+
+    def evaluate_before(_demonstration_accuracy) -> None:
+        state["start"] = eval_fn(model)
+        log_row({"step": 0, **state["start"]})
+
+    hist = fine_tune_on_demonstrations(
         model,
         tokenizer,
-        pairs,
+        cfg.sft,
+        task,
+        cfg.task.template,
+        stream,
+        verifier,
         steps=cfg.max_steps,
-        batch_size=cfg.sft.batch_size,
-        optim=cfg.sft.optim,
         seed=cfg.seed,
+        compute_dtype=compute_dtype(cfg.model.compute_dtype, next(model.parameters()).device),
+        progress=cfg.logging.progress,
+        before=evaluate_before,
         eval_fn=eval_fn,
         eval_every=cfg.sft.eval_every,
         log_fn=log_row,
-        progress=cfg.logging.progress,
-        compute_dtype=compute_dtype(cfg.model.compute_dtype, next(model.parameters()).device),
-        **micro_batching(cfg.sft),
     )
+    start = state["start"]
     logger.close()
     final = run_dir / "checkpoints" / "final"
     if cfg.checkpoint.final:
@@ -104,8 +106,8 @@ def _run(cfg, run_dir, state: dict[str, Any]) -> dict[str, Any]:
         "steps": hist["steps"],
         "base_model": str(model_path),
         "wall_s": round(time.time() - t_start, 1),
-        "demonstrations": len(pairs),
-        "demonstration_accuracy": demonstration_accuracy(rows, verifier),
+        "demonstrations": len(hist["rows"]),
+        "demonstration_accuracy": hist["demonstration_accuracy"],
         "start": start,
         "end": hist["evals"][-1] if hist["evals"] else {},
         "final_checkpoint": str(final) if cfg.checkpoint.final else None,

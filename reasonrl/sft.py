@@ -5,7 +5,8 @@ AdamW and the schedule of an ``optim`` config node (reasonrl.config.OptimConfig)
 gradient clipping, periodic evaluation and an optional early stop. The tiny
 base model's pretraining (:mod:`reasonrl.tiny`), the cold-start stage of
 ``reasonrl-train`` and ``reasonrl-sft`` (:mod:`reasonrl.finetune`) all use it.
-:func:`demonstration_pairs` reads the pairs from a file or from the task.
+:func:`demonstrations` reads the pairs from a file or from the task; :func:`fine_tune_on_demonstrations`
+is the one SFT stage that the cold start and ``reasonrl-sft`` share (demonstrations, their accuracy, training).
 
 It does not pack several examples into one sequence, and loads no model itself.
 """
@@ -187,6 +188,49 @@ def demonstrations(
     order = list(range(len(problems)))
     random.Random(seed).shuffle(order)
     return task.file_demonstrations([problems[i] for i in order[: sft_cfg.demos]], tokenizer, template)
+
+
+def fine_tune_on_demonstrations(
+    model: torch.nn.Module,
+    tokenizer,
+    node: Any,
+    task,
+    template: str,
+    stream,
+    verifier,
+    *,
+    steps: int,
+    seed: int,
+    compute_dtype: torch.dtype,
+    progress: bool = True,
+    before: Callable[[float | None], Any] | None = None,
+    **train_kw: Any,
+) -> dict[str, Any]:
+    """The SFT stage of a run, from an SFT config node (``cold_start`` or ``sft``): its demonstrations (from the
+    node's file or the task, with the training ``stream``'s rows where the task makes them from data), the
+    answer verifier's accuracy on them, ``before(that accuracy)`` (e.g. an evaluation) once the demonstrations are
+    ready and before training, then :func:`train_sft` with the node's batch, optimizer and micro-batch settings.
+    Returns train_sft's result plus ``rows`` and ``demonstration_accuracy``."""
+    from reasonrl.config import micro_batching
+
+    rows = demonstrations(node, task, seed, problems=getattr(stream, "rows", None), tokenizer=tokenizer, template=template)
+    out: dict[str, Any] = {"rows": rows, "demonstration_accuracy": demonstration_accuracy(rows, verifier)}
+    if before is not None:
+        before(out["demonstration_accuracy"])
+    hist = train_sft(
+        model,
+        tokenizer,
+        [(r["prompt"], r["completion"]) for r in rows],
+        steps=steps,
+        batch_size=node.batch_size,
+        optim=node.optim,
+        seed=seed,
+        progress=progress,
+        compute_dtype=compute_dtype,
+        **micro_batching(node),
+        **train_kw,
+    )
+    return {**hist, **out}
 
 
 def demonstration_accuracy(rows: Sequence[dict], verifier) -> float | None:

@@ -233,46 +233,34 @@ class GRPOTrainer:
 
     def _cold_start(self) -> None:
         """SFT on demonstrations before RL; the held-out numbers before it go into the summary."""
-        from reasonrl.config import micro_batching
-        from reasonrl.sft import demonstration_accuracy, demonstrations, train_sft
+        from reasonrl.sft import fine_tune_on_demonstrations
 
         cfg = self.cfg
-        rows = demonstrations(
-            cfg.cold_start,
-            self.task,
-            cfg.seed,
-            problems=getattr(self.stream, "rows", None),
-            tokenizer=self.tokenizer,
-            template=cfg.task.template,
-        )
-        self.before_sft = training_eval(
-            HFGenerator(self.model, self.tokenizer),
-            self.tokenizer,
-            self.heldout,
-            self.render,
-            self.answer_verifier,
-            cfg,
-            cfg.seed,
-            pool=self.pool,
-        )
-        self.before_sft["demonstration_accuracy"] = demonstration_accuracy(rows, self.answer_verifier)
-        self.runtime.print(
-            "[reasonrl] before SFT: "
-            + ", ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in self.before_sft.items() if v is not None)
-        )
-        pairs = [(r["prompt"], r["completion"]) for r in rows]
-        train_sft(
+
+        def evaluate_before(demonstration_accuracy: float | None) -> None:  # the held-out numbers SFT starts from
+            gen = HFGenerator(self.model, self.tokenizer)
+            self.before_sft = training_eval(gen, self.tokenizer, self.heldout, self.render, self.answer_verifier, cfg,
+                                            cfg.seed, pool=self.pool)  # fmt: skip
+            self.before_sft["demonstration_accuracy"] = demonstration_accuracy
+            self.runtime.print(
+                "[reasonrl] before SFT: "
+                + ", ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in self.before_sft.items() if v is not None)
+            )
+
+        fine_tune_on_demonstrations(
             self.model,
             self.tokenizer,
-            pairs,
+            cfg.cold_start,
+            self.task,
+            cfg.task.template,
+            self.stream,
+            self.answer_verifier,
             steps=cfg.cold_start.steps,
-            batch_size=cfg.cold_start.batch_size,
-            optim=cfg.cold_start.optim,
             seed=cfg.seed,
-            desc="cold-start sft",
-            progress=cfg.logging.progress,
             compute_dtype=self.compute_dtype,
-            **micro_batching(cfg.cold_start),
+            progress=cfg.logging.progress,
+            before=evaluate_before,
+            desc="cold-start sft",
         )
         self.save(self.run_dir / "checkpoints" / "sft")
 
