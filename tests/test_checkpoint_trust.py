@@ -319,3 +319,18 @@ def test_an_older_format_checkpoint_still_resumes(saved, tmp_path):
     finally:
         trainer.close()
     assert _untimed(row) == _untimed(saved["row"])
+
+
+def test_the_model_alone_loads_exactly_when_no_optimizer_is_given(tmp_path):
+    """What ``reasonrl-export`` does: a checkpoint saved with its optimizer, loaded into a fresh model only."""
+    from helpers import tiny_model
+
+    from reasonrl import checkpoint as ckpt
+
+    trained = tiny_model(seed=0)
+    path = ckpt.save(tmp_path / "checkpoints", 1, trained, torch.optim.AdamW(trained.parameters()), {"steps_done": 1}, "{}")
+    fresh = tiny_model(seed=1)
+    assert not torch.equal(fresh.lm_head.weight, trained.lm_head.weight)  # the control: it starts elsewhere
+    ckpt.load_model_and_optimizer(path, fresh)
+    want, got = trained.state_dict(), fresh.state_dict()
+    assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)

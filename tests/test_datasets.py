@@ -76,6 +76,47 @@ def test_field_mapping_filter_limit_and_row_function(tmp_path):
     assert all(p["kind"] == "swapped" for p in swapped)
 
 
+# The ChatML template that Qwen2 and SmolLM2 instruct models ship (their default system turns left out).
+CHATML = (
+    r"{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+    r"{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_the_chat_template_gets_the_filled_instruction_as_the_user_turn():
+    from reasonrl.tasks.dataset import render
+    from reasonrl.tiny import build_tokenizer
+
+    tok = build_tokenizer(list("0123456789+"), [])
+    tok.chat_template = CHATML
+    text = render({"question": "12+34"}, "chat", tok, instruction="What is {question}?", system="Answer briefly.")
+    assert text == (
+        "<|im_start|>system\nAnswer briefly.<|im_end|>\n<|im_start|>user\nWhat is 12+34?<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_a_gsm8k_row_keeps_its_worked_solution_as_the_reference(tmp_path):
+    """``reasonrl-eval`` checks the verifiers against ``reference``: for gsm8k, the whole worked solution."""
+    solution = "She has 2 + 1000 = <<2+1000=1002>>1002 apples.\n#### 1,002"
+    path = write_jsonl(tmp_path / "gsm8k.jsonl", [{"question": "Ann has 2 apples and buys 1,000. How many?", "answer": solution}])
+    assert load_problems(str(path), format="gsm8k") == [
+        {
+            "question": "Ann has 2 apples and buys 1,000. How many?",
+            "answer": "1002",
+            "id": 0,
+            "solution": solution,
+            "solution_boxed": "She has 2 + 1000 = <<2+1000=1002>>1002 apples.\nThe final answer is \\boxed{1002}.",
+            "reference": solution,
+        }
+    ]
+
+
+def test_a_benchmark_row_keeps_its_own_id_and_one_without_gets_its_index(tmp_path):
+    rows = [{"id": 17, "question": "2+25?", "answer": 27.0}, {"question": "2+3?", "answer": 5.0}]
+    problems = load_problems(str(write_jsonl(tmp_path / "amc23.jsonl", rows)), format="amc23")
+    assert [p["id"] for p in problems] == [17, 1]
+
+
 def test_filters_evaluate_only_what_they_allow():
     keep = compile_filter("601 <= id <= 974 and not (difficulty in ['hard', 'x'])")
     assert keep({"id": 700, "difficulty": "easy"}) and not keep({"id": 10, "difficulty": "easy"})

@@ -97,3 +97,23 @@ def test_a_stream_starts_a_check_added_while_another_runs(tmp_path):
         rows = checks.results()
     assert rows[0]["gate"].info["released"] is True, "the check added later started only after the long one ended"
     assert rows[0]["gate"].info["pid"] != rows[1]["gate"].info["pid"]
+
+
+def test_checks_added_while_one_worker_is_busy_go_to_the_idle_worker(tmp_path):
+    """The least-loaded worker gets the next checks, not the first one with room: with a long check running on
+    the first of 2 workers, 2 checks added together start on the idle second one. Queued behind the long check,
+    the first of them (it opens the long check's gate) would wait for it (the long check reports whether it saw
+    the gate open)."""
+    started, gate = tmp_path / "started", tmp_path / "open"
+    with ScoringPool({"gate": Gate()}, workers=2, timeout_s=60.0) as pool:
+        pool.run([{"create": str(tmp_path / "warm")}] * 2, ["x"] * 2)  # both workers started; quick checks timed
+        checks = pool.stream()
+        checks.add([{"wait_for": str(gate), "started": str(started)}], ["x"])
+        end = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < end:
+            time.sleep(0.01)
+        assert started.exists(), "the long check never started"
+        checks.add([{"create": str(gate)}, {"create": str(tmp_path / "other")}], ["x", "x"])
+        rows = checks.results()
+    assert rows[0]["gate"].info["released"] is True, "a check added later was queued behind the long one"
+    assert rows[1]["gate"].info["pid"] != rows[0]["gate"].info["pid"]

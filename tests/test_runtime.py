@@ -118,3 +118,30 @@ def test_the_automatic_scoring_pool_shares_the_machine_among_its_training_proces
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     assert resolve_workers(-1) == 2 and resolve_workers(-1, local_ranks=2) == 1
     assert resolve_workers(3, local_ranks=4) == 3 and resolve_workers(0) == 0
+
+
+def test_the_local_world_size_comes_from_the_launcher_not_the_world_size(monkeypatch):
+    """Two machines of two processes each: torchrun sets WORLD_SIZE=4 and LOCAL_WORLD_SIZE=2, and this machine's
+    share of its cores (threads, scoring workers) is counted over 2 processes, not 4. The process group is taken
+    as set up already, as it is under torchrun."""
+    from reasonrl.runtime import init_runtime
+
+    launcher = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+    for name, value in launcher.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    want = Runtime(rank=3, world_size=4, local_rank=1, local_world_size=2, device=torch.device("cpu"))
+    assert init_runtime("cpu") == want
+
+
+def test_fsdp_off_in_one_process_returns_the_model_unchanged():
+    from helpers import tiny_model
+
+    from reasonrl.sharding import is_sharded, shard_model
+
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert shard_model(model, Runtime(), torch.float32, mode="off") is model
+    assert not is_sharded(model) and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="model.fsdp=off with more than one process"):
+        shard_model(model, Runtime(rank=0, world_size=2), torch.float32, mode="off")

@@ -161,6 +161,16 @@ def test_a_model_the_path_does_not_cover_takes_the_packed_pass():
     assert seen == [(12, max(len(r.prompt_ids) + len(r.completion_ids) for r in ros))]  # one packed pass
 
 
+def test_a_sliding_window_size_that_is_switched_off_still_shares_prompts():
+    """Qwen2 configs often carry ``sliding_window: 4096`` with ``use_sliding_window: false``: every layer then
+    attends in full, so prompts are shared; the same window switched on is not."""
+    model = model_of_family("qwen2")
+    model.config.sliding_window, model.config.use_sliding_window = 4096, False
+    assert prompt_sharing_supported(model)
+    model.config.use_sliding_window = True
+    assert not prompt_sharing_supported(model)
+
+
 def test_rollout_share_prompt_reaches_the_update_settings():
     for value in (True, False):
         cfg = compose("train", [f"rollout.share_prompt={str(value).lower()}"])
