@@ -9,6 +9,12 @@ objective (:func:`reasonrl.objective.policy_objective`: the loss named by
 ``algorithm.policy_loss`` with truncated IS, KL and entropy, aggregated by
 ``algorithm.loss_agg``) -> backward, then clipping and one optimizer step per
 update (``algorithm.updates_per_batch``). It returns :class:`UpdateStats`.
+Micro-batches follow :func:`plan_micro_batches`, each packed to its own longest
+sequence (with ``share_prompt`` and a model that supports it, each distinct
+prompt runs once per micro-batch); logprobs come from the final hidden states
+in blocks (:mod:`reasonrl.logprobs`). Statistics are means over completion
+tokens: loss, entropy, KL and logprob gaps from the first update (the sampled
+batch under the policy that sampled it), the clip fraction over all updates.
 
 It does not sample, score or log.
 """
@@ -184,20 +190,11 @@ def update_policy(
     policy_version: int = 0,
     runtime: Runtime | None = None,
 ) -> UpdateStats:
-    """Steps 5-8 of a GRPO step on one sampled batch, in place on ``model`` and ``opt``: plan, then per update and
-    micro-batch forward -> objective -> backward, then the optimizer step.
-
-    rollouts: N = B*G rollouts, prompt-major; rewards: (N,); masked: N flags (timeout/error verdicts),
-    which leave the loss, the token and sequence counts, and their group's baseline. ``policy_version`` is the
-    version of the policy being trained (the trainer's steps done): a rollout sampled by an older version takes
-    its ratio against the sampler's logprobs, whatever ``updates_per_batch`` is (see :mod:`reasonrl.objective`).
-    Micro-batches follow :func:`plan_micro_batches`, each packed to its own longest sequence (with
-    ``share_prompt`` and a model that supports it, each distinct prompt runs once per micro-batch); logprobs
-    come from the final hidden states in blocks (:mod:`reasonrl.logprobs`), the reference model's once per
-    batch. The loss is normalised by the batch's global token and sequence counts (summed over ranks by
-    ``runtime``), so the update does not depend on how the batch is split. Returns the step's statistics
-    (means over completion tokens; loss, entropy, KL and logprob gaps from the first update, the sampled
-    batch under the policy that sampled it; clip fraction over all updates).
+    """Steps 5-8 on one sampled batch, in place on ``model`` and ``opt`` (plan, then per update and micro-batch
+    forward -> objective -> backward, then the optimizer step). rollouts: N = B*G, prompt-major; rewards: (N,);
+    masked: N flags (out of the loss, the counts and their group's baseline); ``policy_version``: the version being
+    trained (older rollouts take their ratio against the sampler's logprobs). The loss uses the batch's global
+    counts, so the update does not depend on its split. Returns the step's statistics (see :class:`UpdateStats`).
     """
     alg, runtime = settings.alg, runtime or Runtime()
     device = next(model.parameters()).device

@@ -112,3 +112,11 @@ def test_the_step_fits_on_a_screen():
 
     lines = inspect.getsource(GRPOTrainer.step).splitlines()
     assert len(lines) <= 50, len(lines)
+
+
+def test_the_update_fits_on_a_screen():
+    """plan -> forward -> objective -> backward -> step; the rest lives in helpers beside it."""
+    from reasonrl.update import update_policy
+
+    lines = inspect.getsource(update_policy).splitlines()
+    assert len(lines) <= 60, len(lines)
