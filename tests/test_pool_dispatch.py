@@ -80,21 +80,28 @@ def test_slow_checks_once_timed_go_one_at_a_time_to_whichever_worker_is_free(tmp
     assert ran[rows[0]["gate"].info["pid"]] == 1 and sorted(ran.values()) == [1, 5], ran
 
 
-def test_a_stream_starts_a_check_added_while_another_runs(tmp_path):
-    """A stream must look for new checks while its workers are busy, not sleep until the nearest deadline:
-    a check added while a long one runs on one worker starts on the other before the long one ends (the long
-    one waits for the file the new one creates, and reports whether it appeared)."""
+def _beside_a_long_check(tmp_path, later: list[dict]) -> list[dict]:
+    """In a 2-worker stream (both workers started, quick checks timed): a long check that waits for the file
+    ``tmp_path / "open"``; once it runs, the ``later`` checks are added together. The rows: the long one's first
+    (``released``: whether it saw the file appear), then the later ones'."""
     started, gate = tmp_path / "started", tmp_path / "open"
     with ScoringPool({"gate": Gate()}, workers=2, timeout_s=60.0) as pool:
-        pool.run([{"create": str(tmp_path / "warm")}] * 2, ["x"] * 2)  # both workers started
+        pool.run([{"create": str(tmp_path / "warm")}] * 2, ["x"] * 2)
         checks = pool.stream()
         checks.add([{"wait_for": str(gate), "started": str(started)}], ["x"])
         end = time.monotonic() + 60
         while not started.exists() and time.monotonic() < end:
             time.sleep(0.01)
         assert started.exists(), "the long check never started"
-        checks.add([{"create": str(gate)}], ["x"])
-        rows = checks.results()
+        checks.add(later, ["x"] * len(later))
+        return checks.results()
+
+
+def test_a_stream_starts_a_check_added_while_another_runs(tmp_path):
+    """A stream must look for new checks while its workers are busy, not sleep until the nearest deadline:
+    a check added while a long one runs on one worker starts on the other before the long one ends (the long
+    one waits for the file the new one creates, and reports whether it appeared)."""
+    rows = _beside_a_long_check(tmp_path, [{"create": str(tmp_path / "open")}])
     assert rows[0]["gate"].info["released"] is True, "the check added later started only after the long one ended"
     assert rows[0]["gate"].info["pid"] != rows[1]["gate"].info["pid"]
 
@@ -104,16 +111,6 @@ def test_checks_added_while_one_worker_is_busy_go_to_the_idle_worker(tmp_path):
     the first of 2 workers, 2 checks added together start on the idle second one. Queued behind the long check,
     the first of them (it opens the long check's gate) would wait for it (the long check reports whether it saw
     the gate open)."""
-    started, gate = tmp_path / "started", tmp_path / "open"
-    with ScoringPool({"gate": Gate()}, workers=2, timeout_s=60.0) as pool:
-        pool.run([{"create": str(tmp_path / "warm")}] * 2, ["x"] * 2)  # both workers started; quick checks timed
-        checks = pool.stream()
-        checks.add([{"wait_for": str(gate), "started": str(started)}], ["x"])
-        end = time.monotonic() + 60
-        while not started.exists() and time.monotonic() < end:
-            time.sleep(0.01)
-        assert started.exists(), "the long check never started"
-        checks.add([{"create": str(gate)}, {"create": str(tmp_path / "other")}], ["x", "x"])
-        rows = checks.results()
+    rows = _beside_a_long_check(tmp_path, [{"create": str(tmp_path / "open")}, {"create": str(tmp_path / "other")}])
     assert rows[0]["gate"].info["released"] is True, "a check added later was queued behind the long one"
     assert rows[1]["gate"].info["pid"] != rows[0]["gate"].info["pid"]
