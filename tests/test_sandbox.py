@@ -44,12 +44,6 @@ def test_output_is_capped():
     assert r.status == "output_limit" and len(r.stdout) <= 4096
 
 
-def test_hostile_battery_is_contained():
-    rows = run_battery(timeout_s=1.5)
-    assert len(rows) >= 20
-    assert all(r.ok for r in rows), "\n" + table(rows)
-
-
 def test_cpu_time_limit_stops_a_busy_program_before_its_wall_clock():
     # four busy threads burn CPU four times faster than the wall clock runs
     code = "import threading\ndef spin():\n    while True:\n        pass\nfor _ in range(4):\n    threading.Thread(target=spin).start()\nspin()"
@@ -373,7 +367,8 @@ print("CONTAINED", sum(r.ok for r in rows), len(rows))
 
 
 def test_two_batteries_at_once_neither_counts_nor_kills_the_others_runs():
-    """Each battery checks for and kills leftovers among its own descendants only."""
+    """The hostile battery is contained (every one of its 20-odd attacks), twice at once: each battery checks for
+    and kills leftovers among its own descendants only. (The private-directory test runs it in-process as root.)"""
     import subprocess
     import sys
 
@@ -385,6 +380,7 @@ def test_two_batteries_at_once_neither_counts_nor_kills_the_others_runs():
     for out in outs:
         last = [line for line in out.splitlines() if line.startswith("CONTAINED")]
         assert last and last[0].split()[1] == last[0].split()[2], out[-3000:]
+        assert int(last[0].split()[2]) >= 20, out[-3000:]
 
 
 def test_leftover_checks_see_only_this_callers_sandboxes():
