@@ -220,6 +220,9 @@ def test_resume_refuses_a_changed_config_and_allows_max_steps(straight, tmp_path
     older = {"optim": {"lr": 1.0}}
     assert config_changes(older, {**older, "plugins": [], "algorithm": {"options": {}}}, defaults) == []
     assert config_changes(older, {**older, "plugins": ["mypkg"]}, defaults) == ["plugins: '<absent>' -> ['mypkg']"]
+    # a key the checkpoint has is compared as ever, even when the resumed run sets it back to the default
+    lr = defaults["optim"]["lr"]
+    assert config_changes({"optim": {"lr": 2.0}}, {"optim": {"lr": lr}}, defaults) == [f"optim.lr: 2.0 -> {lr!r}"]
     # the batch's split and layout do not change the update: a resumed run may change them, or find them new
     before, after = (
         {"rollout": {"micro_batch_size": 8, "temperature": 1.0}},
