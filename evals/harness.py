@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Sequence
 
 from reasonrl.metrics import cot_lengths, mean
-from reasonrl.rollout import Generator, Sampling
+from reasonrl.rollout import TRUNCATED, Generator, Sampling
 from reasonrl.tasks import opens_think
 
 
@@ -66,10 +66,10 @@ def sample_and_score(
     correct = [v is not None and v.status == "correct" for v in verdicts]
     return {
         "accuracy": mean(correct),
-        "len_mean": mean(len(r.completion_ids) for r in rollouts),
+        "len_mean": mean(r.model_tokens for r in rollouts),
         "think_len_mean": mean(think),
         "answer_len_mean": mean(answer),
-        "clipped_frac": mean(r.finish_reason == "length" for r in rollouts),
+        "clipped_frac": mean(r.finish_reason in TRUNCATED for r in rollouts),
         "n_samples": len(rollouts),
         "rollouts": rollouts,
         "verdicts": verdicts,

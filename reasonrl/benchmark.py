@@ -112,12 +112,14 @@ def evaluate(cfg, run_dir, results: dict[str, Any], current: list) -> None:
 
     model = tokenizer = generator = None
     if not cfg.check:
+        from reasonrl.agent import build_agent
         from reasonrl.build import build_generator
         from reasonrl.models import load_policy
 
         current[0] = "model loading"
         model, tokenizer, path = load_policy(cfg.model)
-        generator = build_generator(cfg.generator, model, tokenizer, path)
+        # with env=python every sample runs the same agent loop as training
+        generator = build_agent(cfg.env, build_generator(cfg.generator, model, tokenizer, path), tokenizer, model)
     md = ""
     with open(run_dir / "samples.jsonl", "w", buffering=1) as samples:
         for name in cfg.benchmarks:
@@ -164,9 +166,10 @@ def _one_benchmark(cfg, name: str, generator, tokenizer, samples) -> dict[str, A
         extract = reference_extract(name)
         expanded = problems
     else:
+        from reasonrl.agent import turn_row
         from reasonrl.data import check_prompt_lengths
         from reasonrl.pipeline import generate_and_verify, render_prompts
-        from reasonrl.rollout import Sampling
+        from reasonrl.rollout import TRUNCATED, Sampling
 
         n = cfg.n
         instruction = benchmark_instruction(code, cfg.template)
@@ -178,17 +181,24 @@ def _one_benchmark(cfg, name: str, generator, tokenizer, samples) -> dict[str, A
         # progress every 32 problems (vLLM seeds each request, so its samples do not depend on this); scored below
         # in one pool with its own progress
         rollouts = generate_and_verify(generator, prompts, n, sampling, chunk=32, desc=f"eval {name}").rollouts
-        completions = [r.text for r in rollouts]
-        lengths = [len(r.completion_ids) for r in rollouts]
-        clipped = [r.finish_reason == "length" for r in rollouts]
+        completions = [r.text for r in rollouts]  # the model's own words (a multi-turn rollout's tool output left out)
+        lengths = [r.model_tokens for r in rollouts]
+        clipped = [r.finish_reason in TRUNCATED for r in rollouts]
+        turns = [[turn_row(t) for t in r.turns] for r in rollouts]
         extract = list(cfg.extract)
         expanded = [prompts.problems[r.prompt_index] for r in rollouts]  # each as verifiers see it
     timeout_s = cfg.code_verify_timeout_s if code else cfg.verify_timeout_s
     verdicts, answers = _score(expanded, completions, code, extract, cfg.verify_workers, timeout_s)
     res = summarize(n, cfg.ks, verdicts, None if code else answers, lengths, clipped)
+    if not cfg.check and getattr(generator.env, "multi_turn", False):
+        calls = [sum(t["role"] == "tool" for t in ts) for ts in turns]
+        res["tool_calls_mean"] = sum(calls) / max(len(calls), 1)
+        res["tool_used_frac"] = sum(c > 0 for c in calls) / max(len(calls), 1)
+    else:
+        turns = [[] for _ in completions]
     res["wall_s"] = time.time() - t
     res["problems_per_s"] = len(problems) / res["wall_s"]
-    for p, c, v, a in zip(expanded, completions, verdicts, answers):
+    for p, c, v, a, ts in zip(expanded, completions, verdicts, answers, turns):
         samples.write(
             json.dumps(
                 {
@@ -197,6 +207,7 @@ def _one_benchmark(cfg, name: str, generator, tokenizer, samples) -> dict[str, A
                     "answer": str(p.get("answer", ""))[-200:],
                     "extracted": a,
                     "completion": c,
+                    **({"turns": ts} if ts else {}),
                     "status": v.status,
                     "info": v.info,
                 },

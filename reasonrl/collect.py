@@ -107,8 +107,9 @@ def collect_groups(
         scored = score([problems[r.prompt_index] for r in rollouts], [r.text for r in rollouts], verifiers, mask_statuses,
                        rows=out.rows)  # fmt: skip
         rewards = torch.tensor(scored.rewards, dtype=torch.float32)  # (B*G,)
+        rewards = rewards + torch.tensor([r.env_reward for r in rollouts], dtype=torch.float32)  # a multi-turn environment's
         if overlong_buffer > 0:
-            lengths = torch.tensor([len(r.completion_ids) for r in rollouts])
+            lengths = torch.tensor([r.model_tokens for r in rollouts])  # the model's tokens, not a tool's
             penalty = overlong_coef * grpo.overlong_penalty(lengths, sampling.max_new_tokens, overlong_buffer)
             rewards = rewards + penalty
             if attempt == 0:

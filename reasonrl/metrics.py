@@ -21,6 +21,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from reasonrl.rollout import TRUNCATED
+
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
@@ -135,22 +137,46 @@ class RunLogger:
             self._wandb.finish()
 
 
-def rollout_metrics(batch: Any, tokenizer, answer_verifier: str, generate_s: float) -> dict[str, float]:
+def rollout_metrics(batch: Any, tokenizer, answer_verifier: str, generate_s: float, tools: bool = False) -> dict[str, float]:
     """rollout/* keys for one step's :class:`reasonrl.rollout.RolloutBatch` (lengths in tokens; think and
     answer lengths as the prompt opened the think block or not; lengths of correct and wrong answers by
     the verdict of ``answer_verifier``)."""
     rollouts = batch.rollouts
-    lens = [len(r.completion_ids) for r in rollouts]
+    lens = [r.model_tokens for r in rollouts]  # the model's own tokens (a tool's output is not the model's length)
     opened = [bool(batch.problems[r.prompt_index].get("prompt_opens_think", False)) for r in rollouts]
     think, answer = cot_lengths([r.text for r in rollouts], tokenizer, opened)
     correct = [r.verdicts.get(answer_verifier) is not None and r.verdicts[answer_verifier].status == "correct" for r in rollouts]
     return {
         "rollout/len_mean": mean(lens),
         "rollout/len_max": max(lens),
-        "rollout/clipped_frac": mean(r.finish_reason == "length" for r in rollouts),
+        "rollout/clipped_frac": mean(r.finish_reason in TRUNCATED for r in rollouts),
         "rollout/tokens_per_s": sum(lens) / max(generate_s, 1e-9),
         "rollout/think_len_mean": mean(think),
         "rollout/answer_len_mean": mean(answer),
         "rollout/len_correct_mean": mean(n for n, c in zip(lens, correct) if c),
         "rollout/len_wrong_mean": mean(n for n, c in zip(lens, correct) if not c),
+        **(tool_metrics(rollouts, correct) if tools else {}),
+    }
+
+
+def tool_metrics(rollouts: Sequence[Any], correct: Sequence[bool]) -> dict[str, float]:
+    """tools/* keys of multi-turn rollouts (:mod:`reasonrl.agent`): calls and model turns per rollout, the
+    share of calls that failed or timed out, observation tokens, the tools' seconds (summed over calls, which
+    overlap generation), accuracy with and without a call, and the share of each finish reason."""
+    from reasonrl.agent import FINISH_REASONS
+
+    calls = [r.tool_turns for r in rollouts]
+    flat = [t for c in calls for t in c]
+    used = [bool(c) for c in calls]
+    return {
+        "tools/calls_mean": mean(len(c) for c in calls),
+        "tools/used_frac": mean(used),
+        "tools/turns_mean": mean(max(1, sum(t.role == "model" for t in r.turns)) for r in rollouts),
+        "tools/error_frac": mean(t.status != "ok" for t in flat) if flat else 0.0,
+        "tools/timeout_frac": mean(t.status == "timeout" for t in flat) if flat else 0.0,
+        "tools/obs_tokens_mean": mean(len(r.completion_ids) - r.model_tokens for r in rollouts),
+        "tools/seconds": sum(t.seconds for t in flat),
+        "tools/accuracy_with": mean(c for c, u in zip(correct, used) if u),
+        "tools/accuracy_without": mean(c for c, u in zip(correct, used) if not u),
+        **{f"rollout/finish_{k}_frac": mean(r.finish_reason == k for r in rollouts) for k in FINISH_REASONS},
     }

@@ -89,14 +89,14 @@ def generate_and_verify(
             order.extend(group)
             checks.add([prompts.problems[r.prompt_index] for r in group], [r.text for r in group])
 
-        out.rollouts = generator.generate(prompts.ids, n, sampling, on_group=on_group)
+        out.rollouts = generator.generate(prompts.ids, n, sampling, on_group=on_group, **_episodes(generator, prompts))
         out.times["generate_s"] = time.perf_counter() - t
         t = time.perf_counter()
         verdicts = {id(r): row for r, row in zip(order, checks.results())}
         out.rows = [verdicts[id(r)] for r in out.rollouts]
         out.times["verify_s"] = time.perf_counter() - t
         return out
-    out.rollouts = _generate(generator, prompts.ids, n, sampling, chunk, desc)
+    out.rollouts = _generate(generator, prompts, n, sampling, chunk, desc)
     out.times["generate_s"] = time.perf_counter() - t
     t = time.perf_counter()
     seen = [prompts.problems[r.prompt_index] for r in out.rollouts]
@@ -110,15 +110,26 @@ def generate_and_verify(
     return out
 
 
-def _generate(generator, ids: list[list[int]], n: int, sampling: Sampling, chunk: int, desc: str | None) -> list[Rollout]:
+def _episodes(generator, prompts: Prompts, part: slice = slice(None)) -> dict:
+    """``problems=`` for a generator that runs episodes (an environment's: :mod:`reasonrl.agent`), else {}."""
+    try:
+        takes = "problems" in inspect.signature(generator.generate).parameters
+    except (TypeError, ValueError):
+        takes = False
+    return {"problems": prompts.problems[part]} if takes else {}
+
+
+def _generate(generator, prompts: Prompts, n: int, sampling: Sampling, chunk: int, desc: str | None) -> list[Rollout]:
+    ids = prompts.ids
     if not chunk:
-        return generator.generate(ids, n, sampling)
+        return generator.generate(ids, n, sampling, **_episodes(generator, prompts))
     from tqdm import tqdm
 
     rollouts: list[Rollout] = []
     with tqdm(total=len(ids), desc=desc, unit="problem", mininterval=2.0) as bar:
         for start in range(0, len(ids), chunk):
-            part = generator.generate(ids[start : start + chunk], n, sampling)
+            these = slice(start, start + chunk)
+            part = generator.generate(ids[these], n, sampling, **_episodes(generator, prompts, these))
             for r in part:
                 r.prompt_index += start
             rollouts.extend(part)

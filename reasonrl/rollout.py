@@ -24,6 +24,8 @@ import torch
 from reasonrl.runtime import Runtime
 from reasonrl.sharding import full_weights, is_sharded
 
+TRUNCATED = ("length", "context")  # finish reasons of a completion cut short by a token budget
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -34,6 +36,12 @@ class Sampling:
     # token ids that may not be the first generated token (used to force a
     # non-empty think block in diagnostics)
     banned_first_tokens: tuple[int, ...] = ()
+    # strings that end a completion besides the stop tokens, kept in it (a tool call's closing tag): the
+    # completion ends with the token that completes the first one
+    stop: tuple[str, ...] = ()
+    # one seed per prompt instead of ``seed`` for all (engines that seed each request; the transformers
+    # generator draws every row from one generator and uses ``seed``)
+    prompt_seeds: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -45,22 +53,58 @@ class Rollout:
     None means every token is the policy's. ``policy_version`` is the version of
     the policy that sampled it (the trainer's steps done when its weights were
     published); the update compares it with the version it trains.
+
+    A multi-turn rollout (:mod:`reasonrl.agent`) lists its ``turns`` in order
+    (the model's and the tools', with their token spans in ``completion_ids``);
+    its ``text`` is what the model wrote (its turns joined, the tools' output
+    left out: what verifiers read) and :attr:`transcript` everything. A
+    single-turn rollout has no ``turns``.
     """
 
     prompt_index: int
     prompt_ids: list[int]
     completion_ids: list[int]
     text: str
-    finish_reason: str  # "stop" (eos generated) or "length" (hit max_new_tokens)
+    # "stop" (eos or a stop string), "length" (the model's token budget); multi-turn also "turns" (max_turns),
+    # "tool_calls" (max_tool_calls), "context" (the completion's or the model's total token budget)
+    finish_reason: str
     logprobs: list[float] = field(default_factory=list)  # the sampler's, per completion token
     loss_mask: list[int] | None = None
     policy_version: int = 0
     reward: float = 0.0
     verdicts: dict = field(default_factory=dict)  # verifier name -> Verdict | None
     masked: bool = False  # a timeout/error verdict: out of the loss, the counts and the group baseline
+    turns: list["Turn"] = field(default_factory=list)  # multi-turn only: model and tool turns, in order
+    env_reward: float = 0.0  # what the environment added over the turns (added to ``reward`` when scored)
 
     def token_mask(self) -> list[int]:
         return [1] * len(self.completion_ids) if self.loss_mask is None else list(self.loss_mask)
+
+    @property
+    def model_tokens(self) -> int:
+        """Completion tokens the policy wrote (what length limits, penalties and normalisers count)."""
+        return len(self.completion_ids) if self.loss_mask is None else int(sum(self.loss_mask))
+
+    @property
+    def tool_turns(self) -> list["Turn"]:
+        return [t for t in self.turns if t.role == "tool"]
+
+    @property
+    def transcript(self) -> str:
+        """The whole completion as text: the model's turns and the tools' output, in order."""
+        return "".join(t.text for t in self.turns) if self.turns else self.text
+
+
+@dataclass
+class Turn:
+    """One turn of a multi-turn rollout: ``completion_ids[start:end]``, written by the model or a tool."""
+
+    role: str  # "model" | "tool"
+    start: int
+    end: int
+    text: str
+    status: str = ""  # tool turns: the run's status (ok, error, timeout, memory, output_limit, infra_error)
+    seconds: float = 0.0  # tool turns: the tool's wall time
 
 
 @dataclass
@@ -186,6 +230,7 @@ class HFGenerator:
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.stop_ids if len(self.stop_ids) > 1 else self.stop_ids[0],
             begin_suppress_tokens=list(sampling.banned_first_tokens) or None,
+            stop_strings=list(sampling.stop) or None,  # rows end early; the cut is made exactly below
             num_return_sequences=n,
             return_dict_in_generate=True,
         )
@@ -203,7 +248,7 @@ class HFGenerator:
             with full_weights(self.model), grad_off, cast:
                 for start in range(0, len(prompt_ids), per_chunk):
                     chunk = prompt_ids[start : start + per_chunk]
-                    done = self._generate_chunk(chunk, start, n, gen_cfg, sampling.temperature)
+                    done = self._generate_chunk(chunk, start, n, gen_cfg, sampling.temperature, sampling.stop)
                     out.extend(done)
                     if on_group is not None:  # this chunk's groups, while the next chunk generates
                         for g in range(0, len(done), n):
@@ -212,7 +257,7 @@ class HFGenerator:
             self.model.train(was_training)
         return out
 
-    def _generate_chunk(self, chunk, offset: int, n: int, gen_cfg, temperature: float) -> list[Rollout]:
+    def _generate_chunk(self, chunk, offset: int, n: int, gen_cfg, temperature: float, stop=()) -> list[Rollout]:
         from transformers import LogitsProcessorList
 
         from reasonrl.kvcache import preallocated_cache
@@ -231,6 +276,7 @@ class HFGenerator:
             attention_mask=mask.to(device),
             generation_config=gen_cfg,
             logits_processor=LogitsProcessorList([recorder]),
+            **({"tokenizer": self.tokenizer} if stop else {}),
             **preallocated_cache(self.model, width + gen_cfg.max_new_tokens),
         )
         new = res.sequences[:, width:]  # (len(chunk)*n, steps)
@@ -239,9 +285,10 @@ class HFGenerator:
         rollouts = []
         for row in range(new.shape[0]):
             toks = new[row].tolist()
-            stop = next((k for k, t in enumerate(toks) if t in stops), None)
-            if stop is not None:
-                toks, reason = toks[: stop + 1], "stop"
+            end = next((k for k, t in enumerate(toks) if t in stops), None)
+            end = min_or_none(end, stop_string_end(self.tokenizer, toks[: None if end is None else end + 1], stop))
+            if end is not None:
+                toks, reason = toks[: end + 1], "stop"
             else:
                 reason = "length"
             pi = row // n
@@ -256,6 +303,34 @@ class HFGenerator:
                 )
             )
         return rollouts
+
+
+def min_or_none(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def stop_string_end(tokenizer, toks: Sequence[int], stop: Sequence[str]) -> int | None:
+    """The index of the token that completes the first of the ``stop`` strings in ``toks``' text, or None.
+
+    Decoding is monotone in the prefix here (a longer prefix's text starts with a shorter one's, up to the
+    last token), so the first prefix whose text holds a stop string is found by bisection."""
+    if not stop or not toks:
+        return None
+
+    def holds(k: int) -> bool:
+        text = tokenizer.decode(toks[:k], skip_special_tokens=False)
+        return any(s in text for s in stop)
+
+    if not holds(len(toks)):
+        return None
+    lo, hi = 1, len(toks)  # holds(hi) is true; find the smallest such k
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if holds(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo - 1
 
 
 class SampledLogprobs:

@@ -221,29 +221,39 @@ class VLLMGenerator:
         if sampling.banned_first_tokens:
             raise ValueError("the vLLM generator does not support banned_first_tokens; use generator=hf")
         self.wake_up()
-        params = SamplingParams(
-            n=n,
-            temperature=max(0.0, sampling.temperature),
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_new_tokens,
-            logprobs=0,  # the sampled token's logprob only
-            flat_logprobs=True,  # primitive lists instead of one dict per token: far less Python overhead
-            seed=sampling.seed,
-            skip_special_tokens=True,
-            stop_token_ids=self.stop_token_ids or None,
-        )
+
+        def params_for(seed):
+            return SamplingParams(
+                n=n,
+                temperature=max(0.0, sampling.temperature),
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_new_tokens,
+                logprobs=0,  # the sampled token's logprob only
+                flat_logprobs=True,  # primitive lists instead of one dict per token: far less Python overhead
+                seed=seed,
+                skip_special_tokens=True,
+                stop_token_ids=self.stop_token_ids or None,
+                stop=list(sampling.stop) or None,
+                include_stop_str_in_output=True,  # a tool call's closing tag is the model's, and in the tokens
+            )
+
+        seeds = sampling.prompt_seeds
+        if seeds is not None and len(seeds) != len(prompt_ids):
+            raise ValueError(f"sampling.prompt_seeds has {len(seeds)} seeds for {len(prompt_ids)} prompts")
+        params = params_for(sampling.seed) if seeds is None else [params_for(s) for s in seeds]
         prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
         if on_group is None:
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
             return [r for i, out in enumerate(outputs) for r in self._group(i, out, prompt_ids)]
         from vllm.sampling_params import RequestOutputKind
 
-        params.output_kind = RequestOutputKind.FINAL_ONLY  # one output per prompt, when all n are done
         engine, index = self.llm.llm_engine, {}
         for i, p in enumerate(prompts):
             self._requests += 1
             index[f"reasonrl-{self._requests}"] = i
-            engine.add_request(f"reasonrl-{self._requests}", p, params)
+            this = params if seeds is None else params[i]
+            this.output_kind = RequestOutputKind.FINAL_ONLY  # one output per prompt, when all n are done
+            engine.add_request(f"reasonrl-{self._requests}", p, this)
         groups: dict[int, list[Rollout]] = {}
         while engine.has_unfinished_requests():
             for out in engine.step():

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from reasonrl import checkpoint as ckpt
+from reasonrl.agent import build_agent, turn_row
 from reasonrl.build import build_generator, build_verifiers
 from reasonrl.collect import GroupPlan, collect_groups
 from reasonrl.config import check_train_config
@@ -151,7 +152,8 @@ class GRPOTrainer:
             self.ref_model = copy.deepcopy(self.model).to(ref_dtype).eval().requires_grad_(False)
             shard_model(self.ref_model, rt, self.compute_dtype, cfg.model.fsdp)
         shard_model(self.model, rt, self.compute_dtype, cfg.model.fsdp)  # before the optimizer sees the parameters
-        self.generator = build_generator(cfg.generator, self.model, self.tokenizer, self.model_path, self.compute_dtype)
+        engine = build_generator(cfg.generator, self.model, self.tokenizer, self.model_path, self.compute_dtype)
+        self.generator = build_agent(cfg.env, engine, self.tokenizer, self.model)  # one turn, or turns with a tool
         use_tis = alg.tis == "on" or (alg.tis == "auto" and not getattr(self.generator, "exact_logprobs", False))
         self.plan = GroupPlan.from_config(cfg)
         self.update_settings = UpdateSettings.from_config(cfg, self.tokenizer.pad_token_id, use_tis, self.compute_dtype)
@@ -336,7 +338,8 @@ class GRPOTrainer:
             **{f"time/{k}": v for k, v in times.items()},
             **summarize(scored, list(self.verifiers)),
         }
-        row.update(rollout_metrics(batch, self.tokenizer, self.cfg.task.answer_verifier, times["generate_s"]))
+        tools = self.generator.env.multi_turn
+        row.update(rollout_metrics(batch, self.tokenizer, self.cfg.task.answer_verifier, times["generate_s"], tools))
         row.update({f"train/{k}": getattr(update, k) for k in ("loss", "kl", "entropy", "clip_frac", "grad_norm")})
         row.update(
             {
@@ -587,6 +590,7 @@ class GRPOTrainer:
                 "completion": r.text,
                 "reward": r.reward,
                 "finish_reason": r.finish_reason,
+                **({"turns": [turn_row(t) for t in r.turns]} if r.turns else {}),
                 "verdicts": {
                     k: (None if v is None else {"score": v.score, "status": v.status, "info": v.info})
                     for k, v in r.verdicts.items()

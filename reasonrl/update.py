@@ -33,6 +33,7 @@ from reasonrl.checkpoint import pause_point
 from reasonrl.data import SharedPacked, pack, pack_shared
 from reasonrl.logprobs import batch_logprobs, prompt_sharing_supported
 from reasonrl.objective import Counts, ObjectiveOutputs, policy_objective
+from reasonrl.rollout import TRUNCATED
 from reasonrl.runtime import Runtime
 
 
@@ -269,7 +270,7 @@ def _plan(model, ref_model, rollouts, rewards, masked, group_size, settings, pol
     """Advantages, micro-batches, packing, loss masks, global counts and which rows are stale."""
     alg = settings.alg
     adv = _advantages(alg, rollouts, rewards, masked, group_size, runtime).to(device)
-    keep_flags = [not (m or (alg.mask_truncated and r.finish_reason == "length")) for m, r in zip(masked, rollouts)]
+    keep_flags = [not (m or (alg.mask_truncated and r.finish_reason in TRUNCATED)) for m, r in zip(masked, rollouts)]
     caps = (settings.micro_batch_size, settings.max_tokens_per_micro_batch, settings.pass_cost_tokens)
     share = settings.share_prompt and all(prompt_sharing_supported(m) for m in (model, ref_model) if m is not None)
     if share:  # a group's prompt runs once per micro-batch, its completions on top of it

@@ -191,3 +191,69 @@ def contiguous_splits(order: list[int]):
             cur.append(i)
         plan.append(cur)
         yield plan
+
+
+# -- the scripted policy --------------------------------------------------------------------------------------------
+TOOL_CHARS = list("0123456789+=?Q: ()abcdefghijklmnopqrstuvwxyz.,_\n")
+TOOL_TAGS = ["<think>", "</think>", "<answer>", "</answer>", "<python>", "</python>", "<output>", "</output>"]
+
+
+def tool_tokenizer():
+    """A character-level tokenizer with the think/answer and tool tags as single tokens."""
+    from reasonrl.tiny import build_tokenizer
+
+    return build_tokenizer(TOOL_CHARS, TOOL_TAGS)
+
+
+def scripted_model(tokenizer, script: dict[str, str], hidden: int = 128, margin: float = 40.0):
+    """A real 1-layer Llama that is a bigram model: its attention and MLP write nothing, so the next token
+    depends on the current one alone, and ``script`` (token -> next token, as text) fixes it with a logit
+    margin that makes sampling at temperature 1 deterministic in practice. Tokens with no entry go to eos.
+    Loads in vLLM too (head size 64)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    vocab = len(tokenizer)
+    assert vocab <= hidden, f"the bigram trick needs vocab {vocab} <= hidden {hidden}"
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 64,
+        head_dim=64,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    ids = tokenizer.convert_tokens_to_ids
+    with torch.no_grad():
+        layer = model.model.layers[0]
+        layer.self_attn.o_proj.weight.zero_()
+        layer.mlp.down_proj.weight.zero_()
+        emb = torch.zeros(vocab, hidden)
+        emb[torch.arange(vocab), torch.arange(vocab)] = hidden**0.5  # RMS-normalised: unchanged
+        model.model.embed_tokens.weight.copy_(emb)
+        head = torch.zeros(vocab, hidden)
+        for a in range(vocab):
+            head[tokenizer.eos_token_id, a] = margin / hidden**0.5
+        for a, b in script.items():
+            head[:, ids(a)] = 0.0
+            head[ids(b), ids(a)] = margin / hidden**0.5
+        model.lm_head.weight.copy_(head)
+    return model
+
+
+def chain(text: str, tokenizer) -> dict[str, str]:
+    """The bigram script that writes ``text`` (its tokens must not repeat, save the last) after its first
+    token."""
+    toks = tokenizer.convert_ids_to_tokens(tokenizer(text, add_special_tokens=False)["input_ids"])
+    out: dict[str, str] = {}
+    for a, b in zip(toks, toks[1:]):
+        assert out.get(a, b) == b, f"token {a!r} repeats with another successor in {text!r}"
+        out[a] = b
+    return out
