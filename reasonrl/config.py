@@ -165,6 +165,21 @@ class RolloutConfig(MicroBatchConfig):
 
 
 @dataclass
+class EnvConfig:
+    """What a rollout is: one turn (single_turn), or turns with a tool between them (reasonrl.agent)."""
+
+    name: str = "single_turn"  # single_turn | python
+    max_turns: int = 4  # model turns per rollout (finish reason "turns")
+    max_tool_calls: int = 3  # tool calls per rollout (finish reason "tool_calls")
+    max_observation_tokens: int = 64  # per call; a longer tool output is cut to this many tokens
+    max_total_tokens: Optional[int] = None  # model + observation tokens of a completion ("context"); None: the model's
+    tool_workers: int = 4  # tool calls running at once, beside generation
+    # the python tool (reasonrl.agent.PythonTool): open, close, stop_strings, output, timeout_s, memory_mb,
+    # max_output_chars, stateful, isolation
+    tool: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class AlgorithmConfig:
     name: str = "grpo"
     advantage: str = "grpo"  # an estimator in reasonrl.grpo.ADVANTAGE_ESTIMATORS: grpo | rloo
@@ -284,6 +299,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     generator: Dict[str, Any] = field(default_factory=dict)
+    env: EnvConfig = field(default_factory=EnvConfig)
     verifier: Dict[str, Any] = field(default_factory=dict)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -320,6 +336,7 @@ class EvalRunConfig:
     check: bool = False  # score the benchmarks' reference solutions instead of a model
     model: ModelConfig = field(default_factory=ModelConfig)
     generator: Dict[str, Any] = field(default_factory=dict)
+    env: EnvConfig = field(default_factory=EnvConfig)
     benchmarks: List[str] = field(default_factory=lambda: ["gsm8k", "math500"])
     data: Dict[str, str] = field(default_factory=dict)  # benchmark -> local JSONL path or hub name
     limit: Optional[int] = None  # first N problems of each benchmark
