@@ -488,12 +488,15 @@ class _Run:
     def _wave(self, wave: list[_Live], turn: int) -> None:
         """Every ready rollout's next turn, in one generator call (one sample each, each with its own seed)."""
         self.ready = []
+        wave = sorted(wave, key=lambda lv: lv.index)  # which rollouts a wave holds depends on the tools' timing; their
+        # order does not, and each samples with its own seed (Sampling.prompt_seeds): the same tokens in any wave
         budgets = [self._model_budget(lv)[0] for lv in wave]
         s = replace(
             self.sampling,
             max_new_tokens=max(budgets),
             stop=tuple(self.a.env.stop),
-            prompt_seeds=tuple(continuation_seed(self.sampling.seed, lv.index, turn) for lv in wave),
+            # a rollout's own turn number, not the wave's: how many waves ran before depends on the tools' timing
+            prompt_seeds=tuple(continuation_seed(self.sampling.seed, lv.index, self._model_turns(lv)) for lv in wave),
         )
         if self.sampling.seed is not None:
             s = replace(s, seed=continuation_seed(self.sampling.seed, -1, turn))
@@ -543,10 +546,10 @@ class _Run:
 
 
 def turn_row(t: Turn) -> dict[str, Any]:
-    """A turn as samples.jsonl keeps it: who wrote it, its text and tokens (a tool's: its status and time)."""
+    """A turn as samples.jsonl keeps it: who wrote it, its text and tokens (a tool's: its status)."""
     row: dict[str, Any] = {"role": t.role, "text": t.text, "tokens": t.end - t.start}
-    if t.role == "tool":
-        row.update(status=t.status, seconds=round(t.seconds, 4))
+    if t.role == "tool":  # its time is in the metrics (time/tool_s): a sample holds what replays exactly
+        row["status"] = t.status
     return row
 
 

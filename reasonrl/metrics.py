@@ -161,8 +161,8 @@ def rollout_metrics(batch: Any, tokenizer, answer_verifier: str, generate_s: flo
 
 def tool_metrics(rollouts: Sequence[Any], correct: Sequence[bool]) -> dict[str, float]:
     """tools/* keys of multi-turn rollouts (:mod:`reasonrl.agent`): calls and model turns per rollout, the
-    share of calls that failed or timed out, observation tokens, the tools' seconds (summed over calls, which
-    overlap generation), accuracy with and without a call, and the share of each finish reason."""
+    share of calls that failed or timed out, observation tokens, the tools' seconds (time/tool_s: summed over
+    calls, which overlap generation and each other), accuracy with and without a call, and the share of each finish reason."""
     from reasonrl.agent import FINISH_REASONS
 
     calls = [r.tool_turns for r in rollouts]
@@ -175,7 +175,7 @@ def tool_metrics(rollouts: Sequence[Any], correct: Sequence[bool]) -> dict[str, 
         "tools/error_frac": mean(t.status != "ok" for t in flat) if flat else 0.0,
         "tools/timeout_frac": mean(t.status == "timeout" for t in flat) if flat else 0.0,
         "tools/obs_tokens_mean": mean(len(r.completion_ids) - r.model_tokens for r in rollouts),
-        "tools/seconds": sum(t.seconds for t in flat),
+        "time/tool_s": sum(t.seconds for t in flat),
         "tools/accuracy_with": mean(c for c, u in zip(correct, used) if u),
         "tools/accuracy_without": mean(c for c, u in zip(correct, used) if not u),
         **{f"rollout/finish_{k}_frac": mean(r.finish_reason == k for r in rollouts) for k in FINISH_REASONS},

@@ -221,10 +221,15 @@ class HFGenerator:
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         greedy = sampling.temperature <= 0
+        # per-prompt seeds: each row samples with its own noise (see SeededSampler), so a row's sample does not
+        # depend on which other rows share its batch; transformers then only takes the argmax
+        seeded = sampling.prompt_seeds is not None and not greedy
+        if seeded and len(sampling.prompt_seeds) != len(prompt_ids):
+            raise ValueError(f"sampling.prompt_seeds has {len(sampling.prompt_seeds)} seeds for {len(prompt_ids)} prompts")
         gen_cfg = GenerationConfig(
-            do_sample=not greedy,
-            temperature=None if greedy else sampling.temperature,
-            top_p=None if greedy or sampling.top_p >= 1 else sampling.top_p,
+            do_sample=not greedy and not seeded,
+            temperature=None if greedy or seeded else sampling.temperature,
+            top_p=None if greedy or seeded or sampling.top_p >= 1 else sampling.top_p,
             top_k=None,
             max_new_tokens=sampling.max_new_tokens,
             pad_token_id=self.tokenizer.pad_token_id,
@@ -248,7 +253,8 @@ class HFGenerator:
             with full_weights(self.model), grad_off, cast:
                 for start in range(0, len(prompt_ids), per_chunk):
                     chunk = prompt_ids[start : start + per_chunk]
-                    done = self._generate_chunk(chunk, start, n, gen_cfg, sampling.temperature, sampling.stop)
+                    seeds = sampling.prompt_seeds[start : start + per_chunk] if seeded else None
+                    done = self._generate_chunk(chunk, start, n, gen_cfg, sampling, seeds)
                     out.extend(done)
                     if on_group is not None:  # this chunk's groups, while the next chunk generates
                         for g in range(0, len(done), n):
@@ -257,7 +263,7 @@ class HFGenerator:
             self.model.train(was_training)
         return out
 
-    def _generate_chunk(self, chunk, offset: int, n: int, gen_cfg, temperature: float, stop=()) -> list[Rollout]:
+    def _generate_chunk(self, chunk, offset: int, n: int, gen_cfg, sampling: Sampling, seeds=None) -> list[Rollout]:
         from transformers import LogitsProcessorList
 
         from reasonrl.kvcache import preallocated_cache
@@ -270,12 +276,16 @@ class HFGenerator:
         for i, p in enumerate(chunk):  # left padding
             ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             mask[i, width - len(p) :] = 1
+        temperature, stop = sampling.temperature, sampling.stop
         recorder = SampledLogprobs(temperature)
+        processors = [recorder]
+        if seeds is not None:  # after the recorder: it reads the unperturbed scores
+            processors.append(SeededSampler(temperature, sampling.top_p, [s * 1_000_003 + j for s in seeds for j in range(n)]))
         res = self.model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             generation_config=gen_cfg,
-            logits_processor=LogitsProcessorList([recorder]),
+            logits_processor=LogitsProcessorList(processors),
             **({"tokenizer": self.tokenizer} if stop else {}),
             **preallocated_cache(self.model, width + gen_cfg.max_new_tokens),
         )
@@ -331,6 +341,54 @@ def stop_string_end(tokenizer, toks: Sequence[int], stop: Sequence[str]) -> int 
         else:
             lo = mid + 1
     return lo - 1
+
+
+_M64 = (1 << 64) - 1
+
+
+def _signed(x: int) -> int:
+    x &= _M64
+    return x - (1 << 64) if x >> 63 else x
+
+
+def _mix64(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finaliser on int64 tensors (wrapping products, logical shifts)."""
+    x = x ^ ((x >> 30) & ((1 << 34) - 1))
+    x = x * _signed(0xBF58476D1CE4E5B9)
+    x = x ^ ((x >> 27) & ((1 << 37) - 1))
+    x = x * _signed(0x94D049BB133111EB)
+    return x ^ ((x >> 31) & ((1 << 33) - 1))
+
+
+class SeededSampler:
+    """Sampling as a logits processor, one counter-based random stream per row: at step ``t`` row ``r`` adds
+    Gumbel noise drawn from hash(seed_r, t, token) to its temperature-scaled, top-p-filtered log-probabilities,
+    and generation takes the argmax, which is a sample from that distribution. A row's tokens then depend on its
+    own seed and prefix only, never on the other rows of the batch (a batch whose make-up varies from run to run,
+    as the agent loop's continuations do, samples the same)."""
+
+    def __init__(self, temperature: float, top_p: float, seeds: Sequence[int]):
+        self.temperature, self.top_p = temperature, top_p
+        self.base = torch.tensor([_signed(s * 0x9E3779B97F4A7C15) for s in seeds], dtype=torch.int64)  # (N,)
+        self.step = 0
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(scores.float() / self.temperature, dim=-1)  # (N, V)
+        if self.top_p < 1:
+            sorted_lp, order = logp.sort(dim=-1, descending=True)
+            before = sorted_lp.exp().cumsum(dim=-1) - sorted_lp.exp()  # mass above each token
+            drop = torch.zeros_like(logp, dtype=torch.bool).scatter(-1, order, before > self.top_p)
+            logp = logp.masked_fill(drop, float("-inf"))
+        vocab = torch.arange(logp.shape[-1], dtype=torch.int64)
+        x = (
+            self.base[:, None].to(logp.device)
+            + _signed((self.step + 1) * 0xD1B54A32D192ED03)
+            + vocab[None, :] * _signed(0xA24BAED4963EE407)
+        )
+        bits = (_mix64(_mix64(x)) >> 11) & ((1 << 53) - 1)
+        u = (bits.double() + 0.5) / float(1 << 53)  # in (0, 1)
+        self.step += 1
+        return (logp.double() - torch.log(-torch.log(u))).to(logp.dtype)
 
 
 class SampledLogprobs:

@@ -257,3 +257,33 @@ def chain(text: str, tokenizer) -> dict[str, str]:
         assert out.get(a, b) == b, f"token {a!r} repeats with another successor in {text!r}"
         out[a] = b
     return out
+
+
+TOOL_SCRIPT = "?<think><python>print(1+2)</python>", "</output></think><answer>3</answer>"
+
+
+def save_tool_policy(path, margin: float = 7.0):
+    """A scripted policy that calls the Python tool (``print(1+2)`` between ``<python>`` tags) and then answers,
+    saved as a Hugging Face folder for ``model=hf model.path=...``; at this margin about one token in 25 leaves
+    the script, so rollouts differ: most call the tool, some call none and some write code that fails."""
+    tok = tool_tokenizer()
+    script = {k: v for text in TOOL_SCRIPT for k, v in chain(text, tok).items()}
+    scripted_model(tok, script, margin=margin).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def tool_run(model_dir) -> list[str]:
+    """Overrides that train the scripted tool policy on the arithmetic world with the Python tool between tags."""
+    return [
+        "model=hf",
+        f"model.path={model_dir}",
+        "env.name=python",
+        "env.max_turns=3",
+        "env.max_tool_calls=2",
+        "env.tool.open='<python>'",
+        "env.tool.close='</python>'",
+        "env.tool.stop_strings=['</python>']",
+        "env.tool.output='<output>{output}</output>'",
+        "env.tool.timeout_s=1.0",
+    ]

@@ -314,3 +314,60 @@ def test_the_env_node_builds_its_environment_and_names_a_misspelt_option():
     assert Limits.from_config({"max_turns": 2, "max_total_tokens": None}).max_turns == 2
     with pytest.raises(ValueError, match="env.max_turns"):
         Limits(max_turns=0)
+
+
+def test_the_tool_schema_and_the_tool_agree_on_every_default():
+    import dataclasses
+
+    from reasonrl.config import ToolConfig
+
+    fields = dataclasses.fields(ToolConfig)
+    schema = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory() for f in fields}
+    tool = PythonTool()
+    assert schema == {k: (list(getattr(tool, k)) if k == "stop_strings" else getattr(tool, k)) for k in schema}
+
+
+def test_the_samples_do_not_depend_on_how_long_the_tools_took(tok):
+    """Which rollouts a wave of continuations holds depends on when their tools finished; every rollout samples
+    with its own seed and turn number, so two runs whose tools take different times sample the same tokens."""
+    import itertools
+
+    class Staggered(SlowFor):
+        """Calls return at once (step 0) or at staggered times, each in a wave of its own."""
+
+        def __init__(self, step_s):
+            super().__init__(0.0)
+            self.step_s, self.calls = step_s, itertools.count()
+
+        def start(self, problem):
+            ep = super().start(problem)
+            inner = ep.run
+
+            def run(call):
+                time.sleep(self.step_s * (next(self.calls) % 4))
+                return inner(call)
+
+            ep.run = run
+            return ep
+
+    script = {k: v for text in ("?<think><python>print(1+2)</python>", "</output></think><answer>3</answer>")
+              for k, v in chain(text, tok).items()}  # fmt: skip
+    gen = HFGenerator(scripted_model(tok, {**script, "</output>": "<python>"}, margin=6.0), tok)  # noisy: rollouts differ
+    inner, waves = gen.generate, []
+
+    def generate(prompt_ids, n, sampling, on_group=None):
+        waves[-1].append(len(prompt_ids))
+        return inner(prompt_ids, n, sampling, on_group=on_group)
+
+    gen.generate = generate
+    outs = []
+    for step_s in (0.0, 0.15):
+        waves.append([])
+        a = AgentGenerator(gen, Staggered(step_s), tok, Limits(max_turns=4, max_tool_calls=3))
+        p = ids(tok, "Q:1+2=?")
+        ros = a.generate([p, p], 8, Sampling(temperature=1.0, max_new_tokens=60, seed=9),
+                         problems=[{"slow": False}] * 2)  # fmt: skip
+        outs.append([(r.completion_ids, r.token_mask(), r.finish_reason) for r in ros])
+    assert waves[0] != waves[1], "the tools' timing must change the waves for this test to mean anything"
+    assert outs[0] == outs[1]
+    assert len({tuple(c) for c, _, _ in outs[0]}) > 2 and sum(0 in m for _, m, _ in outs[0]) >= 3

@@ -54,7 +54,8 @@ class Run:
             env.update(REASONRL_PAUSE_AT=pause_at, REASONRL_PAUSE_FILE=str(self.marker))
         self.pause_at, self.log = pause_at, run_dir.parent / f"{run_dir.name}.log"
         with open(self.log, "w") as f:  # a file, not a pipe: nothing blocks while the others run
-            self.proc = subprocess.Popen([EXE, *BASE, *extra, f"run_dir={run_dir}"], stdout=f, stderr=subprocess.STDOUT, env=env)
+            base = [o for o in BASE if not (o.startswith("model.pretrain.") and "model=hf" in extra)]  # a folder's model
+            self.proc = subprocess.Popen([EXE, *base, *extra, f"run_dir={run_dir}"], stdout=f, stderr=subprocess.STDOUT, env=env)
 
     def wait(self, timeout: float = 900) -> str:
         """Its output, once it ended (or, paused, was killed)."""
@@ -192,6 +193,20 @@ def test_dynamic_sampling_resumes_exactly(tmp_path):
     assert any(r["group/redraws"] > 0 for r in _rows(a)[1:]), "the test must exercise redraws"
     _runs((b, [*dapo, "resume=auto"]))
     assert_same_run(a, b, learns=False)
+
+
+def test_a_tools_run_resumes_exactly(tmp_path):
+    """A kill -9 in the middle of a run with the Python tool: the resumed run's tool turns, observations, masks
+    and weights are those of the straight run."""
+    from helpers import save_tool_policy, tool_run
+
+    tools = tool_run(save_tool_policy(tmp_path / "policy"))
+    a, b = tmp_path / "a", tmp_path / "b"
+    _runs((a, tools), (b, tools, f"{KILL_STEP}:generate"))
+    assert all(r["tools/calls_mean"] > 0 for r in _rows(a)[1:]), "every step calls the tool"
+    assert any(t["role"] == "tool" for s in _samples(a) for t in s.get("turns", []))
+    _runs((b, [*tools, "resume=auto"]))
+    assert_same_run(a, b)
 
 
 def test_resume_refuses_a_changed_config_and_allows_max_steps(straight, tmp_path):
