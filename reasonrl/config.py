@@ -165,6 +165,22 @@ class RolloutConfig(MicroBatchConfig):
 
 
 @dataclass
+class ToolConfig:
+    """The python tool (reasonrl.agent.PythonTool, whose defaults these are): a turn ending with a closed
+    ``open ... close`` block runs it in the sandbox; ``output`` ({output} filled) comes back."""
+
+    open: str = "```python\n"
+    close: str = "```"
+    stop_strings: List[str] = field(default_factory=lambda: ["```\n"])  # what ends the model's turn
+    output: str = "```output\n{output}\n```\n"
+    timeout_s: float = 2.0  # the sandbox's CPU limit per call
+    memory_mb: int = 256
+    max_output_chars: int = 400  # stdout (or the error) is cut to this many characters
+    stateful: bool = True  # later calls of a rollout see what its earlier successful calls defined
+    isolation: str = "bwrap"  # bwrap | none (no isolation at all: never for untrusted code)
+
+
+@dataclass
 class EnvConfig:
     """What a rollout is: one turn (single_turn), or turns with a tool between them (reasonrl.agent)."""
 
@@ -174,9 +190,7 @@ class EnvConfig:
     max_observation_tokens: int = 64  # per call; a longer tool output is cut to this many tokens
     max_total_tokens: Optional[int] = None  # model + observation tokens of a completion ("context"); None: the model's
     tool_workers: int = 4  # tool calls running at once, beside generation
-    # the python tool (reasonrl.agent.PythonTool): open, close, stop_strings, output, timeout_s, memory_mb,
-    # max_output_chars, stateful, isolation
-    tool: Dict[str, Any] = field(default_factory=dict)
+    tool: ToolConfig = field(default_factory=ToolConfig)  # env.name=python
 
 
 @dataclass
