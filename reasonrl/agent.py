@@ -249,13 +249,14 @@ def build_environment(node: Mapping[str, Any] | None) -> Environment:
     return PythonTool(**tool)
 
 
-def build_agent(env_node: Mapping[str, Any] | None, generator, tokenizer, model=None) -> "AgentGenerator":
+def build_agent(env_node: Mapping[str, Any] | None, generator, tokenizer, model=None, runtime=None) -> "AgentGenerator":
     """``generator`` driven through the environment ``env_node`` names; the model's positions (and the engine's
     ``max_model_len``) bound a rollout's context."""
     positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     engine_len = getattr(generator, "max_model_len", None)
     context = min((x for x in (positions, engine_len) if x), default=None)
-    return AgentGenerator(generator, build_environment(env_node), tokenizer, Limits.from_config(env_node), max_context=context)
+    env, limits = build_environment(env_node), Limits.from_config(env_node)
+    return AgentGenerator(generator, env, tokenizer, limits, max_context=context, runtime=runtime)
 
 
 # --------------------------------------------------------------------------- limits
@@ -303,8 +304,17 @@ class _Live:
 class AgentGenerator:
     """Any generator, driven through an environment's turns (see the module docstring); a generator itself."""
 
-    def __init__(self, generator, env: Environment, tokenizer, limits: Limits | None = None, max_context: int | None = None):
+    def __init__(
+        self,
+        generator,
+        env: Environment,
+        tokenizer,
+        limits: Limits | None = None,
+        max_context: int | None = None,
+        runtime=None,
+    ):
         self.inner, self.env, self.tokenizer = generator, env, tokenizer
+        self.runtime = runtime  # several processes: their generator calls are kept in step (reasonrl.runtime.Runtime)
         self.limits = limits or Limits()
         self.max_context = max_context  # the model's positions: prompt + completion
         self.exact_logprobs = getattr(generator, "exact_logprobs", False)
@@ -391,14 +401,20 @@ class _Run:
 
         self._generate(prompts, self.n, s, first_turns)
         turn = 1
+        rt = self.a.runtime
+        together = rt is not None and rt.distributed  # every rank makes as many generator calls (they gather weights)
         try:
-            while self.pending or self.ready:
-                if not self.ready:  # nothing to generate: wait for the first tool to finish
-                    cf.wait(list(self.pending), return_when=cf.FIRST_COMPLETED)
+            while True:
                 self._collect_tools()
-                if self.ready:
-                    turn += 1
-                    self._wave(self.ready, turn)
+                any_ready = rt.max(float(bool(self.ready))) > 0 if together else bool(self.ready)
+                if not any_ready:
+                    if not (rt.max(float(bool(self.pending))) > 0 if together else self.pending):
+                        break  # every rollout (of every rank) is finished
+                    # nothing to generate anywhere: wait for a tool (across ranks: briefly, then ask again)
+                    cf.wait(list(self.pending), timeout=0.05 if together else None, return_when=cf.FIRST_COMPLETED)
+                    continue
+                turn += 1
+                self._wave(self.ready, turn)  # across ranks, a rank with nothing ready makes an empty call
         finally:
             for f in self.pending:
                 f.cancel()
@@ -488,6 +504,9 @@ class _Run:
     def _wave(self, wave: list[_Live], turn: int) -> None:
         """Every ready rollout's next turn, in one generator call (one sample each, each with its own seed)."""
         self.ready = []
+        if not wave:
+            self.a.inner.generate([], 1, self.sampling)
+            return
         wave = sorted(wave, key=lambda lv: lv.index)  # which rollouts a wave holds depends on the tools' timing; their
         # order does not, and each samples with its own seed (Sampling.prompt_seeds): the same tokens in any wave
         budgets = [self._model_budget(lv)[0] for lv in wave]

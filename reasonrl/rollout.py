@@ -288,6 +288,9 @@ class HFGenerator:
             logits_processor=LogitsProcessorList(processors),
             **({"tokenizer": self.tokenizer} if stop else {}),
             **preallocated_cache(self.model, width + gen_cfg.max_new_tokens),
+            # the weights are gathered for the whole call (full_weights): the ranks need not step together, and
+            # may make different numbers of calls' worth of steps (the agent loop's continuations)
+            synced_gpus=False,
         )
         new = res.sequences[:, width:]  # (len(chunk)*n, steps)
         lp = recorder.finish(new).cpu()  # (len(chunk)*n, steps)

@@ -153,7 +153,7 @@ class GRPOTrainer:
             shard_model(self.ref_model, rt, self.compute_dtype, cfg.model.fsdp)
         shard_model(self.model, rt, self.compute_dtype, cfg.model.fsdp)  # before the optimizer sees the parameters
         engine = build_generator(cfg.generator, self.model, self.tokenizer, self.model_path, self.compute_dtype)
-        self.generator = build_agent(cfg.env, engine, self.tokenizer, self.model)  # one turn, or turns with a tool
+        self.generator = build_agent(cfg.env, engine, self.tokenizer, self.model, rt)  # one turn, or turns with a tool
         use_tis = alg.tis == "on" or (alg.tis == "auto" and not getattr(self.generator, "exact_logprobs", False))
         self.plan = GroupPlan.from_config(cfg)
         self.update_settings = UpdateSettings.from_config(cfg, self.tokenizer.pad_token_id, use_tis, self.compute_dtype)

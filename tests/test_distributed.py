@@ -172,3 +172,19 @@ def test_a_two_process_run_with_one_vllm_engine_per_rank(tmp_path):
     rows = read_metrics(run)
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert all(r["sampling/logprob_diff_max"] < 1e-3 for r in rows[1:])  # each engine samples with the synced weights
+
+
+def test_a_two_process_run_with_the_python_tool(tmp_path):
+    """2 processes, FSDP2, the agent loop and the sandboxed tool on every rank: each rank runs its groups' tool
+    calls, and the main process logs every rank's turns."""
+    from helpers import save_tool_policy, tool_run
+
+    run = tmp_path / "run"
+    train = [o for o in TRAIN if not o.startswith("model.pretrain.")]
+    res, _ = torchrun([*train, *tool_run(save_tool_policy(tmp_path / "policy")), f"run_dir={run}", "max_steps=2",
+                       "eval.every=2", "checkpoint.every=0", "logging.samples_per_step=32"], cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-4000:])
+    rows = read_metrics(run)
+    assert all(r["tools/calls_mean"] > 0 and r["rollout/finish_stop_frac"] > 0 for r in rows[1:])
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 * 32 and sum(any(t["role"] == "tool" for t in s.get("turns", [])) for s in samples) > 8
