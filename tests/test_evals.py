@@ -141,3 +141,26 @@ def test_benchmarks_are_evaluated_during_training(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "eval/gsm8k/accuracy" in r] == [0, 1, 2]
     assert all("eval/gsm8k/len_mean" in r and "eval/arith/accuracy" in r for r in rows)
+
+
+def test_reasonrl_eval_runs_the_agent_loop_with_env_python(tmp_path):
+    """reasonrl-eval with env.name=python samples through the same agent loop as training: the scripted policy
+    calls the tool and copies its output into the answer (all correct); without the tool it writes the call and
+    stops (none correct): the control the tools study uses."""
+    from helpers import save_tool_policy, tool_run
+
+    from reasonrl.benchmark import main
+
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{k}+{3 - k}", "answer": "#### 3"}) + "\n" for k in range(3)))
+    policy = save_tool_policy(tmp_path / "policy", margin=40.0)
+    tools = [o for o in tool_run(policy) if o.startswith("env.")]
+    base = [f"model.path={policy}", "model=hf", "benchmarks=[gsm8k]", f"data.gsm8k={data}", "template=r1", "n=2",
+            "ks=[1,2]", "temperature=1.0", "max_new_tokens=40", "verify_workers=0"]  # fmt: skip
+    on = main(compose("eval", [*base, *tools, f"run_dir={tmp_path / 'on'}"]))["gsm8k"]
+    off = main(compose("eval", [*base, f"run_dir={tmp_path / 'off'}"]))["gsm8k"]
+    assert on["accuracy"] == 1.0 and on["tool_calls_mean"] == 1.0 and on["tool_used_frac"] == 1.0
+    assert off["accuracy"] == 0.0 and "tool_calls_mean" not in off
+    rows = [json.loads(x) for x in (tmp_path / "on" / "samples.jsonl").read_text().splitlines()]
+    assert all([t["role"] for t in r["turns"]] == ["model", "tool", "model"] for r in rows)
+    assert all(r["turns"][1] == {"role": "tool", "text": "<output>3</output>", "tokens": 3, "status": "ok"} for r in rows)
