@@ -87,6 +87,12 @@ class PretrainConfig:
     target_accuracy: float = 0.8
     steps_frac: float = 0.2
     short_frac: float = 0.3
+    # arith_tools corpus only: the share of full problems solved with a tool call (reasonrl.tasks.arith)
+    tool_frac: float = 0.0
+    # the corpus's and the pretraining probe's problem shape; left at these defaults, these three keys stay out
+    # of the cache key (reasonrl.tiny.base_path), so base models cached before they existed keep their folder
+    n_terms: int = 3
+    digits: int = 2
     optim: OptimConfig = field(default_factory=_sft_optim(2e-3, 50))
 
 

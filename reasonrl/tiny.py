@@ -14,6 +14,16 @@ reaches ``pretrain.target_accuracy`` (checked every ``eval_every`` steps).
 ``pretrain.max_steps=0`` skips pretraining: a randomly initialised model,
 built in seconds, for speed checks and tests of the plumbing.
 
+Two corpora (``pretrain.corpus``): ``arith``, the arithmetic world's, and
+``arith_tools``, the same with ``pretrain.tool_frac`` of the full problems
+solved by a tool call (``<python>print(47+85+29)</python><output>161</output>``);
+its tokenizer adds the tool tags as single tokens and the characters of
+``print()``. ``pretrain.n_terms`` and ``pretrain.digits`` shape the corpus's
+problems and the probe's. The ``arith_tools`` probe may not open the think block
+with a tool call either (it measures step by step), and it also records how
+often a forced tool call writes the right expression and how likely the model
+is to call the tool at temperature 1.
+
 The attention head size is 64 so that vLLM's CPU kernels accept the model.
 It does not download anything.
 """
@@ -34,6 +44,10 @@ log = logging.getLogger(__name__)
 
 CORPUS_VERSION = 1
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
+# pretrain.corpus -> the reasonrl.tasks.arith names of its tokenizer's characters and tags
+CORPORA = {"arith": ("CHARSET", "TAGS"), "arith_tools": ("CHARSET+TOOL_CHARS", "TAGS+TOOL_TAGS")}
+# pretrain keys added after base models were cached: at these values they stay out of the cache key
+_KEYLESS_DEFAULTS = {"tool_frac": 0.0, "n_terms": 3, "digits": 2}
 
 
 def build_tokenizer(charset: list[str], tags: list[str], vocab_size: int | None = None):
@@ -93,8 +107,22 @@ def _plain(node: Any) -> dict:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
 
 
+def corpus_tokenizer(corpus: str, vocab_size: int | None = None):
+    """The tokenizer of a ``pretrain.corpus``: ``arith``'s, or ``arith_tools``'s with the tool tags and characters."""
+    from reasonrl.tasks import arith
+
+    if corpus not in CORPORA:
+        raise ValueError(f"model.pretrain.corpus {corpus!r} is not supported; use one of {sorted(CORPORA)}")
+    chars, tags = ([x for name in names.split("+") for x in getattr(arith, name)] for names in CORPORA[corpus])
+    return build_tokenizer(chars, tags, vocab_size)
+
+
 def base_path(arch: Any, pretrain: Any) -> Path:
-    key = config_key({"arch": _plain(arch), "pretrain": _plain(pretrain), "corpus": CORPUS_VERSION})
+    plain = _plain(pretrain)
+    for k, default in _KEYLESS_DEFAULTS.items():  # the key a config without these keys always had
+        if k in plain and plain[k] == default:
+            del plain[k]
+    key = config_key({"arch": _plain(arch), "pretrain": plain, "corpus": CORPUS_VERSION})
     return cache_root() / "models" / f"tiny-{pretrain.corpus}-{key}"
 
 
@@ -104,6 +132,7 @@ def forced_think_accuracy(model, tokenizer, problems: list[dict], max_new_tokens
     from reasonrl.rollout import HFGenerator
     from reasonrl.tasks import arith
 
+    banned = tuple(tokenizer.get_vocab()[t] for t in ("</think>", "<python>") if t in tokenizer.get_vocab())
     res = sample_and_score(
         HFGenerator(model, tokenizer),
         tokenizer,
@@ -111,9 +140,51 @@ def forced_think_accuracy(model, tokenizer, problems: list[dict], max_new_tokens
         render=lambda p: arith.render_prompt(p, "r1_think"),
         temperature=0.0,
         max_new_tokens=max_new_tokens,
-        banned_first_tokens=(tokenizer.convert_tokens_to_ids("</think>"),),
+        banned_first_tokens=banned,
     )
     return res["accuracy"]
+
+
+def probe_tokens(n_terms: int, digits: int) -> int:
+    """New tokens the probe allows: 40, or more where the longest step-by-step solution needs it."""
+    from reasonrl.tasks import arith
+
+    longest = arith.solution((10**digits - 1,) * n_terms, "steps")
+    n_tags = longest.count("<")  # each tag is one token, every other character one
+    return max(40, len(longest) - sum(len(t) for t in arith.TAGS) + n_tags + 8)
+
+
+@torch.no_grad()
+def tool_probe(model, tokenizer, problems: list[dict], max_new_tokens: int = 40) -> dict[str, float]:
+    """Tool skill of an ``arith_tools`` model: ``tool_expression_accuracy``, how often the code it writes
+    after a forced ``<think><python>`` prints the answer (greedy, up to ``</python>``), and
+    ``tool_call_prob``, the mean probability that its think block opens with a tool call (temperature 1)."""
+    from reasonrl.rollout import HFGenerator, Sampling
+    from reasonrl.tasks import arith
+
+    was_training = model.training
+    model.eval()
+    vocab = tokenizer.get_vocab()
+    stop = vocab["</python>"]
+    gen = HFGenerator(model, tokenizer, stop_token_ids=(stop,))
+    forced = tokenizer([arith.render_prompt(p) + "<think><python>" for p in problems], add_special_tokens=False)
+    outs = gen.generate(forced["input_ids"], 1, Sampling(temperature=0.0, max_new_tokens=max_new_tokens))
+    right = 0
+    for r in outs:
+        code = r.text.split("</python>")[0]
+        right += arith.tool_value(code) == int(problems[r.prompt_index]["answer"])
+    opened = tokenizer([arith.render_prompt(p) + "<think>" for p in problems], add_special_tokens=False)["input_ids"]
+    width = max(len(x) for x in opened)
+    ids = torch.full((len(opened), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, x in enumerate(opened):
+        ids[i, : len(x)], mask[i, : len(x)] = torch.tensor(x), 1
+    device = next(model.parameters()).device
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+    last = logits[torch.arange(len(opened)), mask.sum(1).to(device) - 1]
+    p_tool = torch.softmax(last, -1)[:, vocab["<python>"]]
+    model.train(was_training)
+    return {"tool_expression_accuracy": right / len(problems), "tool_call_prob": float(p_tool.mean())}
 
 
 def get_or_build_base(arch: Any, pretrain: Any, progress: bool = True) -> Path:
@@ -127,11 +198,12 @@ def _build(arch: Any, pretrain: Any, out: Path, progress: bool) -> None:
     from reasonrl.sft import train_sft
     from reasonrl.tasks import arith
 
-    if pretrain.corpus != "arith":
-        raise ValueError(f"model.pretrain.corpus {pretrain.corpus!r} is not supported; use 'arith'")
+    tools = pretrain.corpus == "arith_tools"
+    if pretrain.tool_frac and not tools:
+        raise ValueError(f"model.pretrain.tool_frac={pretrain.tool_frac} needs model.pretrain.corpus=arith_tools")
     t0 = time.time()
     torch.manual_seed(pretrain.seed)
-    tok = build_tokenizer(arith.CHARSET, arith.TAGS, arch.get("vocab_size"))
+    tok = corpus_tokenizer(pretrain.corpus, arch.get("vocab_size"))
     model = build_model(arch, tok, pretrain.seed)
     n_params = sum(p.numel() for p in model.parameters())
     if pretrain.max_steps == 0:  # a random model, for speed checks: nothing to learn
@@ -142,11 +214,16 @@ def _build(arch: Any, pretrain: Any, out: Path, progress: bool) -> None:
         pretrain.seed,
         steps_frac=pretrain.steps_frac,
         short_frac=pretrain.short_frac,
+        n_terms=pretrain.n_terms,
+        digits=pretrain.digits,
+        tool_frac=pretrain.tool_frac,
     )
-    probe = arith.heldout(pretrain.eval_problems)
+    probe = arith.heldout(pretrain.eval_problems, pretrain.n_terms, pretrain.digits)
+    new_tokens = probe_tokens(pretrain.n_terms, pretrain.digits)
 
     def eval_fn(m):
-        return {"forced_think_accuracy": forced_think_accuracy(m, tok, probe)}
+        metrics = {"forced_think_accuracy": forced_think_accuracy(m, tok, probe, new_tokens)}
+        return {**metrics, **tool_probe(m, tok, probe, new_tokens)} if tools else metrics
 
     def stop_fn(metrics):
         return metrics.get("forced_think_accuracy", 0.0) >= pretrain.target_accuracy

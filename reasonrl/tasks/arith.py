@@ -9,6 +9,12 @@ Problems are sums of ``n_terms`` numbers of ``digits`` digits, asked as
   column by column from the ones digit, each step a sum of single digits plus
   the carry from the previous column; the answer is the last column's sum
   followed by the lower digits already written.
+* tool call:     ``<think><python>print(47+85+29)</python><output>161</output></think><answer>161</answer>``
+  the world's tool-use variant: the model writes the code, a sandbox runs it
+  and the agent loop appends ``<output>{stdout, stripped}</output>`` as
+  observation tokens (the model's turn stops at ``</python>``). Only a
+  tokenizer with :data:`TOOL_TAGS` and :data:`TOOL_CHARS` can write it (the
+  ``arith_tools`` corpus of :mod:`reasonrl.tiny`).
 
 A tiny model cannot add three 2-digit numbers in one shot in CPU minutes but
 can learn the single-digit column facts, so step by step is genuinely easier
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import random
+import re
 from typing import Any
 
 from reasonrl.tasks.base import ProblemStream, Task, _tuplify
@@ -39,6 +46,9 @@ HELDOUT_SEED = 20_241_126
 DEMO_SEED_OFFSET = 7919  # demonstrations draw from their own stream, never the training stream of the same seed
 CHARSET = list("0123456789+=?Q: ")
 TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
+# the tool-use variant: its tags (single tokens) and the characters a tool call adds to CHARSET
+TOOL_TAGS = ["<python>", "</python>", "<output>", "</output>"]
+TOOL_CHARS = list("print()")
 
 # Prompt templates by name. ``r1`` leaves the whole R1 structure to the model;
 # ``r1_think`` opens the think block in the prompt (verifiers and length
@@ -123,13 +133,36 @@ def column_steps(numbers: tuple[int, ...] | list[int]) -> tuple[list[str], int]:
     return steps, sum(numbers)
 
 
+def tool_code(numbers) -> str:
+    """The code a tool call runs for a problem: ``print(47+85+29)``."""
+    return f"print({'+'.join(str(x) for x in numbers)})"
+
+
 def solution(numbers, style: str) -> str:
-    """The completion for a problem, in ``direct`` or ``steps`` style."""
+    """The completion for a problem, in ``direct``, ``steps`` or ``tool`` style (the tool's output written in,
+    as the agent loop appends it)."""
     steps, total = column_steps(numbers)
+    if style == "tool":
+        return f"<think><python>{tool_code(numbers)}</python><output>{total}</output></think><answer>{total}</answer>"
     think = " ".join(steps) if style == "steps" else ""
     if style not in ("steps", "direct"):
         raise ValueError(f"unknown solution style {style!r}")
     return f"<think>{think}</think><answer>{total}</answer>"
+
+
+_PRINT_SUM = re.compile(r"print\((\d+(?:\+\d+)*)\)")
+
+
+def tool_call(completion: str) -> str | None:
+    """The code of a completion's first tool call (between ``<python>`` and ``</python>``), None without one."""
+    m = re.search(r"<python>(.*?)</python>", completion, re.S)
+    return m.group(1) if m else None
+
+
+def tool_value(code: str) -> int | None:
+    """What ``code`` prints when it is ``print(a+b+...)`` of integers, else None (evaluated here, not run)."""
+    m = _PRINT_SUM.fullmatch(code.strip())
+    return sum(int(t) for t in m.group(1).split("+")) if m else None
 
 
 def pretrain_corpus(
@@ -140,13 +173,20 @@ def pretrain_corpus(
     short_frac: float = 0.3,
     n_terms: int = 3,
     digits: int = 2,
+    tool_frac: float = 0.0,
 ) -> list[tuple[str, str]]:
     """(prompt, completion) pairs for the base model.
 
-    Most solutions answer directly and ``steps_frac`` of them reason column by
-    column; ``short_frac`` extra rows are sums of 3-4 single digits answered
-    directly, so the column facts themselves are learned.
+    Most solutions answer directly, ``steps_frac`` of them reason column by
+    column and ``tool_frac`` of them call the tool (``tool`` style: a tokenizer
+    with :data:`TOOL_TAGS` and :data:`TOOL_CHARS` only); ``short_frac`` extra
+    rows are sums of 3-4 single digits answered directly, so the column facts
+    themselves are learned. One draw picks a full problem's style, so tool rows
+    take the place of direct ones and ``tool_frac=0`` gives the corpus it gave
+    before the tool style existed, row for row.
     """
+    if not (0.0 <= tool_frac and 0.0 <= steps_frac and steps_frac + tool_frac <= 1.0):
+        raise ValueError(f"steps_frac={steps_frac} and tool_frac={tool_frac} must be shares of at most 1 together")
     rng = random.Random(seed)
     stream = ArithStream(seed, n_terms, digits)
     out = []
@@ -156,7 +196,8 @@ def pretrain_corpus(
             out.append((render_prompt(make_problem(nums)), solution(nums, "direct")))
         else:
             p = next(stream)
-            style = "steps" if rng.random() < steps_frac else "direct"
+            r = rng.random()
+            style = "steps" if r < steps_frac else "tool" if r < steps_frac + tool_frac else "direct"
             out.append((render_prompt(p), solution(p["numbers"], style)))
     return out
 
