@@ -235,7 +235,6 @@ class HFGenerator:
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.stop_ids if len(self.stop_ids) > 1 else self.stop_ids[0],
             begin_suppress_tokens=list(sampling.banned_first_tokens) or None,
-            stop_strings=list(sampling.stop) or None,  # rows end early; the cut is made exactly below
             num_return_sequences=n,
             return_dict_in_generate=True,
         )
@@ -264,7 +263,7 @@ class HFGenerator:
         return out
 
     def _generate_chunk(self, chunk, offset: int, n: int, gen_cfg, sampling: Sampling, seeds=None) -> list[Rollout]:
-        from transformers import LogitsProcessorList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         from reasonrl.kvcache import preallocated_cache
 
@@ -286,7 +285,7 @@ class HFGenerator:
             attention_mask=mask.to(device),
             generation_config=gen_cfg,
             logits_processor=LogitsProcessorList(processors),
-            **({"tokenizer": self.tokenizer} if stop else {}),
+            **({"stopping_criteria": StoppingCriteriaList([StopStrings(self.tokenizer, stop, width)])} if stop else {}),
             **preallocated_cache(self.model, width + gen_cfg.max_new_tokens),
             # the weights are gathered for the whole call (full_weights): the ranks need not step together, and
             # may make different numbers of calls' worth of steps (the agent loop's continuations)
@@ -316,6 +315,27 @@ class HFGenerator:
                 )
             )
         return rollouts
+
+
+class StopStrings:
+    """A stopping criterion: a row is done once the text of its newest generated tokens holds one of ``stop``
+    (each token's text is decoded once and cached). It only ends rows early; :func:`stop_string_end` makes the
+    exact cut."""
+
+    def __init__(self, tokenizer, stop: Sequence[str], prompt_width: int):
+        self.tokenizer, self.stop, self.start = tokenizer, tuple(stop), prompt_width
+        self.span = max(len(s) for s in self.stop)  # every token is at least one character
+        self.pieces: dict[int, str] = {}
+
+    def _piece(self, t: int) -> str:
+        if t not in self.pieces:
+            self.pieces[t] = self.tokenizer.decode([t], skip_special_tokens=False)
+        return self.pieces[t]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        tail = input_ids[:, max(self.start, input_ids.shape[1] - self.span) :].tolist()
+        done = [any(s in "".join(self._piece(t) for t in row) for s in self.stop) for row in tail]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def min_or_none(a: int | None, b: int | None) -> int | None:
