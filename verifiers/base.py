@@ -44,7 +44,10 @@ class Verifier(Protocol):
     ``name: str``
         The verifier's name: metric keys ``reward/<name>/...``, ``verifier=[<name>]``.
     ``__call__(problem, completion) -> Verdict | None``
-        ``problem`` holds the row's fields (its gold answer among them), ``completion`` the model's text.
+        ``problem`` holds the row's fields (its gold answer among them), ``completion`` the model's text. In a
+        multi-turn rollout (``env.name=python``) that is the model's own words, its turns joined with the tools'
+        output left out (``Rollout.text``), so an answer a tool printed counts only once the model writes it;
+        every built-in verifier reads this.
         ``None``: the verifier does not apply to this problem (it adds nothing to the reward). It never
         raises on model output; anything it raises becomes an ``error`` verdict for that sample (masked out
         of the loss, never scored as wrong), and a :class:`GoldAnswerError` an ``error`` verdict with
