@@ -397,7 +397,7 @@ class _Run:
             for j, r in enumerate(group):
                 lv = self.live[r.prompt_index * self.n + j]
                 lv.first = r
-                self._model_turn(lv, r, r.completion_ids, r.logprobs)
+                self._model_turn(lv, r.completion_ids, r.logprobs)
 
         self._generate(prompts, self.n, s, first_turns)
         turn = 1
@@ -431,7 +431,7 @@ class _Run:
             limits.append((self.a.max_context - len(lv.prompt_ids) - len(lv.ids), "context"))
         return min(limits)
 
-    def _model_turn(self, lv: _Live, r: Rollout | None, toks: list[int], logprobs: list[float]) -> None:
+    def _model_turn(self, lv: _Live, toks: list[int], logprobs: list[float]) -> None:
         a = self.a
         budget, why = self._model_budget(lv)
         cut = len(toks) > budget
@@ -523,7 +523,7 @@ class _Run:
 
         def next_turns(group: list[Rollout]) -> None:  # a tool starts the moment its call is written
             for r in group:
-                self._model_turn(wave[r.prompt_index], None, r.completion_ids, r.logprobs)
+                self._model_turn(wave[r.prompt_index], r.completion_ids, r.logprobs)
 
         self._generate(prompts, 1, s, next_turns)
 
