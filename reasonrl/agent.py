@@ -43,6 +43,7 @@ It does not score (verifiers do, on ``Rollout.text``) and does not train.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import hashlib
 import logging
 import time
@@ -399,10 +400,12 @@ class _Run:
                 lv.first = r
                 self._model_turn(lv, r.completion_ids, r.logprobs)
 
-        self._generate(prompts, self.n, s, first_turns)
-        turn = 1
         rt = self.a.runtime
         together = rt is not None and rt.distributed  # every rank makes as many generator calls (they gather weights)
+        if not together and hasattr(self.a.inner, "session"):
+            return self._continuous(prompts, s)
+        self._generate(prompts, self.n, s, first_turns)
+        turn = 1
         try:
             while True:
                 self._collect_tools()
@@ -419,6 +422,35 @@ class _Run:
             for f in self.pending:
                 f.cancel()
         return [r for r in self.out]  # every rollout finished: the loop only ends when none is pending or ready
+
+    def _continuous(self, prompts, s: Sampling) -> list[Rollout]:
+        """With an engine its caller steps (vLLM's :class:`reasonrl.rollout_vllm.EngineSession`): a rollout's next
+        turn is added the moment its tool is done, while the others go on generating."""
+        session = self.a.inner.session()
+        for i, p in enumerate(prompts):
+            session.add(("first", i), p, self.n, s, s.seed)
+        try:
+            while self.pending or self.ready or session.busy():
+                if session.busy():
+                    for (kind, i), group in session.step():
+                        lives = self.live[i * self.n : (i + 1) * self.n] if kind == "first" else [self.live[i]]
+                        for lv, r in zip(lives, group):
+                            if kind == "first":
+                                lv.first = dataclasses.replace(r, prompt_index=lv.prompt_index)
+                            self._model_turn(lv, r.completion_ids, r.logprobs)
+                elif not self.ready:
+                    cf.wait(list(self.pending), return_when=cf.FIRST_COMPLETED)
+                self._collect_tools()
+                ready, self.ready = self.ready, []
+                for lv in ready:
+                    budget = self._model_budget(lv)[0]
+                    seed = continuation_seed(self.sampling.seed, lv.index, self._model_turns(lv))
+                    cont = replace(s, max_new_tokens=budget)
+                    session.add(("next", lv.index), lv.prompt_ids + lv.ids, 1, cont, seed)
+        finally:
+            for f in self.pending:
+                f.cancel()
+        return list(self.out)
 
     # -- turns -----------------------------------------------------------------------------------------
     def _model_budget(self, lv: _Live) -> tuple[int, str]:

@@ -29,6 +29,7 @@ policy's (no tensor parallelism, no remote server).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Sequence
@@ -209,59 +210,55 @@ class VLLMGenerator:
             self._asleep = False
 
     # ------------------------------------------------------------ sampling
+    def _params(self, sampling: Sampling, n: int, seed: int | None):
+        from vllm import SamplingParams
+
+        if sampling.banned_first_tokens:
+            raise ValueError("the vLLM generator does not support banned_first_tokens; use generator=hf")
+        return SamplingParams(
+            n=n,
+            temperature=max(0.0, sampling.temperature),
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
+            logprobs=0,  # the sampled token's logprob only
+            flat_logprobs=True,  # primitive lists instead of one dict per token: far less Python overhead
+            seed=seed,
+            skip_special_tokens=True,
+            stop_token_ids=self.stop_token_ids or None,
+            stop=list(sampling.stop) or None,
+            include_stop_str_in_output=True,  # a tool call's closing tag is the model's, and in the tokens
+        )
+
     def generate(
         self, prompt_ids: Sequence[Sequence[int]], n: int, sampling: Sampling, on_group: OnGroup | None = None
     ) -> list[Rollout]:
         """All ``n`` completions of every prompt; with ``on_group``, the engine is stepped here and each prompt's
         group is handed over the moment its last completion finishes (the same requests, seeds and samples as
         one ``LLM.generate`` call)."""
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
-
-        if sampling.banned_first_tokens:
-            raise ValueError("the vLLM generator does not support banned_first_tokens; use generator=hf")
-        self.wake_up()
-
-        def params_for(seed):
-            return SamplingParams(
-                n=n,
-                temperature=max(0.0, sampling.temperature),
-                top_p=sampling.top_p,
-                max_tokens=sampling.max_new_tokens,
-                logprobs=0,  # the sampled token's logprob only
-                flat_logprobs=True,  # primitive lists instead of one dict per token: far less Python overhead
-                seed=seed,
-                skip_special_tokens=True,
-                stop_token_ids=self.stop_token_ids or None,
-                stop=list(sampling.stop) or None,
-                include_stop_str_in_output=True,  # a tool call's closing tag is the model's, and in the tokens
-            )
 
         seeds = sampling.prompt_seeds
         if seeds is not None and len(seeds) != len(prompt_ids):
             raise ValueError(f"sampling.prompt_seeds has {len(seeds)} seeds for {len(prompt_ids)} prompts")
-        params = params_for(sampling.seed) if seeds is None else [params_for(s) for s in seeds]
-        prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
-        if on_group is None:
-            outputs = self.llm.generate(prompts, params, use_tqdm=False)
-            return [r for i, out in enumerate(outputs) for r in self._group(i, out, prompt_ids)]
-        from vllm.sampling_params import RequestOutputKind
-
-        engine, index = self.llm.llm_engine, {}
-        for i, p in enumerate(prompts):
-            self._requests += 1
-            index[f"reasonrl-{self._requests}"] = i
-            this = params if seeds is None else params[i]
-            this.output_kind = RequestOutputKind.FINAL_ONLY  # one output per prompt, when all n are done
-            engine.add_request(f"reasonrl-{self._requests}", p, this)
-        groups: dict[int, list[Rollout]] = {}
-        while engine.has_unfinished_requests():
-            for out in engine.step():
-                if out.finished and out.request_id in index:
-                    i = index[out.request_id]
-                    groups[i] = self._group(i, out, prompt_ids)
+        if on_group is not None:
+            session, groups = self.session(), {}
+            for i, p in enumerate(prompt_ids):
+                session.add(i, p, n, sampling, sampling.seed if seeds is None else seeds[i])
+            while session.busy():
+                for i, group in session.step():
+                    groups[i] = [dataclasses.replace(r, prompt_index=i) for r in group]
                     on_group(groups[i])
-        return [r for i in range(len(prompts)) for r in groups[i]]
+            return [r for i in range(len(prompt_ids)) for r in groups[i]]
+        self.wake_up()
+        params = self._params(sampling, n, sampling.seed) if seeds is None else [self._params(sampling, n, s) for s in seeds]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids], params, use_tqdm=False)
+        return [r for i, out in enumerate(outputs) for r in self._group(i, out, prompt_ids)]
+
+    def session(self) -> "EngineSession":
+        """Requests added one by one while the engine runs (:class:`EngineSession`): how the agent loop sends a
+        rollout's next turn the moment its tool is done, beside the turns already generating."""
+        self.wake_up()
+        return EngineSession(self)
 
     @staticmethod
     def _group(i: int, out, prompt_ids: Sequence[Sequence[int]]) -> list[Rollout]:
@@ -279,3 +276,35 @@ class VLLMGenerator:
                 )
             )
         return rollouts
+
+
+class EngineSession:
+    """The engine stepped by its caller: :meth:`add` a request (its ``n`` samples, seeded) at any time, :meth:`step`
+    the engine, which returns the requests that finished since, as (key, rollouts) with every sample of the
+    request (``prompt_index`` 0: the key says which it was)."""
+
+    def __init__(self, gen: VLLMGenerator):
+        self.gen, self.engine = gen, gen.llm.llm_engine
+        self.open: dict[str, tuple[object, list[int]]] = {}
+
+    def add(self, key, prompt_ids: Sequence[int], n: int, sampling: Sampling, seed: int | None) -> None:
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        params = self.gen._params(sampling, n, seed)
+        params.output_kind = RequestOutputKind.FINAL_ONLY  # one output per request, when all its samples are done
+        self.gen._requests += 1
+        rid = f"reasonrl-{self.gen._requests}"
+        self.open[rid] = (key, list(prompt_ids))
+        self.engine.add_request(rid, TokensPrompt(prompt_token_ids=list(prompt_ids)), params)
+
+    def busy(self) -> bool:
+        return bool(self.open) and self.engine.has_unfinished_requests()
+
+    def step(self) -> list[tuple[object, list[Rollout]]]:
+        done = []
+        for out in self.engine.step():
+            if out.finished and out.request_id in self.open:
+                key, prompt = self.open.pop(out.request_id)
+                done.append((key, self.gen._group(0, out, [prompt])))
+        return done

@@ -264,3 +264,48 @@ def test_the_agent_loop_continues_from_token_prefixes_in_vllm_as_in_transformers
         assert [(t.role, t.text, t.status) for t in v.turns] == [(t.role, t.text, t.status) for t in h.turns]
         assert len(v.tool_turns) == 2 and v.turns[1].text == "<output>3</output>"
         assert max(abs(x) for x in v.logprobs) < 1e-3  # the script's tokens, sampled with certainty
+
+
+def test_in_vllm_a_rollout_whose_tool_is_done_goes_on_while_a_slow_tool_runs(tmp_path):
+    """The engine is stepped by the agent loop: a continuation is added the moment its tool returns, beside the
+    requests already running, so the fast problem's three rounds end long before the slow problem's tool."""
+    import time
+
+    from helpers import TOOL_SCRIPT, chain, scripted_model, tool_tokenizer
+
+    from reasonrl.agent import AgentGenerator, Limits, Observation
+    from reasonrl.rollout import Sampling
+    from reasonrl.rollout_vllm import VLLMGenerator
+
+    tok = tool_tokenizer()
+    script = {k: v for text in TOOL_SCRIPT for k, v in chain(text, tok).items()}
+    model = scripted_model(tok, {**script, "</output>": "<python>"})
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+
+    class Slow:
+        name, multi_turn, stop = "slow", True, ("</python>",)
+
+        def start(self, problem):
+            class Ep:
+                def tool_call(self, turn):
+                    return "call" if turn.endswith("</python>") else None
+
+                def run(self, call):
+                    time.sleep(2.0 if problem["slow"] else 0.0)
+                    return Observation("<output>3</output>")
+
+                def close(self):
+                    pass
+
+            return Ep()
+
+    gen = VLLMGenerator(model, tok, model_path=str(tmp_path), dtype="float32")
+    a = AgentGenerator(gen, Slow(), tok, Limits(max_turns=4, max_tool_calls=3))
+    p = tok("Q:1+2=?", add_special_tokens=False)["input_ids"]
+    done, t0 = {}, time.perf_counter()
+    ros = a.generate([p, p], 2, Sampling(temperature=1.0, max_new_tokens=80, seed=1),
+                     on_group=lambda g: done.setdefault(g[0].prompt_index, time.perf_counter() - t0),
+                     problems=[{"slow": True}, {"slow": False}])  # fmt: skip
+    assert all(len(r.tool_turns) == 3 and r.finish_reason == "tool_calls" for r in ros)
+    assert done[0] >= 6.0 * 0.95 and done[1] + 2.0 < done[0], done
