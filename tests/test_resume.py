@@ -120,8 +120,9 @@ def _tb_scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in acc.Scalars(tag)]
 
 
-def assert_same_run(a: Path, b: Path, exact: bool = True, learns: bool = True) -> None:
-    """Run b ended where run a did: tensors equal, every row equal but for time/*, same prompts and samples."""
+def assert_same_run(a: Path, b: Path, exact: bool = True, learns: bool = True, last_bits: tuple[str, ...] = ()) -> None:
+    """Run b ended where run a did: tensors equal, every row equal but for time/*, same prompts and samples;
+    ``last_bits``: row keys that may differ in their last bits (compared to a relative 1e-4)."""
     sa, sb = _state(a / "checkpoints" / f"step_{STEPS:06d}"), _state(b / "checkpoints" / f"step_{STEPS:06d}")
     fa, fb = _flat(sa), _flat(sb)
     learning = [r for r in _rows(a) if "train/grad_norm" in r and r["step"] >= KILL_STEP - 1]
@@ -140,7 +141,10 @@ def assert_same_run(a: Path, b: Path, exact: bool = True, learns: bool = True) -
     assert [r["step"] for r in rb] == list(range(STEPS + 1)), "no duplicate or missing rows"
 
     def untimed(r):  # time/* and the throughput derived from it differ between runs
-        return {k: v for k, v in r.items() if not k.startswith("time/") and k != "rollout/tokens_per_s"}
+        return {k: v for k, v in r.items() if not k.startswith("time/") and k not in ("rollout/tokens_per_s", *last_bits)}
+
+    for x, y in zip(ra, rb):
+        assert {k: x[k] for k in last_bits if k in x} == pytest.approx({k: y[k] for k in last_bits if k in y}, rel=1e-4)
 
     if exact:
         assert [untimed(r) for r in ra] == [untimed(r) for r in rb]
@@ -206,7 +210,10 @@ def test_a_tools_run_resumes_exactly(tmp_path):
     assert all(r["tools/calls_mean"] > 0 for r in _rows(a)[1:]), "every step calls the tool"
     assert any(t["role"] == "tool" for s in _samples(a) for t in s.get("turns", []))
     _runs((b, [*tools, "resume=auto"]))
-    assert_same_run(a, b)
+    # which rollouts share a batch of continuations depends on when their tools finished: every sample and weight
+    # is the same, but the sampler's own logprobs (logged as their gap to the trainer's, never in the loss of a
+    # transformers run) are computed in batches of another shape, and may differ in their last bits
+    assert_same_run(a, b, last_bits=("sampling/logprob_diff_mean", "sampling/logprob_diff_max"))
 
 
 def test_resume_refuses_a_changed_config_and_allows_max_steps(straight, tmp_path):

@@ -43,8 +43,11 @@ def interrupted(program: str, args: list[str], cwd: Path, when: str, log: Path, 
     terminal does); (return code, stdout, stderr)."""
     out, err = log.with_suffix(".out"), log.with_suffix(".err")
     with open(out, "w") as fo, open(err, "w") as fe:
+        # Ctrl-C's default action even where the test itself was started in the background (an asynchronous job
+        # of a non-interactive shell starts with SIGINT ignored, and its children inherit that)
         proc = subprocess.Popen([str(BIN / program), *args], cwd=cwd, stdout=fo, stderr=fe, start_new_session=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})  # fmt: skip
+                                env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
         try:
             deadline = time.monotonic() + 600
             while when not in out.read_text() + err.read_text():
