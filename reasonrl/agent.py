@@ -13,8 +13,10 @@ through it unchanged. For every rollout it
 1. generates the model's turn until a stop token, one of the environment's
    stop strings (a tool call's closing tag) or the token budget;
 2. asks the episode for the tool call the turn ends with; runs it in a thread
-   (tools never hold up generation: the other rollouts' turns go on, and a
-   rollout whose tool is done joins the next wave of continuations);
+   (tools never hold up generation: the other rollouts' turns go on; a rollout
+   whose tool is done is added to a running vLLM engine at once, or joins the
+   next wave of continuations with other generators; each continuation is
+   seeded from its rollout and turn, so tool timing never changes a sample);
 3. tokenizes the observation once and appends its tokens (cut to
    ``max_observation_tokens``), then continues from the exact token prefix:
    prompt, every sampled token, every observation token. Nothing is ever
