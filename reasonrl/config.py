@@ -420,6 +420,33 @@ def _raise(problems: list[str]) -> None:
         raise ConfigError("invalid configuration: " + "; ".join(problems))
 
 
+ENV_NAMES = ("single_turn", "python")  # reasonrl.agent.ENVIRONMENTS (tests/test_agent.py keeps them equal)
+
+
+def _env_problems(env) -> list[str]:
+    """The env node's values, checked before a model loads."""
+    problems = []
+    if env.name not in ENV_NAMES:
+        problems.append(f"env.name={env.name!r} is not an environment; use one of {', '.join(ENV_NAMES)}")
+    for key in ("max_turns", "max_tool_calls", "max_observation_tokens", "tool_workers"):
+        if env[key] < 1:
+            problems.append(f"env.{key} must be at least 1, not {env[key]}")
+    if env.max_total_tokens is not None and env.max_total_tokens < 1:
+        problems.append(f"env.max_total_tokens must be at least 1 (or null: the model's context), not {env.max_total_tokens}")
+    tool = env.tool
+    if tool.isolation not in ("bwrap", "none"):
+        problems.append(f"env.tool.isolation must be bwrap or none, not {tool.isolation!r}")
+    if tool.timeout_s <= 0 or tool.memory_mb < 1 or tool.max_output_chars < 1:
+        problems.append("env.tool.timeout_s, memory_mb and max_output_chars must be positive, not "
+                        f"{tool.timeout_s}, {tool.memory_mb}, {tool.max_output_chars}")  # fmt: skip
+    if env.name == "python":
+        if not tool.stop_strings or not tool.open or not tool.close:
+            problems.append("env.tool.open, close and stop_strings must be set: they mark and end a tool call")
+        if "{output}" not in tool.output:
+            problems.append(f"env.tool.output must hold {{output}} (where the tool's output goes), not {tool.output!r}")
+    return problems
+
+
 def check_train_config(cfg) -> None:
     """Cross-field checks for reasonrl-train, in one place: each names the keys involved."""
     alg, ro = cfg.algorithm, cfg.rollout
@@ -453,7 +480,7 @@ def check_train_config(cfg) -> None:
             f"{ro.prompts_per_step} prompts per step (rollout.prompts_per_step) do not divide among {world} processes "
             f"(torchrun's WORLD_SIZE): each samples whole groups; use a multiple of {world}, e.g. rollout.prompts_per_step={up}"
         )
-    problems += _eval_node_problems(cfg.eval)
+    problems += _eval_node_problems(cfg.eval) + _env_problems(cfg.env)
     if not 0 <= cfg.verify.max_failed_frac <= 1:
         problems.append(f"verify.max_failed_frac must be in [0, 1] (1: never stop), not {cfg.verify.max_failed_frac}")
     problems += _micro_batch_problems("rollout", cfg.rollout, least_seqs=1)
@@ -491,7 +518,7 @@ def check_eval_config(cfg) -> None:
         hint = f"did you mean {close[0]!r}? " if close else ""
         known = ", ".join(cfg.data)
         problems.append(f"benchmark {name!r} has no data.{name} entry; {hint}known: {known} (or add data.{name}=PATH)")
-    _raise(problems)
+    _raise(problems + _env_problems(cfg.env))
 
 
 CHECKS = {"train": check_train_config, "sft": check_sft_config, "eval": check_eval_config}

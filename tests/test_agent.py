@@ -8,6 +8,7 @@ wants (``helpers.chain``) and the real generator, sandbox and update run on them
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -371,3 +372,40 @@ def test_the_samples_do_not_depend_on_how_long_the_tools_took(tok):
     assert waves[0] != waves[1], "the tools' timing must change the waves for this test to mean anything"
     assert outs[0] == outs[1]
     assert len({tuple(c) for c, _, _ in outs[0]}) > 2 and sum(0 in m for _, m, _ in outs[0]) >= 3
+
+
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("env.name=shell", "env.name='shell' is not an environment"),
+        ("env.max_turns=0", "env.max_turns must be at least 1"),
+        ("env.tool.isolation=foo", "env.tool.isolation must be bwrap or none"),
+        ("env.tool.output=nothing", "env.tool.output must hold {output}"),
+    ],
+)
+def test_a_bad_env_value_is_refused_by_name_before_a_model_loads(override, says):
+    from reasonrl.agent import ENVIRONMENTS
+    from reasonrl.config import ENV_NAMES, ConfigError, check_eval_config, check_train_config
+
+    from conftest import compose
+
+    assert set(ENV_NAMES) == set(ENVIRONMENTS)
+    for name, check in (("train", check_train_config), ("eval", check_eval_config)):
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            check(compose(name, ["env.name=python", override]))
+
+
+def test_the_overlong_penalty_counts_the_model_tokens_only(tok):
+    """A tool's output does not bring a rollout nearer the overlong penalty: 13 + 4 model tokens against a limit
+    of 21 with a buffer of 4 (penalised above 17) cost nothing, though the 3 observation tokens make the completion
+    20 long."""
+    from reasonrl.collect import GroupPlan, collect_groups
+    from reasonrl.verifiers.integer import IntegerVerifier
+
+    a = agent(tok, {**chain(CALL, tok), **chain(ANSWER.replace("</answer>", ""), tok)})  # 17 model tokens
+    plan = GroupPlan(B=1, G=2, sampling=Sampling(temperature=1.0, max_new_tokens=21), overlong_buffer=4)
+    batch = collect_groups(a, tok, iter([{"question": "1+2", "answer": "3"}] * 4), lambda p: "Q:1+2=?",
+                           {"integer": (IntegerVerifier(), 1.0)}, None, plan, seed=0)  # fmt: skip
+    for r in batch.rollouts:
+        assert r.model_tokens == 17 and len(r.completion_ids) == 20 and r.tool_turns
+    assert batch.stats.overlong_penalty_mean == 0.0
