@@ -329,6 +329,9 @@ class AgentGenerator:
     def sync_weights(self, model: torch.nn.Module) -> None:
         self.inner.sync_weights(model)
 
+    def load_weights(self, tensors) -> None:
+        self.inner.load_weights(tensors)
+
     def sleep(self) -> None:
         self.inner.sleep()
 

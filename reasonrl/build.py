@@ -70,6 +70,11 @@ def instantiate(node: Mapping[str, Any], where: str, **extra: Any) -> Any:
     return fn(**kwargs, **extra)
 
 
+def target_of(node: Mapping[str, Any], where: str):
+    """The callable a node's ``_target_`` names (after the allowlist and key checks), not called."""
+    return _target(node, where, ["model", "tokenizer", "model_path", "compute_dtype"])[0]
+
+
 def check_node(node: Mapping[str, Any], where: str, extra: Sequence[str] = (), also: Sequence[str] = ()) -> None:
     """The checks :func:`instantiate` makes (allowlist, importable target, known keys), building nothing;
     ``extra`` names the arguments the caller supplies itself, ``also`` keys it takes out of the node."""

@@ -168,6 +168,12 @@ class RolloutConfig(MicroBatchConfig):
     # the update runs a group's prompt once per micro-batch and its completions on top of it (llama/qwen2/qwen3
     # families, unsharded; other models take the packed path); false: every sequence runs whole
     share_prompt: bool = True
+    # asynchronous rollouts (reasonrl.actor): 0 is the synchronous step; k > 0 lets an actor thread sample up
+    # to k policy versions ahead of the learner
+    max_staleness: int = 0
+    stale: str = "wait"  # wait: the actor waits for the version the bound needs | drop: too-old batches are dropped
+    sync_timeout_s: float = 1800.0  # the deadline of every wait between actor and learner (batches, weights, evals)
+    actor_threads: int = 0  # CPU: the actor's torch threads (0: half of this process's); the learner keeps the rest
 
 
 @dataclass
@@ -480,12 +486,26 @@ def check_train_config(cfg) -> None:
             f"{ro.prompts_per_step} prompts per step (rollout.prompts_per_step) do not divide among {world} processes "
             f"(torchrun's WORLD_SIZE): each samples whole groups; use a multiple of {world}, e.g. rollout.prompts_per_step={up}"
         )
-    problems += _eval_node_problems(cfg.eval) + _env_problems(cfg.env)
+    problems += _eval_node_problems(cfg.eval) + _env_problems(cfg.env) + _async_problems(cfg)
     if not 0 <= cfg.verify.max_failed_frac <= 1:
         problems.append(f"verify.max_failed_frac must be in [0, 1] (1: never stop), not {cfg.verify.max_failed_frac}")
     problems += _micro_batch_problems("rollout", cfg.rollout, least_seqs=1)
     problems += _micro_batch_problems("cold_start", cfg.cold_start, least_seqs=0)
     _raise(problems)
+
+
+def _async_problems(cfg) -> list[str]:
+    """rollout.max_staleness and its knobs (reasonrl.actor)."""
+    ro, problems = cfg.rollout, []
+    if ro.max_staleness < 0:
+        problems.append(f"rollout.max_staleness must be >= 0 (0: synchronous), not {ro.max_staleness}")
+    if ro.stale not in ("wait", "drop"):
+        problems.append(f"rollout.stale must be wait or drop, not {ro.stale!r}")
+    if ro.sync_timeout_s <= 0:
+        problems.append(f"rollout.sync_timeout_s must be above 0 seconds, not {ro.sync_timeout_s}")
+    if ro.actor_threads < 0:
+        problems.append(f"rollout.actor_threads must be >= 0 (0: half of the process's threads), not {ro.actor_threads}")
+    return problems
 
 
 def check_sft_config(cfg) -> None:

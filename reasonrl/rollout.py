@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 import torch
 
 from reasonrl.runtime import Runtime
-from reasonrl.sharding import full_weights, is_sharded
+from reasonrl.sharding import full_tensors, full_weights, is_sharded
 
 TRUNCATED = ("length", "context")  # finish reasons of a completion cut short by a token budget
 
@@ -169,6 +169,10 @@ class Generator(Protocol):
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Make the next generation use ``model``'s current weights (waking a sleeping engine first)."""
 
+    def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Make the next generation use these (name, whole tensor) weights, named as in the policy's state dict
+        (a published version, see :mod:`reasonrl.actor`)."""
+
     def sleep(self) -> None:
         """Release generation memory while the policy trains (may be a no-op)."""
 
@@ -185,6 +189,7 @@ class HFGenerator:
     """
 
     exact_logprobs = True
+    samples_from_policy = True  # asynchronous rollouts give it a copy of the policy (reasonrl.actor)
 
     def __init__(
         self,
@@ -205,7 +210,11 @@ class HFGenerator:
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         if model is not self.model:
-            self.model.load_state_dict(model.state_dict())
+            self.load_weights(full_tensors(model))
+
+    @torch.no_grad()
+    def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self.model.load_state_dict(dict(tensors))
 
     def sleep(self) -> None:
         pass

@@ -178,11 +178,16 @@ class VLLMGenerator:
         A sleeping engine (GPU) first gets its weights' memory back, then the new weights, and only then its KV
         cache, so the old weights and the cache never sit in memory at once (the trainer has freed its
         gradients by then)."""
+        self.load_weights(full_tensors(model))
+
+    @torch.no_grad()
+    def load_weights(self, tensors) -> None:
+        """Copy these (name, whole tensor) weights into the engine (see :meth:`sync_weights`)."""
         asleep = self._asleep
         if asleep:
             self.llm.wake_up(tags=["weights"])
-        tensors = ((name, t.detach().to(self.engine_dtype)) for name, t in full_tensors(model))
-        self._worker().reload_weights(weights_iterator=tensors, is_checkpoint_format=True)
+        cast = ((name, t.detach().to(self.engine_dtype)) for name, t in tensors)
+        self._worker().reload_weights(weights_iterator=cast, is_checkpoint_format=True)
         if asleep:
             self.llm.wake_up(tags=["kv_cache"])
             self._asleep = False

@@ -23,8 +23,11 @@ It does not shard models (:mod:`reasonrl.sharding`) or launch processes
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -36,6 +39,7 @@ class Runtime:
     local_rank: int = 0
     local_world_size: int = 1
     device: torch.device = torch.device("cpu")
+    group: Any = None  # the process group the collectives run on (None: the default, every rank's)
 
     @property
     def is_main(self) -> bool:
@@ -50,14 +54,14 @@ class Runtime:
         if not self.distributed:
             return float(value)
         t = torch.tensor([float(value)], dtype=torch.float64, device=self._comm_device())
-        torch.distributed.all_reduce(t)
+        torch.distributed.all_reduce(t, group=self.group)
         return float(t.item())
 
     def max(self, value: float) -> float:
         if not self.distributed:
             return float(value)
         t = torch.tensor([float(value)], dtype=torch.float64, device=self._comm_device())
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=self.group)
         return float(t.item())
 
     def all(self, flag: bool) -> bool:
@@ -69,7 +73,7 @@ class Runtime:
         if not self.distributed:
             return t
         parts = [torch.empty_like(t, device=self._comm_device()) for _ in range(self.world_size)]
-        torch.distributed.all_gather(parts, t.to(self._comm_device()))
+        torch.distributed.all_gather(parts, t.to(self._comm_device()), group=self.group)
         return torch.cat(parts).to(t.device)
 
     def gather(self, items: list) -> list:
@@ -77,7 +81,7 @@ class Runtime:
         if not self.distributed:
             return list(items)
         out: list = [None] * self.world_size
-        torch.distributed.all_gather_object(out, list(items))
+        torch.distributed.all_gather_object(out, list(items), group=self.group)
         return [x for part in out for x in part]
 
     def broadcast(self, obj):
@@ -85,7 +89,7 @@ class Runtime:
         if not self.distributed:
             return obj
         box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
+        torch.distributed.broadcast_object_list(box, src=0, group=self.group)
         return box[0]
 
     def share(self, n: int, what: str = "items") -> slice:
@@ -103,7 +107,16 @@ class Runtime:
 
     def barrier(self) -> None:
         if self.distributed:
-            torch.distributed.barrier()
+            torch.distributed.barrier(group=self.group)
+
+    def own_group(self, timeout_s: float) -> "Runtime":
+        """This runtime with its collectives on a new process group of every rank (gloo: they move small
+        things), each waiting at most ``timeout_s``: another thread's collectives (an actor's) then never
+        interleave with these. Every rank must call it, in the same order. A world of one returns itself."""
+        if not self.distributed:
+            return self
+        group = torch.distributed.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+        return dataclasses.replace(self, group=group)
 
     def print(self, *args, **kwargs) -> None:
         """``print`` on the main process only."""
@@ -118,7 +131,7 @@ class Runtime:
             torch.distributed.destroy_process_group()
 
     def _comm_device(self) -> torch.device:
-        return self.device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+        return self.device if torch.distributed.get_backend(self.group) == "nccl" else torch.device("cpu")
 
 
 def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:

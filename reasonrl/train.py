@@ -40,8 +40,9 @@ from typing import Any
 import torch
 
 from reasonrl import checkpoint as ckpt
+from reasonrl.actor import AsyncRollouts
 from reasonrl.agent import build_agent, turn_row
-from reasonrl.build import build_generator, build_verifiers
+from reasonrl.build import build_generator, build_verifiers, target_of
 from reasonrl.collect import GroupPlan, collect_groups
 from reasonrl.config import check_train_config
 from reasonrl.evals.harness import eval_pool_verifiers, load_benchmark_subsets, training_eval
@@ -59,7 +60,7 @@ from reasonrl.policy import (
 from reasonrl.rollout import HFGenerator, RolloutBatch
 from reasonrl.runs import Interrupted, Run, RunError, RunRefused, announce, one_line_errors, open_run, write_summary
 from reasonrl.runtime import Runtime, init_runtime
-from reasonrl.sharding import full_state_dict, is_sharded, shard_model
+from reasonrl.sharding import full_state_dict, full_tensors, is_sharded, shard_model
 from reasonrl.tasks import check_overlap, get_task, problem_source
 from reasonrl.update import UpdateSettings, UpdateStats, update_policy
 from reasonrl.verifiers.scoring import Scored, check_failures, summarize
@@ -79,6 +80,9 @@ class GRPOTrainer:
         self.evals: dict[int, dict[str, float]] = {}
         self.before_sft: dict[str, Any] | None = None
         self.pool = self.logger = self.last_batch = self.run = self.found = self._bar = None
+        self.rollouts: AsyncRollouts | None = None  # the actor and its queue (rollout.max_staleness > 0)
+        self.next_batch = 1  # the index of the next batch to sample (its seed), async runs
+        self.dropped = 0  # batches dropped as too stale over the run (rollout.stale=drop)
         self.resumed_from: Path | None = None
         self.last_checkpoint_time = time.time()
 
@@ -151,17 +155,81 @@ class GRPOTrainer:
             ref_dtype = self.compute_dtype if cfg.model.ref_dtype == "auto" else torch_dtype(cfg.model.ref_dtype)
             self.ref_model = copy.deepcopy(self.model).to(ref_dtype).eval().requires_grad_(False)
             shard_model(self.ref_model, rt, self.compute_dtype, cfg.model.fsdp)
+        asynchronous = cfg.rollout.max_staleness > 0
+        colocated = getattr(target_of(cfg.generator, "generator"), "samples_from_policy", False)
+        gen_model = self.model
+        if asynchronous and colocated:
+            gen_model = copy.deepcopy(self.model).eval().requires_grad_(False)  # the actor's own copy, whole
         shard_model(self.model, rt, self.compute_dtype, cfg.model.fsdp)  # before the optimizer sees the parameters
-        engine = build_generator(cfg.generator, self.model, self.tokenizer, self.model_path, self.compute_dtype)
-        self.generator = build_agent(cfg.env, engine, self.tokenizer, self.model, rt)  # one turn, or turns with a tool
-        use_tis = alg.tis == "on" or (alg.tis == "auto" and not getattr(self.generator, "exact_logprobs", False))
+        engine = build_generator(cfg.generator, gen_model, self.tokenizer, self.model_path, self.compute_dtype)
+        # an actor's collectives run on their own process group, never interleaved with the learner's
+        self.actor_rt = rt.own_group(cfg.rollout.sync_timeout_s) if asynchronous else rt
+        self.generator = build_agent(cfg.env, engine, self.tokenizer, self.model, self.actor_rt)  # turns with a tool
+        # a generator that samples from the module it is given evaluates the learner's policy itself (as a
+        # synchronous run does, the actor never waits for it); an engine evaluates on the actor, between batches
+        self.eval_generator = self.generator
+        if asynchronous and colocated:
+            own = build_generator(cfg.generator, self.model, self.tokenizer, self.model_path, self.compute_dtype)
+            self.eval_generator = build_agent(cfg.env, own, self.tokenizer, self.model, rt)
+        # asynchronous: the sampler is never the trained module itself, so auto corrects the gap
+        exact = getattr(self.generator, "exact_logprobs", False) and not asynchronous
+        use_tis = alg.tis == "on" or (alg.tis == "auto" and not exact)
         self.plan = GroupPlan.from_config(cfg)
         self.update_settings = UpdateSettings.from_config(cfg, self.tokenizer.pad_token_id, use_tis, self.compute_dtype)
         self.opt, self.sched = make_optimizer(self.model, cfg.optim, total_steps=cfg.max_steps * alg.updates_per_batch)
         if resume is not None:
             self.load_state_dict(resume)
             self.runtime.print(f"[reasonrl] resumed from {self.resumed_from} (step {self.steps_done})")
+        if asynchronous:
+            self._start_actor_side()
         return self
+
+    def _start_actor_side(self) -> None:
+        """The actor (not yet running: its thread starts at the first step) with the current weights published
+        as this version; on a CPU its torch threads and the learner's split the process's share."""
+        ro, rt = self.cfg.rollout, self.runtime
+        if rt.distributed and not getattr(target_of(self.cfg.generator, "generator"), "samples_from_policy", False):
+            raise ValueError("rollout.max_staleness > 0 under torchrun needs generator=hf: a vLLM engine launched "
+                             "with torchrun holds collectives on the learner's process group")  # fmt: skip
+        threads = 0
+        if rt.device.type == "cpu":
+            have = torch.get_num_threads()
+            threads = ro.actor_threads or max(1, have // 2)
+            torch.set_num_threads(max(1, have - threads))
+            rt.print(f"[reasonrl] asynchronous rollouts: the actor samples up to {ro.max_staleness} version(s) ahead "
+                     f"(stale={ro.stale}); torch threads: actor {threads}, learner {torch.get_num_threads()}")  # fmt: skip
+        self.rollouts = AsyncRollouts(
+            self._collect,
+            lambda version, tensors: self.generator.load_weights(tensors.items()),
+            self.stream,
+            max_staleness=ro.max_staleness,
+            stale=ro.stale,
+            timeout_s=ro.sync_timeout_s,
+            threads=threads,
+            first_index=self.next_batch,
+            loaded_version=self.steps_done,
+            agree=self.actor_rt.all,
+        )
+        self.rollouts.publish(self.steps_done, self._weights())
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        """The policy's whole tensors, copied (what a version publishes; every rank gathers its shards)."""
+        return {name: t.detach().clone() for name, t in full_tensors(self.model)}
+
+    def _collect(self, index: int, version: int, runtime: Runtime | None = None) -> RolloutBatch:
+        """Steps 1-4 for the index-th batch: B problems, G completions each, scored, stamped with ``version``."""
+        return collect_groups(
+            self.generator,
+            self.tokenizer,
+            self.stream,
+            self.render,
+            self.verifiers,
+            self.pool,
+            self.plan,
+            seed=self.cfg.seed * STEP_SEED_STRIDE + index,
+            policy_version=version,
+            runtime=runtime or self.actor_rt,
+        )
 
     def _claim_run_dir(self) -> Run:
         """The run directory, claimed by the main process; refused (a run is there that this command may not
@@ -272,24 +340,10 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ one step
     def step(self) -> dict[str, Any]:
         """One GRPO step: sample and score B groups, update the policy, sync the generator; the metrics row."""
-        cfg = self.cfg
         t0 = time.perf_counter()
-        # 1-4. B problems, G completions each, scored; dynamic sampling redraws signal-free groups
-        seed = cfg.seed * STEP_SEED_STRIDE + self.steps_done + 1
-        ckpt.pause_point(self.steps_done + 1, "generate")
-        batch = collect_groups(
-            self.generator,
-            self.tokenizer,
-            self.stream,
-            self.render,
-            self.verifiers,
-            self.pool,
-            self.plan,
-            seed=seed,
-            policy_version=self.steps_done,
-            runtime=self.runtime,
-        )
-        self.generator.sleep()  # GPU engines release memory while the policy trains
+        # 1-4. B problems, G completions each, scored (dynamic sampling redraws signal-free groups): sampled now,
+        # or taken from the actor's queue
+        batch, extra = self._sample() if self.rollouts is None else self._take()
         # 5-8. advantages, pack, forward/backward over micro-batches, optimizer step(s)
         t = time.perf_counter()
         update = update_policy(
@@ -308,15 +362,43 @@ class GRPOTrainer:
         )
         self.steps_done += 1
         train_s = time.perf_counter() - t
-        # the generator samples the next step with the new weights
+        # the generator samples the next step with the new weights (or the actor its next batch)
         t = time.perf_counter()
-        self.generator.sync_weights(self.model)  # wakes a sleeping engine: weights, then the new weights, then its cache
+        if self.rollouts is None:
+            self.generator.sync_weights(self.model)  # wakes a sleeping engine: weights, the new weights, its cache
+        else:
+            self.rollouts.publish(self.steps_done, self._weights())
         sync_s = time.perf_counter() - t
         # 9. one metrics row, from every rank's rollouts
         self.last_batch = batch = self._whole_batch(batch)
         check_failures([r.verdicts for r in batch.rollouts], self.cfg.verify.max_failed_frac, step=self.steps_done)
         times = {"step_s": time.perf_counter() - t0, "train_s": train_s, "sync_s": sync_s}
-        return self._metrics_row(batch, update, {**times, "generate_s": batch.stats.generate_s, "verify_s": batch.stats.verify_s})
+        times.update(generate_s=batch.stats.generate_s, verify_s=batch.stats.verify_s)
+        return {**self._metrics_row(batch, update, times), **extra}
+
+    def _sample(self) -> tuple[RolloutBatch, dict[str, Any]]:
+        """The synchronous step's batch, sampled now by the policy being trained."""
+        ckpt.pause_point(self.steps_done + 1, "generate")
+        batch = self._collect(self.steps_done + 1, self.steps_done, self.runtime)
+        self.generator.sleep()  # GPU engines release memory while the policy trains
+        return batch, {}
+
+    def _take(self) -> tuple[RolloutBatch, dict[str, Any]]:
+        """The actor's oldest batch the bound allows (stale=drop: older ones dropped, agreed by every rank)."""
+        if self.rollouts.thread is None:
+            self.rollouts.start()
+        got = self.rollouts.take(self.steps_done, agree=self.runtime.all)
+        item, rt = got.item, self.runtime
+        self.dropped += got.dropped
+        self.next_batch = item.index + 1
+        return item.batch, {
+            "time/wait_s": rt.max(got.wait_s),  # the learner's idle time
+            "time/actor_s": rt.max(item.seconds),  # what sampling this batch took the actor
+            "async/staleness": rt.max(self.steps_done - item.version),  # versions, the oldest rank's batch
+            "async/batch": item.index,
+            "async/queued": got.queued,
+            "async/dropped": self.dropped,
+        }
 
     def _whole_batch(self, batch):
         """The step's batch as one process would have sampled it: every rank's groups (their sampler logprobs
@@ -363,23 +445,26 @@ class GRPOTrainer:
         if update.staleness_max > 0:  # a synchronous step trains on its own samples: staleness 0, not logged
             row["sampling/staleness_mean"] = update.staleness_mean
             row["sampling/staleness_max"] = update.staleness_max
+        if update.stale_ratio_mean is not None:  # the off-policy ratio of the stale rollouts' tokens
+            row.update({f"sampling/stale_ratio_{k}": getattr(update, f"stale_ratio_{k}") for k in ("mean", "min", "max")})
         return row
 
     # ------------------------------------------------------------------ evaluation, checkpoints
     def evaluate(self) -> dict[str, float]:
-        """Held-out accuracy (greedy and sampled) and lengths, and the configured benchmark subsets."""
-        out = training_eval(
-            self.generator,
-            self.tokenizer,
-            self.heldout,
-            self.render,
-            self.answer_verifier,
-            self.cfg,
-            self.cfg.seed,
-            self.benchmarks,
-            pool=self.pool,
-            runtime=self.runtime,
-        )
+        """Held-out accuracy (greedy and sampled) and lengths, and the configured benchmark subsets, of this
+        policy version (asynchronous: on the actor, between two of its batches, with this version's weights)."""
+
+        def run(generator, runtime, pool) -> dict[str, float]:
+            args = (self.tokenizer, self.heldout, self.render, self.answer_verifier, self.cfg, self.cfg.seed)
+            return training_eval(generator, *args, self.benchmarks, pool=pool, runtime=runtime)
+
+        if self.eval_generator is not self.generator:  # the learner's own (colocated) generator; the scoring pool
+            out = run(self.eval_generator, self.runtime, None)  # is the actor's: checks in-process (main thread)
+        elif self.rollouts is None or self.rollouts.thread is None:
+            out = run(self.generator, self.actor_rt, self.pool)
+        else:
+            what = f"the evaluation at step {self.steps_done}"
+            out = self.rollouts.call(lambda: run(self.generator, self.actor_rt, self.pool), self.steps_done, what)
         self.evals[self.steps_done] = out
         return out
 
@@ -433,14 +518,25 @@ class GRPOTrainer:
         return {
             "steps_done": self.steps_done,
             "scheduler": self.sched.state_dict(),
-            "stream": self.stream.state_dict(),
+            **self._stream_position(),
             "evals": dict(self.evals),
             "before_sft": self.before_sft,
             "log": self.logger.position(self.steps_done) if self.logger is not None else None,
-            "counters": {"workers_replaced": self.runtime.sum(self.pool.replaced if self.pool is not None else 0)},
+            "counters": {
+                "workers_replaced": self.runtime.sum(self.pool.replaced if self.pool is not None else 0),
+                "dropped": self.dropped,
+            },
             "rng": self.runtime.gather([self._rng_state()]),  # one per rank
             "cwd": os.getcwd(),  # relative paths in the config (model.path, ...) are relative to it
         }
+
+    def _stream_position(self) -> dict[str, Any]:
+        """Where the next step's problems come from: the stream itself, or (asynchronous) its state before the
+        first batch the learner has not taken, and that batch's index: a resumed run samples it again."""
+        if self.rollouts is None:
+            return {"stream": self.stream.state_dict()}
+        at = self.rollouts.position()
+        return {"stream": at["stream"], "next_batch": at["index"]}
 
     @staticmethod
     def _rng_state() -> dict[str, Any]:
@@ -467,6 +563,8 @@ class GRPOTrainer:
         self.steps_done = int(state["steps_done"])
         self.sched.load_state_dict(state["scheduler"])
         self.stream.load_state_dict(state["stream"])
+        self.next_batch = int(state.get("next_batch", self.steps_done + 1))
+        self.dropped = int(state.get("counters", {}).get("dropped", 0))
         self.evals = {int(k): v for k, v in state["evals"].items()}
         self.before_sft = state.get("before_sft")
         if self.pool is not None:  # verify/workers_replaced counts over the run, not the process
@@ -655,6 +753,9 @@ class GRPOTrainer:
     def close(self) -> None:
         if self.logger is not None:
             self.logger.close()
+        if self.rollouts is not None:  # the actor stops before the generator it drives is torn down
+            self.rollouts.close()
+            self.rollouts = None
         close = getattr(getattr(self, "generator", None), "close", None)
         if close is not None:  # an engine's teardown, while the process group it built on still exists
             close()

@@ -159,6 +159,11 @@ class UpdateStats:
     micro_batches: int  # forward/backward passes per update on every rank
     staleness_mean: float  # mean over rollouts of (trained version - sampling version), in versions
     staleness_max: int  # the oldest rollout's staleness, in versions
+    # pi_theta / pi_sampler over the tokens of stale rollouts at the first update (the off-policy ratio the
+    # loss clips); None when no rollout is stale
+    stale_ratio_mean: float | None = None
+    stale_ratio_min: float | None = None
+    stale_ratio_max: float | None = None
 
 
 @dataclass
@@ -170,6 +175,7 @@ class _Plan:
     loss_masks: list[torch.Tensor]  # (n, T_k) each: completion tokens of the rows in the loss
     advs: list[torch.Tensor]  # (n,) or (n, T_k) each
     to_behaviour: list[torch.Tensor]  # (n,) bool each: rows whose ratio is to the sampler's logprobs
+    stale: list[torch.Tensor]  # (n,) bool each: rows sampled by an older policy version than the trained one
     passes: list[int]  # micro-batch of each pass (a rank with fewer repeats its last one, with zero weight)
     counts: Counts  # the global normalisers
     masked_frac: float
@@ -222,7 +228,7 @@ def update_policy(
                 ref_logp=None if ref_logps is None else ref_logps[j],
             )
             out.loss.backward()
-            tally.add(out, b, logp, ent, weight, first=update == 0)
+            tally.add(out, b, logp, ent, weight, first=update == 0, stale=plan.stale[k])
         grad_norm = _clip_grad_norm(model, settings.grad_clip)  # of the whole model, the same on every rank
         if update == 0:
             tally.reduce(runtime)  # every rank's share
@@ -297,6 +303,7 @@ def _plan(model, ref_model, rollouts, rewards, masked, group_size, settings, pol
         loss_masks=loss_masks,
         advs=[_micro_advantages(adv, idx, rollouts, b) for idx, b in zip(micro, batches)],
         to_behaviour=to_behaviour,
+        stale=[torch.tensor([staleness[i] > 0 for i in idx], device=device) for idx in micro],
         passes=list(range(len(micro))) + [len(micro) - 1] * (n_micro - len(micro)),
         counts=Counts(tokens=total_tokens, seqs=total_seqs, max_len=settings.max_len),
         masked_frac=1.0 - total_seqs / runtime.sum(len(rollouts)),
@@ -319,10 +326,11 @@ class _Tally:
 
     def __init__(self, tis_cap: float):
         self.tis_cap = tis_cap
-        keys = ("loss", "entropy", "kl", "ref_kl", "diff", "tis", "tis_tokens", "tis_capped")
+        keys = ("loss", "entropy", "kl", "ref_kl", "diff", "tis", "tis_tokens", "tis_capped", "ratio", "ratio_tokens")
         self.sums, self.diff_max, self.clip = dict.fromkeys(keys, 0.0), 0.0, 0.0
+        self.ratio_min, self.ratio_max = math.inf, -math.inf
 
-    def add(self, out: ObjectiveOutputs, b, logp: torch.Tensor, ent: torch.Tensor, weight: float, first: bool) -> None:
+    def add(self, out: ObjectiveOutputs, b, logp, ent, weight: float, first: bool, stale: torch.Tensor | None = None) -> None:
         m = b.completion_mask * weight  # (n, T): every completion token, the masked rollouts' included
         self.clip += float((out.clipped.float() * m).sum())
         if not first:
@@ -336,6 +344,14 @@ class _Tally:
                 s["tis_capped"] += float(((out.tis_weights >= self.tis_cap) * tm).sum())
             if out.ref_kl is not None:
                 s["ref_kl"] += float((out.ref_kl * m).sum())
+            if stale is not None and bool(stale.any()):  # the off-policy ratio of stale rows, token by token
+                sm = (m * stale.unsqueeze(-1)) > 0
+                ratio = torch.exp(logp.detach() - b.sampler_logprobs)[sm]
+                if ratio.numel():
+                    s["ratio"] += float(ratio.sum())
+                    s["ratio_tokens"] += ratio.numel()
+                    self.ratio_min = min(self.ratio_min, float(ratio.min()))
+                    self.ratio_max = max(self.ratio_max, float(ratio.max()))
             diff = (logp.detach() - b.sampler_logprobs).abs() * m
             s["loss"] += out.loss.item()
             s["entropy"] += float((ent.detach() * m).sum())
@@ -346,11 +362,12 @@ class _Tally:
     def reduce(self, runtime: Runtime) -> None:
         self.sums = {k: runtime.sum(v) for k, v in self.sums.items()}
         self.diff_max = runtime.max(self.diff_max)
+        self.ratio_min, self.ratio_max = -runtime.max(-self.ratio_min), runtime.max(self.ratio_max)
 
     def stats(self, plan: _Plan, grad_norm: float, has_ref: bool, updates: int, runtime: Runtime) -> UpdateStats:
         s, clip = self.sums, runtime.sum(self.clip)
         n_comp = max(runtime.sum(sum(float(b.completion_mask.sum()) for b in plan.batches)), 1.0)
-        tis = s["tis_tokens"] > 0
+        tis, stale = s["tis_tokens"] > 0, s["ratio_tokens"] > 0
         return UpdateStats(
             loss=s["loss"],
             kl=(s["ref_kl"] if has_ref else s["kl"]) / n_comp,
@@ -366,6 +383,9 @@ class _Tally:
             micro_batches=len(plan.passes),
             staleness_mean=plan.staleness[0],
             staleness_max=plan.staleness[1],
+            stale_ratio_mean=s["ratio"] / s["ratio_tokens"] if stale else None,
+            stale_ratio_min=self.ratio_min if stale else None,
+            stale_ratio_max=self.ratio_max if stale else None,
         )
 
 
