@@ -100,3 +100,16 @@ def _with_advantages(adv: torch.Tensor):
         return sgd_update(sampled(()), algorithm("grpo", "advantage=test_given"), version=1)
     finally:
         grpo.ADVANTAGE_ESTIMATORS.pop("test_given")
+
+
+def test_the_stale_rows_ratio_is_reported_and_is_not_one():
+    """The update reports pi_theta / pi_sampler over the stale rows' tokens (the off-policy ratio asynchronous
+    rollouts bring): e^GAP on every stale token here, nothing from fresh rows, and absent without stale rows."""
+    alg, r = algorithm("grpo"), float(torch.exp(torch.tensor(GAP)))
+    _, stale = sgd_update(sampled(range(12)), alg, version=1)
+    assert stale.stale_ratio_mean == pytest.approx(r, rel=1e-5) and r > 1.2
+    assert stale.stale_ratio_min == pytest.approx(r, rel=1e-5) and stale.stale_ratio_max == pytest.approx(r, rel=1e-5)
+    _, mixed = sgd_update(sampled(range(6), version=3), alg, version=3)
+    assert mixed.stale_ratio_mean == pytest.approx(r, rel=1e-5)  # the fresh rows' ratio 1 is not averaged in
+    _, fresh = sgd_update(sampled(()), alg, version=1)
+    assert fresh.stale_ratio_mean is None and fresh.stale_ratio_min is None and fresh.stale_ratio_max is None

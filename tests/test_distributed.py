@@ -188,3 +188,15 @@ def test_a_two_process_run_with_the_python_tool(tmp_path):
     assert all(r["tools/calls_mean"] > 0 and r["rollout/finish_stop_frac"] > 0 for r in rows[1:])
     samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 2 * 32 and sum(any(t["role"] == "tool" for t in s.get("turns", [])) for s in samples) > 8
+
+
+def test_a_two_process_asynchronous_run(tmp_path):
+    """rollout.max_staleness=1 under torchrun with FSDP2: each rank's actor samples its share on the actors' own
+    process group while the learners train on theirs; the run ends cleanly with every batch within the bound."""
+    run = tmp_path / "run"
+    res, _ = torchrun([*TRAIN, f"run_dir={run}", "rollout.max_staleness=1", "checkpoint.every=0"], cwd=tmp_path)
+    assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-4000:])
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3] and "eval/arith/accuracy" in rows[3]
+    assert [r["async/batch"] for r in rows[1:]] == [1, 2, 3]
+    assert all(0 <= r["async/staleness"] <= 1 for r in rows[1:]) and any(r["async/staleness"] == 1 for r in rows[1:])

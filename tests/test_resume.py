@@ -216,6 +216,29 @@ def test_a_tools_run_resumes_exactly(tmp_path):
     assert_same_run(a, b, last_bits=("sampling/logprob_diff_mean", "sampling/logprob_diff_max"))
 
 
+def test_an_asynchronous_run_killed_mid_step_resumes_without_skipping_or_repeating_a_problem(tmp_path):
+    """rollout.max_staleness=1, kill -9 in step 4's update with the next batch in flight: resume=auto continues
+    from step 3's checkpoint and samples the batches the learner had not taken again (with the checkpoint's
+    weights). Every step trains on the problems a synchronous run trains on at that step, each exactly once."""
+    sync, run = tmp_path / "sync", tmp_path / "async"
+    ahead = ["rollout.max_staleness=1"]
+    _runs((sync, []), (run, ahead, f"{KILL_STEP}:optimizer"))
+    out = _runs((run, [*ahead, "resume=auto"]))[0]
+    assert f"resumed from {run / 'checkpoints' / f'step_{KILL_STEP - 1:06d}'} (step {KILL_STEP - 1})" in out
+
+    def problems(where: Path) -> dict[int, list[str]]:
+        by_step: dict[int, list[str]] = {}
+        for s in _samples(where):
+            by_step.setdefault(s["step"], []).append(s["prompt"])
+        return {k: sorted(v) for k, v in by_step.items()}
+
+    rows = _rows(run)
+    assert [r["step"] for r in rows] == list(range(STEPS + 1))
+    assert [r["async/batch"] for r in rows[1:]] == list(range(1, STEPS + 1))
+    assert any(r["async/staleness"] == 1 for r in rows[1:]), "the actor ran ahead"
+    assert problems(run) == problems(sync) and len(problems(run)) == STEPS
+
+
 def test_resume_refuses_a_changed_config_and_allows_max_steps(straight, tmp_path):
     import shutil
 
