@@ -83,6 +83,7 @@ class GRPOTrainer:
         self.rollouts: AsyncRollouts | None = None  # the actor and its queue (rollout.max_staleness > 0)
         self.next_batch = 1  # the index of the next batch to sample (its seed), async runs
         self.dropped = 0  # batches dropped as too stale over the run (rollout.stale=drop)
+        self._threads_before = 0  # torch threads before the learner gave the actor its share (CPU, async)
         self.resumed_from: Path | None = None
         self.last_checkpoint_time = time.time()
 
@@ -193,7 +194,7 @@ class GRPOTrainer:
                              "with torchrun holds collectives on the learner's process group")  # fmt: skip
         threads = 0
         if rt.device.type == "cpu":
-            have = torch.get_num_threads()
+            have = self._threads_before = torch.get_num_threads()
             threads = ro.actor_threads or max(1, have // 2)
             torch.set_num_threads(max(1, have - threads))
             rt.print(f"[reasonrl] asynchronous rollouts: the actor samples up to {ro.max_staleness} version(s) ahead "
@@ -756,6 +757,8 @@ class GRPOTrainer:
         if self.rollouts is not None:  # the actor stops before the generator it drives is torn down
             self.rollouts.close()
             self.rollouts = None
+            if self._threads_before:  # the learner's share of the threads goes back to the process
+                torch.set_num_threads(self._threads_before)
         close = getattr(getattr(self, "generator", None), "close", None)
         if close is not None:  # an engine's teardown, while the process group it built on still exists
             close()

@@ -309,3 +309,23 @@ def test_in_vllm_a_rollout_whose_tool_is_done_goes_on_while_a_slow_tool_runs(tmp
                      problems=[{"slow": True}, {"slow": False}])  # fmt: skip
     assert all(len(r.tool_turns) == 3 and r.finish_reason == "tool_calls" for r in ros)
     assert done[0] >= 6.0 * 0.95 and done[1] + 2.0 < done[0], done
+
+
+def test_an_asynchronous_run_drives_vllm_from_the_actor_and_evaluates_there(tmp_path, engine):
+    """rollout.max_staleness=1 with vLLM: the engine samples on the actor thread, receives each published
+    version there, and every evaluation runs on the actor between two batches with the version it names (a
+    mismatch would raise); the first batch (version 0, trained at version 0) has the synchronous parity."""
+    import json
+
+    from reasonrl.train import main
+
+    del engine
+    cfg = compose("train", [*TINY, "generator=vllm", "generator.dtype=float32", "rollout.max_staleness=1", "max_steps=3",
+                            "eval.every=1", "optim.lr=1e-3", f"run_dir={tmp_path}"])  # fmt: skip
+    main(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3] and all("eval/arith/accuracy" in r for r in rows)
+    steps = rows[1:]
+    assert steps[0]["async/staleness"] == 0 and steps[0]["sampling/logprob_diff_max"] <= 1e-4
+    assert all(r["async/staleness"] <= 1 for r in steps) and any(r["async/staleness"] == 1 for r in steps)
+    assert all("sampling/stale_ratio_mean" in r for r in steps if r["async/staleness"] == 1)
