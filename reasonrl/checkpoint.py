@@ -103,6 +103,10 @@ RESUME_MAY_CHANGE = (
     "rollout.max_tokens_per_micro_batch",
     "rollout.pass_cost_tokens",
     "rollout.share_prompt",
+    # how long a wait between actor and learner may take, and how they split a CPU's threads: nothing a step
+    # computes (the staleness bound itself is part of the run)
+    "rollout.sync_timeout_s",
+    "rollout.actor_threads",
     # keys the schema no longer has (nothing read them): a checkpoint that still holds them resumes
     "cold_start.eval_every",
 )

@@ -192,13 +192,18 @@ class GRPOTrainer:
         if rt.distributed and not getattr(target_of(self.cfg.generator, "generator"), "samples_from_policy", False):
             raise ValueError("rollout.max_staleness > 0 under torchrun needs generator=hf: a vLLM engine launched "
                              "with torchrun holds collectives on the learner's process group")  # fmt: skip
-        threads = 0
+        threads, split = 0, ""
         if rt.device.type == "cpu":
             have = self._threads_before = torch.get_num_threads()
             threads = ro.actor_threads or max(1, have // 2)
             torch.set_num_threads(max(1, have - threads))
-            rt.print(f"[reasonrl] asynchronous rollouts: the actor samples up to {ro.max_staleness} version(s) ahead "
-                     f"(stale={ro.stale}); torch threads: actor {threads}, learner {torch.get_num_threads()}")  # fmt: skip
+            if torch.get_num_threads() == max(1, have - threads):
+                split = f"; torch threads: actor {threads}, learner {torch.get_num_threads()}"
+            else:  # vLLM's CPU worker replaces torch.set_num_threads with a warning (it binds its own threads)
+                threads, self._threads_before = 0, 0
+                split = f"; torch threads cannot be split here (set_num_threads is disabled): both sides run {have}"
+        rt.print(f"[reasonrl] asynchronous rollouts: the actor samples up to {ro.max_staleness} version(s) ahead "
+                 f"(stale={ro.stale}){split}")  # fmt: skip
         self.rollouts = AsyncRollouts(
             self._collect,
             lambda version, tensors: self.generator.load_weights(tensors.items()),
