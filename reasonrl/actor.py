@@ -24,11 +24,13 @@ version. ``k = 0`` never gets here: the trainer's synchronous step runs
   newest (version, tensors); the actor loads the newest before a batch (the
   generator's ``load_weights``). Only the newest is kept.
 - **Deadlines.** Every wait between the two sides has one
-  (``rollout.sync_timeout_s``): the learner waiting for a batch, the actor
-  waiting for a version or for room in the queue, an evaluation waiting for
-  the actor. A missed deadline raises :class:`SyncTimeout` naming the side that
-  did not answer and what it was doing; an error in the actor is raised in the
-  learner at its next wait, with the actor's traceback as the cause.
+  (``rollout.sync_timeout_s``). The learner waiting for a batch or for an
+  evaluation on the actor raises :class:`SyncTimeout` past it, naming the
+  actor and what it was doing; an error in the actor is raised in the learner
+  at its next wait, with the actor's traceback as the cause. The actor waiting
+  for a version or for room in the queue warns past it, naming the learner,
+  and goes on waiting: a learner that evaluates or checkpoints for longer is
+  slow, not gone, and one that is gone has taken the process with it.
 - **Evaluation** runs on the actor between two batches (:meth:`AsyncRollouts.call`),
   with the weights of the version it names; the actor loses only the
   evaluation's time.
@@ -49,6 +51,7 @@ It does not build generators or update the policy (:mod:`reasonrl.train`).
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 import traceback
@@ -61,6 +64,7 @@ import torch
 from reasonrl.rollout import RolloutBatch
 
 STALE_MODES = ("wait", "drop")
+log = logging.getLogger("reasonrl.actor")
 
 
 class SyncTimeout(RuntimeError):
@@ -286,8 +290,11 @@ class AsyncRollouts:
                 if self.stopping or ready():
                     return
             left = self.timeout_s - (time.perf_counter() - t0)
-            if left <= 0:
+            if left <= 0 and learner:
                 raise SyncTimeout(self._late(what, learner))
+            if left <= 0:  # the learner is slow or gone: say so, once per deadline, and keep waiting
+                log.warning(self._late(what, learner))
+                t0, left = time.perf_counter(), self.timeout_s
             self.cond.wait(min(left, 1.0))
 
     def _late(self, what: str, learner: bool) -> str:
@@ -297,7 +304,7 @@ class AsyncRollouts:
             return (f"no {what} within rollout.sync_timeout_s={self.timeout_s:g} s; the actor is {state}. A slower "
                     "generator needs a longer rollout.sync_timeout_s")  # fmt: skip
         return (f"{self.name} got no {what} within rollout.sync_timeout_s={self.timeout_s:g} s (the newest published "
-                f"version is {self.mailbox.version}): the learner has stopped answering")  # fmt: skip
+                f"version is {self.mailbox.version}): the learner is slow or has stopped answering; still waiting")  # fmt: skip
 
     def _oldest_index(self) -> int:
         return self.queue[0].index if self.queue else (self.current[0] if self.current else self.next_index)

@@ -167,15 +167,19 @@ def test_an_error_in_the_actor_is_raised_in_the_learner_with_its_traceback():
     ar.close()
 
 
-def test_a_learner_that_stops_publishing_is_named_by_the_actor():
-    """k=1: batch 3 needs version 1, which never comes; the actor gives up at its deadline, and the learner's
-    next wait raises that."""
+def test_a_learner_that_stops_publishing_is_named_by_the_actor(caplog):
+    """k=1: batch 3 needs version 1, which does not come; past its deadline the actor warns, naming the learner,
+    and keeps waiting (a learner that evaluates for long is slow, not gone): version 1 then lets it go on."""
     ar, _ = pair(1, timeout_s=0.5)
     ar.start()
     ar.take(0)
     ar.take(0)  # batch 2 (version 0): allowed, staleness 0
-    with pytest.raises(ActorFailed, match="got no policy version 1 from the learner within rollout.sync_timeout_s=0.5 s"):
-        ar.take(0)
+    with caplog.at_level("WARNING", logger="reasonrl.actor"):
+        time.sleep(1.2)
+    assert "got no policy version 1 from the learner within rollout.sync_timeout_s=0.5 s" in caplog.text
+    assert "the learner is slow or has stopped answering" in caplog.text and ar.error is None
+    ar.publish(1, {})
+    assert ar.take(1).item.index == 3
     ar.close()
 
 
