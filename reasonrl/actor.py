@@ -186,15 +186,23 @@ class AsyncRollouts:
 
     def call(self, fn: Callable[[], Any], version: int, what: str) -> Any:
         """``fn()`` run on the actor between two batches, with the generator holding ``version`` (published
-        already); the learner waits for its result under the deadline."""
+        already); the learner waits for its result under the deadline. Before the actor starts, it runs here."""
         req = _Request(fn, version, what)
         with self.cond:
             self.requests.append(req)
-            self.cond.notify_all()
-            self._wait(lambda: req.done, f"{what} (policy version {version}) from {self.name}", time.perf_counter(), learner=True)
+            if self.thread is None:
+                self._serve()
+            else:
+                self.cond.notify_all()
+                self._wait(lambda: req.done, f"{what} (policy version {version}) from {self.name}", time.perf_counter(),
+                           learner=True)  # fmt: skip
         if req.error is not None:
             raise ActorFailed(f"{self.name} failed during {what}: {req.error}") from req.error
         return req.result
+
+    def evaluate(self, run: Callable[[], Any], version: int, what: str) -> Any:
+        """An evaluation of ``version``: ``run()`` on the actor (see :meth:`call`)."""
+        return self.call(run, version, what)
 
     def position(self) -> dict[str, Any]:
         """Where a resumed run starts sampling: the stream state before the first batch the learner has not

@@ -174,6 +174,7 @@ class RolloutConfig(MicroBatchConfig):
     stale: str = "wait"  # wait: the actor waits for the version the bound needs | drop: too-old batches are dropped
     sync_timeout_s: float = 1800.0  # the deadline of every wait between actor and learner (batches, weights, evals)
     actor_threads: int = 0  # CPU: the actor's torch threads (0: half of this process's); the learner keeps the rest
+    actor: str = "thread"  # thread: in the trainer's process | process: a child process with its own generator
 
 
 @dataclass
@@ -503,6 +504,8 @@ def _async_problems(cfg) -> list[str]:
         problems.append(f"rollout.stale must be wait or drop, not {ro.stale!r}")
     if ro.sync_timeout_s <= 0:
         problems.append(f"rollout.sync_timeout_s must be above 0 seconds, not {ro.sync_timeout_s}")
+    if ro.actor not in ("thread", "process"):
+        problems.append(f"rollout.actor must be thread or process, not {ro.actor!r}")
     if ro.actor_threads < 0:
         problems.append(f"rollout.actor_threads must be >= 0 (0: half of the process's threads), not {ro.actor_threads}")
     return problems

@@ -118,23 +118,8 @@ class GRPOTrainer:
         )
         if cfg.model.gradient_checkpointing:
             enable_gradient_checkpointing(self.model)
-        self.task = get_task(cfg.task)
-        self.verifiers = build_verifiers(cfg.verifier)
-        if cfg.task.answer_verifier not in self.verifiers:
-            raise ValueError(
-                f"task.answer_verifier={cfg.task.answer_verifier!r} is not among the configured verifiers "
-                f"{sorted(self.verifiers)}"
-            )
-        self.answer_verifier = self.verifiers[cfg.task.answer_verifier][0]
-        with local_main_first(rt):  # it fills the data caches (datasets' Arrow files, hub downloads) once per machine
-            self.stream, self.heldout = problem_source(self.task, cfg.task, cfg.seed, self.verifiers)
-            self.benchmarks = load_benchmark_subsets(cfg, self.tokenizer)
-        from reasonrl.verifiers.pool import ScoringPool, resolve_workers
-
-        workers = resolve_workers(cfg.verify.workers, local_ranks=rt.local_world_size)
-        if workers > 0:  # training and evaluation checks in killable workers, each under a deadline
-            held = {**{k: v for k, (v, _) in self.verifiers.items()}, **eval_pool_verifiers(self.benchmarks)}
-            self.pool = ScoringPool(held, workers, cfg.verify.timeout_s)
+        remote = cfg.rollout.max_staleness > 0 and cfg.rollout.actor == "process"
+        self._setup_checks(pool=not remote)  # an actor process scores in its own pool
         if hasattr(self.stream, "rows"):  # problems from data: none of them may be an evaluation problem
             evaluations = {"held-out set": self.heldout, **{k: v[0] for k, v in self.benchmarks.items()}}
             check_overlap(self.stream.rows, evaluations, cfg.task.allow_overlap)
@@ -159,16 +144,18 @@ class GRPOTrainer:
         asynchronous = cfg.rollout.max_staleness > 0
         colocated = getattr(target_of(cfg.generator, "generator"), "samples_from_policy", False)
         gen_model = self.model
-        if asynchronous and colocated:
+        if asynchronous and colocated and not remote:
             gen_model = copy.deepcopy(self.model).eval().requires_grad_(False)  # the actor's own copy, whole
         shard_model(self.model, rt, self.compute_dtype, cfg.model.fsdp)  # before the optimizer sees the parameters
-        engine = build_generator(cfg.generator, gen_model, self.tokenizer, self.model_path, self.compute_dtype)
-        # an actor's collectives run on their own process group, never interleaved with the learner's
-        self.actor_rt = rt.own_group(cfg.rollout.sync_timeout_s) if asynchronous else rt
-        self.generator = build_agent(cfg.env, engine, self.tokenizer, self.model, self.actor_rt)  # turns with a tool
-        # a generator that samples from the module it is given evaluates the learner's policy itself (as a
-        # synchronous run does, the actor never waits for it); an engine evaluates on the actor, between batches
-        self.eval_generator = self.generator
+        # an actor thread's collectives run on their own process group, never interleaved with the learner's
+        self.actor_rt = rt.own_group(cfg.rollout.sync_timeout_s) if asynchronous and not remote else rt
+        self.generator = None  # the generator steps 1-4 sample with (None: it lives in the actor process)
+        if not remote:
+            engine = build_generator(cfg.generator, gen_model, self.tokenizer, self.model_path, self.compute_dtype)
+            self.generator = build_agent(cfg.env, engine, self.tokenizer, self.model, self.actor_rt)  # turns with a tool
+        # who evaluates: the learner with a generator on the policy itself where one exists (synchronous: the
+        # generator; asynchronous: a colocated one, so the actor never waits for it), else the actor between batches
+        self.eval_generator = None if asynchronous else self.generator
         if asynchronous and colocated:
             own = build_generator(cfg.generator, self.model, self.tokenizer, self.model_path, self.compute_dtype)
             self.eval_generator = build_agent(cfg.env, own, self.tokenizer, self.model, rt)
@@ -189,6 +176,8 @@ class GRPOTrainer:
         """The actor (not yet running: its thread starts at the first step) with the current weights published
         as this version; on a CPU its torch threads and the learner's split the process's share."""
         ro, rt = self.cfg.rollout, self.runtime
+        if rt.distributed and ro.actor == "process":
+            raise ValueError("rollout.actor=process under torchrun is not built yet: use rollout.actor=thread")
         if rt.distributed and not getattr(target_of(self.cfg.generator, "generator"), "samples_from_policy", False):
             raise ValueError("rollout.max_staleness > 0 under torchrun needs generator=hf: a vLLM engine launched "
                              "with torchrun holds collectives on the learner's process group")  # fmt: skip
@@ -202,8 +191,18 @@ class GRPOTrainer:
             else:  # vLLM's CPU worker replaces torch.set_num_threads with a warning (it binds its own threads)
                 threads, self._threads_before = 0, 0
                 split = f"; torch threads cannot be split here (set_num_threads is disabled): both sides run {have}"
-        rt.print(f"[reasonrl] asynchronous rollouts: the actor samples up to {ro.max_staleness} version(s) ahead "
-                 f"(stale={ro.stale}){split}")  # fmt: skip
+        rt.print(f"[reasonrl] asynchronous rollouts: the actor ({ro.actor}) samples up to {ro.max_staleness} "
+                 f"version(s) ahead (stale={ro.stale}){split}")  # fmt: skip
+        if ro.actor == "process":
+            from omegaconf import OmegaConf
+
+            from reasonrl.remote import RemoteRollouts
+
+            start = {"stream": self.stream.state_dict(), "index": self.next_batch, "threads": threads}
+            self.rollouts = RemoteRollouts(OmegaConf.to_container(self.cfg, resolve=True), start, ro.sync_timeout_s)
+            rt.print(f"[reasonrl] actor process: pid {self.rollouts.proc.pid}")
+            self.rollouts.publish(self.steps_done, self._weights())
+            return
         self.rollouts = AsyncRollouts(
             self._collect,
             lambda version, tensors: self.generator.load_weights(tensors.items()),
@@ -236,6 +235,42 @@ class GRPOTrainer:
             policy_version=version,
             runtime=runtime or self.actor_rt,
         )
+
+    def _setup_checks(self, pool: bool = True) -> None:
+        """The task, the verifiers, the problem stream and held-out set, the benchmark subsets, and (``pool``) the
+        killable scoring workers."""
+        cfg, rt = self.cfg, self.runtime
+        self.task = get_task(cfg.task)
+        self.verifiers = build_verifiers(cfg.verifier)
+        if cfg.task.answer_verifier not in self.verifiers:
+            raise ValueError(
+                f"task.answer_verifier={cfg.task.answer_verifier!r} is not among the configured verifiers "
+                f"{sorted(self.verifiers)}"
+            )
+        self.answer_verifier = self.verifiers[cfg.task.answer_verifier][0]
+        with local_main_first(rt):  # it fills the data caches (datasets' Arrow files, hub downloads) once per machine
+            self.stream, self.heldout = problem_source(self.task, cfg.task, cfg.seed, self.verifiers)
+            self.benchmarks = load_benchmark_subsets(cfg, self.tokenizer)
+        from reasonrl.verifiers.pool import ScoringPool, resolve_workers
+
+        workers = resolve_workers(cfg.verify.workers, local_ranks=rt.local_world_size)
+        if workers > 0 and pool:  # training and evaluation checks in killable workers, each under a deadline
+            held = {**{k: v for k, (v, _) in self.verifiers.items()}, **eval_pool_verifiers(self.benchmarks)}
+            self.pool = ScoringPool(held, workers, cfg.verify.timeout_s)
+
+    def setup_actor(self) -> "GRPOTrainer":
+        """The sampling side only, for an actor process (:mod:`reasonrl.remote`): the policy (whose weights the
+        trainer's first publish replaces), the problems, the checks and the generator; no run directory,
+        optimizer or logger."""
+        cfg, rt = self.cfg, self.runtime
+        self.model, self.tokenizer, self.model_path = load_policy(cfg.model, progress=False, device=rt.device)
+        self.model.eval().requires_grad_(False)
+        self.compute_dtype = compute_dtype(cfg.model.compute_dtype, rt.device)
+        self._setup_checks()
+        engine = build_generator(cfg.generator, self.model, self.tokenizer, self.model_path, self.compute_dtype)
+        self.generator = build_agent(cfg.env, engine, self.tokenizer, self.model, rt)
+        self.actor_rt, self.plan = rt, GroupPlan.from_config(cfg)
+        return self
 
     def _claim_run_dir(self) -> Run:
         """The run directory, claimed by the main process; refused (a run is there that this command may not
@@ -426,7 +461,7 @@ class GRPOTrainer:
             **{f"time/{k}": v for k, v in times.items()},
             **summarize(scored, list(self.verifiers)),
         }
-        tools = self.generator.env.multi_turn
+        tools = self.cfg.env.name != "single_turn"
         row.update(rollout_metrics(batch, self.tokenizer, self.cfg.task.answer_verifier, times["generate_s"], tools))
         row.update({f"train/{k}": getattr(update, k) for k in ("loss", "kl", "entropy", "clip_frac", "grad_norm")})
         row.update(
@@ -458,21 +493,24 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ evaluation, checkpoints
     def evaluate(self) -> dict[str, float]:
         """Held-out accuracy (greedy and sampled) and lengths, and the configured benchmark subsets, of this
-        policy version (asynchronous: on the actor, between two of its batches, with this version's weights)."""
-
-        def run(generator, runtime, pool) -> dict[str, float]:
-            args = (self.tokenizer, self.heldout, self.render, self.answer_verifier, self.cfg, self.cfg.seed)
-            return training_eval(generator, *args, self.benchmarks, pool=pool, runtime=runtime)
-
-        if self.eval_generator is not self.generator:  # the learner's own (colocated) generator; the scoring pool
-            out = run(self.eval_generator, self.runtime, None)  # is the actor's: checks in-process (main thread)
-        elif self.rollouts is None or self.rollouts.thread is None:
-            out = run(self.generator, self.actor_rt, self.pool)
+        policy version: by the learner where it has a generator on the policy, else by the actor between two of
+        its batches, with this version's weights."""
+        if self.rollouts is None:
+            out = self.evaluate_here()
+        elif self.eval_generator is not None:  # the scoring pool is the actor's: checks in-process (main thread)
+            out = self._eval_with(self.eval_generator, self.runtime, None)
         else:
-            what = f"the evaluation at step {self.steps_done}"
-            out = self.rollouts.call(lambda: run(self.generator, self.actor_rt, self.pool), self.steps_done, what)
+            out = self.rollouts.evaluate(self.evaluate_here, self.steps_done, f"the evaluation at step {self.steps_done}")
         self.evals[self.steps_done] = out
         return out
+
+    def evaluate_here(self) -> dict[str, float]:
+        """:meth:`evaluate` with the generator steps 1-4 sample with (an actor's, when called on it)."""
+        return self._eval_with(self.generator, self.actor_rt, self.pool)
+
+    def _eval_with(self, generator, runtime: Runtime, pool) -> dict[str, float]:
+        args = (self.tokenizer, self.heldout, self.render, self.answer_verifier, self.cfg, self.cfg.seed)
+        return training_eval(generator, *args, self.benchmarks, pool=pool, runtime=runtime)
 
     def save(self, path: Path) -> Path:
         """The policy as a Hugging Face folder (written atomically, by the main process; a sharded policy is
@@ -582,7 +620,8 @@ class GRPOTrainer:
             torch.set_rng_state(rng["torch"])
             if rng["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
-        self.generator.sync_weights(self.model)  # the engine samples with the restored weights
+        if self.generator is not None:  # (an actor process receives them with the first publish)
+            self.generator.sync_weights(self.model)  # the engine samples with the restored weights
 
     def _extra_models(self) -> dict[str, torch.nn.Module]:
         """Frozen models a checkpoint carries: the KL reference (the policy after any cold start)."""

@@ -247,3 +247,50 @@ def test_bad_async_settings_are_refused_by_name():
     ]:
         with pytest.raises(ValueError, match=words):
             check_train_config(compose("train", [override]))
+
+
+# ---------------------------------------------------------------- the actor in its own process (reasonrl.remote)
+def test_an_actor_process_samples_what_a_thread_samples(tmp_path):
+    """rollout.actor=process: the child loads its own policy, stream and checks, receives every version by
+    broadcast over the gloo link, and trains the same batches as the in-process actor (staleness within the
+    bound, the first batch's sampler/trainer gap that of a synchronous step: the published weights arrived)."""
+    from reasonrl.train import GRPOTrainer
+
+    cfg = compose("train", [*ASYNC, "rollout.max_staleness=1", "rollout.actor=process", f"run_dir={tmp_path / 'run'}"])
+    trainer = GRPOTrainer(cfg).setup()
+    try:
+        child = trainer.rollouts.proc
+        assert child.is_alive() and trainer.generator is None  # the trainer holds no sampling engine
+        trainer.fit()
+    finally:
+        trainer.close()
+    assert not child.is_alive()  # closed with the run
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = rows[1:]
+    assert [r["async/batch"] for r in steps] == [1, 2, 3, 4]
+    assert all(0 <= r["async/staleness"] <= 1 for r in steps) and any(r["async/staleness"] == 1 for r in steps)
+    assert steps[0]["sampling/logprob_diff_max"] < 1e-5
+
+
+def test_a_killed_actor_process_is_named_with_its_exit_code(tmp_path):
+    """The generator side killed with SIGKILL mid-run: the trainer's next wait fails at once, naming the process,
+    its pid and how it ended, instead of hanging."""
+    import os
+    import signal
+
+    from reasonrl.actor import ActorFailed
+    from reasonrl.train import GRPOTrainer
+
+    cfg = compose("train", [*ASYNC, "rollout.max_staleness=1", "rollout.actor=process", f"run_dir={tmp_path / 'r'}"])
+    trainer = GRPOTrainer(cfg).setup()
+    try:
+        trainer.step()
+        pid = trainer.rollouts.proc.pid
+        os.kill(pid, signal.SIGKILL)
+        t = time.perf_counter()
+        with pytest.raises(ActorFailed, match=rf"the actor process \(pid {pid}\) is gone \(exit code -9\)"):
+            for _ in range(3):
+                trainer.step()
+        assert time.perf_counter() - t < 60
+    finally:
+        trainer.close()

@@ -216,13 +216,23 @@ def test_a_tools_run_resumes_exactly(tmp_path):
     assert_same_run(a, b, last_bits=("sampling/logprob_diff_mean", "sampling/logprob_diff_max"))
 
 
-def test_an_asynchronous_run_killed_mid_step_resumes_without_skipping_or_repeating_a_problem(tmp_path):
+@pytest.mark.parametrize("actor", ["thread", "process"])
+def test_an_asynchronous_run_killed_mid_step_resumes_without_skipping_or_repeating_a_problem(tmp_path, actor):
     """rollout.max_staleness=1, kill -9 in step 4's update with the next batch in flight: resume=auto continues
     from step 3's checkpoint and samples the batches the learner had not taken again (with the checkpoint's
-    weights). Every step trains on the problems a synchronous run trains on at that step, each exactly once."""
+    weights). Every step trains on the problems a synchronous run trains on at that step, each exactly once.
+    An actor process dies with the trainer it served."""
+    import re
+
     sync, run = tmp_path / "sync", tmp_path / "async"
-    ahead = ["rollout.max_staleness=1"]
-    _runs((sync, []), (run, ahead, f"{KILL_STEP}:optimizer"))
+    ahead = ["rollout.max_staleness=1", f"rollout.actor={actor}"]
+    killed = _runs((sync, []), (run, ahead, f"{KILL_STEP}:optimizer"))[1]
+    if actor == "process":
+        pid = int(re.search(r"actor process: pid (\d+)", killed).group(1))
+        deadline = time.monotonic() + 30
+        while _alive(pid):
+            assert time.monotonic() < deadline, f"the actor process {pid} outlived the killed trainer"
+            time.sleep(0.2)
     out = _runs((run, [*ahead, "resume=auto"]))[0]
     assert f"resumed from {run / 'checkpoints' / f'step_{KILL_STEP - 1:06d}'} (step {KILL_STEP - 1})" in out
 
@@ -237,6 +247,14 @@ def test_an_asynchronous_run_killed_mid_step_resumes_without_skipping_or_repeati
     assert [r["async/batch"] for r in rows[1:]] == list(range(1, STEPS + 1))
     assert any(r["async/staleness"] == 1 for r in rows[1:]), "the actor ran ahead"
     assert problems(run) == problems(sync) and len(problems(run)) == STEPS
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (one killed but not yet reaped has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 def test_resume_refuses_a_changed_config_and_allows_max_steps(straight, tmp_path):
