@@ -20,7 +20,9 @@ is named with its pid and exit code in :class:`reasonrl.actor.ActorFailed` or
 
 :class:`RemoteRollouts` is the trainer's side, with the interface of
 ``AsyncRollouts`` the trainer uses (``start``, ``publish``, ``take``,
-``position``, ``evaluate``, ``close``); :func:`actor_main` is the child's.
+``position``, ``evaluate``, ``close``); the child's main (the trainer's
+``actor_process_main``) calls :func:`connect`, builds its sampling side and
+calls :func:`serve`.
 
 It does not run under torchrun yet (one trainer process, one actor process),
 and a generator on another machine needs a reachable address instead of
@@ -81,7 +83,9 @@ def broadcast_weights(pg, tensors: dict[str, torch.Tensor] | None, header: list 
 class RemoteRollouts:
     """The trainer's side of an actor process (see the module docstring)."""
 
-    def __init__(self, cfg: dict, start: dict[str, Any], timeout_s: float):
+    def __init__(self, target: Callable, cfg: dict, start: dict[str, Any], timeout_s: float):
+        """Start ``target(cfg, port, start, timeout_s)`` in a child process (the child's main, which builds its
+        sampling side and calls :func:`serve`) and join the link with it."""
         import multiprocessing as mp
 
         import torch.distributed as dist
@@ -90,7 +94,7 @@ class RemoteRollouts:
         self.store = dist.TCPStore("127.0.0.1", 0, 2, True, timeout=datetime.timedelta(seconds=timeout_s),
                                    wait_for_workers=False)  # fmt: skip
         self.proc = mp.get_context("spawn").Process(
-            target=actor_main, args=(cfg, self.store.port, start, timeout_s), name="reasonrl-actor"
+            target=target, args=(cfg, self.store.port, start, timeout_s), name="reasonrl-actor"
         )  # not a daemon: it starts its own scoring workers; it dies with the trainer (PR_SET_PDEATHSIG)
         self.proc.start()
         self.thread = self.proc  # started: the trainer reads this as "the actor runs"
@@ -149,23 +153,22 @@ class RemoteRollouts:
             self.proc.join(5.0)
 
 
-def actor_main(cfg: dict, port: int, start: dict[str, Any], timeout_s: float) -> None:
-    """The child: build the sampling side, run an actor inside, and answer the trainer until it says close."""
+def connect(port: int, timeout_s: float):
+    """The child's end of the link (call first, before building anything): dies with its parent."""
+    import torch.distributed as dist
+
+    die_with_parent()
+    store = dist.TCPStore("127.0.0.1", port, 2, False, timeout=datetime.timedelta(seconds=timeout_s))
+    return _group(store, ACTOR, timeout_s)
+
+
+def serve(side, pg, start: dict[str, Any], timeout_s: float) -> None:
+    """The child's loop: an actor over ``side`` (a trainer's sampling side: ``_collect``, ``generator``,
+    ``stream``, ``evaluate_here``, ``close``, ``cfg``) answering the trainer until it says close."""
     import traceback
 
-    import torch.distributed as dist
-    from omegaconf import OmegaConf
-
     from reasonrl.actor import AsyncRollouts
-    from reasonrl.train import GRPOTrainer
 
-    _die_with_parent()
-    store = dist.TCPStore("127.0.0.1", port, 2, False, timeout=datetime.timedelta(seconds=timeout_s))
-    pg = _group(store, ACTOR, timeout_s)
-    trainer = GRPOTrainer(OmegaConf.create(cfg))  # sizes torch's threads to the cores; the actor's share follows
-    if start["threads"] > 0:
-        torch.set_num_threads(start["threads"])
-    side = trainer.setup_actor()
     ro = side.cfg.rollout
     side.stream.load_state_dict(start["stream"])
     rollouts = AsyncRollouts(
@@ -206,7 +209,7 @@ def actor_main(cfg: dict, port: int, start: dict[str, Any], timeout_s: float) ->
         side.close()
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: the kernel kills this process when the trainer that started it dies (a kill -9 included), so an
     actor never outlives its run; elsewhere a no-op."""
     import ctypes

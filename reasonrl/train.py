@@ -199,7 +199,8 @@ class GRPOTrainer:
             from reasonrl.remote import RemoteRollouts
 
             start = {"stream": self.stream.state_dict(), "index": self.next_batch, "threads": threads}
-            self.rollouts = RemoteRollouts(OmegaConf.to_container(self.cfg, resolve=True), start, ro.sync_timeout_s)
+            cfg = OmegaConf.to_container(self.cfg, resolve=True)
+            self.rollouts = RemoteRollouts(actor_process_main, cfg, start, ro.sync_timeout_s)
             rt.print(f"[reasonrl] actor process: pid {self.rollouts.proc.pid}")
             self.rollouts.publish(self.steps_done, self._weights())
             return
@@ -809,6 +810,20 @@ class GRPOTrainer:
         if self.pool is not None:
             self.pool.close()
             self.pool = None
+
+
+def actor_process_main(cfg: dict, port: int, start: dict, timeout_s: float) -> None:
+    """The child process of ``rollout.actor=process`` (:mod:`reasonrl.remote`): a trainer's sampling side (its own
+    policy copy, problems, checks and generator) serving the trainer over the link."""
+    from omegaconf import OmegaConf
+
+    from reasonrl import remote
+
+    pg = remote.connect(port, timeout_s)
+    trainer = GRPOTrainer(OmegaConf.create(cfg))  # sizes torch's threads to the cores; the actor's share follows
+    if start["threads"] > 0:
+        torch.set_num_threads(start["threads"])
+    remote.serve(trainer.setup_actor(), pg, start, timeout_s)
 
 
 @contextlib.contextmanager

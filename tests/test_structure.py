@@ -21,7 +21,15 @@ ROOTS = {
     "reasonrl.evals": REPO / "evals",
 }
 ENTRY_POINTS = {"reasonrl.train", "reasonrl.finetune", "reasonrl.benchmark", "reasonrl.export"}
-TRAINERS = {"reasonrl.sft", "reasonrl.tiny", "reasonrl.models", "reasonrl.update", "reasonrl.collect", "reasonrl.actor"}
+TRAINERS = {
+    "reasonrl.sft",
+    "reasonrl.tiny",
+    "reasonrl.models",
+    "reasonrl.update",
+    "reasonrl.collect",
+    "reasonrl.actor",
+    "reasonrl.remote",
+}
 
 
 def modules() -> dict[str, ast.Module]:
