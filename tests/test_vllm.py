@@ -329,3 +329,22 @@ def test_an_asynchronous_run_drives_vllm_from_the_actor_and_evaluates_there(tmp_
     assert steps[0]["async/staleness"] == 0 and steps[0]["sampling/logprob_diff_max"] <= 1e-4
     assert all(r["async/staleness"] <= 1 for r in steps) and any(r["async/staleness"] == 1 for r in steps)
     assert all("sampling/stale_ratio_mean" in r for r in steps if r["async/staleness"] == 1)
+
+
+def test_an_actor_process_owns_the_vllm_engine_and_evaluates_there(tmp_path, engine):
+    """rollout.actor=process with vLLM: the trainer builds no engine; the child does, receives each version by
+    broadcast, samples ahead, and runs every evaluation (of the version the trainer names)."""
+    import json
+
+    from reasonrl.train import main
+
+    del engine
+    cfg = compose("train", [*TINY, "generator=vllm", "generator.dtype=float32", "rollout.max_staleness=1",
+                            "rollout.actor=process", "max_steps=3", "eval.every=1", "optim.lr=1e-3",
+                            f"run_dir={tmp_path}"])  # fmt: skip
+    main(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3] and all("eval/arith/accuracy" in r for r in rows)
+    steps = rows[1:]
+    assert steps[0]["async/staleness"] == 0 and steps[0]["sampling/logprob_diff_max"] <= 1e-4  # version 0 arrived
+    assert all(r["async/staleness"] <= 1 for r in steps)
