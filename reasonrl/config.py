@@ -175,6 +175,9 @@ class RolloutConfig(MicroBatchConfig):
     sync_timeout_s: float = 1800.0  # the deadline of every wait between actor and learner (batches, weights, evals)
     actor_threads: int = 0  # CPU: the actor's torch threads (0: half of this process's); the learner keeps the rest
     actor: str = "thread"  # thread: in the trainer's process | process: a child process with its own generator
+    # actor=process: "host:port" where the trainer waits for an actor started elsewhere (reasonrl-actor --connect
+    # host:port) instead of starting a child; None: a child on 127.0.0.1
+    actor_address: Optional[str] = None
 
 
 @dataclass

@@ -83,38 +83,53 @@ def broadcast_weights(pg, tensors: dict[str, torch.Tensor] | None, header: list 
 class RemoteRollouts:
     """The trainer's side of an actor process (see the module docstring)."""
 
-    def __init__(self, target: Callable, cfg: dict, start: dict[str, Any], timeout_s: float):
-        """Start ``target(cfg, port, start, timeout_s)`` in a child process (the child's main, which builds its
-        sampling side and calls :func:`serve`) and join the link with it."""
+    def __init__(self, target: Callable, cfg: dict, start: dict[str, Any], timeout_s: float, address: str | None = None):
+        """Open the link, start ``target(host, port, timeout_s)`` (the child's main: :func:`connect`, build the
+        sampling side, :func:`serve`) in a child process, or with ``address`` ("host:port") wait for an actor
+        started elsewhere (``reasonrl-actor --connect host:port``), then send it the config and where to start."""
         import multiprocessing as mp
 
         import torch.distributed as dist
 
-        self.timeout_s = timeout_s
-        self.store = dist.TCPStore("127.0.0.1", 0, 2, True, timeout=datetime.timedelta(seconds=timeout_s),
+        self.timeout_s, self.proc = timeout_s, None
+        host, port = ("127.0.0.1", 0) if address is None else _host_port(address)
+        self.store = dist.TCPStore(host, port, 2, True, timeout=datetime.timedelta(seconds=timeout_s),
                                    wait_for_workers=False)  # fmt: skip
-        self.proc = mp.get_context("spawn").Process(
-            target=target, args=(cfg, self.store.port, start, timeout_s), name="reasonrl-actor"
-        )  # not a daemon: it starts its own scoring workers; it dies with the trainer (PR_SET_PDEATHSIG)
-        self.proc.start()
-        self.thread = self.proc  # started: the trainer reads this as "the actor runs"
+        self.where = f"{host}:{self.store.port}"
+        if address is None:
+            self.proc = mp.get_context("spawn").Process(
+                target=target, args=(host, self.store.port, timeout_s), name="reasonrl-actor"
+            )  # not a daemon: it starts its own scoring workers; it dies with the trainer (PR_SET_PDEATHSIG)
+            self.proc.start()
+        else:
+            print(f"[reasonrl] waiting up to {timeout_s:g} s for the actor: reasonrl-actor --connect {self.where}",
+                  flush=True)  # fmt: skip
+        self.thread = self.proc or self.store  # started: the trainer reads this as "the actor runs"
         self.pg = self._ask(lambda: _group(self.store, TRAINER, timeout_s), "joining the link")
+        self._ask(lambda: send_obj(self.pg, (cfg, start), ACTOR), "receiving the config")
+
+    @property
+    def who(self) -> str:
+        return f"the actor process (pid {self.proc.pid})" if self.proc is not None else f"the actor at {self.where}"
 
     def start(self) -> None:
         pass  # the process started with the object; it samples ahead from the first take
 
     def _ask(self, fn: Callable[[], Any], what: str) -> Any:
-        """``fn()`` (a message exchange), with a dead or silent child named."""
+        """``fn()`` (a message exchange), with a dead or silent actor named."""
         try:
             return fn()
         except RuntimeError as e:
             said = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-            self.proc.join(10.0 if "closed by peer" in said else 1.0)  # a peer that closed the link is exiting
-            who = f"the actor process (pid {self.proc.pid})"
-            if not self.proc.is_alive():
-                raise ActorFailed(f"{who} is gone (exit code {self.proc.exitcode}) while {what}: {said}") from None
-            raise SyncTimeout(f"{who} did not answer while {what} within rollout.sync_timeout_s={self.timeout_s:g} s: "
-                              f"{said}") from None  # fmt: skip
+            closed = "closed by peer" in said
+            if self.proc is not None:
+                self.proc.join(10.0 if closed else 1.0)  # a peer that closed the link is exiting
+                if not self.proc.is_alive():
+                    raise ActorFailed(f"{self.who} is gone (exit code {self.proc.exitcode}) while {what}: {said}") from None
+            elif closed:
+                raise ActorFailed(f"{self.who} closed the link while {what}: {said}") from None
+            raise SyncTimeout(f"{self.who} did not answer while {what} within rollout.sync_timeout_s={self.timeout_s:g} "
+                              f"s: {said}") from None  # fmt: skip
 
     def _request(self, what: str, *msg) -> Any:
         def exchange():
@@ -123,7 +138,7 @@ class RemoteRollouts:
 
         kind, value = self._ask(exchange, what)
         if kind == "error":
-            raise ActorFailed(f"the actor process (pid {self.proc.pid}) failed while {what}:\n{value}")
+            raise ActorFailed(f"{self.who} failed while {what}:\n{value}")
         return value
 
     def publish(self, version: int, tensors: dict[str, torch.Tensor]) -> None:
@@ -142,24 +157,37 @@ class RemoteRollouts:
         return self._request(what, "evaluate", version, what)
 
     def close(self, timeout_s: float = 30.0) -> None:
-        if self.proc.is_alive():
+        if self.proc is None or self.proc.is_alive():
             try:
                 send_obj(self.pg, ("close",), ACTOR)
             except RuntimeError:
                 pass
-            self.proc.join(timeout_s)
+        if self.proc is None:
+            return
+        self.proc.join(timeout_s)
         if self.proc.is_alive():  # it did not stop: ours to end
             self.proc.kill()
             self.proc.join(5.0)
 
 
-def connect(port: int, timeout_s: float):
-    """The child's end of the link (call first, before building anything): dies with its parent."""
+def connect(host: str, port: int, timeout_s: float, child: bool = True):
+    """The actor's end of the link (call first, before building anything): the group, and the trainer's (config,
+    start). A child of the trainer dies with it."""
     import torch.distributed as dist
 
-    die_with_parent()
-    store = dist.TCPStore("127.0.0.1", port, 2, False, timeout=datetime.timedelta(seconds=timeout_s))
-    return _group(store, ACTOR, timeout_s)
+    if child:
+        die_with_parent()
+    store = dist.TCPStore(host, port, 2, False, timeout=datetime.timedelta(seconds=timeout_s))
+    pg = _group(store, ACTOR, timeout_s)
+    cfg, start = recv_obj(pg, TRAINER)
+    return pg, cfg, start
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"an actor address is host:port, not {address!r}")
+    return host, int(port)
 
 
 def serve(side, pg, start: dict[str, Any], timeout_s: float) -> None:
@@ -207,6 +235,19 @@ def serve(side, pg, start: dict[str, Any], timeout_s: float) -> None:
     finally:
         rollouts.close()
         side.close()
+
+
+def parse_connect(argv: list[str]) -> tuple[str, int, float]:
+    """``reasonrl-actor --connect HOST:PORT [--timeout S]``: where the trainer waits, and the link's deadline."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="reasonrl-actor", description="The rollout actor of a trainer started with "
+                                 "rollout.actor=process rollout.actor_address=HOST:PORT: it receives the trainer's "
+                                 "config and samples for it.")  # fmt: skip
+    ap.add_argument("--connect", required=True, metavar="HOST:PORT", help="the address the trainer printed")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds any message may take (default 1800)")
+    args = ap.parse_args(argv)
+    return (*_host_port(args.connect), args.timeout)
 
 
 def die_with_parent() -> None:

@@ -200,8 +200,9 @@ class GRPOTrainer:
 
             start = {"stream": self.stream.state_dict(), "index": self.next_batch, "threads": threads}
             cfg = OmegaConf.to_container(self.cfg, resolve=True)
-            self.rollouts = RemoteRollouts(actor_process_main, cfg, start, ro.sync_timeout_s)
-            rt.print(f"[reasonrl] actor process: pid {self.rollouts.proc.pid}")
+            self.rollouts = RemoteRollouts(actor_process_main, cfg, start, ro.sync_timeout_s, ro.actor_address)
+            if self.rollouts.proc is not None:
+                rt.print(f"[reasonrl] actor process: pid {self.rollouts.proc.pid}")
             self.rollouts.publish(self.steps_done, self._weights())
             return
         self.rollouts = AsyncRollouts(
@@ -812,14 +813,15 @@ class GRPOTrainer:
             self.pool = None
 
 
-def actor_process_main(cfg: dict, port: int, start: dict, timeout_s: float) -> None:
-    """The child process of ``rollout.actor=process`` (:mod:`reasonrl.remote`): a trainer's sampling side (its own
-    policy copy, problems, checks and generator) serving the trainer over the link."""
+def actor_process_main(host: str, port: int, timeout_s: float, child: bool = True) -> None:
+    """The actor of ``rollout.actor=process`` (:mod:`reasonrl.remote`), a child of the trainer or started with
+    ``reasonrl-actor``: a trainer's sampling side (its own policy copy, problems, checks and generator, from the
+    config the trainer sends) serving the trainer over the link."""
     from omegaconf import OmegaConf
 
     from reasonrl import remote
 
-    pg = remote.connect(port, timeout_s)
+    pg, cfg, start = remote.connect(host, port, timeout_s, child)
     trainer = GRPOTrainer(OmegaConf.create(cfg))  # sizes torch's threads to the cores; the actor's share follows
     if start["threads"] > 0:
         torch.set_num_threads(start["threads"])
@@ -892,6 +894,13 @@ def result_table(start: dict, end: dict, final_step: int, name: str) -> str:
         if key in start:
             lines.append(f"{label:{w}}  {fmt.format(start[key]):>10}  {fmt.format(end[key]):>10}")
     return "\n".join(lines)
+
+
+def actor_cli() -> None:
+    """``reasonrl-actor --connect HOST:PORT``: the rollout actor of a trainer waiting at that address."""
+    from reasonrl.remote import parse_connect
+
+    actor_process_main(*parse_connect(sys.argv[1:]), child=False)
 
 
 def cli() -> None:

@@ -294,3 +294,36 @@ def test_a_killed_actor_process_is_named_with_its_exit_code(tmp_path):
         assert time.perf_counter() - t < 60
     finally:
         trainer.close()
+
+
+def test_an_actor_started_elsewhere_connects_to_the_waiting_trainer(tmp_path):
+    """rollout.actor_address=HOST:PORT: the trainer opens the link there and waits; ``reasonrl-actor --connect
+    HOST:PORT``, started on its own (here a second command on this machine, as on another node), receives the
+    trainer's config and start, samples for it, and exits when the trainer closes the link."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bin_dir, env = os.path.dirname(sys.executable), {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+    train_cmd = [os.path.join(bin_dir, "reasonrl-train"), *ASYNC, "rollout.max_staleness=1", "rollout.actor=process",
+                 f"rollout.actor_address=127.0.0.1:{port}", "rollout.sync_timeout_s=300", f"run_dir={run}"]  # fmt: skip
+    trainer = subprocess.Popen(train_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    actor = subprocess.Popen([os.path.join(bin_dir, "reasonrl-actor"), "--connect", f"127.0.0.1:{port}", "--timeout", "300"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
+    try:
+        out = trainer.communicate(timeout=600)[0]
+        actor_out = actor.communicate(timeout=120)[0]
+    finally:
+        for p in (trainer, actor):
+            if p.poll() is None:
+                p.kill()
+    assert trainer.returncode == 0, out[-3000:]
+    assert actor.returncode == 0, actor_out[-3000:]
+    assert f"reasonrl-actor --connect 127.0.0.1:{port}" in out
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["async/batch"] for r in rows[1:]] == [1, 2, 3, 4] and all(r["async/staleness"] <= 1 for r in rows[1:])
