@@ -107,6 +107,8 @@ RESUME_MAY_CHANGE = (
     # computes (the staleness bound itself is part of the run)
     "rollout.sync_timeout_s",
     "rollout.actor_threads",
+    "rollout.actor",  # thread or process: the same batches from the same stream position
+    "rollout.actor_address",
     # keys the schema no longer has (nothing read them): a checkpoint that still holds them resumes
     "cold_start.eval_every",
 )

@@ -509,6 +509,12 @@ def _async_problems(cfg) -> list[str]:
         problems.append(f"rollout.sync_timeout_s must be above 0 seconds, not {ro.sync_timeout_s}")
     if ro.actor not in ("thread", "process"):
         problems.append(f"rollout.actor must be thread or process, not {ro.actor!r}")
+    if ro.actor_address is not None:
+        host, _, port = str(ro.actor_address).rpartition(":")
+        if ro.actor != "process":
+            problems.append("rollout.actor_address is where an actor process connects: set rollout.actor=process too")
+        if not host or not port.isdigit():
+            problems.append(f"rollout.actor_address must be host:port (e.g. 10.0.0.5:29600), not {ro.actor_address!r}")
     if ro.actor_threads < 0:
         problems.append(f"rollout.actor_threads must be >= 0 (0: half of the process's threads), not {ro.actor_threads}")
     return problems

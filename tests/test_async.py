@@ -244,6 +244,9 @@ def test_bad_async_settings_are_refused_by_name():
         ("rollout.max_staleness=-1", "rollout.max_staleness must be >= 0"),
         ("rollout.stale=never", "rollout.stale must be wait or drop, not 'never'"),
         ("rollout.sync_timeout_s=0", "rollout.sync_timeout_s must be above 0"),
+        ("rollout.actor=fork", "rollout.actor must be thread or process, not 'fork'"),
+        ("rollout.actor_address=nowhere", "rollout.actor_address must be host:port"),
+        ("rollout.actor_address=h:1", "set rollout.actor=process too"),
     ]:
         with pytest.raises(ValueError, match=words):
             check_train_config(compose("train", [override]))
