@@ -110,6 +110,11 @@ def test_the_stale_rows_ratio_is_reported_and_is_not_one():
     assert stale.stale_ratio_mean == pytest.approx(r, rel=1e-5) and r > 1.2
     assert stale.stale_ratio_min == pytest.approx(r, rel=1e-5) and stale.stale_ratio_max == pytest.approx(r, rel=1e-5)
     _, mixed = sgd_update(sampled(range(6), version=3), alg, version=3)
-    assert mixed.stale_ratio_mean == pytest.approx(r, rel=1e-5)  # the fresh rows' ratio 1 is not averaged in
+    assert mixed.stale_ratio_mean == pytest.approx(r, rel=1e-5)
+    exact = one_token_rollouts(logprobs=one_token_logprobs(tiny_model(), one_token_rollouts()))
+    stale_six = sampled(range(6), version=3)
+    ros = [s if i < 6 else dataclasses.replace(s, logprobs=e.logprobs) for i, (s, e) in enumerate(zip(stale_six, exact))]
+    _, mixed = sgd_update(ros, alg, version=3)  # fresh rows sampled exactly (ratio 1): not averaged in
+    assert mixed.stale_ratio_mean == pytest.approx(r, rel=1e-5) and mixed.stale_ratio_min == pytest.approx(r, rel=1e-5)
     _, fresh = sgd_update(sampled(()), alg, version=1)
     assert fresh.stale_ratio_mean is None and fresh.stale_ratio_min is None and fresh.stale_ratio_max is None
