@@ -247,7 +247,10 @@ def parse_connect(argv: list[str]) -> tuple[str, int, float]:
     ap.add_argument("--connect", required=True, metavar="HOST:PORT", help="the address the trainer printed")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds any message may take (default 1800)")
     args = ap.parse_args(argv)
-    return (*_host_port(args.connect), args.timeout)
+    try:
+        return (*_host_port(args.connect), args.timeout)
+    except ValueError as e:
+        ap.error(str(e))
 
 
 def die_with_parent() -> None:

@@ -900,7 +900,11 @@ def actor_cli() -> None:
     """``reasonrl-actor --connect HOST:PORT``: the rollout actor of a trainer waiting at that address."""
     from reasonrl.remote import parse_connect
 
-    actor_process_main(*parse_connect(sys.argv[1:]), child=False)
+    host, port, timeout_s = parse_connect(sys.argv[1:])
+    try:
+        actor_process_main(host, port, timeout_s, child=False)
+    except torch.distributed.DistNetworkError as e:  # no trainer there (yet): one line, not a traceback
+        sys.exit(f"reasonrl-actor: error: no trainer answered at {host}:{port} within {timeout_s:g} s ({e})")
 
 
 def cli() -> None:
