@@ -72,7 +72,7 @@ def instantiate(node: Mapping[str, Any], where: str, **extra: Any) -> Any:
 
 def target_of(node: Mapping[str, Any], where: str):
     """The callable a node's ``_target_`` names (after the allowlist and key checks), not called."""
-    return _target(node, where, ["model", "tokenizer", "model_path", "compute_dtype"])[0]
+    return _target(node, where, ["model", "tokenizer", "model_path", "compute_dtype", "lora"])[0]
 
 
 def check_node(node: Mapping[str, Any], where: str, extra: Sequence[str] = (), also: Sequence[str] = ()) -> None:
@@ -117,9 +117,17 @@ def build_verifiers(nodes: Mapping[str, Any]) -> dict[str, tuple[Any, float]]:
     return out
 
 
-def build_generator(node: Mapping[str, Any], model, tokenizer, model_path: str | None = None, compute_dtype=None) -> Any:
-    """The generator a ``generator`` node names, given the policy (and the dtype the trainer computes in)."""
+def build_generator(node: Mapping[str, Any], model, tokenizer, model_path: str | None = None, compute_dtype=None,
+                    lora: Mapping[str, Any] | None = None) -> Any:  # fmt: skip
+    """The generator a ``generator`` node names, given the policy (and the dtype the trainer computes in; for a
+    LoRA policy that a generator does not sample in place, ``lora``: how it takes the adapter, see reasonrl.lora)."""
     extra = {"model": model, "tokenizer": tokenizer, "model_path": None if model_path is None else str(model_path)}
     if compute_dtype is not None:
         extra["compute_dtype"] = str(compute_dtype).replace("torch.", "")
+    fn = target_of(node, "generator")
+    if lora is not None and not getattr(fn, "samples_from_policy", False):
+        if "lora" not in inspect.signature(fn).parameters:
+            raise ValueError(f"generator {node.get('_target_')} cannot sample a LoRA policy (it takes no lora argument); "
+                             "use generator=hf or generator=vllm")  # fmt: skip
+        extra["lora"] = dict(lora)
     return instantiate(node, "generator", **extra)

@@ -97,6 +97,18 @@ class PretrainConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters on a frozen base (reasonrl.lora, through peft); ``r`` = 0 trains every parameter."""
+
+    r: int = 0  # the adapters' rank; 0: no LoRA
+    alpha: Optional[float] = None  # the update is scaled by alpha / r; None: 2 * r
+    dropout: float = 0.0  # on the adapter's input, in training passes only
+    target_modules: List[str] = field(default_factory=lambda: ["all-linear"])  # names, or all-linear (not the output layer)
+    modules_to_save: List[str] = field(default_factory=list)  # whole modules trained beside the adapters (e.g. lm_head)
+    sync: str = "auto"  # how a vLLM generator gets the policy: adapter (only it moves) | merged | auto (adapter where it can)
+
+
+@dataclass
 class ModelConfig:
     name: str = "tiny_arith"
     path: Optional[str] = None  # a Hugging Face folder
@@ -111,6 +123,7 @@ class ModelConfig:
     fsdp: str = "auto"  # shard with FSDP2: auto = under torchrun with more than one process; on; off (one process only)
     arch: Optional[ArchConfig] = None
     pretrain: Optional[PretrainConfig] = None
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -490,12 +503,37 @@ def check_train_config(cfg) -> None:
             f"{ro.prompts_per_step} prompts per step (rollout.prompts_per_step) do not divide among {world} processes "
             f"(torchrun's WORLD_SIZE): each samples whole groups; use a multiple of {world}, e.g. rollout.prompts_per_step={up}"
         )
-    problems += _eval_node_problems(cfg.eval) + _env_problems(cfg.env) + _async_problems(cfg)
+    problems += _eval_node_problems(cfg.eval) + _env_problems(cfg.env) + _async_problems(cfg) + lora_problems(cfg.model)
     if not 0 <= cfg.verify.max_failed_frac <= 1:
         problems.append(f"verify.max_failed_frac must be in [0, 1] (1: never stop), not {cfg.verify.max_failed_frac}")
     problems += _micro_batch_problems("rollout", cfg.rollout, least_seqs=1)
     problems += _micro_batch_problems("cold_start", cfg.cold_start, least_seqs=0)
     _raise(problems)
+
+
+def lora_problems(model) -> list[str]:
+    """model.lora (reasonrl.lora)."""
+    lora, problems = model.get("lora"), []
+    if lora is None:
+        return problems
+    if lora.r < 0:
+        problems.append(f"model.lora.r must be >= 0 (0: no LoRA, every parameter trains), not {lora.r}")
+    if lora.r <= 0:
+        return problems
+    if lora.alpha is not None and lora.alpha <= 0:
+        problems.append(f"model.lora.alpha must be above 0 (or null: 2 * r), not {lora.alpha}")
+    if not 0 <= lora.dropout < 1:
+        problems.append(f"model.lora.dropout must be in [0, 1), not {lora.dropout}")
+    if not list(lora.target_modules):
+        problems.append("model.lora.target_modules is empty: name the modules to adapt (e.g. [q_proj,v_proj]) or [all-linear]")
+    if lora.sync not in ("auto", "adapter", "merged"):
+        problems.append(f"model.lora.sync must be auto, adapter or merged, not {lora.sync!r}")
+    if lora.sync == "adapter" and list(lora.modules_to_save):
+        problems.append(
+            f"model.lora.sync=adapter with model.lora.modules_to_save={list(lora.modules_to_save)}: a vLLM engine loads "
+            "LoRA matrices only, not whole trained modules; use model.lora.sync=merged (or auto)"
+        )
+    return problems
 
 
 def _async_problems(cfg) -> list[str]:
@@ -527,13 +565,18 @@ def check_sft_config(cfg) -> None:
         problems.append(f"max_steps must be at least 1, not {cfg.max_steps}")
     if cfg.sft.batch_size < 1:
         problems.append(f"sft.batch_size must be at least 1, not {cfg.sft.batch_size}")
-    problems += _micro_batch_problems("sft", cfg.sft, least_seqs=0)
+    problems += _micro_batch_problems("sft", cfg.sft, least_seqs=0) + lora_problems(cfg.model)
     _raise(problems)
 
 
 def check_eval_config(cfg) -> None:
     """Cross-field checks for reasonrl-eval."""
     problems = _sampling_problems("", cfg.temperature, cfg.top_p, cfg.max_new_tokens)
+    if cfg.model.lora.r != 0:
+        problems.append(
+            f"model.lora.r={cfg.model.lora.r}: reasonrl-eval scores a model folder, not fresh adapters; export a LoRA "
+            "run (reasonrl-export CHECKPOINT OUT writes the merged model) and set model.path=OUT"
+        )
     if cfg.n < 1:
         problems.append(f"n must be at least 1, not {cfg.n}")
     if cfg.n > 1 and cfg.temperature == 0:

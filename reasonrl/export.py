@@ -1,7 +1,10 @@
 """``reasonrl-export CHECKPOINT OUT_DIR [--dtype bfloat16] [--overwrite]``: a training checkpoint as a Hugging Face folder.
 
 The folder (weights in the chosen dtype, bfloat16 by default, and the
-tokenizer) loads in transformers and vLLM like ``checkpoints/final``. The
+tokenizer) loads in transformers and vLLM like ``checkpoints/final``. A LoRA
+run's is the merged model, with the adapter alone in ``OUT_DIR/adapter`` (a
+peft folder: ``PeftModel.from_pretrained`` or vLLM's ``LoRARequest``, on the
+base it names). The
 model's shape comes from the checkpoint's own ``config.yaml``.
 
 Exporting a downloaded checkpoint runs no code from it: the model and
@@ -22,6 +25,7 @@ import os
 from pathlib import Path
 
 from reasonrl import checkpoint as ckpt
+from reasonrl import lora
 
 
 def export_hf(checkpoint: str | Path, out_dir: str | Path, dtype: str = "bfloat16", overwrite: bool = False) -> Path:
@@ -46,12 +50,14 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, dtype: str = "bfloat1
     resolve_model_paths(cfg.model, ckpt.read_trainer_state(checkpoint).get("cwd"), checkpoint)
     t0 = time.monotonic()
     _say(f"loading the base model the checkpoint was trained from ({base_model_name(cfg.model)})")
-    model, tokenizer, _ = load_policy(cfg.model, progress=False)
+    model, tokenizer, base = load_policy(cfg.model, progress=False)
     _say(f"loading the checkpoint's weights from {checkpoint / 'state'}")
     ckpt.load_model_and_optimizer(checkpoint, model)
     model.to(torch_dtype(dtype))  # save_pretrained records the dtype in config.json
-    _say(f"writing {out_dir}")
-    out = save_checkpoint(model, tokenizer, out_dir)
+    if cfg.get("cold_start", {}).get("enabled", False):  # a LoRA adapter applies to the cold start's result
+        base = checkpoint.parent / "sft"
+    _say(f"writing {out_dir}" + (" (LoRA: merged, and the adapter alone in adapter/)" if lora.is_lora(model) else ""))
+    out = save_checkpoint(model, tokenizer, out_dir, base_path=str(base))
     _say(f"done in {time.monotonic() - t0:.0f} s")
     return out
 

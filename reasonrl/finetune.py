@@ -57,7 +57,7 @@ def _run(cfg, run_dir, state: dict[str, Any]) -> dict[str, Any]:
 
     t_start = time.time()
     torch.manual_seed(cfg.seed)
-    model, tokenizer, model_path = load_policy(cfg.model, progress=cfg.logging.progress)
+    model, tokenizer, model_path = load_policy(cfg.model, progress=cfg.logging.progress, seed=cfg.seed)
     task = get_task(cfg.task)
     verifier = load(cfg.task.answer_verifier)
     stream, heldout = problem_source(task, cfg.task, cfg.seed, {cfg.task.answer_verifier: (verifier, 1.0)})
@@ -98,7 +98,7 @@ def _run(cfg, run_dir, state: dict[str, Any]) -> dict[str, Any]:
     logger.close()
     final = run_dir / "checkpoints" / "final"
     if cfg.checkpoint.final:
-        save_checkpoint(model, tokenizer, final)
+        save_checkpoint(model, tokenizer, final, base_path=str(model_path))
     summary = {
         "run_dir": str(run_dir),
         "experiment": cfg.experiment_name,

@@ -33,10 +33,15 @@ def model_path(model_cfg: Any, progress: bool = True) -> Path:
     return get_or_build_base(model_cfg.arch, model_cfg.pretrain, progress=progress)
 
 
-def load_policy(model_cfg: Any, progress: bool = True, device: torch.device | str | None = None):
-    """(model, tokenizer, source folder) for a ``model`` config node, on ``device`` (default: model.device)."""
+def load_policy(model_cfg: Any, progress: bool = True, device: torch.device | str | None = None, seed: int = 0):
+    """(model, tokenizer, source folder) for a ``model`` config node, on ``device`` (default: model.device); with
+    ``model.lora.r`` > 0 the model carries LoRA adapters (initialised from ``seed``) and only they train."""
+    from reasonrl import lora
+
     path = model_path(model_cfg, progress)
     model, tok = load_hf(path, model_cfg.dtype)
+    if lora.enabled(model_cfg):
+        lora.add_adapters(model, model_cfg.lora, seed)
     if device is None:
         from reasonrl.runtime import pick_device
 

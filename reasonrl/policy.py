@@ -80,12 +80,22 @@ def make_optimizer(model: torch.nn.Module, optim: Any, total_steps: int):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
 
-def save_checkpoint(model, tokenizer, path: str | Path, state_dict: dict | None = None) -> Path:
+def save_checkpoint(model, tokenizer, path: str | Path, state_dict: dict | None = None, base_path: str | None = None) -> Path:
     """Save a Hugging Face folder atomically (``state_dict``: the tensors to write instead of the model's own,
-    e.g. a sharded model's gathered ones)."""
+    e.g. a sharded model's gathered ones). A LoRA policy is written merged (a plain model that loads anywhere),
+    with its adapter alone in ``adapter/`` beside it (a peft folder whose base is ``base_path``)."""
+    from reasonrl import lora
+
     path = Path(path)
     with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp, state_dict=state_dict)
+        if lora.is_lora(model):
+            state = state_dict if state_dict is not None else model.state_dict()
+            merged = dict(lora.merged_tensors(state.items(), lora.scalings(model)))
+            model.save_pretrained(tmp, state_dict=merged)
+            lora.write_adapter(tmp / "adapter", state.items(), model.reasonrl_lora, base_path)
+            tokenizer.save_pretrained(tmp / "adapter")
+        else:
+            model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
     return path
 
@@ -109,9 +119,12 @@ def compute_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def check_master_weights(model_cfg: Any) -> None:
-    """Refuse to train low-precision weights with AdamW unless asked for by name."""
+    """Refuse to train low-precision weights with AdamW unless asked for by name. A LoRA policy's base is frozen
+    and its adapters stay float32, so its base may be any dtype."""
+    from reasonrl import lora
+
     dtype = model_cfg.get("dtype", "float32")
-    if dtype != "float32" and not model_cfg.get("allow_low_precision_weights", False):
+    if dtype != "float32" and not model_cfg.get("allow_low_precision_weights", False) and not lora.enabled(model_cfg):
         raise ValueError(
             f"model.dtype={dtype} would make the weights AdamW updates (and its moments) {dtype}: "
             "small updates vanish (at lr 1e-6 about 2% of a bfloat16 weight's elements change in a step). Keep "

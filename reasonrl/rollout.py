@@ -214,7 +214,11 @@ class HFGenerator:
 
     @torch.no_grad()
     def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        self.model.load_state_dict(dict(tensors))
+        """Load these tensors into the copy it samples from: all of them, or a part (a LoRA policy's adapter)."""
+        given = dict(tensors)
+        unexpected = self.model.load_state_dict(given, strict=False).unexpected_keys
+        if unexpected:
+            raise KeyError(f"weights the sampled model does not have: {unexpected[:5]}")
 
     def sleep(self) -> None:
         pass

@@ -23,6 +23,15 @@ Under torchrun every rank runs its own engine on its own device (vLLM's
 generate calls are matched (:mod:`reasonrl.collect`), and a sync gathers a
 sharded policy one tensor at a time.
 
+A LoRA policy (``model.lora``, :mod:`reasonrl.lora`) reaches the engine one of
+two ways, chosen by ``model.lora.sync`` and reported by :attr:`VLLMGenerator.lora_sync`:
+``adapter`` starts the engine with LoRA enabled, loads the frozen base once (and
+again only when it was rewritten: a resume, a cold start), and each version
+writes the adapter alone (a peft folder of a few MB) and swaps it in under a new
+adapter id, the previous one removed, so every request samples the newest
+version; ``merged`` streams base + B A x alpha / r into the plain model, like a
+full-parameter policy.
+
 It does not run the engine in another process or on other devices than the
 policy's (no tensor parallelism, no remote server).
 """
@@ -32,10 +41,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Sequence
+import shutil
+import tempfile
+from typing import Any, Mapping, Sequence
 
 import torch
 
+from reasonrl import lora as lora_layouts
 from reasonrl.rollout import OnGroup, Rollout, Sampling
 from reasonrl.sharding import full_tensors
 
@@ -118,6 +130,7 @@ class VLLMGenerator:
         max_num_batched_tokens: int | None = None,
         compute_dtype: str | None = None,
         stop_token_ids: Sequence[int] = (),
+        lora: Mapping[str, Any] | None = None,
     ):
         if model_path is None:
             raise ValueError("VLLMGenerator needs model_path: a Hugging Face folder with the policy's architecture")
@@ -141,7 +154,15 @@ class VLLMGenerator:
             log.warning("generator.sleep_mode=on ignored: sleep mode needs a GPU")
         self.tokenizer = tokenizer
         self.stop_token_ids = [int(t) for t in stop_token_ids]
+        # a LoRA policy: "adapter" (the engine loads the adapter as a LoRA adapter) or "merged" (a plain model)
+        self.lora_sync = None if lora is None else str(lora["sync"])
+        self._lora = dict(lora or {})
+        self._lora_request = None  # the adapter every request samples with (adapter sync)
+        self._lora_dir = tempfile.mkdtemp(prefix="reasonrl-lora-") if self.lora_sync == "adapter" else None
+        self._lora_version = 0
+        self._base_stamp = None  # the base tensors' version counters when the engine last got them
         self.llm = LLM(
+            **self._lora_engine_settings(),
             **scheduler_settings(chunked_prefill, on_gpu, max_num_batched_tokens),
             **launcher_settings(),
             model=str(model_path),
@@ -158,9 +179,19 @@ class VLLMGenerator:
         # derived from the config, not a checkpoint tensor, and is put back as it was. The logprob
         # parity tests show the synced model is exact, so that one logger is silenced.
         logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
+        # and every LoRA request warns that per-adapter tokenizers are deprecated (the adapter has none)
+        logging.getLogger("vllm.v1.engine.input_processor").setLevel(logging.ERROR)
         self._asleep = False
         self._requests = 0  # request ids of streamed generation
         self.sync_weights(model)  # the policy may differ from the folder (cold start, resumed run)
+
+    def _lora_engine_settings(self) -> dict:
+        """LLM() arguments for adapter sync: LoRA on, one adapter at a time, its rank rounded up to one vLLM takes."""
+        if self.lora_sync != "adapter":
+            return {}
+        r = int(self._lora["config"].r)
+        ranks = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
+        return {"enable_lora": True, "max_lora_rank": next((x for x in ranks if x >= r), r), "max_loras": 1}
 
     # ------------------------------------------------------------ weights
     def _worker(self):
@@ -177,25 +208,65 @@ class VLLMGenerator:
 
         A sleeping engine (GPU) first gets its weights' memory back, then the new weights, and only then its KV
         cache, so the old weights and the cache never sit in memory at once (the trainer has freed its
-        gradients by then)."""
-        self.load_weights(full_tensors(model))
+        gradients by then). A LoRA policy sends its adapter (and its base only when that was rewritten), or the
+        merged model (see the module docstring)."""
+        if self.lora_sync is None:
+            self.load_weights(full_tensors(model))
+        elif self.lora_sync == "merged":
+            self.load_weights(lora_layouts.merged_tensors(full_tensors(model), lora_layouts.scalings(model)))
+        else:
+            stamp = _base_stamp(model)
+            named = full_tensors(model)
+            self.load_weights(named if stamp != self._base_stamp else lora_layouts.adapter_tensors(named))
+            self._base_stamp = stamp
 
     @torch.no_grad()
     def load_weights(self, tensors) -> None:
-        """Copy these (name, whole tensor) weights into the engine (see :meth:`sync_weights`)."""
+        """Copy these (name, whole tensor) weights into the engine (see :meth:`sync_weights`). A LoRA policy's
+        tensors (named as in its state dict) may be all of them, or its adapter alone: base tensors go into the
+        engine's model, the adapter is swapped in as a new LoRA adapter."""
         asleep = self._asleep
         if asleep:
             self.llm.wake_up(tags=["weights"])
+        adapter = []
+        if self.lora_sync == "adapter":
+            tensors, adapter = _split_adapter(tensors)
+            tensors = lora_layouts.base_tensors(tensors)
         cast = ((name, t.detach().to(self.engine_dtype)) for name, t in tensors)
-        self._worker().reload_weights(weights_iterator=cast, is_checkpoint_format=True)
+        first = next(cast, None)
+        if first is not None:
+            self._worker().reload_weights(weights_iterator=_chain(first, cast), is_checkpoint_format=True)
+        if adapter:
+            self._swap_adapter(adapter)
         if asleep:
             self.llm.wake_up(tags=["kv_cache"])
             self._asleep = False
         self.llm.reset_prefix_cache()
 
+    def _swap_adapter(self, adapter: list[tuple[str, torch.Tensor]]) -> None:
+        """Write this version of the adapter to its own folder and make it the one every request samples with
+        (a new adapter id: the engine loads it once; the previous version is removed from the engine and disk)."""
+        if self.lora_sync != "adapter":
+            raise ValueError(f"adapter tensors given to an engine whose LoRA sync is {self.lora_sync!r}")
+        from vllm.lora.request import LoRARequest
+
+        self._lora_version += 1
+        folder = os.path.join(self._lora_dir, f"v{self._lora_version}")
+        lora_layouts.write_adapter(folder, adapter, self._lora["config"], self._lora.get("base"))
+        # a name of its own per version: vLLM tells adapters (and their prefix-cache entries) apart by name
+        old, self._lora_request = self._lora_request, LoRARequest(f"policy-v{self._lora_version}", self._lora_version, folder)
+        if old is not None:
+            self.llm.llm_engine.remove_lora(old.lora_int_id)
+            shutil.rmtree(old.lora_path, ignore_errors=True)
+        if not self.llm.llm_engine.add_lora(self._lora_request):
+            raise RuntimeError(f"vLLM did not load the LoRA adapter in {folder}")
+
     def close(self) -> None:
         """Under torchrun: tear down the engine's process groups now (its own finalizer would try after the
-        trainer has destroyed the world group, and fail); in one process nothing is needed."""
+        trainer has destroyed the world group, and fail); in one process nothing is needed. The adapter folders
+        go."""
+        if self._lora_dir is not None:
+            shutil.rmtree(self._lora_dir, ignore_errors=True)
         if launcher_settings():
             from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
@@ -256,7 +327,8 @@ class VLLMGenerator:
             return [r for i in range(len(prompt_ids)) for r in groups[i]]
         self.wake_up()
         params = self._params(sampling, n, sampling.seed) if seeds is None else [self._params(sampling, n, s) for s in seeds]
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids], params, use_tqdm=False)
+        prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self._lora_request)
         return [r for i, out in enumerate(outputs) for r in self._group(i, out, prompt_ids)]
 
     def session(self) -> "EngineSession":
@@ -301,7 +373,7 @@ class EngineSession:
         self.gen._requests += 1
         rid = f"reasonrl-{self.gen._requests}"
         self.open[rid] = (key, list(prompt_ids))
-        self.engine.add_request(rid, TokensPrompt(prompt_token_ids=list(prompt_ids)), params)
+        self.engine.add_request(rid, TokensPrompt(prompt_token_ids=list(prompt_ids)), params, lora_request=self.gen._lora_request)
 
     def busy(self) -> bool:
         return bool(self.open) and self.engine.has_unfinished_requests()
@@ -313,3 +385,22 @@ class EngineSession:
                 key, prompt = self.open.pop(out.request_id)
                 done.append((key, self.gen._group(0, out, [prompt])))
         return done
+
+
+def _split_adapter(tensors) -> tuple[list, list]:
+    """(the rest, the adapter's tensors) of a LoRA policy's named tensors."""
+    rest, adapter = [], []
+    for name, t in tensors:
+        (adapter if lora_layouts.is_adapter_name(name) else rest).append((name, t))
+    return rest, adapter
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def _base_stamp(model: torch.nn.Module) -> tuple[int, ...]:
+    """The frozen base tensors' in-place version counters: they move when the base is rewritten (a checkpoint
+    loaded, a cold start merged in), not when only the adapter trains."""
+    return tuple(p._version for n, p in model.named_parameters() if not lora_layouts.is_adapter_name(n))

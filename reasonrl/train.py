@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from reasonrl import checkpoint as ckpt
+from reasonrl import lora
 from reasonrl.actor import AsyncRollouts
 from reasonrl.agent import build_agent, turn_row
 from reasonrl.build import build_generator, build_verifiers, target_of
@@ -108,8 +109,14 @@ class GRPOTrainer:
         torch.manual_seed(cfg.seed + rt.rank)
         check_master_weights(cfg.model)
         self.model, self.tokenizer, self.model_path = load_policy(
-            cfg.model, progress=cfg.logging.progress, device=self.runtime.device
+            cfg.model, progress=cfg.logging.progress, device=self.runtime.device, seed=cfg.seed
         )
+        self.lora_base = str(self.model_path)  # what a LoRA adapter applies to (after a cold start: its result)
+        if lora.is_lora(self.model):
+            trained, total = lora.trainable_count(self.model)
+            rt.print(f"[reasonrl] LoRA: r={cfg.model.lora.r}, alpha={lora.alpha_of(cfg.model.lora):g}, "
+                     f"{len(lora.scalings(self.model))} adapted modules; {trained:,} of {total:,} parameters train "
+                     f"({100 * trained / total:.2f}%)")  # fmt: skip
         self.compute_dtype = compute_dtype(cfg.model.compute_dtype, self.runtime.device)
         why = f"auto: {'native' if native_bf16(rt.device) else 'no native'} bfloat16 on {rt.device}"
         rt.print(
@@ -135,9 +142,11 @@ class GRPOTrainer:
             )
         if cfg.cold_start.enabled and resume is None:  # a resumed run's weights are past the cold start already
             self._cold_start()
-        # the frozen initial policy, only when a KL penalty asks for it
+        # the frozen initial policy, only when a KL penalty asks for it; a LoRA policy's is its own base (adapters off)
         self.ref_model = None
-        if alg.kl_coef > 0:
+        if alg.kl_coef > 0 and lora.is_lora(self.model):
+            self.ref_model = self.model
+        elif alg.kl_coef > 0:
             ref_dtype = self.compute_dtype if cfg.model.ref_dtype == "auto" else torch_dtype(cfg.model.ref_dtype)
             self.ref_model = copy.deepcopy(self.model).to(ref_dtype).eval().requires_grad_(False)
             shard_model(self.ref_model, rt, self.compute_dtype, cfg.model.fsdp)
@@ -151,13 +160,17 @@ class GRPOTrainer:
         self.actor_rt = rt.own_group(cfg.rollout.sync_timeout_s) if asynchronous and not remote else rt
         self.generator = None  # the generator steps 1-4 sample with (None: it lives in the actor process)
         if not remote:
-            engine = build_generator(cfg.generator, gen_model, self.tokenizer, self.model_path, self.compute_dtype)
+            engine = build_generator(cfg.generator, gen_model, self.tokenizer, self.model_path, self.compute_dtype,
+                                     lora=self._lora_sync())  # fmt: skip
             self.generator = build_agent(cfg.env, engine, self.tokenizer, self.model, self.actor_rt)  # turns with a tool
+        if self._lora_sync() is not None:
+            rt.print(f"[reasonrl] LoRA into the generator: {self._lora_sync_reason()}")
         # who evaluates: the learner with a generator on the policy itself where one exists (synchronous: the
         # generator; asynchronous: a colocated one, so the actor never waits for it), else the actor between batches
         self.eval_generator = None if asynchronous else self.generator
         if asynchronous and colocated:
-            own = build_generator(cfg.generator, self.model, self.tokenizer, self.model_path, self.compute_dtype)
+            own = build_generator(cfg.generator, self.model, self.tokenizer, self.model_path, self.compute_dtype,
+                                  lora=self._lora_sync())  # fmt: skip
             self.eval_generator = build_agent(cfg.env, own, self.tokenizer, self.model, rt)
         # asynchronous: the sampler is never the trained module itself, so auto corrects the gap
         exact = getattr(self.generator, "exact_logprobs", False) and not asynchronous
@@ -203,7 +216,7 @@ class GRPOTrainer:
             self.rollouts = RemoteRollouts(actor_process_main, cfg, start, ro.sync_timeout_s, ro.actor_address)
             if self.rollouts.proc is not None:
                 rt.print(f"[reasonrl] actor process: pid {self.rollouts.proc.pid}")
-            self.rollouts.publish(self.steps_done, self._weights())
+            self.rollouts.publish(self.steps_done, self._weights(first=True))
             return
         self.rollouts = AsyncRollouts(
             self._collect,
@@ -217,11 +230,43 @@ class GRPOTrainer:
             loaded_version=self.steps_done,
             agree=self.actor_rt.all,
         )
-        self.rollouts.publish(self.steps_done, self._weights())
+        self.rollouts.publish(self.steps_done, self._weights(first=True))
 
-    def _weights(self) -> dict[str, torch.Tensor]:
-        """The policy's whole tensors, copied (what a version publishes; every rank gathers its shards)."""
-        return {name: t.detach().clone() for name, t in full_tensors(self.model)}
+    def _weights(self, first: bool = False) -> dict[str, torch.Tensor]:
+        """The policy's whole tensors, copied (what a version publishes; every rank gathers its shards). A LoRA
+        policy publishes its adapter only, after a first version that carries the base too, or (model.lora.sync
+        resolved to merged, for an engine) the merged model."""
+        named = full_tensors(self.model)
+        if lora.is_lora(self.model):
+            sync = self._lora_sync()["sync"]
+            if sync == "merged":
+                named = lora.merged_tensors(named, lora.scalings(self.model))
+            elif not first:
+                named = lora.adapter_tensors(named)
+        return {name: t.detach().clone() for name, t in named}
+
+    def _lora_sync_reason(self) -> str:
+        """The LoRA sync chosen, and why, in words (the run log says it once)."""
+        lcfg = self.cfg.model.lora
+        if getattr(target_of(self.cfg.generator, "generator"), "samples_from_policy", False):
+            if self.cfg.rollout.max_staleness == 0:
+                return "none needed (the generator samples from the policy module, adapters included)"
+            return "adapter (the actor's copy of the policy loads each version's adapter)"
+        if self._lora_sync()["sync"] == "adapter":
+            return "adapter (only the adapter's tensors move each step; the engine loads them as a LoRA adapter)"
+        why = "model.lora.sync=merged" if lcfg.sync == "merged" else (
+            f"model.lora.modules_to_save={list(lcfg.modules_to_save)}: the engine's LoRA path loads LoRA matrices only"
+        )  # fmt: skip
+        return f"merged (base + B A x alpha / r streamed into the engine's plain model each step; {why})"
+
+    def _lora_sync(self) -> dict[str, Any] | None:
+        """What a generator needs to know of a LoRA policy (None: not one): its settings, the resolved sync
+        (adapter or merged, see reasonrl.lora.resolve_sync) and the adapter's peft config."""
+        if not lora.is_lora(self.model):
+            return None
+        engine = not getattr(target_of(self.cfg.generator, "generator"), "samples_from_policy", False)
+        sync = lora.resolve_sync(self.cfg.model.lora, engine)
+        return {"sync": sync, "config": self.model.reasonrl_lora, "base": self.lora_base}
 
     def _collect(self, index: int, version: int, runtime: Runtime | None = None) -> RolloutBatch:
         """Steps 1-4 for the index-th batch: B problems, G completions each, scored, stamped with ``version``."""
@@ -267,9 +312,11 @@ class GRPOTrainer:
         cfg, rt = self.cfg, self.runtime
         self.model, self.tokenizer, self.model_path = load_policy(cfg.model, progress=False, device=rt.device)
         self.model.eval().requires_grad_(False)
+        self.lora_base = str(self.model_path)
         self.compute_dtype = compute_dtype(cfg.model.compute_dtype, rt.device)
         self._setup_checks()
-        engine = build_generator(cfg.generator, self.model, self.tokenizer, self.model_path, self.compute_dtype)
+        engine = build_generator(cfg.generator, self.model, self.tokenizer, self.model_path, self.compute_dtype,
+                                 lora=self._lora_sync())  # fmt: skip
         self.generator = build_agent(cfg.env, engine, self.tokenizer, self.model, rt)
         self.actor_rt, self.plan = rt, GroupPlan.from_config(cfg)
         return self
@@ -376,6 +423,9 @@ class GRPOTrainer:
             desc="cold-start sft",
         )
         self.save(self.run_dir / "checkpoints" / "sft")
+        if lora.is_lora(self.model):  # the SFT adapter becomes the base (and the KL reference); RL trains a fresh one
+            lora.merge_into_base(self.model, seed=self.cfg.seed + 1)
+            self.lora_base = str(self.run_dir / "checkpoints" / "sft")
 
     def render(self, problem) -> str:
         return self.task.render_prompt(problem, self.cfg.task.template, self.tokenizer)
@@ -520,7 +570,7 @@ class GRPOTrainer:
         state = full_state_dict(self.model, self.runtime.is_main) if is_sharded(self.model) else None
         if self.runtime.is_main:
             try:
-                save_checkpoint(self.model, self.tokenizer, path, state_dict=state)
+                save_checkpoint(self.model, self.tokenizer, path, state_dict=state, base_path=self.lora_base)
             except Exception as e:
                 self._raise_write_failed(e, f"the model folder {path}", path.parent)
         self.runtime.barrier()
@@ -594,7 +644,7 @@ class GRPOTrainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the next step depends on, in memory (a checkpoint writes the same, see save_state)."""
-        extra = {"ref_model": self.ref_model.state_dict()} if self.ref_model is not None else {}
+        extra = {name: m.state_dict() for name, m in self._extra_models().items()}
         return {**self.trainer_state(), "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), **extra}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -604,8 +654,8 @@ class GRPOTrainer:
         else:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optimizer"])
-            if self.ref_model is not None:
-                self.ref_model.load_state_dict(state["ref_model"])
+            for name, m in self._extra_models().items():
+                m.load_state_dict(state[name])
         self.steps_done = int(state["steps_done"])
         self.sched.load_state_dict(state["scheduler"])
         self.stream.load_state_dict(state["stream"])
@@ -626,8 +676,9 @@ class GRPOTrainer:
             self.generator.sync_weights(self.model)  # the engine samples with the restored weights
 
     def _extra_models(self) -> dict[str, torch.nn.Module]:
-        """Frozen models a checkpoint carries: the KL reference (the policy after any cold start)."""
-        return {"ref_model": self.ref_model} if self.ref_model is not None else {}
+        """Frozen models a checkpoint carries: the KL reference (the policy after any cold start), unless it is the
+        policy's own base (LoRA), which the policy's state holds."""
+        return {"ref_model": self.ref_model} if self.ref_model not in (None, self.model) else {}
 
     def save_state(self) -> Path:
         """A training checkpoint of this step (atomic; older ones beyond checkpoint.keep removed)."""

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import torch
 
-from reasonrl import grpo
+from reasonrl import grpo, lora
 from reasonrl.checkpoint import pause_point
 from reasonrl.data import SharedPacked, pack, pack_shared
 from reasonrl.logprobs import batch_logprobs, prompt_sharing_supported
@@ -206,7 +206,7 @@ def update_policy(
     alg, runtime = settings.alg, runtime or Runtime()
     device = next(model.parameters()).device
     plan = _plan(model, ref_model, rollouts, rewards, masked, group_size, settings, policy_version, runtime, device)
-    ref_logps = _reference_logprobs(ref_model, plan, settings, device)
+    ref_logps = _reference_logprobs(ref_model, plan, settings, device, base_of=model)
     model.train()
     tally = _Tally(alg.tis_cap)
     for update in range(alg.updates_per_batch):
@@ -311,12 +311,14 @@ def _plan(model, ref_model, rollouts, rewards, masked, group_size, settings, pol
     )
 
 
-def _reference_logprobs(ref_model, plan: _Plan, settings: UpdateSettings, device) -> list[torch.Tensor] | None:
+def _reference_logprobs(ref_model, plan: _Plan, settings: UpdateSettings, device, base_of=None) -> list[torch.Tensor] | None:
     """The frozen reference's (n, T_k) logprobs for every pass of the plan, once per batch (not per update or
-    micro-batch); per pass, so that a sharded reference gathers its shards as often on every rank."""
+    micro-batch); per pass, so that a sharded reference gathers its shards as often on every rank. A reference
+    that is the policy itself (``base_of``) is a LoRA policy's base: its adapters are switched off meanwhile."""
     if ref_model is None:
         return None
-    with torch.no_grad(), autocast(device, settings.compute_dtype):
+    base = lora.adapters_disabled(ref_model) if ref_model is base_of else contextlib.nullcontext()
+    with torch.no_grad(), autocast(device, settings.compute_dtype), base:
         return [batch_logprobs(ref_model, plan.batches[k], settings.temperature)[0] for k in plan.passes]
 
 
