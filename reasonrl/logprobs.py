@@ -142,7 +142,9 @@ def token_logprobs_and_entropy(hidden: Tensor, weight: Tensor, bias: Tensor | No
 
 def output_layer(model) -> tuple[Tensor, Tensor | None]:
     """The weight (V, H) and bias of a causal LM's output layer (a Linear map, tied or not)."""
-    head = model.get_output_embeddings()
+    from reasonrl.lora import active_module
+
+    head = active_module(model.get_output_embeddings())  # a LoRA policy may train it whole (modules to save)
     if not isinstance(head, torch.nn.Linear):
         raise TypeError(f"the chunked logprob path needs a linear output layer, not {type(head).__name__}")
     return head.weight, head.bias

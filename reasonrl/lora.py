@@ -78,6 +78,13 @@ def add_adapters(model: torch.nn.Module, lora_cfg: Any, seed: int = 0) -> torch.
             wrapped = get_peft_model(model, config, autocast_adapter_dtype=True)
     except ValueError as e:  # e.g. a target module name the model does not have
         raise ValueError(f"model.lora: {e}") from None
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if isinstance(model.get_output_embeddings(), BaseTunerLayer):
+        raise ValueError(
+            "model.lora.target_modules adapts the output layer, which the chunked logprob path reads as one matrix: "
+            "leave it out (all-linear does), or train it whole with model.lora.modules_to_save=[lm_head]"
+        )
     inner = wrapped.base_model.model
     assert inner is model, "peft wrapped a copy of the policy"
     model.reasonrl_lora = wrapped.peft_config[ADAPTER]  # the resolved config (module names), for adapter folders
@@ -124,6 +131,18 @@ def adapters_disabled(model: torch.nn.Module):
     finally:
         for m in tuned:
             m.enable_adapters(True)
+
+
+def active_module(module: torch.nn.Module) -> torch.nn.Module:
+    """The module that computes in place of ``module``: a module to save's trained copy (its original while the
+    adapters are off); any other module itself."""
+    from peft.utils.other import ModulesToSaveWrapper
+
+    if not isinstance(module, ModulesToSaveWrapper):
+        return module
+    if module.disable_adapters or not module.active_adapters:
+        return module.original_module
+    return module.modules_to_save[module.active_adapters[0]]
 
 
 # ------------------------------------------------------------------ tensors, by layout

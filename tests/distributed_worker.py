@@ -119,6 +119,53 @@ def check_update(runtime: Runtime, out: str) -> None:
         json.dump(results, f)
 
 
+def lora_model(seed: int = 0):
+    """tiny_model with LoRA adapters (r=4, all-linear) whose B is not zero, the same in every process."""
+    from reasonrl import lora
+
+    from conftest import compose
+
+    model = lora.add_adapters(tiny_model(seed), compose("train", ["model.lora.r=4"]).model.lora, seed=0)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".lora_B." in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+def check_lora(runtime: Runtime, out: str) -> None:
+    """A LoRA policy with KL to its own base (adapters off), one process vs FSDP2 over every rank: loss, KL and
+    every tensor after one SGD step agree, and only adapter tensors moved."""
+    from reasonrl.lora import is_adapter_name
+
+    ros, rewards, masked = global_batch()
+    mine = runtime.share(B, "groups")
+    rows = slice(mine.start * G, mine.stop * G)
+    alg = algorithm("token_mean", "group", 0.1)
+    results = []
+    for share in (False, True):
+        settings = UpdateSettings(alg=alg, pad_id=PAD, micro_batch_size=4, max_tokens_per_micro_batch=MICRO_TOKENS,
+                                  max_len=8, grad_clip=1e9, share_prompt=share)  # fmt: skip
+        single, sharded = lora_model(), shard_model(lora_model(), runtime, torch.float32)
+        stats = {}
+        for name, model, rt, part in (("one", single, Runtime(), slice(None)), ("all", sharded, runtime, rows)):
+            opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+            stats[name] = update_policy(model, opt, sched, ros[part], rewards[part], masked[part], G, settings,
+                                        ref_model=model, step=1, runtime=rt)  # fmt: skip
+        want, start = dict(single.state_dict()), dict(lora_model().state_dict())
+        got = dict(full_tensors(sharded))
+        results.append({
+            "share": share, "loss": stats["all"].loss, "loss_1": stats["one"].loss, "kl": stats["all"].kl,
+            "kl_1": stats["one"].kl, "param_gap": max(float((t - want[n]).abs().max()) for n, t in got.items()),
+            "base_moved": max(float((t - start[n]).abs().max()) for n, t in got.items() if not is_adapter_name(n)),
+            "adapter_moved": max(float((t - start[n]).abs().max()) for n, t in got.items() if is_adapter_name(n)),
+        })  # fmt: skip
+    with open(f"{out}.{runtime.rank}.json", "w") as f:
+        json.dump(results, f)
+
+
 def check_nan(runtime: Runtime, out: str) -> None:
     ros, rewards, masked = global_batch()
     mine = runtime.share(B, "groups")
@@ -219,6 +266,7 @@ if __name__ == "__main__":
     rt = init_runtime("cpu")
     modes = {
         "update": check_update,
+        "lora": check_lora,
         "nan": check_nan,
         "dynamic": check_dynamic,
         "save": lambda r, o: check_save_resume(r, o, True),

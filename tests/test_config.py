@@ -120,6 +120,21 @@ def test_evaluation_length_follows_the_rollout_length_unless_set():
         assert cfg.eval.max_new_tokens == cfg.rollout.max_new_tokens > 48, preset
 
 
+def test_the_lora_preset_is_smollm2_gsm8k_with_adapters():
+    """experiment=smollm2_gsm8k_lora: the GSM8K preset, rank-16 adapters on every linear layer, a tenfold learning
+    rate; nothing else differs."""
+    from reasonrl.config import check_train_config
+
+    full, lora = compose("train", ["experiment=smollm2_gsm8k"]), compose("train", ["experiment=smollm2_gsm8k_lora"])
+    assert (lora.model.lora.r, lora.model.lora.alpha, list(lora.model.lora.target_modules)) == (16, 32, ["all-linear"])
+    assert lora.optim.lr == pytest.approx(10 * full.optim.lr) and lora.experiment_name == "smollm2_gsm8k_lora"
+    a, b = OmegaConf.to_container(full, resolve=True), OmegaConf.to_container(lora, resolve=True)
+    for c in (a, b):
+        c["model"].pop("lora"), c["optim"].pop("lr"), c.pop("experiment_name")
+    assert a == b
+    check_train_config(lora)
+
+
 def test_smollm2_presets_share_one_cpu_base():
     """What the SmolLM2 presets share is written once (conf/experiment/_smollm2_cpu.yaml); each says what differs."""
     presets = ("smollm2_gsm8k", "smollm2_math", "smollm2_mbpp", "sft_cold_start_gsm8k")

@@ -58,6 +58,21 @@ def test_fixed_rollouts_give_the_one_process_update(tmp_path):
     )
 
 
+def test_a_lora_policy_under_fsdp2_gives_the_one_process_update(tmp_path):
+    """LoRA under torchrun: the policy sharded with FSDP2 (frozen base and trainable adapters in the same
+    shards), its KL reference its own base with the adapters off. Loss, KL and every tensor after one step
+    equal one unsharded process's to 1e-6; the base did not move, the adapters did."""
+    res, ranks, _ = worker("lora", tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(ranks) == 2
+    for results in ranks:
+        assert [r["share"] for r in results] == [False, True]  # every sequence whole; each group's prompt once
+        for r in results:
+            assert abs(r["loss"] - r["loss_1"]) < 1e-6 and abs(r["kl"] - r["kl_1"]) < 1e-6, r
+            assert r["param_gap"] < 1e-6 and r["base_moved"] == 0.0 and r["adapter_moved"] > 1e-2, r
+            assert r["kl"] > 1e-5, r  # the adapters moved the policy from the base: the reference is not the policy
+
+
 def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
     res, ranks, seconds = worker("nan", tmp_path)
     assert len(ranks) == 2

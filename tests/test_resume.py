@@ -249,6 +249,39 @@ def test_an_asynchronous_run_killed_mid_step_resumes_without_skipping_or_repeati
     assert problems(run) == problems(sync) and len(problems(run)) == STEPS
 
 
+def test_a_lora_run_killed_mid_update_resumes_exactly_and_exports(tmp_path):
+    """LoRA (r=8, KL to the base): kill -9 in step 4's update, resume=auto ends bit for bit where the straight run
+    ends (adapters, their AdamW moments, rows, samples); the checkpoint holds optimizer state for adapter tensors
+    only; reasonrl-export writes the merged model (transformers, the policy's logits) and the adapter alone (peft,
+    on the base it names, the same logits)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from reasonrl.lora import is_adapter_name
+
+    extra = ["model.lora.r=8", "algorithm.kl_coef=0.05"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    _runs((a, extra), (b, extra, f"{KILL_STEP}:optimizer"))
+    _runs((b, [*extra, "resume=auto"]))
+    assert_same_run(a, b)
+    state = _flat(_state(b / "checkpoints" / f"step_{STEPS:06d}"))
+    moments = {k.split("/")[2] for k in state if k.startswith("optim/state/")}
+    assert moments and all(is_adapter_name(n) for n in moments), sorted(moments)[:5]
+    exe = os.path.join(os.path.dirname(sys.executable), "reasonrl-export")
+    out = subprocess.run([exe, str(b / "checkpoints" / f"step_{STEPS:06d}"), str(tmp_path / "x"), "--dtype", "float32"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    ids = torch.randint(0, 20, (2, 30), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = AutoModelForCausalLM.from_pretrained(a / "checkpoints" / "final").eval()(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "x").eval()(ids).logits
+        config = json.loads((tmp_path / "x" / "adapter" / "adapter_config.json").read_text())
+        base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
+        adapter = PeftModel.from_pretrained(base, tmp_path / "x" / "adapter").eval()(ids).logits
+    assert torch.equal(merged, want)
+    assert (adapter - want).abs().max() < 1e-5
+
+
 def _alive(pid: int) -> bool:
     """The process exists and is not a zombie (one killed but not yet reaped has ended)."""
     try:

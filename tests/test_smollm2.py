@@ -93,3 +93,24 @@ def test_short_rl_run_on_gsm8k_with_vllm(tmp_path):
     assert [r["step"] for r in rows] == [0, 1, 2]
     for r in rows[1:]:
         assert r["sampling/logprob_diff_max"] < 1e-3 and r["time/sync_s"] > 0
+
+
+@pytest.mark.slow
+def test_short_lora_run_on_gsm8k_with_vllm(tmp_path):
+    """experiment=smollm2_gsm8k_lora: the engine takes the adapter alone each step, and samples what the trainer
+    computes."""
+    from reasonrl.rollout_vllm import vllm_available
+    from reasonrl.train import main
+
+    ok, reason = vllm_available()
+    if not ok:
+        pytest.skip(reason)
+    cfg = compose("train", ["experiment=smollm2_gsm8k_lora", "max_steps=2", "task.heldout_size=8", "rollout.prompts_per_step=2",
+                            "rollout.max_new_tokens=96", "eval.max_new_tokens=96", "logging.progress=false",
+                            f"run_dir={tmp_path}"])  # fmt: skip
+    main(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    for r in rows[1:]:
+        assert r["sampling/logprob_diff_max"] < 1e-3 and r["time/sync_s"] > 0
+    assert (tmp_path / "checkpoints" / "final" / "adapter" / "adapter_model.safetensors").is_file()
