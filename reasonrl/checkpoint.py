@@ -109,6 +109,7 @@ RESUME_MAY_CHANGE = (
     "rollout.actor_threads",
     "rollout.actor",  # thread or process: the same batches from the same stream position
     "rollout.actor_address",
+    "model.lora.sync",  # how a vLLM engine receives the same policy: its adapter, or the merged weights
     # keys the schema no longer has (nothing read them): a checkpoint that still holds them resumes
     "cold_start.eval_every",
 )

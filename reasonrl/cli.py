@@ -342,6 +342,7 @@ SETTINGS = {
         ("max_steps", "optimizer steps in the run"),
         ("seed", "sampling and initialisation seed"),
         *_MODEL,
+        ("model.lora.r", "LoRA adapters' rank (0: every parameter trains); model.lora.* sets alpha, targets, vLLM sync"),
         *_TASK,
         ("verifier", "group, a list: rewards, e.g. verifier=[integer,format]; verifier.<name>.<option>=..."),
         ("generator", "group: hf (transformers, default) | vllm"),
