@@ -161,6 +161,7 @@ class VLLMGenerator:
         self._lora_dir = tempfile.mkdtemp(prefix="reasonrl-lora-") if self.lora_sync == "adapter" else None
         self._lora_version = 0
         self._base_stamp = None  # the base tensors' version counters when the engine last got them
+        self.data_parallel = bool(launcher_settings())  # one engine per torchrun rank (see EngineSession.busy)
         self.llm = LLM(
             **self._lora_engine_settings(),
             **scheduler_settings(chunked_prefill, on_gpu, max_num_batched_tokens),
@@ -376,6 +377,11 @@ class EngineSession:
         self.engine.add_request(rid, TokensPrompt(prompt_token_ids=list(prompt_ids)), params, lora_request=self.gen._lora_request)
 
     def busy(self) -> bool:
+        """Whether to step again. Under torchrun the ranks' engines are data-parallel: has_unfinished_requests is
+        a collective over them, and a rank whose own requests are done keeps stepping (idle batches) until every
+        rank's are, as LLM.generate does; leaving early would hang the others in that collective."""
+        if self.gen.data_parallel:
+            return self.engine.has_unfinished_requests()
         return bool(self.open) and self.engine.has_unfinished_requests()
 
     def step(self) -> list[tuple[object, list[Rollout]]]:

@@ -142,6 +142,8 @@ class GRPOTrainer:
             )
         if cfg.cold_start.enabled and resume is None:  # a resumed run's weights are past the cold start already
             self._cold_start()
+        if cfg.cold_start.enabled:  # a LoRA adapter now applies to the cold start's result (resumed runs too)
+            self.lora_base = str(self.run_dir / "checkpoints" / "sft")
         # the frozen initial policy, only when a KL penalty asks for it; a LoRA policy's is its own base (adapters off)
         self.ref_model = None
         if alg.kl_coef > 0 and lora.is_lora(self.model):
@@ -425,7 +427,6 @@ class GRPOTrainer:
         self.save(self.run_dir / "checkpoints" / "sft")
         if lora.is_lora(self.model):  # the SFT adapter becomes the base (and the KL reference); RL trains a fresh one
             lora.merge_into_base(self.model, seed=self.cfg.seed + 1)
-            self.lora_base = str(self.run_dir / "checkpoints" / "sft")
 
     def render(self, problem) -> str:
         return self.task.render_prompt(problem, self.cfg.task.template, self.tokenizer)

@@ -170,23 +170,29 @@ def test_prompts_must_divide_among_the_processes(tmp_path):
     assert "7 prompts per step (rollout.prompts_per_step) do not divide among 2 processes" in res.stderr + res.stdout
 
 
-def test_a_two_process_run_with_one_vllm_engine_per_rank(tmp_path):
+@pytest.mark.parametrize("policy", ["full", "lora"])
+def test_a_two_process_run_with_one_vllm_engine_per_rank(tmp_path, policy):
     """generator=vllm under torchrun: one engine per rank (vLLM's external launcher, data-parallel engines), weights
-    gathered tensor by tensor into each after every step; the run ends cleanly (the engines' groups torn down
-    before the trainer's)."""
+    gathered tensor by tensor into each after every step (a LoRA policy: the adapter alone); the run ends cleanly
+    (the engines' groups torn down before the trainer's). Groups stream to a scoring worker as they finish, so
+    one rank's requests end steps before the other's: the engine that is done keeps stepping with the others
+    (leaving early hung them in vLLM's data-parallel collective)."""
     from reasonrl.rollout_vllm import vllm_available
 
     ok, reason = vllm_available()
     if not ok:
         pytest.skip(reason)
     run = tmp_path / "run"
-    res, _ = torchrun([*TRAIN, f"run_dir={run}", "generator=vllm", "max_steps=2", "eval.every=2", "checkpoint.every=0"],
-                      cwd=tmp_path)  # fmt: skip
+    lora = ["model.lora.r=8", "optim.lr=1e-2", "verifier.format.partial_credit=true"] if policy == "lora" else []
+    res, _ = torchrun([*TRAIN, f"run_dir={run}", "generator=vllm", "max_steps=2", "eval.every=2", "checkpoint.every=0",
+                       "verify.workers=1", *lora], cwd=tmp_path)  # fmt: skip
     assert res.returncode == 0, res.stderr[-4000:]
     assert "Traceback" not in res.stderr
     rows = read_metrics(run)
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert all(r["sampling/logprob_diff_max"] < 1e-3 for r in rows[1:])  # each engine samples with the synced weights
+    if policy == "lora":
+        assert "LoRA into the generator: adapter" in res.stdout and all(r["train/grad_norm"] > 0 for r in rows[1:])
 
 
 def test_a_two_process_run_with_the_python_tool(tmp_path):
