@@ -112,6 +112,10 @@ class VLLMGenerator:
     """A colocated vLLM engine behind the generator protocol."""
 
     exact_logprobs = False  # a separate engine: logprobs differ slightly from the trainer's
+    lora_sync: str | None = None  # a LoRA policy's sync: "adapter" or "merged" (None: a full-parameter policy)
+    data_parallel = False  # one engine per torchrun rank (see EngineSession.busy)
+    _lora_request = None  # the adapter every request samples with (adapter sync)
+    _lora_dir = None  # where each version of the adapter is written (adapter sync)
 
     def __init__(
         self,
@@ -157,11 +161,10 @@ class VLLMGenerator:
         # a LoRA policy: "adapter" (the engine loads the adapter as a LoRA adapter) or "merged" (a plain model)
         self.lora_sync = None if lora is None else str(lora["sync"])
         self._lora = dict(lora or {})
-        self._lora_request = None  # the adapter every request samples with (adapter sync)
         self._lora_dir = tempfile.mkdtemp(prefix="reasonrl-lora-") if self.lora_sync == "adapter" else None
         self._lora_version = 0
         self._base_stamp = None  # the base tensors' version counters when the engine last got them
-        self.data_parallel = bool(launcher_settings())  # one engine per torchrun rank (see EngineSession.busy)
+        self.data_parallel = bool(launcher_settings())
         self.llm = LLM(
             **self._lora_engine_settings(),
             **scheduler_settings(chunked_prefill, on_gpu, max_num_batched_tokens),
