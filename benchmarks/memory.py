@@ -114,12 +114,9 @@ def _alg():
 def saved_bytes(hidden: int, inter: int, layers: int, length: int, vocab: int, compute: str, ckpt: bool) -> int:
     """Bytes the training logprob path saves for backward (saved-tensor hooks, each storage once, the
     parameters and their autocast copies excluded) for N sequences of ``length`` completion tokens."""
-    import contextlib
 
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from reasonrl.logprobs import completion_logprobs
 
     heads = max(1, hidden // 64)
     cfg = Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
@@ -131,6 +128,18 @@ def saved_bytes(hidden: int, inter: int, layers: int, length: int, vocab: int, c
     ids = torch.randint(2, vocab, (N, PROMPT + length))
     cmask = torch.zeros(N, PROMPT + length - 1)
     cmask[:, PROMPT - 1 :] = 1
+    return saved_by_logprobs(model, ids, cmask, compute)  # with checkpointing: what the layers keep
+
+
+def saved_by_logprobs(model, ids, cmask, compute: str) -> int:
+    """Bytes the training logprob path saves for backward on ``ids`` (completion tokens where ``cmask``), each
+    storage counted once (saved-tensor hooks)."""
+    import contextlib
+
+    import torch
+
+    from reasonrl.logprobs import completion_logprobs
+
     seen, total = set(), [0]
 
     def pack(t):
@@ -143,7 +152,7 @@ def saved_bytes(hidden: int, inter: int, layers: int, length: int, vocab: int, c
     amp = torch.autocast("cpu", torch.bfloat16) if compute == "bfloat16" else contextlib.nullcontext()
     with amp, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         completion_logprobs(model, ids, torch.ones_like(ids), cmask)
-    return total[0]  # with checkpointing: what the layers keep; their insides are recomputed in backward
+    return total[0]
 
 
 def bytes_per_token(hidden: int, inter: int, layers: int, vocab: int, compute: str, ckpt: bool) -> float:
@@ -175,6 +184,16 @@ def fit(compute: str, ckpt: bool, vocab: int = 32768) -> tuple[list[float], list
     return coef, rows
 
 
+def _per_token(coef: list[float], h: int, i: int, n: int) -> float:
+    """Saved-for-backward bytes per completion token from a fit's a, b, c: a + L * (b*H + c*I)."""
+    a, b, c = coef
+    return a + n * (b * h + c * i)
+
+
+def _tokens(x: float) -> str:
+    return f"{x / 1e3:,.0f}k" if x >= 1e3 else ("none" if x < 1 else f"{x:.0f}")
+
+
 def derived_table(full: list[float], kept: list[float]) -> str:
     """What fits on one GPU (derived, not measured): float32 master weights + gradients + AdamW moments
     (16 B/parameter) and the activations saved for backward of one micro-batch (``full``: no gradient
@@ -182,24 +201,59 @@ def derived_table(full: list[float], kept: list[float]) -> str:
     its recompute), with 10% of the card left free (CUDA context, fragmentation). The vLLM engine sleeps
     (level 2) while the policy trains; no KL reference model (add 2 B/parameter for a bfloat16 one)."""
 
-    def per_token(coef, h, i, n, layers=None):
-        a, b, c = coef
-        return a + (n if layers is None else layers) * (b * h + c * i)
-
     lines = ["| model | static (16 B/param) | saved per token | same, checkpointed | tokens per micro-batch, 80 GB / 141 GB "
              "| checkpointed, 80 GB / 141 GB | 8k-token sequences per micro-batch, 80 / 141 GB (checkpointed) |",
              "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for name, (h, i, n, params) in REAL.items():
         static = 16 * params
-        full_tok = per_token(full, h, i, n)
-        ck_tok = per_token(kept, h, i, n) + (full[1] * h + full[2] * i)  # + the layer being recomputed
+        full_tok = _per_token(full, h, i, n)
+        ck_tok = _per_token(kept, h, i, n) + (full[1] * h + full[2] * i)  # + the layer being recomputed
         free = [max(0.0, 0.9 * gb * 1e9 - static) for gb in (80, 141)]
         toks = [f / full_tok for f in free]
         cks = [f / ck_tok for f in free]
-        k = lambda x: f"{x / 1e3:,.0f}k" if x >= 1e3 else ("none" if x < 1 else f"{x:.0f}")  # noqa: E731
+        k = _tokens
         seqs = " / ".join(str(int(t // 8192)) if t >= 8192 else "none" for t in cks)
         lines.append(f"| {name} | {static / 1e9:.0f} GB | {full_tok / 1e3:.1f} kB | {ck_tok / 1e3:.1f} kB | "
                      f"{k(toks[0])} / {k(toks[1])} | {k(cks[0])} / {k(cks[1])} | {seqs} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+# k and v project H to (key-value heads x head size) features; q and o are H x H (config.json of each model)
+KV_OUT = {"Qwen2.5-0.5B": 128, "Qwen2.5-1.5B": 256, "Qwen2.5-7B": 512}
+
+
+def lora_params(h: int, i: int, n: int, kv: int, r: int) -> int:
+    """Adapter parameters of LoRA rank ``r`` on every linear layer of the decoder (all-linear: q, k, v, o,
+    gate, up, down; not the output layer): L * r * sum of (in + out) features."""
+    shapes = [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]
+    return n * r * sum(a + b for a, b in shapes)
+
+
+def derived_lora_rows(full: list[float], kept: list[float], r: int = 16) -> str:
+    """What fits on one GPU (derived, not measured), full-parameter training beside LoRA rank ``r`` (all-linear):
+    full as :func:`derived_table` (16 B/parameter); LoRA a bfloat16 base (2 B/parameter, frozen: no gradients,
+    no moments) plus float32 adapters with their gradients and AdamW moments (16 B/adapter parameter), and the
+    same activations per token as full training (the assumption ``benchmarks/lora.py`` checks on SmolLM2).
+    The last column adds a bfloat16 KL reference: a copy for full training (2 B/parameter), nothing for LoRA
+    (its reference is its own base, adapters off)."""
+    lines = ["| model | training | trainable params | static | tokens per micro-batch, 80 GB / 141 GB "
+             "| checkpointed, 80 GB / 141 GB | 8k-token sequences, checkpointed, 80 / 141 GB "
+             "| with a bf16 KL reference: static; checkpointed tokens, 80 GB / 141 GB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for name, (h, i, n, params) in REAL.items():
+        adapters = lora_params(h, i, n, KV_OUT[name], r)
+        full_tok = _per_token(full, h, i, n)
+        ck_tok = _per_token(kept, h, i, n) + (full[1] * h + full[2] * i)  # + the layer being recomputed
+        for label, trainable, static, ref in (("full", params, 16 * params, 2 * params),
+                                              (f"LoRA r={r}", adapters, 2 * params + 16 * adapters, 0)):  # fmt: skip
+            free = [max(0.0, 0.9 * gb * 1e9 - static) for gb in (80, 141)]
+            free_kl = [max(0.0, 0.9 * gb * 1e9 - static - ref) for gb in (80, 141)]
+            toks = " / ".join(_tokens(f / full_tok) for f in free)
+            cks = " / ".join(_tokens(f / ck_tok) for f in free)
+            seqs = " / ".join(str(int(f / ck_tok // 8192)) if f / ck_tok >= 8192 else "none" for f in free)
+            kl = " / ".join(_tokens(f / ck_tok) for f in free_kl)
+            lines.append(f"| {name} | {label} | {trainable / 1e6:,.1f} M | {static / 1e9:.1f} GB | {toks} | {cks} | {seqs} | "
+                         f"{(static + ref) / 1e9:.1f} GB; {kl} |")  # fmt: skip
     return "\n".join(lines)
 
 
