@@ -228,7 +228,7 @@ def plot(rounds: list[list[dict]], mmapped: list[dict], path: Path) -> None:
                        color="black", zorder=3, label="static state (weights, grads, AdamW, ref)")  # fmt: skip
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
         ax.set_ylabel(unit)
-        ax.margins(y=0.25)
+        ax.margins(y=0.5 if key == "peak_rss_mib" else 0.25)
         ax.legend(fontsize=8, loc="upper left")
     fig.suptitle("SmolLM2-135M, one update_policy step (8 x 256 tokens), full vs LoRA r=16; 2-core CPU, measured once")
     fig.tight_layout()
