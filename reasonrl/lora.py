@@ -33,7 +33,6 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-SYNC_MODES = ("auto", "adapter", "merged")
 ADAPTER = "default"  # peft's adapter name; one adapter per policy
 _LORA_PARTS = (".lora_A.", ".lora_B.")
 _SAVED = ".modules_to_save."  # peft's trainable copy of a whole module (model.lora.modules_to_save)
